@@ -1,0 +1,3 @@
+from phxqctl.cli import main
+
+main()

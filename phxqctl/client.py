@@ -1,0 +1,162 @@
+"""A synchronous Python client for phxqd, on the standard library's socket and msgspec.
+
+    from phxqctl import Client
+    with Client() as c:
+        job = c.submit(["echo", "hi"])
+        c.wait([job.id])
+
+It imports no daemon code beyond the shared protocol and model, so `phxqctl` starts fast.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from phxqd import paths, protocol
+from phxqd.model import Job, JobSpec, SubmitResult
+from phxqd.protocol import ERROR_EXIT
+
+
+class PhxqError(Exception):
+    """Base of the client's errors; `exit_status` is what phxqctl exits with."""
+
+    exit_status = 1
+
+
+class DaemonUnreachable(PhxqError):
+    exit_status = 3
+
+
+class RemoteError(PhxqError):
+    """The daemon refused the request; `code` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.exit_status = ERROR_EXIT.get(code, 1)
+
+
+class Client:
+    """One connection to phxqd, opened on first use and reused for every call."""
+
+    def __init__(self, socket_path: str | Path | None = None, timeout: float | None = None):
+        self.socket_path = paths.socket_path(str(socket_path) if socket_path else None)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # ---------------------------------------------------------------- the API
+
+    def submit(self, argv: list[str], **options: Any) -> Job:
+        return self.submit_batch([JobSpec(argv=list(argv), **options)])[0].job
+
+    def submit_batch(self, specs: list[JobSpec]) -> list[SubmitResult]:
+        result = self.call(protocol.Submit(specs))
+        return msgspec.convert(result, list[SubmitResult])
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(protocol.Status())
+        return result
+
+    def list(self, status: str | None = None, queue: str | None = None,
+             limit: int = 50) -> list[Job]:
+        return msgspec.convert(self.call(protocol.List(status, queue, limit)), list[Job])
+
+    def get(self, job_id: int) -> Job:
+        return msgspec.convert(self.call(protocol.Show(job_id)), Job)
+
+    def wait(self, ids: list[int], timeout: float | None = None) -> list[Job]:
+        return msgspec.convert(self.call(protocol.Wait(ids, timeout)), list[Job])
+
+    def logs(self, job_id: int, offset: int = 0) -> tuple[bytes, int, bool]:
+        """A chunk of the job's log from `offset`: (data, next offset, job finished)."""
+        r = self.call(protocol.Logs(job_id, offset))
+        return bytes(r["data"]), int(r["offset"]), bool(r["finished"])
+
+    def cancel(self, ids: list[int]) -> list[Job]:
+        return msgspec.convert(self.call(protocol.Cancel(ids)), list[Job])
+
+    def retry(self, ids: list[int]) -> list[Job]:
+        return msgspec.convert(self.call(protocol.Retry(ids)), list[Job])
+
+    def retry_failed(self, queue: str | None = None) -> int:
+        return int(self.call(protocol.RetryFailed(queue))["retried"])
+
+    def clear(self, status: str | None = None, queue: str | None = None) -> int:
+        return int(self.call(protocol.Clear(status, queue))["cleared"])
+
+    def pause(self, queue: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(protocol.Pause(queue))
+        return result
+
+    def resume(self, queue: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(protocol.Resume(queue))
+        return result
+
+    # ------------------------------------------------------------ the wire
+
+    def call(self, request: protocol.Request) -> Any:
+        """Send one request and return the result of its reply, or raise RemoteError."""
+        if self._sock is None:
+            self._sock = self._connect()
+            self._sock.sendall(protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION, "phxqctl"))
+                               + protocol.frame(request))
+            self._expect_reply()
+        else:
+            self._sock.sendall(protocol.frame(request))
+        return self._expect_reply()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            sock.close()
+            why = "no socket there" if isinstance(e, FileNotFoundError) else "nothing listening"
+            raise DaemonUnreachable(
+                f"phxqd is not running at {self.socket_path} ({why}); start it with `phxqd` "
+                f"(or `make run`), or point PHXQ_SOCKET / --socket at its socket"
+            ) from None
+        except PermissionError:
+            sock.close()
+            raise DaemonUnreachable(f"no permission to connect to {self.socket_path}") from None
+        return sock
+
+    def _expect_reply(self) -> Any:
+        assert self._sock is not None
+        header = self._recv_exactly(protocol.HEADER.size)
+        (length,) = protocol.HEADER.unpack(header)
+        if length > protocol.MAX_FRAME:
+            raise PhxqError(f"phxqd sent a frame of {length} bytes; refusing it")
+        reply = protocol.reply_decoder.decode(self._recv_exactly(length))
+        if isinstance(reply, protocol.Err):
+            raise RemoteError(reply.code, reply.message)
+        return reply.result
+
+    def _recv_exactly(self, n: int) -> bytes:
+        assert self._sock is not None
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self._sock.recv(n - len(buf))
+            if not chunk:
+                self.close()
+                raise DaemonUnreachable("phxqd closed the connection (did it stop?)")
+            buf += chunk
+        return bytes(buf)

@@ -1,0 +1,3 @@
+from phxqd.daemon import main
+
+main()

@@ -1,0 +1,313 @@
+"""The running queue: requests in, decisions made by the state, events made durable.
+
+`Core` joins the pure state to the journal and the pool. Every change goes through
+`commit`: the journal encodes the events, the state applies them, and the caller waits
+until the fsync policy says they are safe before it answers anyone. The dispatcher starts
+jobs while there are free workers; each running job is one task in the dispatcher's task
+group, so stopping the daemon stops (and requeues) every one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from phxqd import pool, protocol, snapshot
+from phxqd.events import (
+    AnyEvent,
+    Cancelled,
+    Cleared,
+    Completed,
+    Failed,
+    Paused,
+    Requeued,
+    Resumed,
+    Retried,
+    Started,
+)
+from phxqd.journal import Journal, JournalError, list_segments
+from phxqd.model import STATUSES, Job, validate_spec
+from phxqd.protocol import PROTOCOL_VERSION
+from phxqd.state import Refused, State
+
+log = logging.getLogger("phxqd")
+
+#: Stop reason of jobs stopped because the daemon is stopping: requeued, attempt not spent.
+SHUTDOWN = "daemon shutting down"
+
+
+@dataclass
+class Settings:
+    workers: int
+    kill_grace: float
+    snapshot_bytes: int
+    journal_dir: Path
+    logs_dir: Path
+    socket: Path
+
+
+class Core:
+    def __init__(self, state: State, journal: Journal, settings: Settings,
+                 rng: random.Random | None = None) -> None:
+        self.state = state
+        self.journal = journal
+        self.settings = settings
+        self.rng = rng or random.Random()
+        self.started_at = time.time()
+        #: jobs claimed by the dispatcher and not yet ended, with the handle that stops them
+        self._active: dict[int, pool.Stop] = {}
+        self._finished: dict[int, anyio.Event] = {}
+        self._wake = anyio.Event()
+        self._stopping = False
+        self._snapshot_due = anyio.Event()
+
+    # ------------------------------------------------------------------ commit
+
+    async def commit(self, events: list[AnyEvent]) -> None:
+        """Apply and persist events; return once durable. Raises Refused if the disk failed."""
+        if not events:
+            return
+        try:
+            lsn = self.journal.append(events)
+        except JournalError as e:
+            raise Refused("refused", f"{e}: phxqd accepts no changes until it can write") from e
+        for event in events:
+            self.state.apply(event)
+        self._wake.set()
+        try:
+            await self.journal.durable(lsn)
+        except JournalError as e:
+            raise Refused("refused", f"{e}: not saved") from e
+        for event in events:
+            if isinstance(event, Completed | Cancelled) or (
+                isinstance(event, Failed) and event.retry_at is None
+            ):
+                waiter = self._finished.pop(event.id, None)
+                if waiter is not None:
+                    waiter.set()
+        if self.journal.bytes_since_snapshot >= self.settings.snapshot_bytes:
+            self._snapshot_due.set()
+
+    async def snapshotter(self) -> None:
+        """Take snapshots in the background when the journal has grown enough."""
+        while True:
+            await self._snapshot_due.wait()
+            self._snapshot_due = anyio.Event()
+            try:
+                await self.snapshot()
+            except (OSError, JournalError) as e:
+                log.error("snapshot failed, the journal keeps growing until one succeeds: %s", e)
+
+    async def snapshot(self) -> None:
+        """Write the whole state, then drop the segments it makes redundant.
+
+        The state is encoded on the event loop, so it matches exactly the records up to
+        `lsn`; records appended after that stay in the journal and replay on top of it.
+        """
+        lsn = self.journal.last_lsn
+        data = snapshot.encode(self.state.snapshot(lsn))
+        await self.journal.rotate()
+        await anyio.to_thread.run_sync(snapshot.write, self.settings.journal_dir, data)
+        self.journal.bytes_since_snapshot = 0
+        segments = list_segments(self.settings.journal_dir)
+        for (_, path), (next_first, _) in zip(segments, segments[1:], strict=False):
+            if next_first - 1 <= lsn:
+                path.unlink(missing_ok=True)
+        log.info("snapshot at record %d: %d jobs, %d bytes", lsn, len(self.state.jobs), len(data))
+
+    # ---------------------------------------------------------------- requests
+
+    async def handle(self, req: protocol.Request) -> Any:
+        """Answer one request; Refused becomes a typed error reply."""
+        now = time.time()
+        state = self.state
+        match req:
+            case protocol.Submit(specs):
+                for i, spec in enumerate(specs):
+                    if why := validate_spec(spec):
+                        where = f"job {i + 1}: " if len(specs) > 1 else ""
+                        raise Refused("usage", where + why)
+                events, results = state.submit(specs, now)
+                await self.commit(events)
+                return results
+            case protocol.Status():
+                return self.status()
+            case protocol.List(status, queue, limit):
+                if status is not None and status not in STATUSES:
+                    raise Refused("usage", f"unknown status {status!r}: one of "
+                                  + ", ".join(STATUSES))
+                return state.select(status, queue, max(limit, 0))
+            case protocol.Show(job_id):
+                return state.get(job_id)
+            case protocol.Wait(ids, timeout):
+                return await self.wait(ids, timeout)
+            case protocol.Logs(job_id, offset, limit):
+                state.get(job_id)
+                return await self.read_log(job_id, offset, limit)
+            case protocol.Cancel(ids):
+                return await self.cancel(ids, now)
+            case protocol.Retry(ids):
+                events = state.retry(ids, now)
+                await self.commit(events)
+                return [state.jobs[i] for i in ids]
+            case protocol.RetryFailed(queue):
+                events = state.retry_failed(queue, now)
+                await self.commit(events)
+                return {"retried": sum(len(e.ids) for e in events if isinstance(e, Retried))}
+            case protocol.Clear(status, queue):
+                events = state.clear(status, queue)
+                await self.commit(events)
+                ids = [i for e in events if isinstance(e, Cleared) for i in e.ids]
+                await anyio.to_thread.run_sync(self._remove_logs, ids)
+                return {"cleared": len(ids)}
+            case protocol.Pause(queue):
+                await self.commit([Paused(queue)])
+                return self.status()
+            case protocol.Resume(queue):
+                await self.commit([Resumed(queue)])
+                return self.status()
+            case protocol.Hello(proto):
+                if proto != PROTOCOL_VERSION:
+                    raise Refused("upgrade", f"phxqd speaks protocol {PROTOCOL_VERSION}, the "
+                                  f"client {proto}: use the phxqctl installed with this phxqd")
+                return {"proto": PROTOCOL_VERSION}
+        raise Refused("usage", f"unsupported request {type(req).__name__}")
+
+    def status(self) -> dict[str, Any]:
+        summary = self.state.summary()
+        running = [
+            {"id": j.id, "queue": j.queue, "argv": j.argv, "started_at": j.started_at,
+             "progress": j.progress}
+            for j in self.state.by_status("running")
+        ]
+        summary.update(
+            workers=self.settings.workers,
+            running_jobs=running,
+            fsync=self.journal.policy,
+            journal={"records": self.journal.last_lsn, "fsyncs": self.journal.fsyncs},
+            writable=self.journal.failed is None,
+            journal_error=None if self.journal.failed is None else str(self.journal.failed),
+            uptime=time.time() - self.started_at,
+        )
+        return summary
+
+    async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
+        for job_id in ids:
+            self.state.get(job_id)
+        with anyio.move_on_after(timeout if timeout is not None else float("inf")):
+            for job_id in ids:
+                job = self.state.jobs.get(job_id)
+                while job is not None and not job.finished:
+                    await self._finished.setdefault(job_id, anyio.Event()).wait()
+                    job = self.state.jobs.get(job_id)
+        return [self.state.jobs[i] for i in ids if i in self.state.jobs]
+
+    async def cancel(self, ids: list[int], now: float) -> list[Job]:
+        active = [i for i in ids if i in self._active]
+        events, running = self.state.cancel([i for i in ids if i not in self._active], now)
+        await self.commit(events)
+        for job_id in (*running, *active):
+            self._active[job_id].request("cancelled")
+        await self.wait(running + active, None)
+        return [self.state.jobs[i] for i in ids]
+
+    async def read_log(self, job_id: int, offset: int, limit: int) -> dict[str, Any]:
+        path = self.log_path(job_id)
+        # Looked at before reading: a job that ends during the read still gets one more call.
+        finished = self.state.jobs[job_id].finished
+
+        def read() -> tuple[bytes, int]:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(max(offset, 0))
+                    return f.read(max(0, min(limit, protocol.MAX_FRAME // 2))), f.tell()
+            except FileNotFoundError:
+                return b"", offset
+
+        data, end = await anyio.to_thread.run_sync(read)
+        return {"data": data, "offset": end, "finished": finished}
+
+    def log_path(self, job_id: int) -> Path:
+        return self.settings.logs_dir / f"{job_id}.log"
+
+    def _remove_logs(self, ids: list[int]) -> None:
+        for job_id in ids:
+            self.log_path(job_id).unlink(missing_ok=True)
+
+    # -------------------------------------------------------------- dispatcher
+
+    async def dispatch(self) -> None:
+        """Start jobs while workers are free; return once stopped and every job has ended."""
+        async with anyio.create_task_group() as runners:
+            while not self._stopping:
+                while (len(self._active) < self.settings.workers and not self._stopping
+                       and self.journal.failed is None):
+                    job = self.state.claim_next(time.time())
+                    if job is None:
+                        break
+                    self._active[job.id] = pool.Stop()
+                    runners.start_soon(self._run, job)
+                wakeup = self.state.next_wakeup()
+                delay = float("inf") if wakeup is None else max(wakeup - time.time(), 0.0)
+                with anyio.move_on_after(delay):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+
+    async def stop(self) -> None:
+        """Stop dispatching and stop every running job; they are requeued, not failed."""
+        self._stopping = True
+        for stop in self._active.values():
+            stop.request(SHUTDOWN)
+        self._wake.set()
+
+    async def _run(self, job: Job) -> None:
+        stop = self._active[job.id]
+        try:
+            if stop.reason is not None:  # cancelled or stopped before it started
+                if stop.reason != SHUTDOWN:
+                    await self.commit([Cancelled(job.id, time.time(), stop.reason)])
+                return
+
+            async def started(pid: int | None, create_time: float | None) -> None:
+                await self.commit([Started(job.id, time.time(), pid, create_time)])
+
+            outcome = await pool.run_command(
+                job, self.log_path(job.id), self.settings.socket, self.settings.kill_grace,
+                stop, started,
+            )
+            now = time.time()
+            event: AnyEvent
+            if outcome.cancelled and stop.reason == SHUTDOWN:
+                event = Requeued(job.id)
+            elif outcome.cancelled:
+                event = Cancelled(job.id, now, outcome.error or "cancelled")
+            else:
+                event = self.state.outcome(job.id, outcome.exit_code, outcome.error, now,
+                                           self.rng, outcome.retryable)
+            await self.commit([event])
+        except Refused as e:
+            log.error("job %d: could not record its outcome: %s", job.id, e.message)
+        finally:
+            del self._active[job.id]
+            self._wake.set()
+
+    async def reap(self) -> None:
+        """Jobs that were running when the daemon last died: kill leftovers, then fail the
+        attempt (retrying by the job's policy): their work may be half done."""
+        now = time.time()
+        events: list[AnyEvent] = []
+        for job in list(self.state.by_status("running")):
+            if job.pid is not None and pool.kill_leftover(job.pid, job.pid_started):
+                log.warning("job %d: killed process %d left from the previous run", job.id,
+                            job.pid)
+            events.append(self.state.outcome(job.id, None, "phxqd stopped while it ran", now,
+                                             self.rng))
+        if events:
+            log.warning("%d job(s) were running when phxqd last stopped", len(events))
+            await self.commit(events)

@@ -1,0 +1,88 @@
+"""Journal events: every change to the queue, as one record each.
+
+The state is nothing but these events applied in order over the last snapshot, so each
+event carries every value a replay needs (times, retry moments drawn with jitter, pids):
+replaying never consults a clock or a random number generator.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from phxqd.model import Job
+
+
+class Event(msgspec.Struct, tag_field="e", array_like=True, gc=False):
+    """Base of every journal event."""
+
+
+class Submitted(Event, tag="sub"):
+    job: Job
+
+
+class Started(Event, tag="start"):
+    id: int
+    at: float
+    pid: int | None
+    pid_started: float | None
+
+
+class Completed(Event, tag="done"):
+    id: int
+    at: float
+    exit_code: int
+
+
+class Failed(Event, tag="fail"):
+    """An attempt failed. With `retry_at` the job waits to run again, else it is dead."""
+
+    id: int
+    at: float
+    exit_code: int | None
+    error: str
+    retry_at: float | None
+
+
+class Cancelled(Event, tag="cancel"):
+    id: int
+    at: float
+    reason: str
+
+
+class Requeued(Event, tag="requeue"):
+    """A running attempt was stopped by the daemon itself (shutdown): it does not count."""
+
+    id: int
+
+
+class Retried(Event, tag="retry"):
+    """Finished jobs put back to pending by a person, with a fresh retry budget."""
+
+    ids: list[int]
+    at: float
+
+
+class Cleared(Event, tag="clear"):
+    ids: list[int]
+
+
+class Paused(Event, tag="pause"):
+    queue: str | None
+
+
+class Resumed(Event, tag="resume"):
+    queue: str | None
+
+
+AnyEvent = (
+    Submitted
+    | Started
+    | Completed
+    | Failed
+    | Cancelled
+    | Requeued
+    | Retried
+    | Cleared
+    | Paused
+    | Resumed
+)

@@ -1,0 +1,294 @@
+"""The append-only journal: framed records in segment files, written with group commit.
+
+On disk, `journal/` holds segment files named by the log sequence number (LSN) of their
+first record, `00000000000000000001.seg`. A record is `u32 length | u32 crc32 | msgpack
+event` (little-endian), so record k of a segment has LSN `first + k` and no record needs to
+carry its own number.
+
+One writer task owns the open segment. `append` encodes at once (the caller's objects may
+change afterwards) and returns the record's LSN; `durable(lsn)` waits until the fsync policy
+says that record is safe. Everything appended while one write+fsync is under way goes out in
+the next one: a single fdatasync acknowledges many requests (group commit).
+
+After a failed write or fsync the writer stops for good: the page cache can no longer be
+trusted to match the file, so the segment is never written or fsync'd again. Every waiter
+and every later `append` gets `JournalError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import msgspec
+
+from phxqd.events import AnyEvent
+
+log = logging.getLogger("phxqd.journal")
+
+RECORD_HEADER = struct.Struct("<II")
+SEGMENT_SUFFIX = ".seg"
+#: Records bigger than this are refused on append and treated as damage on read.
+MAX_RECORD = 64 * 1024 * 1024
+
+FsyncPolicy = Literal["always", "batch", "off"]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[AnyEvent] = msgspec.msgpack.Decoder(AnyEvent)
+
+
+class JournalError(Exception):
+    """The journal cannot take writes; nothing appended since the last good sync is safe."""
+
+
+class Corruption(Exception):
+    """A record before the tail is damaged: the daemon must not start on this journal."""
+
+    def __init__(self, path: Path, offset: int, why: str) -> None:
+        super().__init__(f"{path}: damaged record at byte offset {offset}: {why}")
+        self.path, self.offset, self.why = path, offset, why
+
+
+def encode_record(event: AnyEvent) -> bytes:
+    payload = _encoder.encode(event)
+    return RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def segment_path(directory: Path, first_lsn: int) -> Path:
+    return directory / f"{first_lsn:020d}{SEGMENT_SUFFIX}"
+
+
+def list_segments(directory: Path) -> list[tuple[int, Path]]:
+    """(first LSN, path) of every segment, oldest first."""
+    out = []
+    for p in directory.glob(f"*{SEGMENT_SUFFIX}"):
+        try:
+            out.append((int(p.stem), p))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+@dataclass
+class Scan:
+    """What reading one segment found: its events, and where its good bytes end."""
+
+    events: list[AnyEvent]
+    good_bytes: int
+    size: int
+    #: why the bytes after good_bytes are not a record (None when the file ends cleanly)
+    tail_problem: str | None
+
+
+def scan_segment(path: Path) -> Scan:
+    """Read every whole record; stop at the first bad one and say why.
+
+    Whether a bad record is a torn tail or corruption is the caller's call: only the very
+    end of the newest segment may be torn.
+    """
+    data = path.read_bytes()
+    events: list[AnyEvent] = []
+    pos, size = 0, len(data)
+    hsize = RECORD_HEADER.size
+    while pos < size:
+        if size - pos < hsize:
+            return Scan(events, pos, size, "partial record header")
+        length, crc = RECORD_HEADER.unpack_from(data, pos)
+        if length > MAX_RECORD:
+            return Scan(events, pos, size, f"record length {length} is impossible")
+        end = pos + hsize + length
+        if end > size:
+            return Scan(events, pos, size, "partial record")
+        payload = data[pos + hsize : end]
+        if zlib.crc32(payload) != crc:
+            return Scan(events, pos, size, "checksum mismatch")
+        try:
+            events.append(_decoder.decode(payload))
+        except msgspec.DecodeError as e:
+            return Scan(events, pos, size, f"undecodable record ({e})")
+        pos = end
+    return Scan(events, pos, size, None)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """The open journal of a running daemon. See the module docstring."""
+
+    def __init__(
+        self,
+        directory: Path,
+        next_lsn: int,
+        policy: FsyncPolicy = "always",
+        batch_interval: float = 0.05,
+        segment_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.directory = directory
+        self.policy = policy
+        self.batch_interval = batch_interval
+        self.segment_bytes = segment_bytes
+        self.last_lsn = next_lsn - 1  # last appended
+        self.durable_lsn = next_lsn - 1  # last safe by the policy
+        self.failed: JournalError | None = None
+        self.bytes_since_snapshot = 0
+        self._pending: list[bytes] = []
+        self._wake = anyio.Event()
+        self._progress = anyio.Event()
+        self._rotate = False
+        self._closing = False
+        self._fd = -1
+        self._segment_size = 0
+        self._unsynced = False
+        self._last_sync = time.monotonic()
+        self.fsyncs = 0
+
+    # ----------------------------------------------------------- caller's side
+
+    def append(self, events: list[AnyEvent]) -> int:
+        """Queue records for the writer; returns the LSN of the last one."""
+        if self.failed is not None:
+            raise self.failed
+        for event in events:
+            record = encode_record(event)
+            if len(record) > MAX_RECORD:
+                raise JournalError(f"a record of {len(record)} bytes is too large")
+            self._pending.append(record)
+            self.last_lsn += 1
+        self._wake.set()
+        return self.last_lsn
+
+    async def durable(self, lsn: int) -> None:
+        """Return once record `lsn` is safe by the fsync policy; raise if it never will be."""
+        while self.durable_lsn < lsn:
+            if self.failed is not None:
+                raise self.failed
+            await self._progress.wait()
+        if self.failed is not None and self.durable_lsn < lsn:
+            raise self.failed
+
+    async def rotate(self) -> None:
+        """Start a new segment once everything appended so far is written."""
+        self._rotate = True
+        target = self.last_lsn
+        self._wake.set()
+        while self._rotate and self.failed is None:
+            await self._progress.wait()
+        await self.durable(target)
+
+    async def close(self) -> None:
+        """Write and sync what is pending, then stop the writer."""
+        self._closing = True
+        self._wake.set()
+        while self._fd != -1 and self.failed is None:
+            await self._progress.wait()
+
+    # ------------------------------------------------------------ writer's side
+
+    async def run(self) -> None:
+        """The writer task: one write and at most one fdatasync per batch."""
+        self._open_segment(self.last_lsn + 1)
+        try:
+            while True:
+                if not self._pending and not self._rotate and not self._closing:
+                    if self.policy == "batch" and self._unsynced:
+                        delay = self.batch_interval - (time.monotonic() - self._last_sync)
+                        with anyio.move_on_after(max(delay, 0)):
+                            await self._wake.wait()
+                    else:
+                        await self._wake.wait()
+                self._wake = anyio.Event()
+                await self._write_batch()
+                if self._rotate or self._segment_size >= self.segment_bytes:
+                    await self._sync(force=True)
+                    self._close_segment()
+                    self._open_segment(self.last_lsn + 1)
+                    self._rotate = False
+                    self._signal()
+                if self._closing and not self._pending:
+                    await self._sync(force=True)
+                    self._close_segment()
+                    self._signal()
+                    return
+        except OSError as e:
+            self._fail(e)
+        finally:
+            if self.failed is not None:
+                self._abandon()
+
+    async def _write_batch(self) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            last = self.last_lsn
+            data = b"".join(batch)
+            fd = self._fd
+            sync = self.policy == "always"
+            await anyio.to_thread.run_sync(_write_and_sync, fd, data, sync)
+            self._segment_size += len(data)
+            self.bytes_since_snapshot += len(data)
+            if sync:
+                self.fsyncs += 1
+                self._last_sync = time.monotonic()
+            else:
+                self._unsynced = True
+            self.durable_lsn = last
+            self._signal()
+        await self._sync(force=False)
+
+    async def _sync(self, force: bool) -> None:
+        """In `batch` mode, fdatasync once the interval has passed (or when forced)."""
+        if not self._unsynced or self.policy == "off" and not force:
+            return
+        if force or time.monotonic() - self._last_sync >= self.batch_interval:
+            await anyio.to_thread.run_sync(os.fdatasync, self._fd)
+            self.fsyncs += 1
+            self._unsynced = False
+            self._last_sync = time.monotonic()
+
+    def _signal(self) -> None:
+        self._progress.set()
+        self._progress = anyio.Event()
+
+    def _fail(self, error: OSError) -> None:
+        msg = f"journal write failed: {os.strerror(error.errno) if error.errno else error}"
+        log.error("%s; refusing writes until restart (reads keep working)", msg)
+        self.failed = JournalError(msg)
+        self._signal()
+
+    def _abandon(self) -> None:
+        """Close the failed segment's fd without another fsync (its cache is untrustworthy)."""
+        if self._fd != -1:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _open_segment(self, first_lsn: int) -> None:
+        path = segment_path(self.directory, first_lsn)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._segment_size = os.fstat(self._fd).st_size
+        fsync_dir(self.directory)
+
+    def _close_segment(self) -> None:
+        os.close(self._fd)
+        self._fd = -1
+
+
+def _write_and_sync(fd: int, data: bytes, sync: bool) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    if sync:
+        os.fdatasync(fd)
+

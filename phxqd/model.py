@@ -1,0 +1,95 @@
+"""The nouns of phxq: what a job is, what it asks for, and where it stands.
+
+These Structs are shared by the daemon, the journal and the client: a `Job` encoded as JSON
+is exactly the job JSON of the contract (DESIGN.md), so there is one definition to keep in
+step. This module imports nothing but msgspec, because `phxqctl` imports it on start-up.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+#: Every status a job can have. `retrying` is a failed attempt waiting out its backoff.
+STATUSES: tuple[str, ...] = ("pending", "running", "retrying", "completed", "failed", "cancelled")
+#: Statuses after which nothing happens to a job unless someone asks (retry, clear).
+FINISHED: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+#: Statuses a job is waiting in before it runs.
+WAITING: frozenset[str] = frozenset({"pending", "retrying"})
+
+DEFAULT_QUEUE = "default"
+DEFAULT_RETRIES = 3
+
+
+class JobSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What a submitter asks for. Validated by the daemon before anything is written."""
+
+    argv: list[str]
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    key: str | None = None
+    max_retries: int = DEFAULT_RETRIES
+    timeout: float | None = None
+    delay: float | None = None
+    run_at: float | None = None
+    label: str | None = None
+    cwd: str | None = None
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Job(msgspec.Struct):
+    """One job as the daemon knows it; its JSON form is the contract's job JSON.
+
+    Times are Unix timestamps in seconds (float). `attempts` counts started runs.
+    """
+
+    id: int
+    argv: list[str]
+    queue: str
+    priority: int
+    status: str
+    created_at: float
+    run_at: float
+    key: str | None = None
+    label: str | None = None
+    cwd: str | None = None
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    timeout: float | None = None
+    max_retries: int = DEFAULT_RETRIES
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    pid: int | None = None
+    pid_started: float | None = None
+    progress: dict[str, object] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+class SubmitResult(msgspec.Struct):
+    """The answer to one submitted spec: the job, new or (for a live key) the existing one."""
+
+    job: Job
+    deduplicated: bool
+
+
+def validate_spec(spec: JobSpec) -> str | None:
+    """Return why a spec cannot be queued, or None. Kept here so client and daemon agree."""
+    if not spec.argv:
+        return "a command job needs a command: phxqctl submit -- CMD ARG..."
+    if any("\0" in a for a in spec.argv):
+        return "command arguments may not contain NUL bytes"
+    if not spec.queue or len(spec.queue) > 200:
+        return "queue names are 1 to 200 characters"
+    if spec.max_retries < 0:
+        return "--retries must be 0 or more"
+    if spec.timeout is not None and not spec.timeout > 0:
+        return "--timeout must be more than 0 seconds"
+    if spec.delay is not None and not spec.delay >= 0:
+        return "--delay must be 0 or more seconds"
+    if spec.key is not None and not spec.key:
+        return "--key must not be empty"
+    return None

@@ -1,0 +1,175 @@
+"""Run one command job as a subprocess, and stop it (with all it spawned) when told.
+
+Each job gets its own session and process group (`start_new_session=True`, never
+`preexec_fn`), its log file as stdout and stderr directly (no pipe through the daemon, so a
+daemon restart cannot SIGPIPE it), and a pidfd to wait on: the event loop learns of the exit
+without SIGCHLD handlers, helper threads, or a `waitpid(-1)` that would steal other exits.
+How many jobs run at once is the dispatcher's business, not this module's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import psutil
+
+from phxqd.model import Job
+
+
+@dataclass
+class Outcome:
+    """How an attempt ended. `error` is None only for a clean exit."""
+
+    exit_code: int | None
+    error: str | None = None
+    #: False when running it again cannot help (the command does not exist)
+    retryable: bool = True
+    #: the job was stopped on request (cancel) rather than failing by itself
+    cancelled: bool = False
+
+
+class Stop:
+    """A handle to ask a running job to stop, and why."""
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.reason: str | None = None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
+
+
+def job_env(job: Job, socket: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(job.env)
+    env["PHXQ_JOB_ID"] = str(job.id)
+    env["PHXQ_ATTEMPT"] = str(job.attempts + 1)
+    env["PHXQ_SOCKET"] = str(socket)
+    return env
+
+
+async def run_command(
+    job: Job,
+    log_path: Path,
+    socket: Path,
+    grace: float,
+    stop: Stop,
+    started: Callable[[int | None, float | None], Awaitable[None]],
+) -> Outcome:
+    """Run one attempt of `job` to its end, a timeout, or `stop`.
+
+    `started` is awaited once the process exists (or failed to), so the journal records the
+    pid before the job can finish. If the caller itself is cancelled (daemon shutdown), the
+    process tree is killed before the cancellation propagates.
+    """
+    try:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                job.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=job.cwd,
+                env=job_env(job, socket),
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as e:
+        await started(None, None)
+        where = f" in {job.cwd}" if job.cwd and isinstance(e, NotADirectoryError | FileNotFoundError) else ""
+        return Outcome(None, f"cannot start {job.argv[0]!r}{where}: {e.strerror}", retryable=False)
+
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        await started(proc.pid, _create_time(proc.pid))
+        timeout = job.timeout if job.timeout is not None else float("inf")
+        with anyio.move_on_after(timeout) as timer, stop.scope:
+            await anyio.wait_readable(pidfd)
+        if timer.cancelled_caught or stop.scope.cancelled_caught:
+            with anyio.CancelScope(shield=True):
+                await kill_tree(proc, pidfd, grace)
+        code = proc.wait()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await kill_tree(proc, pidfd, grace)
+        raise
+    finally:
+        os.close(pidfd)
+
+    if stop.reason is not None:
+        return Outcome(code, f"{stop.reason} ({describe(code)})", cancelled=True)
+    if timer.cancelled_caught:
+        return Outcome(code, f"timed out after {job.timeout:g}s ({describe(code)})")
+    return Outcome(code, None if code == 0 else describe(code))
+
+
+def describe(code: int) -> str:
+    """'exited with status 3' or 'killed by SIGTERM', from a Popen return code."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+async def kill_tree(proc: subprocess.Popen[bytes], pidfd: int, grace: float) -> None:
+    """SIGTERM the job's process group and its descendants; SIGKILL what is left after grace."""
+    others = _descendants(proc.pid)
+    _signal_all(proc.pid, others, signal.SIGTERM)
+    with anyio.move_on_after(grace):
+        await anyio.wait_readable(pidfd)
+    _signal_all(proc.pid, others, signal.SIGKILL)
+    await anyio.wait_readable(pidfd)
+    proc.wait()
+
+
+def kill_leftover(pid: int, create_time: float | None) -> bool:
+    """Kill the process group of a job from an earlier daemon life, if it still lives.
+
+    The pid alone could have been reused by an unrelated process: the start time recorded
+    in the journal must match too.
+    """
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 0.01:
+            return False
+    except psutil.Error:
+        return False
+    others = _descendants(pid)
+    _signal_all(pid, others, signal.SIGKILL)
+    return True
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def _signal_all(pgid: int, others: list[psutil.Process], sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in others:
+        try:
+            p.send_signal(sig)  # psutil checks the process is still the one it found
+        except psutil.Error:
+            pass
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None

@@ -1,0 +1,125 @@
+"""The Unix-socket listener: frames in, one reply per request out.
+
+It knows the framing and the protocol's rules (Hello first, the size limit, idle clients)
+and nothing of jobs: each decoded request goes to the `handle` callable it was given. A
+malformed frame costs its sender an error reply or the connection, never the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import SocketStream, UNIXSocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from phxqd import protocol
+from phxqd.state import Refused
+
+log = logging.getLogger("phxqd.server")
+
+Handler = Callable[[protocol.Request], Awaitable[Any]]
+#: a client that sends nothing for this long is disconnected (long requests are exempt)
+IDLE_TIMEOUT = 300.0
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make the socket's directory private, and clear a stale socket file left by a crash.
+
+    A socket file that someone still listens on is not ours to take: refuse instead.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SystemExit(f"phxqd: {path} exists and is not a socket; not touching it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+    else:
+        raise SystemExit(f"phxqd: another phxqd is already listening on {path}")
+    finally:
+        probe.close()
+
+
+async def listen(path: Path) -> anyio.abc.SocketListener:
+    prepare_socket_path(path)
+    old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
+    try:
+        return await anyio.create_unix_listener(path)
+    finally:
+        os.umask(old)
+
+
+async def serve(listener: anyio.abc.SocketListener, handle: Handler) -> None:
+    async def on_connect(stream: SocketStream) -> None:
+        assert isinstance(stream, UNIXSocketStream)
+        try:
+            await Connection(stream, handle).run()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+            pass  # the client went away; nothing to answer
+
+    await listener.serve(on_connect)
+
+
+class Connection:
+    def __init__(self, stream: UNIXSocketStream, handle: Handler) -> None:
+        self.stream = stream
+        self.reader = BufferedByteReceiveStream(stream)
+        self.handle = handle
+
+    async def run(self) -> None:
+        async with self.stream:
+            greeted = False
+            while True:
+                payload = await self._read_frame()
+                if payload is None:
+                    return
+                try:
+                    req = protocol.request_decoder.decode(payload)
+                except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    await self._send(protocol.Err("usage", f"malformed request: {e}"))
+                    continue
+                if not greeted and not isinstance(req, protocol.Hello):
+                    await self._send(protocol.Err("upgrade", "the first request must be hello"))
+                    return
+                greeted = True
+                await self._send(await self._answer(req))
+
+    async def _read_frame(self) -> bytes | None:
+        """The next payload, or None when the client is gone, idle, or broke the framing."""
+        with anyio.move_on_after(IDLE_TIMEOUT):
+            try:
+                header = await self.reader.receive_exactly(protocol.HEADER.size)
+                (length,) = protocol.HEADER.unpack(header)
+                if length > protocol.MAX_FRAME:
+                    await self._send(protocol.Err(
+                        "usage", f"frame of {length} bytes is over the {protocol.MAX_FRAME} limit"))
+                    return None
+                return await self.reader.receive_exactly(length)
+            except (anyio.IncompleteRead, anyio.EndOfStream):
+                return None
+        return None
+
+    async def _answer(self, req: protocol.Request) -> protocol.Ok | protocol.Err:
+        try:
+            return protocol.Ok(await self.handle(req))
+        except Refused as e:
+            return protocol.Err(e.code, e.message)
+        except Exception:
+            log.exception("internal error answering %s", type(req).__name__)
+            return protocol.Err("internal", "internal error in phxqd (see its log)")
+
+    async def _send(self, reply: protocol.Ok | protocol.Err) -> None:
+        await self.stream.send(protocol.frame(reply))

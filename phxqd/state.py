@@ -1,0 +1,359 @@
+"""The queue in memory: decisions and their effects, with no I/O and no clock of its own.
+
+Two kinds of method live here. *Decisions* (`submit`, `cancel`, `retry`, ...) look at the
+state and return the events that a request should cause, or raise `Refused`; they change
+nothing. `apply` is the only way the state changes, and the journal replay calls it too, so
+a live daemon and a restarted one cannot disagree. Every time comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import msgspec
+
+from phxqd.events import (
+    AnyEvent,
+    Cancelled,
+    Cleared,
+    Completed,
+    Failed,
+    Paused,
+    Requeued,
+    Resumed,
+    Retried,
+    Started,
+    Submitted,
+)
+from phxqd.model import FINISHED, STATUSES, WAITING, Job, JobSpec, SubmitResult
+
+BACKOFF_BASE = 1.0
+BACKOFF_MAX = 60.0
+BACKOFF_JITTER = 0.5
+
+
+class Refused(Exception):
+    """A request that the state will not carry out; `code` is the protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Snapshot(msgspec.Struct):
+    """Everything needed to rebuild the state without the events before `lsn`."""
+
+    lsn: int
+    next_id: int
+    jobs: list[Job]
+    paused: list[str]
+    paused_all: bool
+
+
+def backoff(attempts: int, rng: random.Random) -> float:
+    """Seconds to wait before attempt `attempts + 1`: exponential, capped, with jitter."""
+    delay = min(BACKOFF_BASE * 2 ** max(attempts - 1, 0), BACKOFF_MAX)
+    return delay * (1 + BACKOFF_JITTER * rng.random())
+
+
+@dataclass
+class State:
+    """All jobs, their indexes and counters. See the module docstring for the rules."""
+
+    jobs: dict[int, Job] = field(default_factory=dict)
+    next_id: int = 1
+    paused: set[str] = field(default_factory=set)
+    paused_all: bool = False
+    #: (queue, status) -> number of jobs; kept exact by `apply` so `status` is O(queues).
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: live idempotency keys -> job id
+    keys: dict[str, int] = field(default_factory=dict)
+    #: per queue, a heap of (-priority, seq, id) of jobs ready to run
+    _ready: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+    #: heap of (run_at, seq, id) of waiting jobs whose time has not come
+    _delayed: list[tuple[float, int, int]] = field(default_factory=list)
+    #: id -> seq of its one valid heap entry; entries with another seq are stale
+    _queued: dict[int, int] = field(default_factory=dict)
+    _seq: int = 0
+
+    # ----------------------------------------------------------------- decisions
+
+    def submit(self, specs: list[JobSpec], now: float) -> tuple[list[AnyEvent], list[SubmitResult]]:
+        """Events for a batch of submits; a live key returns its job instead of a new one."""
+        events: list[AnyEvent] = []
+        results: list[SubmitResult] = []
+        batch_keys: dict[str, Job] = {}
+        next_id = self.next_id
+        for spec in specs:
+            if spec.key is not None:
+                existing = batch_keys.get(spec.key)
+                if existing is None and spec.key in self.keys:
+                    existing = self.jobs[self.keys[spec.key]]
+                if existing is not None:
+                    results.append(SubmitResult(existing, True))
+                    continue
+            run_at = now
+            if spec.run_at is not None:
+                run_at = spec.run_at
+            elif spec.delay:
+                run_at = now + spec.delay
+            job = Job(
+                id=next_id,
+                argv=list(spec.argv),
+                queue=spec.queue,
+                priority=spec.priority,
+                status="pending",
+                created_at=now,
+                run_at=run_at,
+                key=spec.key,
+                label=spec.label,
+                cwd=spec.cwd,
+                env=dict(spec.env),
+                timeout=spec.timeout,
+                max_retries=spec.max_retries,
+            )
+            next_id += 1
+            if spec.key is not None:
+                batch_keys[spec.key] = job
+            events.append(Submitted(job))
+            results.append(SubmitResult(job, False))
+        return events, results
+
+    def get(self, job_id: int) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise Refused("not_found", f"no job {job_id}")
+        return job
+
+    def cancel(self, ids: Iterable[int], now: float) -> tuple[list[AnyEvent], list[int]]:
+        """Cancel events for waiting jobs, and the running ids the pool must stop."""
+        jobs = [self.get(i) for i in ids]
+        for job in jobs:
+            if job.finished:
+                raise Refused("refused", f"job {job.id} is already {job.status}")
+        events: list[AnyEvent] = [
+            Cancelled(j.id, now, "cancelled") for j in jobs if j.status in WAITING
+        ]
+        return events, [j.id for j in jobs if j.status == "running"]
+
+    def retry(self, ids: Iterable[int], now: float) -> list[AnyEvent]:
+        jobs = [self.get(i) for i in ids]
+        for job in jobs:
+            if job.status not in ("failed", "cancelled"):
+                raise Refused("refused", f"job {job.id} is {job.status}: only failed or "
+                              "cancelled jobs can be retried")
+            if job.key is not None and self.keys.get(job.key, job.id) != job.id:
+                raise Refused("refused", f"job {job.id}: key {job.key!r} is live in job "
+                              f"{self.keys[job.key]}")
+        return [Retried([j.id for j in jobs], now)] if jobs else []
+
+    def retry_failed(self, queue: str | None, now: float) -> list[AnyEvent]:
+        ids = [
+            j.id
+            for j in self.jobs.values()
+            if j.status == "failed"
+            and (queue is None or j.queue == queue)
+            and (j.key is None or j.key not in self.keys)
+        ]
+        return [Retried(ids, now)] if ids else []
+
+    def clear(self, status: str | None, queue: str | None) -> list[AnyEvent]:
+        if status is not None and status not in FINISHED:
+            raise Refused("usage", f"clear forgets finished jobs only: --status must be one "
+                          f"of {', '.join(sorted(FINISHED))}")
+        wanted = FINISHED if status is None else {status}
+        ids = [
+            j.id
+            for j in self.jobs.values()
+            if j.status in wanted and (queue is None or j.queue == queue)
+        ]
+        return [Cleared(ids)] if ids else []
+
+    def outcome(self, job_id: int, exit_code: int | None, error: str | None, now: float,
+                rng: random.Random, retryable: bool = True) -> AnyEvent:
+        """The event that ends a running attempt: done, retry later, or failed for good."""
+        job = self.jobs[job_id]
+        if exit_code == 0 and error is None:
+            return Completed(job_id, now, 0)
+        reason = error or f"exited with status {exit_code}"
+        retry_at = None
+        if retryable and job.attempts <= job.max_retries:
+            retry_at = now + backoff(job.attempts, rng)
+        return Failed(job_id, now, exit_code, reason, retry_at)
+
+    def claim_next(self, now: float) -> Job | None:
+        """The next job to start, taken off the ready heaps; the caller must start it."""
+        self._promote(now)
+        if self.paused_all:
+            return None
+        best: tuple[int, int, int] | None = None
+        best_queue = ""
+        for queue, heap in self._ready.items():
+            if queue in self.paused:
+                continue
+            while heap and self._queued.get(heap[0][2]) != heap[0][1]:
+                heapq.heappop(heap)
+            if heap and (best is None or heap[0] < best):
+                best, best_queue = heap[0], queue
+        if best is None:
+            return None
+        heapq.heappop(self._ready[best_queue])
+        del self._queued[best[2]]
+        return self.jobs[best[2]]
+
+    def next_wakeup(self) -> float | None:
+        """When the earliest delayed job becomes ready, for the dispatcher's sleep."""
+        while self._delayed and self._queued.get(self._delayed[0][2]) != self._delayed[0][1]:
+            heapq.heappop(self._delayed)
+        return self._delayed[0][0] if self._delayed else None
+
+    # ------------------------------------------------------------------- queries
+
+    def running(self) -> int:
+        return sum(n for (_, s), n in self.counts.items() if s == "running")
+
+    def summary(self) -> dict[str, object]:
+        by_status = dict.fromkeys(STATUSES, 0)
+        queues: dict[str, dict[str, int]] = {}
+        for (queue, status), n in self.counts.items():
+            if n:
+                by_status[status] += n
+                queues.setdefault(queue, dict.fromkeys(STATUSES, 0))[status] = n
+        return {
+            "counts": by_status,
+            "queues": queues,
+            "total": len(self.jobs),
+            "paused": sorted(self.paused),
+            "paused_all": self.paused_all,
+        }
+
+    def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
+        """Jobs newest first, filtered."""
+        out: list[Job] = []
+        for job in reversed(self.jobs.values()):
+            if (status is None or job.status == status) and (queue is None or job.queue == queue):
+                out.append(job)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def by_status(self, *statuses: str) -> Iterator[Job]:
+        return (j for j in self.jobs.values() if j.status in statuses)
+
+    # --------------------------------------------------------------------- apply
+
+    def apply(self, event: AnyEvent) -> None:
+        """Change the state by one event. Replay calls this too: it must stay deterministic."""
+        match event:
+            case Submitted(job):
+                self.jobs[job.id] = job
+                self.next_id = max(self.next_id, job.id + 1)
+                self._count(job, +1)
+                if job.key is not None and not job.finished:
+                    self.keys[job.key] = job.id
+                if job.status in WAITING:
+                    self._enqueue(job)
+            case Started(job_id, at, pid, pid_started):
+                job = self.jobs[job_id]
+                self._set_status(job, "running")
+                self._queued.pop(job_id, None)
+                job.attempts += 1
+                job.started_at = at
+                job.pid, job.pid_started = pid, pid_started
+            case Completed(job_id, at, exit_code):
+                job = self.jobs[job_id]
+                self._finish(job, "completed", at)
+                job.exit_code, job.error = exit_code, None
+            case Failed(job_id, at, exit_code, error, retry_at):
+                job = self.jobs[job_id]
+                job.exit_code, job.error, job.pid = exit_code, error, None
+                if retry_at is None:
+                    self._finish(job, "failed", at)
+                else:
+                    self._set_status(job, "retrying")
+                    job.run_at = retry_at
+                    self._enqueue(job)
+            case Cancelled(job_id, at, reason):
+                job = self.jobs[job_id]
+                self._finish(job, "cancelled", at)
+                job.error = reason
+            case Requeued(job_id):
+                job = self.jobs[job_id]
+                job.attempts -= 1
+                job.pid = None
+                self._set_status(job, "pending")
+                self._enqueue(job)
+            case Retried(ids, at):
+                for job_id in ids:
+                    job = self.jobs[job_id]
+                    job.attempts = 0
+                    job.finished_at = job.exit_code = job.error = job.pid = None
+                    job.run_at = at
+                    self._set_status(job, "pending")
+                    if job.key is not None:
+                        self.keys[job.key] = job.id
+                    self._enqueue(job)
+            case Cleared(ids):
+                for job_id in ids:
+                    job = self.jobs.pop(job_id)
+                    self._count(job, -1)
+            case Paused(queue):
+                if queue is None:
+                    self.paused_all = True
+                else:
+                    self.paused.add(queue)
+            case Resumed(queue):
+                if queue is None:
+                    self.paused_all = False
+                    self.paused.clear()
+                else:
+                    self.paused.discard(queue)
+
+    def snapshot(self, lsn: int) -> Snapshot:
+        return Snapshot(lsn, self.next_id, list(self.jobs.values()), sorted(self.paused),
+                        self.paused_all)
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> State:
+        state = cls(next_id=snap.next_id, paused=set(snap.paused), paused_all=snap.paused_all)
+        for job in snap.jobs:
+            state.apply(Submitted(job))
+        state.next_id = snap.next_id
+        return state
+
+    # ------------------------------------------------------------------- helpers
+
+    def _count(self, job: Job, delta: int) -> None:
+        k = (job.queue, job.status)
+        self.counts[k] = self.counts.get(k, 0) + delta
+
+    def _set_status(self, job: Job, status: str) -> None:
+        self._count(job, -1)
+        job.status = status
+        self._count(job, +1)
+
+    def _finish(self, job: Job, status: str, at: float) -> None:
+        self._set_status(job, status)
+        self._queued.pop(job.id, None)
+        job.finished_at, job.pid, job.pid_started = at, None, None
+        if job.key is not None and self.keys.get(job.key) == job.id:
+            del self.keys[job.key]
+
+    def _enqueue(self, job: Job) -> None:
+        self._seq += 1
+        self._queued[job.id] = self._seq
+        heapq.heappush(self._delayed, (job.run_at, self._seq, job.id))
+
+    def _promote(self, now: float) -> None:
+        """Move delayed jobs whose time has come onto their queue's ready heap."""
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            _, seq, job_id = heapq.heappop(delayed)
+            if self._queued.get(job_id) != seq:
+                continue
+            job = self.jobs[job_id]
+            heapq.heappush(self._ready.setdefault(job.queue, []), (-job.priority, seq, job_id))

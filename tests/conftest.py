@@ -1,0 +1,113 @@
+"""Test harness: a real phxqd in a temp dir, driven through the real phxqctl.
+
+`Daemon.start()` returns once the daemon has logged that it is ready (after recovery, with
+the socket accepting): the test waits on that event, not on a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+READY_TIMEOUT = 30.0
+
+
+class Daemon:
+    def __init__(self, tmp: Path, workers: int = 2, extra: list[str] | None = None) -> None:
+        self.tmp = tmp
+        self.state_dir = tmp / "state"
+        self.socket = tmp / "run" / "phxqd.sock"
+        self.workers = workers
+        self.extra = extra or []
+        self.proc: subprocess.Popen[str] | None = None
+        self.log: list[str] = []
+        self.config = tmp / "phxqd.toml"
+        self.config.touch()
+        self.env = {**os.environ, "PHXQ_SOCKET": str(self.socket),
+                    "PHXQ_STATE_DIR": str(self.state_dir), "PHXQ_CONFIG": str(self.config)}
+
+    def start(self, expect_ready: bool = True) -> Daemon:
+        assert self.proc is None or self.proc.poll() is not None
+        self.log = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "phxqd", "--workers", str(self.workers), *self.extra],
+            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )
+        ready = threading.Event()
+
+        def pump(stream: Any) -> None:
+            for line in stream:
+                self.log.append(line)
+                if " ready: " in line:
+                    ready.set()
+            ready.set()  # the daemon exited: let start() see it
+
+        threading.Thread(target=pump, args=(self.proc.stderr,), daemon=True).start()
+        if expect_ready:
+            assert ready.wait(READY_TIMEOUT), "phxqd did not become ready:\n" + self.logtext()
+            assert self.proc.poll() is None, "phxqd exited at start:\n" + self.logtext()
+        return self
+
+    def logtext(self) -> str:
+        return "".join(self.log)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        return code
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def ctl(self, *args: str, input: str | None = None,
+            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "phxqctl", *args], env=self.env,
+                              capture_output=True, text=True, input=input, timeout=timeout)
+
+    def ok(self, *args: str, input: str | None = None) -> str:
+        r = self.ctl(*args, input=input)
+        assert r.returncode == 0, f"phxqctl {' '.join(args)} -> {r.returncode}\n{r.stderr}"
+        return r.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok("--json", *args))
+
+    def submit(self, *argv: str, opts: tuple[str, ...] = ()) -> int:
+        return int(self.ok("submit", *opts, "--", *argv).strip())
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.json("show", str(job_id))
+        return result
+
+
+def until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll a condition the test cannot be told about (a process state, a file)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path).start()
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop(signal.SIGKILL)

@@ -1,0 +1,253 @@
+"""The walking skeleton end to end: the README's tour against a real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import Daemon, until
+
+
+def test_submit_wait_logs(daemon: Daemon) -> None:
+    job_id = daemon.submit("echo", "hi")
+    assert job_id == 1
+    r = daemon.ctl("wait", str(job_id))
+    assert r.returncode == 0, r.stderr
+    assert "completed" in r.stdout
+    assert daemon.ok("logs", str(job_id)) == "hi\n"
+    job = daemon.job(job_id)
+    assert job["status"] == "completed" and job["exit_code"] == 0 and job["attempts"] == 1
+    for field in ("id", "queue", "status", "priority", "key", "attempts", "max_retries",
+                  "created_at", "started_at", "finished_at", "run_at", "progress", "exit_code",
+                  "error", "argv"):
+        assert field in job
+
+
+def test_stdout_and_stderr_go_to_the_log_and_job_env_is_set(daemon: Daemon) -> None:
+    job_id = daemon.submit("sh", "-c", 'echo "out $PHXQ_JOB_ID $PHXQ_ATTEMPT"; echo err >&2',
+                           opts=("--env", "EXTRA=1"))
+    daemon.ok("wait", str(job_id))
+    assert daemon.ok("logs", str(job_id)) == f"out {job_id} 1\nerr\n"
+    log = daemon.state_dir / "logs" / f"{job_id}.log"
+    assert log.read_text() == f"out {job_id} 1\nerr\n"
+
+
+def test_job_runs_in_its_own_session(daemon: Daemon, tmp_path: Path) -> None:
+    out = tmp_path / "ids"
+    job_id = daemon.submit(sys.executable, "-c",
+                           f"import os; open({str(out)!r}, 'w').write("
+                           "f'{os.getpid()} {os.getsid(0)} {os.getpgid(0)}')")
+    daemon.ok("wait", str(job_id))
+    pid, sid, pgid = out.read_text().split()
+    assert pid == sid == pgid
+    assert int(sid) != os.getsid(0)
+
+
+def test_failed_job_then_retry_failed_and_clear(daemon: Daemon, tmp_path: Path) -> None:
+    flag = tmp_path / "ok"
+    job_id = daemon.submit("sh", "-c", f"test -e {flag}", opts=("--retries", "0"))
+    r = daemon.ctl("wait", str(job_id))
+    assert r.returncode == 1
+    assert "failed" in r.stdout and "exited with status 1" in r.stdout
+    job = daemon.job(job_id)
+    assert job["status"] == "failed" and job["exit_code"] == 1
+
+    flag.touch()
+    assert daemon.json("retry-failed") == {"retried": 1}
+    assert daemon.ctl("wait", str(job_id)).returncode == 0
+    assert daemon.job(job_id)["status"] == "completed"
+
+    assert daemon.json("clear") == {"cleared": 1}
+    assert daemon.ctl("show", str(job_id)).returncode == 4
+    assert not (daemon.state_dir / "logs" / f"{job_id}.log").exists()
+
+
+def test_retries_with_backoff_until_success(daemon: Daemon) -> None:
+    job_id = daemon.submit("sh", "-c", 'test "$PHXQ_ATTEMPT" -ge 2', opts=("--retries", "2"))
+    assert daemon.ctl("wait", str(job_id)).returncode == 0
+    job = daemon.job(job_id)
+    assert job["status"] == "completed" and job["attempts"] == 2
+
+
+def test_command_not_found_fails_without_retrying(daemon: Daemon) -> None:
+    job_id = daemon.submit("/nonexistent/program")
+    assert daemon.ctl("wait", str(job_id)).returncode == 1
+    job = daemon.job(job_id)
+    assert job["status"] == "failed" and job["attempts"] == 1
+    assert "cannot start" in job["error"]
+
+
+def _marked(token: str) -> list[psutil.Process]:
+    """Live `sleep TOKEN` processes."""
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.info["cmdline"] == ["sleep", token] and p.status() != "zombie":
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_cancel_kills_the_whole_process_tree(daemon: Daemon) -> None:
+    token = f"{os.getpid()}.4242"  # a unique sleep length marks this test's processes
+    job_id = daemon.submit("sh", "-c", f"sleep {token} & sleep {token} & wait")
+    until(lambda: len(_marked(token)) == 2, what="the job's two children")
+    out = daemon.ok("cancel", str(job_id))
+    assert f"job {job_id} cancelled" in out
+    job = daemon.job(job_id)
+    assert job["status"] == "cancelled" and "SIGTERM" in job["error"]
+    until(lambda: not _marked(token), what="the job's processes to be gone")
+    assert daemon.ctl("cancel", str(job_id)).returncode == 5  # already finished
+
+
+def test_cancel_pending_job(daemon: Daemon) -> None:
+    job_id = daemon.submit("true", opts=("--delay", "1h"))
+    assert daemon.job(job_id)["status"] == "pending"
+    daemon.ok("cancel", str(job_id))
+    assert daemon.job(job_id)["status"] == "cancelled"
+    assert daemon.ctl("wait", str(job_id)).returncode == 1
+
+
+def test_timeout_kills_and_fails(daemon: Daemon) -> None:
+    job_id = daemon.submit("sleep", "60", opts=("--timeout", "0.3", "--retries", "0"))
+    assert daemon.ctl("wait", str(job_id)).returncode == 1
+    job = daemon.job(job_id)
+    assert job["status"] == "failed" and "timed out" in job["error"]
+
+
+def test_workers_bound_concurrency(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, workers=2).start()
+    try:
+        running = tmp_path / "running"
+        running.mkdir()
+        seen = tmp_path / "seen"
+        script = (f'touch {running}/$PHXQ_JOB_ID; ls {running} | wc -l >> {seen}; '
+                  f'sleep 0.2; rm {running}/$PHXQ_JOB_ID')
+        ids = [d.submit("sh", "-c", script) for _ in range(6)]
+        d.ok("wait", *map(str, ids))
+        counts = [int(x) for x in seen.read_text().split()]
+        assert len(counts) == 6 and max(counts) <= 2
+    finally:
+        d.stop()
+
+
+def test_status_list_and_json(daemon: Daemon) -> None:
+    daemon.ok("pause")
+    a = daemon.submit("true", opts=("--queue", "img", "--priority", "5", "--label", "A"))
+    b = daemon.submit("true")
+    status = daemon.json("status")
+    assert status["counts"]["pending"] == 2
+    assert status["queues"]["img"]["pending"] == 1 and status["paused_all"] is True
+    listed = [j["id"] for j in map(json.loads,
+                                   daemon.ok("--json", "list").splitlines())]
+    assert listed == [b, a]
+    assert len(daemon.ok("list", "--queue", "img").splitlines()) == 2  # header + one row
+    text = daemon.ok("status")
+    assert "img" in text and "paused" in text
+    daemon.ok("resume")
+    daemon.ok("wait", str(a), str(b))
+
+
+def test_idempotency_key_returns_live_job(daemon: Daemon) -> None:
+    first = daemon.json("submit", "--key", "k1", "--delay", "1h", "--", "true")
+    again = daemon.json("submit", "--key", "k1", "--", "echo", "other")
+    assert first["deduplicated"] is False and again["deduplicated"] is True
+    assert again["id"] == first["id"] and again["argv"] == ["true"]
+
+
+def test_batch_submit(daemon: Daemon) -> None:
+    lines = "\n".join(f'{{"argv": ["echo", "{i}"]}}' for i in range(5))
+    out = daemon.ok("submit", "--batch", "-", input=lines)
+    ids = [int(x) for x in out.split()]
+    assert ids == [1, 2, 3, 4, 5]
+    daemon.ok("wait", *map(str, ids))
+    assert daemon.ok("logs", "3") == "2\n"
+
+
+def test_errors_are_one_line_with_documented_exit_status(daemon: Daemon, tmp_path: Path) -> None:
+    cases = [
+        (("show", "999"), 4),
+        (("wait", "999"), 4),
+        (("logs", "999"), 4),
+        (("cancel", "999"), 4),
+        (("submit",), 2),
+        (("submit", "--delay", "soon", "--", "true"), 2),
+        (("wait", "abc"), 2),
+        (("frobnicate",), 2),
+        (("submit", "--retries", "-1", "--", "true"), 2),
+        (("clear", "--status", "running"), 2),
+        (("submit", "--batch", str(tmp_path / "missing.jsonl")), 2),
+    ]
+    for args, code in cases:
+        r = daemon.ctl(*args)
+        assert r.returncode == code, (args, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip(), args
+
+
+def test_daemon_not_running_exit_3(tmp_path: Path) -> None:
+    sock = tmp_path / "nowhere.sock"
+    r = subprocess.run([sys.executable, "-m", "phxqctl", "--socket", str(sock), "status"],
+                       capture_output=True, text=True)
+    assert r.returncode == 3
+    assert r.stderr.count("\n") == 1 and str(sock) in r.stderr and "phxqd" in r.stderr
+
+
+def test_restart_keeps_every_acknowledged_job(tmp_path: Path) -> None:
+    d = Daemon(tmp_path).start()
+    d.ok("pause")
+    ids = [d.submit("echo", str(i)) for i in range(20)]
+    d.kill9()
+    d.start()
+    listed = sorted(j["id"] for j in map(json.loads,
+                                         d.ok("--json", "list", "--limit", "100").splitlines()))
+    assert listed == ids
+    assert d.submit("true") == 21  # ids are never reused
+    d.ok("resume")
+    d.ok("wait", *map(str, ids))
+    assert d.stop() == 0
+
+
+def test_graceful_stop_requeues_running_job_without_spending_an_attempt(tmp_path: Path) -> None:
+    d = Daemon(tmp_path).start()
+    job_id = d.submit("sleep", "60")
+    until(lambda: d.job(job_id)["status"] == "running", what="the job to start")
+    d.ok("pause")
+    assert d.stop(signal.SIGTERM) == 0
+    assert not d.socket.exists()
+    d.start()
+    job = d.job(job_id)
+    assert job["status"] == "pending" and job["attempts"] == 0
+    d.kill9()
+
+
+def test_kill9_with_running_job_reaps_leftover_and_retries(tmp_path: Path) -> None:
+    d = Daemon(tmp_path).start()
+    token = f"{os.getpid()}.777"
+    job_id = d.submit("sleep", token, opts=("--retries", "1"))
+    until(lambda: _marked(token), what="the job to start")
+    d.ok("pause")
+    d.kill9()
+    assert _marked(token), "the job should outlive a kill -9 of the daemon"
+    d.start()
+    until(lambda: not _marked(token), what="the leftover job to be killed")
+    job = d.job(job_id)
+    assert job["status"] == "retrying" and job["attempts"] == 1
+    assert "phxqd stopped while it ran" in job["error"]
+    d.kill9()
+
+
+def test_second_daemon_on_same_socket_refuses(daemon: Daemon, tmp_path: Path) -> None:
+    other = Daemon(daemon.tmp)
+    other.start(expect_ready=False)
+    assert other.proc is not None
+    assert other.proc.wait(30) != 0
+    assert "already listening" in other.logtext()
+    assert daemon.ctl("status").returncode == 0
