@@ -12,7 +12,6 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 
@@ -56,12 +55,14 @@ def env_pair(text: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print JSON only")
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON only"
+    )
     common.add_argument("--socket", default=argparse.SUPPRESS, help="phxqd's socket")
 
-    p = argparse.ArgumentParser(prog="phxqctl", parents=[common],
-                                description="Talk to phxqd, the phxq job queue daemon.")
+    p = argparse.ArgumentParser(
+        prog="phxqctl", parents=[common], description="Talk to phxqd, the phxq job queue daemon."
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
@@ -143,9 +144,21 @@ def do_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     else:
         if not argv:
             raise UsageError("submit needs a command: phxqctl submit [options] -- CMD ARG...")
-        specs = [JobSpec(argv=argv, queue=args.queue, priority=args.priority, key=args.key,
-                         max_retries=args.retries, timeout=args.timeout, delay=args.delay,
-                         run_at=args.at, label=args.label, cwd=args.cwd, env=dict(args.env))]
+        specs = [
+            JobSpec(
+                argv=argv,
+                queue=args.queue,
+                priority=args.priority,
+                key=args.key,
+                max_retries=args.retries,
+                timeout=args.timeout,
+                delay=args.delay,
+                run_at=args.at,
+                label=args.label,
+                cwd=args.cwd,
+                env=dict(args.env),
+            )
+        ]
     results = client.submit_batch(specs)
     for res in results:
         if as_json:
@@ -164,7 +177,11 @@ def do_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 def read_batch(source: str) -> list[JobSpec]:
     """One JSON object per line, each a job spec (argv, queue, priority, key, ...)."""
     try:
-        text = sys.stdin.read() if source == "-" else open(source, encoding="utf-8").read()
+        if source == "-":
+            text = sys.stdin.read()
+        else:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
     except OSError as e:
         raise UsageError(f"cannot read {source}: {e.strerror}") from None
     specs = []

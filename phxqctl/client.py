@@ -10,7 +10,9 @@ It imports no daemon code beyond the shared protocol and model, so `phxqctl` sta
 
 from __future__ import annotations
 
+import builtins
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,6 +22,10 @@ import msgspec
 from phxqd import paths, protocol
 from phxqd.model import Job, JobSpec, SubmitResult
 from phxqd.protocol import ERROR_EXIT
+
+#: spelled out once here: inside Client, `list` names the method
+Jobs = list[Job]
+Ids = list[int]
 
 
 class PhxqError(Exception):
@@ -52,8 +58,9 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -66,34 +73,33 @@ class Client:
     def submit(self, argv: list[str], **options: Any) -> Job:
         return self.submit_batch([JobSpec(argv=list(argv), **options)])[0].job
 
-    def submit_batch(self, specs: list[JobSpec]) -> list[SubmitResult]:
-        result = self.call(protocol.Submit(specs))
-        return msgspec.convert(result, list[SubmitResult])
+    def submit_batch(self, specs: Sequence[JobSpec]) -> Sequence[SubmitResult]:
+        result = self.call(protocol.Submit(builtins.list(specs)))
+        return msgspec.convert(result, tuple[SubmitResult, ...])
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call(protocol.Status())
         return result
 
-    def list(self, status: str | None = None, queue: str | None = None,
-             limit: int = 50) -> list[Job]:
-        return msgspec.convert(self.call(protocol.List(status, queue, limit)), list[Job])
+    def list(self, status: str | None = None, queue: str | None = None, limit: int = 50) -> Jobs:
+        return msgspec.convert(self.call(protocol.List(status, queue, limit)), Jobs)
 
     def get(self, job_id: int) -> Job:
         return msgspec.convert(self.call(protocol.Show(job_id)), Job)
 
-    def wait(self, ids: list[int], timeout: float | None = None) -> list[Job]:
-        return msgspec.convert(self.call(protocol.Wait(ids, timeout)), list[Job])
+    def wait(self, ids: Ids, timeout: float | None = None) -> Jobs:
+        return msgspec.convert(self.call(protocol.Wait(ids, timeout)), Jobs)
 
     def logs(self, job_id: int, offset: int = 0) -> tuple[bytes, int, bool]:
         """A chunk of the job's log from `offset`: (data, next offset, job finished)."""
         r = self.call(protocol.Logs(job_id, offset))
         return bytes(r["data"]), int(r["offset"]), bool(r["finished"])
 
-    def cancel(self, ids: list[int]) -> list[Job]:
-        return msgspec.convert(self.call(protocol.Cancel(ids)), list[Job])
+    def cancel(self, ids: Ids) -> Jobs:
+        return msgspec.convert(self.call(protocol.Cancel(ids)), Jobs)
 
-    def retry(self, ids: list[int]) -> list[Job]:
-        return msgspec.convert(self.call(protocol.Retry(ids)), list[Job])
+    def retry(self, ids: Ids) -> Jobs:
+        return msgspec.convert(self.call(protocol.Retry(ids)), Jobs)
 
     def retry_failed(self, queue: str | None = None) -> int:
         return int(self.call(protocol.RetryFailed(queue))["retried"])
@@ -115,8 +121,10 @@ class Client:
         """Send one request and return the result of its reply, or raise RemoteError."""
         if self._sock is None:
             self._sock = self._connect()
-            self._sock.sendall(protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION, "phxqctl"))
-                               + protocol.frame(request))
+            self._sock.sendall(
+                protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION, "phxqctl"))
+                + protocol.frame(request)
+            )
             self._expect_reply()
         else:
             self._sock.sendall(protocol.frame(request))

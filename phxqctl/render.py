@@ -26,7 +26,7 @@ def ago(t: float | None, now: float) -> str:
 
 
 def span(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:
@@ -45,13 +45,24 @@ def job_table(jobs: list[Job], now: float) -> str:
         return "no jobs"
     rows = [("ID", "STATUS", "QUEUE", "PRI", "TRIES", "CREATED", "COMMAND")]
     for j in jobs:
-        rows.append((str(j.id), j.status, j.queue, str(j.priority), str(j.attempts),
-                     ago(j.created_at, now), command(j)))
+        rows.append(
+            (
+                str(j.id),
+                j.status,
+                j.queue,
+                str(j.priority),
+                str(j.attempts),
+                ago(j.created_at, now),
+                command(j),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     lines = []
     for r in rows:
-        head = "  ".join(c.ljust(w) if i != 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(r[:6], widths, strict=True)))
+        head = "  ".join(
+            c.ljust(w) if i != 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r[:6], widths, strict=True))
+        )
         room = max(80 - len(head) - 2, 10)
         cmd = r[6] if len(r[6]) <= room else r[6][: room - 1] + "…"
         lines.append(f"{head}  {cmd}")
@@ -75,9 +86,15 @@ def job_detail(job: Job, now: float) -> str:
             fields.append((name, ago(t, now)))
     if job.started_at and job.finished_at and job.finished_at >= job.started_at:
         fields.append(("took", span(job.finished_at - job.started_at)))
-    optional = {"key": job.key, "label": job.label, "cwd": job.cwd, "exit code": job.exit_code,
-                "error": job.error, "pid": job.pid,
-                "timeout": None if job.timeout is None else f"{job.timeout:g}s"}
+    optional = {
+        "key": job.key,
+        "label": job.label,
+        "cwd": job.cwd,
+        "exit code": job.exit_code,
+        "error": job.error,
+        "pid": job.pid,
+        "timeout": None if job.timeout is None else f"{job.timeout:g}s",
+    }
     fields += [(k, str(v)) for k, v in optional.items() if v is not None]
     fields += [(f"env {k}", v) for k, v in job.env.items()]
     width = max(len(k) for k, _ in fields)
@@ -95,8 +112,10 @@ def outcome_line(job: Job) -> str:
 def status_text(s: dict[str, Any]) -> str:
     counts: dict[str, int] = s["counts"]
     state = "writable" if s["writable"] else f"NOT WRITABLE: {s['journal_error']}"
-    lines = [f"phxqd: {s['workers']} workers, fsync={s['fsync']}, up {span(s['uptime'])}, "
-             f"journal {state}"]
+    lines = [
+        f"phxqd: {s['workers']} workers, fsync={s['fsync']}, up {span(s['uptime'])}, "
+        f"journal {state}"
+    ]
     if s["paused_all"]:
         lines.append("all queues paused")
     elif s["paused"]:

@@ -9,7 +9,6 @@ from typing import Literal
 import msgspec
 
 
-
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Every key of phxqd.toml; docs/configuration.md documents each one."""
 
@@ -65,4 +64,3 @@ def resolve_logs_dir(cfg: Config, state_dir: Path) -> Path:
     if systemd := os.environ.get("LOGS_DIRECTORY"):
         return Path(systemd.split(":")[0])
     return state_dir / "logs"
-

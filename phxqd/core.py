@@ -9,6 +9,7 @@ group, so stopping the daemon stops (and requeues) every one of them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -53,8 +54,9 @@ class Settings:
 
 
 class Core:
-    def __init__(self, state: State, journal: Journal, settings: Settings,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, state: State, journal: Journal, settings: Settings, rng: random.Random | None = None
+    ) -> None:
         self.state = state
         self.journal = journal
         self.settings = settings
@@ -116,7 +118,7 @@ class Core:
         await anyio.to_thread.run_sync(snapshot.write, self.settings.journal_dir, data)
         self.journal.bytes_since_snapshot = 0
         segments = list_segments(self.settings.journal_dir)
-        for (_, path), (next_first, _) in zip(segments, segments[1:], strict=False):
+        for (_, path), (next_first, _) in itertools.pairwise(segments):
             if next_first - 1 <= lsn:
                 path.unlink(missing_ok=True)
         log.info("snapshot at record %d: %d jobs, %d bytes", lsn, len(self.state.jobs), len(data))
@@ -140,8 +142,9 @@ class Core:
                 return self.status()
             case protocol.List(status, queue, limit):
                 if status is not None and status not in STATUSES:
-                    raise Refused("usage", f"unknown status {status!r}: one of "
-                                  + ", ".join(STATUSES))
+                    raise Refused(
+                        "usage", f"unknown status {status!r}: one of " + ", ".join(STATUSES)
+                    )
                 return state.select(status, queue, max(limit, 0))
             case protocol.Show(job_id):
                 return state.get(job_id)
@@ -174,16 +177,24 @@ class Core:
                 return self.status()
             case protocol.Hello(proto):
                 if proto != PROTOCOL_VERSION:
-                    raise Refused("upgrade", f"phxqd speaks protocol {PROTOCOL_VERSION}, the "
-                                  f"client {proto}: use the phxqctl installed with this phxqd")
+                    raise Refused(
+                        "upgrade",
+                        f"phxqd speaks protocol {PROTOCOL_VERSION}, the "
+                        f"client {proto}: use the phxqctl installed with this phxqd",
+                    )
                 return {"proto": PROTOCOL_VERSION}
         raise Refused("usage", f"unsupported request {type(req).__name__}")
 
     def status(self) -> dict[str, Any]:
         summary = self.state.summary()
         running = [
-            {"id": j.id, "queue": j.queue, "argv": j.argv, "started_at": j.started_at,
-             "progress": j.progress}
+            {
+                "id": j.id,
+                "queue": j.queue,
+                "argv": j.argv,
+                "started_at": j.started_at,
+                "progress": j.progress,
+            }
             for j in self.state.by_status("running")
         ]
         summary.update(
@@ -246,8 +257,11 @@ class Core:
         """Start jobs while workers are free; return once stopped and every job has ended."""
         async with anyio.create_task_group() as runners:
             while not self._stopping:
-                while (len(self._active) < self.settings.workers and not self._stopping
-                       and self.journal.failed is None):
+                while (
+                    len(self._active) < self.settings.workers
+                    and not self._stopping
+                    and self.journal.failed is None
+                ):
                     job = self.state.claim_next(time.time())
                     if job is None:
                         break
@@ -278,8 +292,12 @@ class Core:
                 await self.commit([Started(job.id, time.time(), pid, create_time)])
 
             outcome = await pool.run_command(
-                job, self.log_path(job.id), self.settings.socket, self.settings.kill_grace,
-                stop, started,
+                job,
+                self.log_path(job.id),
+                self.settings.socket,
+                self.settings.kill_grace,
+                stop,
+                started,
             )
             now = time.time()
             event: AnyEvent
@@ -288,8 +306,9 @@ class Core:
             elif outcome.cancelled:
                 event = Cancelled(job.id, now, outcome.error or "cancelled")
             else:
-                event = self.state.outcome(job.id, outcome.exit_code, outcome.error, now,
-                                           self.rng, outcome.retryable)
+                event = self.state.outcome(
+                    job.id, outcome.exit_code, outcome.error, now, self.rng, outcome.retryable
+                )
             await self.commit([event])
         except Refused as e:
             log.error("job %d: could not record its outcome: %s", job.id, e.message)
@@ -304,10 +323,10 @@ class Core:
         events: list[AnyEvent] = []
         for job in list(self.state.by_status("running")):
             if job.pid is not None and pool.kill_leftover(job.pid, job.pid_started):
-                log.warning("job %d: killed process %d left from the previous run", job.id,
-                            job.pid)
-            events.append(self.state.outcome(job.id, None, "phxqd stopped while it ran", now,
-                                             self.rng))
+                log.warning("job %d: killed process %d left from the previous run", job.id, job.pid)
+            events.append(
+                self.state.outcome(job.id, None, "phxqd stopped while it ran", now, self.rng)
+            )
         if events:
             log.warning("%d job(s) were running when phxqd last stopped", len(events))
             await self.commit(events)

@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import anyio
 
@@ -34,8 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--socket", help="Unix socket to listen on (env PHXQ_SOCKET)")
     p.add_argument("--state-dir", help="journal and snapshots (env PHXQ_STATE_DIR)")
     p.add_argument("--workers", type=int, help="most jobs running at once (default: CPUs)")
-    p.add_argument("--fsync", choices=["always", "batch", "off"],
-                   help="durability policy (default: always)")
+    p.add_argument(
+        "--fsync", choices=["always", "batch", "off"], help="durability policy (default: always)"
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 
@@ -43,8 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        cfg = config.load(paths.config_path(args.config),
-                          required=bool(args.config or os.environ.get("PHXQ_CONFIG")))
+        cfg = config.load(
+            paths.config_path(args.config),
+            required=bool(args.config or os.environ.get("PHXQ_CONFIG")),
+        )
     except config.ConfigError as e:
         sys.exit(f"phxqd: {e}")
     if args.workers is not None and args.workers < 1:
@@ -65,8 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         anyio.run(run, settings, cfg, args.fsync or cfg.fsync)
     except Corruption as e:
-        sys.exit(f"phxqd: refusing to start: {e}\n"
-                 f"phxqd: the files are left untouched; see docs/operations.md (journal repair)")
+        sys.exit(
+            f"phxqd: refusing to start: {e}\n"
+            f"phxqd: the files are left untouched; see docs/operations.md (journal repair)"
+        )
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -75,12 +79,20 @@ async def run(settings: Settings, cfg: config.Config, fsync: FsyncPolicy) -> Non
     for d in (settings.journal_dir, settings.logs_dir):
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
     recovered = recover(settings.journal_dir, cut_torn_tail=True)
-    log.info("recovered %d jobs (snapshot at record %d, %d records replayed from %d segments)",
-             len(recovered.state.jobs), recovered.snapshot_lsn, recovered.records,
-             recovered.segments)
-    journal = Journal(settings.journal_dir, recovered.next_lsn, fsync,
-                      batch_interval=cfg.fsync_interval_ms / 1000,
-                      segment_bytes=cfg.segment_bytes)
+    log.info(
+        "recovered %d jobs (snapshot at record %d, %d records replayed from %d segments)",
+        len(recovered.state.jobs),
+        recovered.snapshot_lsn,
+        recovered.records,
+        recovered.segments,
+    )
+    journal = Journal(
+        settings.journal_dir,
+        recovered.next_lsn,
+        fsync,
+        batch_interval=cfg.fsync_interval_ms / 1000,
+        segment_bytes=cfg.segment_bytes,
+    )
     core = Core(recovered.state, journal, settings)
     async with anyio.create_task_group() as tg:
         tg.start_soon(journal.run)
@@ -91,8 +103,14 @@ async def run(settings: Settings, cfg: config.Config, fsync: FsyncPolicy) -> Non
         tg.start_soon(_serve, listener, core, serving)
         tg.start_soon(_in_scope, core.snapshotter, snapshots)
         tg.start_soon(_dispatch, core, dispatching)
-        log.info("phxqd %s ready: socket %s, state %s, %d workers, fsync=%s", VERSION,
-                 settings.socket, settings.journal_dir.parent, settings.workers, fsync)
+        log.info(
+            "phxqd %s ready: socket %s, state %s, %d workers, fsync=%s",
+            VERSION,
+            settings.socket,
+            settings.journal_dir.parent,
+            settings.workers,
+            fsync,
+        )
         await _wait_for_signal()
         log.info("stopping: requeueing running jobs")
         await core.stop()

@@ -249,7 +249,7 @@ class Journal:
 
     async def _sync(self, force: bool) -> None:
         """In `batch` mode, fdatasync once the interval has passed (or when forced)."""
-        if not self._unsynced or self.policy == "off" and not force:
+        if not self._unsynced or (self.policy == "off" and not force):
             return
         if force or time.monotonic() - self._last_sync >= self.batch_interval:
             await anyio.to_thread.run_sync(os.fdatasync, self._fd)
@@ -291,4 +291,3 @@ def _write_and_sync(fd: int, data: bytes, sync: bool) -> None:
         view = view[n:]
     if sync:
         os.fdatasync(fd)
-

@@ -9,6 +9,7 @@ How many jobs run at once is the dispatcher's business, not this module's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -84,7 +85,7 @@ async def run_command(
             )
     except OSError as e:
         await started(None, None)
-        where = f" in {job.cwd}" if job.cwd and isinstance(e, NotADirectoryError | FileNotFoundError) else ""
+        where = f" (cwd {job.cwd})" if job.cwd else ""
         return Outcome(None, f"cannot start {job.argv[0]!r}{where}: {e.strerror}", retryable=False)
 
     pidfd = os.pidfd_open(proc.pid)
@@ -157,15 +158,11 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 
 def _signal_all(pgid: int, others: list[psutil.Process], sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
     for p in others:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.send_signal(sig)  # psutil checks the process is still the one it found
-        except psutil.Error:
-            pass
 
 
 def _create_time(pid: int) -> float | None:

@@ -51,8 +51,12 @@ def recover(journal_dir: Path, cut_torn_tail: bool) -> Recovered:
     for i, (first, path) in enumerate(segments):
         if expected is None:
             if first > snap_lsn + 1:
-                raise Corruption(path, 0, f"records {snap_lsn + 1}..{first - 1} are missing "
-                                 "(no snapshot or segment holds them)")
+                raise Corruption(
+                    path,
+                    0,
+                    f"records {snap_lsn + 1}..{first - 1} are missing "
+                    "(no snapshot or segment holds them)",
+                )
         elif first != expected:
             raise Corruption(path, 0, f"segment starts at record {first}, expected {expected}")
         scan = scan_segment(path)
@@ -63,8 +67,13 @@ def recover(journal_dir: Path, cut_torn_tail: bool) -> Recovered:
             out.torn = (path, scan.good_bytes, scan.tail_problem)
             if cut_torn_tail:
                 _truncate(path, scan.good_bytes)
-                log.warning("torn tail cut: %s at byte %d (%s, %d bytes dropped)", path,
-                            scan.good_bytes, scan.tail_problem, scan.size - scan.good_bytes)
+                log.warning(
+                    "torn tail cut: %s at byte %d (%s, %d bytes dropped)",
+                    path,
+                    scan.good_bytes,
+                    scan.tail_problem,
+                    scan.size - scan.good_bytes,
+                )
         for k, event in enumerate(scan.events):
             if first + k > snap_lsn:
                 state.apply(event)

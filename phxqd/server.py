@@ -7,6 +7,7 @@ malformed frame costs its sender an error reply or the connection, never the dae
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -65,10 +66,11 @@ async def listen(path: Path) -> anyio.abc.SocketListener:
 async def serve(listener: anyio.abc.SocketListener, handle: Handler) -> None:
     async def on_connect(stream: SocketStream) -> None:
         assert isinstance(stream, UNIXSocketStream)
-        try:
+        # A client that goes away mid-request needs no answer.
+        with contextlib.suppress(
+            anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError
+        ):
             await Connection(stream, handle).run()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
-            pass  # the client went away; nothing to answer
 
     await listener.serve(on_connect)
 
@@ -104,8 +106,12 @@ class Connection:
                 header = await self.reader.receive_exactly(protocol.HEADER.size)
                 (length,) = protocol.HEADER.unpack(header)
                 if length > protocol.MAX_FRAME:
-                    await self._send(protocol.Err(
-                        "usage", f"frame of {length} bytes is over the {protocol.MAX_FRAME} limit"))
+                    await self._send(
+                        protocol.Err(
+                            "usage",
+                            f"frame of {length} bytes is over the {protocol.MAX_FRAME} limit",
+                        )
+                    )
                     return None
                 return await self.reader.receive_exactly(length)
             except (anyio.IncompleteRead, anyio.EndOfStream):

@@ -56,7 +56,7 @@ class Snapshot(msgspec.Struct):
 
 def backoff(attempts: int, rng: random.Random) -> float:
     """Seconds to wait before attempt `attempts + 1`: exponential, capped, with jitter."""
-    delay = min(BACKOFF_BASE * 2 ** max(attempts - 1, 0), BACKOFF_MAX)
+    delay: float = min(BACKOFF_BASE * 2.0 ** max(attempts - 1, 0), BACKOFF_MAX)
     return delay * (1 + BACKOFF_JITTER * rng.random())
 
 
@@ -144,11 +144,14 @@ class State:
         jobs = [self.get(i) for i in ids]
         for job in jobs:
             if job.status not in ("failed", "cancelled"):
-                raise Refused("refused", f"job {job.id} is {job.status}: only failed or "
-                              "cancelled jobs can be retried")
+                raise Refused(
+                    "refused",
+                    f"job {job.id} is {job.status}: only failed or cancelled jobs can be retried",
+                )
             if job.key is not None and self.keys.get(job.key, job.id) != job.id:
-                raise Refused("refused", f"job {job.id}: key {job.key!r} is live in job "
-                              f"{self.keys[job.key]}")
+                raise Refused(
+                    "refused", f"job {job.id}: key {job.key!r} is live in job {self.keys[job.key]}"
+                )
         return [Retried([j.id for j in jobs], now)] if jobs else []
 
     def retry_failed(self, queue: str | None, now: float) -> list[AnyEvent]:
@@ -163,8 +166,11 @@ class State:
 
     def clear(self, status: str | None, queue: str | None) -> list[AnyEvent]:
         if status is not None and status not in FINISHED:
-            raise Refused("usage", f"clear forgets finished jobs only: --status must be one "
-                          f"of {', '.join(sorted(FINISHED))}")
+            raise Refused(
+                "usage",
+                f"clear forgets finished jobs only: --status must be one "
+                f"of {', '.join(sorted(FINISHED))}",
+            )
         wanted = FINISHED if status is None else {status}
         ids = [
             j.id
@@ -173,8 +179,15 @@ class State:
         ]
         return [Cleared(ids)] if ids else []
 
-    def outcome(self, job_id: int, exit_code: int | None, error: str | None, now: float,
-                rng: random.Random, retryable: bool = True) -> AnyEvent:
+    def outcome(
+        self,
+        job_id: int,
+        exit_code: int | None,
+        error: str | None,
+        now: float,
+        rng: random.Random,
+        retryable: bool = True,
+    ) -> AnyEvent:
         """The event that ends a running attempt: done, retry later, or failed for good."""
         job = self.jobs[job_id]
         if exit_code == 0 and error is None:
@@ -314,8 +327,9 @@ class State:
                     self.paused.discard(queue)
 
     def snapshot(self, lsn: int) -> Snapshot:
-        return Snapshot(lsn, self.next_id, list(self.jobs.values()), sorted(self.paused),
-                        self.paused_all)
+        return Snapshot(
+            lsn, self.next_id, list(self.jobs.values()), sorted(self.paused), self.paused_all
+        )
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> State:

@@ -33,16 +33,23 @@ class Daemon:
         self.log: list[str] = []
         self.config = tmp / "phxqd.toml"
         self.config.touch()
-        self.env = {**os.environ, "PHXQ_SOCKET": str(self.socket),
-                    "PHXQ_STATE_DIR": str(self.state_dir), "PHXQ_CONFIG": str(self.config)}
+        self.env = {
+            **os.environ,
+            "PHXQ_SOCKET": str(self.socket),
+            "PHXQ_STATE_DIR": str(self.state_dir),
+            "PHXQ_CONFIG": str(self.config),
+        }
 
     def start(self, expect_ready: bool = True) -> Daemon:
         assert self.proc is None or self.proc.poll() is not None
         self.log = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "phxqd", "--workers", str(self.workers), *self.extra],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         ready = threading.Event()
 
@@ -72,10 +79,17 @@ class Daemon:
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
 
-    def ctl(self, *args: str, input: str | None = None,
-            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "phxqctl", *args], env=self.env,
-                              capture_output=True, text=True, input=input, timeout=timeout)
+    def ctl(
+        self, *args: str, input: str | None = None, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "phxqctl", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+        )
 
     def ok(self, *args: str, input: str | None = None) -> str:
         r = self.ctl(*args, input=input)

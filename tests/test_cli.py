@@ -23,15 +23,30 @@ def test_submit_wait_logs(daemon: Daemon) -> None:
     assert daemon.ok("logs", str(job_id)) == "hi\n"
     job = daemon.job(job_id)
     assert job["status"] == "completed" and job["exit_code"] == 0 and job["attempts"] == 1
-    for field in ("id", "queue", "status", "priority", "key", "attempts", "max_retries",
-                  "created_at", "started_at", "finished_at", "run_at", "progress", "exit_code",
-                  "error", "argv"):
+    for field in (
+        "id",
+        "queue",
+        "status",
+        "priority",
+        "key",
+        "attempts",
+        "max_retries",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "run_at",
+        "progress",
+        "exit_code",
+        "error",
+        "argv",
+    ):
         assert field in job
 
 
 def test_stdout_and_stderr_go_to_the_log_and_job_env_is_set(daemon: Daemon) -> None:
-    job_id = daemon.submit("sh", "-c", 'echo "out $PHXQ_JOB_ID $PHXQ_ATTEMPT"; echo err >&2',
-                           opts=("--env", "EXTRA=1"))
+    job_id = daemon.submit(
+        "sh", "-c", 'echo "out $PHXQ_JOB_ID $PHXQ_ATTEMPT"; echo err >&2', opts=("--env", "EXTRA=1")
+    )
     daemon.ok("wait", str(job_id))
     assert daemon.ok("logs", str(job_id)) == f"out {job_id} 1\nerr\n"
     log = daemon.state_dir / "logs" / f"{job_id}.log"
@@ -40,9 +55,12 @@ def test_stdout_and_stderr_go_to_the_log_and_job_env_is_set(daemon: Daemon) -> N
 
 def test_job_runs_in_its_own_session(daemon: Daemon, tmp_path: Path) -> None:
     out = tmp_path / "ids"
-    job_id = daemon.submit(sys.executable, "-c",
-                           f"import os; open({str(out)!r}, 'w').write("
-                           "f'{os.getpid()} {os.getsid(0)} {os.getpgid(0)}')")
+    job_id = daemon.submit(
+        sys.executable,
+        "-c",
+        f"import os; open({str(out)!r}, 'w').write("
+        "f'{os.getpid()} {os.getsid(0)} {os.getpgid(0)}')",
+    )
     daemon.ok("wait", str(job_id))
     pid, sid, pgid = out.read_text().split()
     assert pid == sid == pgid
@@ -128,8 +146,10 @@ def test_workers_bound_concurrency(tmp_path: Path) -> None:
         running = tmp_path / "running"
         running.mkdir()
         seen = tmp_path / "seen"
-        script = (f'touch {running}/$PHXQ_JOB_ID; ls {running} | wc -l >> {seen}; '
-                  f'sleep 0.2; rm {running}/$PHXQ_JOB_ID')
+        script = (
+            f"touch {running}/$PHXQ_JOB_ID; ls {running} | wc -l >> {seen}; "
+            f"sleep 0.2; rm {running}/$PHXQ_JOB_ID"
+        )
         ids = [d.submit("sh", "-c", script) for _ in range(6)]
         d.ok("wait", *map(str, ids))
         counts = [int(x) for x in seen.read_text().split()]
@@ -145,8 +165,7 @@ def test_status_list_and_json(daemon: Daemon) -> None:
     status = daemon.json("status")
     assert status["counts"]["pending"] == 2
     assert status["queues"]["img"]["pending"] == 1 and status["paused_all"] is True
-    listed = [j["id"] for j in map(json.loads,
-                                   daemon.ok("--json", "list").splitlines())]
+    listed = [j["id"] for j in map(json.loads, daemon.ok("--json", "list").splitlines())]
     assert listed == [b, a]
     assert len(daemon.ok("list", "--queue", "img").splitlines()) == 2  # header + one row
     text = daemon.ok("status")
@@ -194,8 +213,11 @@ def test_errors_are_one_line_with_documented_exit_status(daemon: Daemon, tmp_pat
 
 def test_daemon_not_running_exit_3(tmp_path: Path) -> None:
     sock = tmp_path / "nowhere.sock"
-    r = subprocess.run([sys.executable, "-m", "phxqctl", "--socket", str(sock), "status"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "phxqctl", "--socket", str(sock), "status"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 3
     assert r.stderr.count("\n") == 1 and str(sock) in r.stderr and "phxqd" in r.stderr
 
@@ -206,8 +228,9 @@ def test_restart_keeps_every_acknowledged_job(tmp_path: Path) -> None:
     ids = [d.submit("echo", str(i)) for i in range(20)]
     d.kill9()
     d.start()
-    listed = sorted(j["id"] for j in map(json.loads,
-                                         d.ok("--json", "list", "--limit", "100").splitlines()))
+    listed = sorted(
+        j["id"] for j in map(json.loads, d.ok("--json", "list", "--limit", "100").splitlines())
+    )
     assert listed == ids
     assert d.submit("true") == 21  # ids are never reused
     d.ok("resume")
