@@ -142,6 +142,7 @@ class Journal:
         self.segment_bytes = segment_bytes
         self.last_lsn = next_lsn - 1  # last appended
         self.durable_lsn = next_lsn - 1  # last safe by the policy
+        self._written_lsn = next_lsn - 1  # last handed to write(): where a new segment starts
         self.failed: JournalError | None = None
         self.bytes_since_snapshot = 0
         self._pending: list[bytes] = []
@@ -199,7 +200,7 @@ class Journal:
 
     async def run(self) -> None:
         """The writer task: one write and at most one fdatasync per batch."""
-        self._open_segment(self.last_lsn + 1)
+        self._open_segment(self._written_lsn + 1)
         try:
             while True:
                 if not self._pending and not self._rotate and not self._closing:
@@ -214,7 +215,7 @@ class Journal:
                 if self._rotate or self._segment_size >= self.segment_bytes:
                     await self._sync(force=True)
                     self._close_segment()
-                    self._open_segment(self.last_lsn + 1)
+                    self._open_segment(self._written_lsn + 1)
                     self._rotate = False
                     self._signal()
                 if self._closing and not self._pending:
@@ -236,6 +237,7 @@ class Journal:
             fd = self._fd
             sync = self.policy == "always"
             await anyio.to_thread.run_sync(_write_and_sync, fd, data, sync)
+            self._written_lsn = last
             self._segment_size += len(data)
             self.bytes_since_snapshot += len(data)
             if sync:

@@ -125,3 +125,13 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     yield d
     if d.proc is not None and d.proc.poll() is None:
         d.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for many hypothesis examples (a fresh one per example would be slow)."""
+    d = Daemon(tmp_path_factory.mktemp("shared")).start()
+    d.ok("pause")  # fuzzed submits must not run anything
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop(signal.SIGKILL)

@@ -1,0 +1,248 @@
+"""The journal on real files: group commit, torn tails, corruption, snapshots."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+from phxqd import snapshot
+from phxqd.events import AnyEvent, Paused, Submitted
+from phxqd.journal import RECORD_HEADER, Corruption, Journal, list_segments
+from phxqd.model import Job
+from phxqd.recovery import recover
+from phxqd.state import State
+from tests.conftest import Daemon
+
+
+def job_event(i: int) -> Submitted:
+    return Submitted(
+        Job(
+            id=i,
+            argv=["echo", str(i)],
+            queue="default",
+            priority=0,
+            status="pending",
+            created_at=float(i),
+            run_at=float(i),
+        )
+    )
+
+
+def write_journal(directory: Path, events: list[AnyEvent]) -> None:
+    """Append events one request at a time through the real writer (real fdatasync)."""
+
+    async def main() -> None:
+        journal = Journal(directory, 1, "always")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            for event in events:
+                await journal.durable(journal.append([event]))
+            await journal.close()
+
+    directory.mkdir(parents=True, exist_ok=True)
+    anyio.run(main)
+
+
+def record_offsets(path: Path) -> list[int]:
+    data, pos, out = path.read_bytes(), 0, []
+    while pos < len(data):
+        out.append(pos)
+        length, _ = RECORD_HEADER.unpack_from(data, pos)
+        pos += RECORD_HEADER.size + length
+    return out
+
+
+def test_records_roundtrip_and_lsns_continue_after_restart(tmp_path: Path) -> None:
+    write_journal(tmp_path, [job_event(i) for i in range(1, 6)])
+    got = recover(tmp_path, cut_torn_tail=False)
+    assert sorted(got.state.jobs) == [1, 2, 3, 4, 5] and got.next_lsn == 6
+
+    async def more() -> None:
+        journal = Journal(tmp_path, got.next_lsn, "always")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            await journal.durable(journal.append([job_event(6)]))
+            await journal.close()
+
+    anyio.run(more)
+    assert len(list_segments(tmp_path)) == 2  # a restart always starts a new segment
+    assert sorted(recover(tmp_path, cut_torn_tail=False).state.jobs) == [1, 2, 3, 4, 5, 6]
+
+
+def test_truncation_at_every_byte_of_the_last_records(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_journal(src, [job_event(i) for i in range(1, 11)])
+    [(first, seg)] = list_segments(src)
+    data = seg.read_bytes()
+    offsets = record_offsets(seg)
+    start = offsets[-3]  # every cut inside the last three records, and at their borders
+    for cut in range(start, len(data) + 1):
+        d = tmp_path / f"cut{cut}"
+        d.mkdir()
+        (d / seg.name).write_bytes(data[:cut])
+        whole = sum(1 for off in [*offsets[1:], len(data)] if off <= cut)
+        got = recover(d, cut_torn_tail=True)
+        assert sorted(got.state.jobs) == list(range(1, whole + 1)), cut
+        assert got.next_lsn == first + whole
+        good = [*offsets, len(data)][whole]
+        assert (d / seg.name).stat().st_size == good, "the torn bytes are cut off"
+        assert (got.torn is None) == (cut == good)
+
+
+def test_flipped_byte_in_an_earlier_record_refuses_with_the_offset(tmp_path: Path) -> None:
+    write_journal(tmp_path, [job_event(i) for i in range(1, 8)])
+    [(_, seg)] = list_segments(tmp_path)
+    offsets = record_offsets(seg)
+    original = seg.read_bytes()
+    for target, where in ((2, RECORD_HEADER.size + 3), (4, 1), (0, 5)):
+        data = bytearray(original)
+        data[offsets[target] + where] ^= 0x40
+        seg.write_bytes(bytes(data))
+        with pytest.raises(Corruption) as info:
+            recover(tmp_path, cut_torn_tail=True)
+        assert info.value.offset == offsets[target]
+        assert info.value.path == seg and str(offsets[target]) in str(info.value)
+        assert seg.read_bytes() == bytes(data), "a damaged journal is never modified"
+
+
+def test_damage_in_an_older_segment_is_corruption_even_at_its_end(tmp_path: Path) -> None:
+    write_journal(tmp_path, [job_event(1), job_event(2)])
+    write_journal_more = [job_event(3)]
+
+    async def more() -> None:
+        journal = Journal(tmp_path, 3, "always")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            for e in write_journal_more:
+                await journal.durable(journal.append([e]))
+            await journal.close()
+
+    anyio.run(more)
+    (_, old), _ = list_segments(tmp_path)
+    old.write_bytes(old.read_bytes()[:-3])
+    with pytest.raises(Corruption):
+        recover(tmp_path, cut_torn_tail=True)
+
+
+def test_snapshot_replaces_segments_and_replay_skips_covered_records(tmp_path: Path) -> None:
+    write_journal(tmp_path, [job_event(i) for i in range(1, 4)])
+    got = recover(tmp_path, cut_torn_tail=False)
+    snapshot.write(tmp_path, snapshot.encode(got.state.snapshot(2)))  # covers records 1..2
+    again = recover(tmp_path, cut_torn_tail=False)
+    assert sorted(again.state.jobs) == [1, 2, 3] and again.records == 1
+    corrupt = bytearray((tmp_path / "snapshot").read_bytes())
+    corrupt[-1] ^= 1
+    (tmp_path / "snapshot").write_bytes(bytes(corrupt))
+    with pytest.raises(Corruption, match="snapshot"):
+        recover(tmp_path, cut_torn_tail=False)
+
+
+def test_missing_records_are_corruption(tmp_path: Path) -> None:
+    write_journal(tmp_path, [job_event(1)])
+    [(_, seg)] = list_segments(tmp_path)
+    seg.rename(tmp_path / "00000000000000000005.seg")
+    with pytest.raises(Corruption, match="missing"):
+        recover(tmp_path, cut_torn_tail=False)
+
+
+def test_replay_is_exact(tmp_path: Path) -> None:
+    events: list[AnyEvent] = [job_event(i) for i in range(1, 4)]
+    events.append(Paused("default"))
+    write_journal(tmp_path, events)
+    live = State()
+    for e in events:
+        live.apply(e)
+    replayed = recover(tmp_path, cut_torn_tail=False).state
+    assert replayed.jobs == live.jobs and replayed.paused == {"default"}
+
+
+# --------------------------------------------------------------- real daemon
+
+
+def test_daemon_cuts_a_torn_tail_and_keeps_the_whole_records(tmp_path: Path) -> None:
+    d = Daemon(tmp_path).start()
+    d.ok("pause")
+    ids = [d.submit("true") for _ in range(3)]
+    d.kill9()
+    _, seg = list_segments(d.state_dir / "journal")[-1]
+    seg.write_bytes(seg.read_bytes()[:-5])  # tear the last record (job 3)
+    d.start()
+    assert "torn tail cut" in d.logtext()
+    got = [json.loads(x)["id"] for x in d.ok("--json", "list").splitlines()]
+    assert got == ids[:2][::-1]
+    assert d.submit("true") == 3  # the torn id was never acknowledged: it may be reused
+    d.kill9()
+
+
+def test_daemon_refuses_to_start_on_corruption(tmp_path: Path) -> None:
+    d = Daemon(tmp_path).start()
+    d.ok("pause")
+    for _ in range(3):
+        d.submit("true")
+    d.kill9()
+    _, seg = list_segments(d.state_dir / "journal")[-1]
+    offsets = record_offsets(seg)
+    data = bytearray(seg.read_bytes())
+    data[offsets[1] + 10] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    d.start(expect_ready=False)
+    assert d.proc is not None
+    assert d.proc.wait(30) != 0
+    assert f"{seg}: damaged record at byte offset {offsets[1]}" in d.logtext()
+    assert "Traceback" not in d.logtext()
+    assert seg.read_bytes() == bytes(data)
+
+
+def test_concurrent_submits_share_fsyncs(daemon: Daemon) -> None:
+    daemon.ok("pause")
+    from phxqctl import Client
+
+    per_client, clients = 40, 16
+    errors: list[BaseException] = []
+
+    def submitter() -> None:
+        try:
+            with Client(daemon.socket) as c:
+                for _ in range(per_client):
+                    c.submit(["true"])
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=submitter) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    status = daemon.json("status")
+    assert status["counts"]["pending"] == per_client * clients
+    # one fdatasync per request would be 640 (plus the pause); group commit needs far fewer
+    assert status["journal"]["fsyncs"] < per_client * clients / 2, status["journal"]
+
+
+def test_snapshots_bound_the_journal_and_survive_restart(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.config.write_text("snapshot_bytes = 4096\nsegment_bytes = 4096\n")
+    d.start()
+    d.ok("pause")
+    lines = "\n".join('{"argv": ["true"]}' for _ in range(200))
+    for _ in range(5):
+        d.ok("submit", "--batch", "-", input=lines)
+    d.ok("cancel", *map(str, range(1, 1001)))
+    d.ok("clear")
+    d.ok("submit", "--", "echo", "survivor")
+    journal = d.state_dir / "journal"
+    # many snapshots were taken on the way; a clean stop takes one more
+    assert d.stop(signal.SIGTERM) == 0
+    assert (journal / "snapshot").exists()
+    total = sum(p.stat().st_size for p in journal.iterdir())
+    assert total < 4096 * 3, sorted((p.name, p.stat().st_size) for p in journal.iterdir())
+    d.start()
+    jobs = [json.loads(x) for x in d.ok("--json", "list").splitlines()]
+    assert [(j["id"], j["argv"]) for j in jobs] == [(1001, ["echo", "survivor"])]
+    d.kill9()
