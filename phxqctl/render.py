@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from typing import Any
 
 import msgspec
@@ -129,4 +130,12 @@ def status_text(s: dict[str, Any]) -> str:
     for name in names:
         row = counts if name == "total" else queues[name]
         lines.append(name.ljust(qw) + "".join(f"{row.get(st, 0):>9}" for st in STATUSES))
+    running = s["running_jobs"]
+    if running:
+        lines.append("")
+        lines.append(f"running ({len(running)} of {s['workers']}):")
+        now = time.time()
+        for r in running:
+            line = f"{r['id']:>6}  {span(now - r['started_at']):>7}  {shlex.join(r['argv'])}"
+            lines.append(line if len(line) <= 80 else line[:79] + "…")
     return "\n".join(lines)

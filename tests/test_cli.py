@@ -274,3 +274,19 @@ def test_second_daemon_on_same_socket_refuses(daemon: Daemon, tmp_path: Path) ->
     assert other.proc.wait(30) != 0
     assert "already listening" in other.logtext()
     assert daemon.ctl("status").returncode == 0
+
+
+def test_flags_override_environment_and_status_shows_running(tmp_path: Path) -> None:
+    sock, state = tmp_path / "flag.sock", tmp_path / "flagstate"
+    d = Daemon(tmp_path, extra=["--socket", str(sock), "--state-dir", str(state)])
+    d.start()
+    try:
+        d.env["PHXQ_SOCKET"] = str(sock)
+        job_id = d.submit("sleep", "30")
+        until(lambda: d.job(job_id)["status"] == "running", what="the job to start")
+        text = d.ok("status")
+        assert "running (1 of 2):" in text and "sleep 30" in text
+        assert (state / "journal").is_dir() and not d.state_dir.exists()
+        assert oct(sock.stat().st_mode & 0o777) == "0o600"
+    finally:
+        d.stop()  # SIGTERM: the running job is killed and requeued, nothing is left behind
