@@ -24,6 +24,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: take a snapshot once the journal has grown by this many bytes since the last one
     snapshot_bytes: int = 64 * 1024 * 1024
     segment_bytes: int = 64 * 1024 * 1024
+    #: after a write error (disk full, EIO), seconds between attempts to write again
+    write_retry_interval: float = 1.0
     #: seconds between SIGTERM and SIGKILL when a job is cancelled, times out or is stopped
     kill_grace: float = 5.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"

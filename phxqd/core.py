@@ -9,6 +9,7 @@ group, so stopping the daemon stops (and requeues) every one of them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -31,8 +32,9 @@ from phxqd.events import (
     Resumed,
     Retried,
     Started,
+    Submitted,
 )
-from phxqd.journal import Journal, JournalError, list_segments
+from phxqd.journal import Journal, JournalError, fsync_dir, list_segments
 from phxqd.model import STATUSES, Job, validate_spec
 from phxqd.protocol import PROTOCOL_VERSION
 from phxqd.state import Refused, State
@@ -51,6 +53,7 @@ class Settings:
     journal_dir: Path
     logs_dir: Path
     socket: Path
+    retry_interval: float = 1.0
 
 
 class Core:
@@ -68,24 +71,69 @@ class Core:
         self._wake = anyio.Event()
         self._stopping = False
         self._snapshot_due = anyio.Event()
+        #: facts applied while the journal could not take them (see `record`)
+        self._unjournaled = 0
 
     # ------------------------------------------------------------------ commit
 
     async def commit(self, events: list[AnyEvent]) -> None:
-        """Apply and persist events; return once durable. Raises Refused if the disk failed."""
+        """Apply and persist a request's events; return once durable.
+
+        Raises Refused when the journal cannot take them. Jobs it was submitting are then
+        taken back out of memory (nobody was told they exist, and none has started: the
+        dispatcher only starts durable jobs), so they do not reappear when writes resume.
+        """
         if not events:
             return
         try:
             lsn = self.journal.append(events)
         except JournalError as e:
-            raise Refused("refused", f"{e}: phxqd accepts no changes until it can write") from e
-        for event in events:
-            self.state.apply(event)
-        self._wake.set()
+            raise Refused(
+                "refused",
+                f"{e}; phxqd accepts no changes until it can write again (reads still work)",
+            ) from e
+        self._apply(events)
         try:
             await self.journal.durable(lsn)
         except JournalError as e:
-            raise Refused("refused", f"{e}: not saved") from e
+            unsaved = [
+                ev.job.id
+                for ev in events
+                if isinstance(ev, Submitted)
+                and ev.job.id in self.state.jobs
+                and ev.job.id not in self._active
+            ]
+            if unsaved:
+                self.state.apply(Cleared(unsaved))
+            raise Refused("refused", f"{e}; not saved") from e
+        self._finished_durably(events)
+
+    async def record(self, events: list[AnyEvent]) -> None:
+        """Apply and persist what already happened (a job started or ended).
+
+        Unlike a request, a fact cannot be refused: if the journal cannot take it now, it
+        stays in memory and the snapshot that reopens the journal makes it durable.
+        """
+        try:
+            lsn = self.journal.append(events)
+        except JournalError:
+            self._apply(events)
+            self._unjournaled += len(events)
+            self._finished_durably(events)  # waiters learn the outcome; it is not on disk yet
+            return
+        self._apply(events)
+        with contextlib.suppress(JournalError):
+            await self.journal.durable(lsn)
+        self._finished_durably(events)
+
+    def _apply(self, events: list[AnyEvent]) -> None:
+        for event in events:
+            self.state.apply(event)
+        self._wake.set()
+        if self.journal.bytes_since_snapshot >= self.settings.snapshot_bytes:
+            self._snapshot_due.set()
+
+    def _finished_durably(self, events: list[AnyEvent]) -> None:
         for event in events:
             if isinstance(event, Completed | Cancelled) or (
                 isinstance(event, Failed) and event.retry_at is None
@@ -93,8 +141,39 @@ class Core:
                 waiter = self._finished.pop(event.id, None)
                 if waiter is not None:
                     waiter.set()
-        if self.journal.bytes_since_snapshot >= self.settings.snapshot_bytes:
-            self._snapshot_due.set()
+
+    async def heal(self) -> None:
+        """After a write failure, retry until the whole state can be written again.
+
+        Resuming means: a snapshot of the state in memory (facts recorded meanwhile
+        included), then the old segments removed, then a new segment. Until then every
+        change request is refused and reads go on.
+        """
+        while True:
+            await self.journal.failure.wait()
+            log.error("journal failed; retrying every %gs", self.settings.retry_interval)
+            while self.journal.failed is not None:
+                await anyio.sleep(self.settings.retry_interval)
+                try:
+                    await self._resume_writes()
+                except OSError as e:
+                    log.warning("still cannot write the state: %s", e.strerror or e)
+
+    async def _resume_writes(self) -> None:
+        while True:
+            seen = self._unjournaled
+            lsn = self.journal.last_lsn
+            data = snapshot.encode(self.state.snapshot(lsn))
+            await anyio.to_thread.run_sync(snapshot.write, self.settings.journal_dir, data)
+            if seen == self._unjournaled:  # nothing happened while it was being written
+                break
+        for _, path in list_segments(self.settings.journal_dir):
+            path.unlink(missing_ok=True)  # all covered by the snapshot: replay skips them
+        await anyio.to_thread.run_sync(fsync_dir, self.settings.journal_dir)
+        self.journal.restart(lsn + 1)
+        self._unjournaled = 0
+        self._wake.set()
+        log.warning("journal writable again: state saved in a snapshot at record %d", lsn)
 
     async def snapshotter(self) -> None:
         """Take snapshots in the background when the journal has grown enough."""
@@ -257,12 +336,15 @@ class Core:
         """Start jobs while workers are free; return once stopped and every job has ended."""
         async with anyio.create_task_group() as runners:
             while not self._stopping:
-                while (
-                    len(self._active) < self.settings.workers
-                    and not self._stopping
-                    and self.journal.failed is None
-                ):
-                    job = self.state.claim_next(time.time())
+                # Only jobs whose submission is durable may start: one that a crash could
+                # still take back must never have run.
+                durable_below = self.state.next_id
+                try:
+                    await self.journal.durable(self.journal.last_lsn)
+                except JournalError:
+                    durable_below = 0
+                while len(self._active) < self.settings.workers and not self._stopping:
+                    job = self.state.claim_next(time.time(), durable_below)
                     if job is None:
                         break
                     self._active[job.id] = pool.Stop()
@@ -285,11 +367,11 @@ class Core:
         try:
             if stop.reason is not None:  # cancelled or stopped before it started
                 if stop.reason != SHUTDOWN:
-                    await self.commit([Cancelled(job.id, time.time(), stop.reason)])
+                    await self.record([Cancelled(job.id, time.time(), stop.reason)])
                 return
 
             async def started(pid: int | None, create_time: float | None) -> None:
-                await self.commit([Started(job.id, time.time(), pid, create_time)])
+                await self.record([Started(job.id, time.time(), pid, create_time)])
 
             outcome = await pool.run_command(
                 job,
@@ -309,9 +391,7 @@ class Core:
                 event = self.state.outcome(
                     job.id, outcome.exit_code, outcome.error, now, self.rng, outcome.retryable
                 )
-            await self.commit([event])
-        except Refused as e:
-            log.error("job %d: could not record its outcome: %s", job.id, e.message)
+            await self.record([event])
         finally:
             del self._active[job.id]
             self._wake.set()
@@ -329,4 +409,4 @@ class Core:
             )
         if events:
             log.warning("%d job(s) were running when phxqd last stopped", len(events))
-            await self.commit(events)
+            await self.record(events)

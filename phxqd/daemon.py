@@ -19,7 +19,7 @@ import anyio
 
 from phxqd import config, paths, server
 from phxqd.core import Core, Settings
-from phxqd.journal import Corruption, FsyncPolicy, Journal
+from phxqd.journal import Corruption, FsyncPolicy, Journal, JournalError
 from phxqd.recovery import recover
 
 log = logging.getLogger("phxqd")
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         journal_dir=state_dir / "journal",
         logs_dir=config.resolve_logs_dir(cfg, state_dir),
         socket=paths.socket_path(args.socket, cfg.socket),
+        retry_interval=cfg.write_retry_interval,
     )
     try:
         anyio.run(run, settings, cfg, args.fsync or cfg.fsync)
@@ -98,10 +99,11 @@ async def run(settings: Settings, cfg: config.Config, fsync: FsyncPolicy) -> Non
         tg.start_soon(journal.run)
         await core.reap()
         listener = await server.listen(settings.socket)
-        serving, snapshots = anyio.CancelScope(), anyio.CancelScope()
+        serving, snapshots, healing = anyio.CancelScope(), anyio.CancelScope(), anyio.CancelScope()
         dispatching = anyio.Event()
         tg.start_soon(_serve, listener, core, serving)
         tg.start_soon(_in_scope, core.snapshotter, snapshots)
+        tg.start_soon(_in_scope, core.heal, healing)
         tg.start_soon(_dispatch, core, dispatching)
         log.info(
             "phxqd %s ready: socket %s, state %s, %d workers, fsync=%s",
@@ -118,7 +120,11 @@ async def run(settings: Settings, cfg: config.Config, fsync: FsyncPolicy) -> Non
         await dispatching.wait()
         serving.cancel()
         snapshots.cancel()
-        await core.snapshot()
+        healing.cancel()
+        try:
+            await core.snapshot()
+        except (JournalError, OSError) as e:
+            log.error("no snapshot at shutdown (%s); the journal keeps what was saved", e)
         await journal.close()
         settings.socket.unlink(missing_ok=True)
         tg.cancel_scope.cancel()

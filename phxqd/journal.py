@@ -10,13 +10,15 @@ change afterwards) and returns the record's LSN; `durable(lsn)` waits until the 
 says that record is safe. Everything appended while one write+fsync is under way goes out in
 the next one: a single fdatasync acknowledges many requests (group commit).
 
-After a failed write or fsync the writer stops for good: the page cache can no longer be
-trusted to match the file, so the segment is never written or fsync'd again. Every waiter
-and every later `append` gets `JournalError`.
+After a failed write or fsync the writer stops: the page cache can no longer be trusted to
+match the file, so that segment is never written or fsync'd again. Every waiter and every
+later `append` gets `JournalError` until the owner calls `restart`, which continues in a
+new segment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -144,6 +146,9 @@ class Journal:
         self.durable_lsn = next_lsn - 1  # last safe by the policy
         self._written_lsn = next_lsn - 1  # last handed to write(): where a new segment starts
         self.failed: JournalError | None = None
+        #: set when writes fail; a fresh Event after `restart`
+        self.failure = anyio.Event()
+        self._restarted = anyio.Event()
         self.bytes_since_snapshot = 0
         self._pending: list[bytes] = []
         self._wake = anyio.Event()
@@ -199,35 +204,56 @@ class Journal:
     # ------------------------------------------------------------ writer's side
 
     async def run(self) -> None:
-        """The writer task: one write and at most one fdatasync per batch."""
-        self._open_segment(self._written_lsn + 1)
-        try:
-            while True:
-                if not self._pending and not self._rotate and not self._closing:
-                    if self.policy == "batch" and self._unsynced:
-                        delay = self.batch_interval - (time.monotonic() - self._last_sync)
-                        with anyio.move_on_after(max(delay, 0)):
-                            await self._wake.wait()
-                    else:
+        """The writer task: one write and at most one fdatasync per batch.
+
+        After a failure it waits for `restart` (the owner first makes everything in memory
+        durable another way) and carries on in a new segment; it returns once closed.
+        """
+        while True:
+            try:
+                self._open_segment(self._written_lsn + 1)
+                await self._write_loop()
+                return
+            except OSError as e:
+                self._fail(e)
+            await self._restarted.wait()
+            self._restarted = anyio.Event()
+
+    def restart(self, next_lsn: int) -> None:
+        """Take writes again from `next_lsn`, in a new segment; the failed one is never
+        written or fsync'd again. The caller has already made records before `next_lsn`
+        durable (a snapshot) and removed the segments that held them."""
+        assert self.failed is not None
+        self.failed = None
+        self.failure = anyio.Event()
+        self.last_lsn = self.durable_lsn = self._written_lsn = next_lsn - 1
+        self._pending = []
+        self._unsynced = self._rotate = False
+        self.bytes_since_snapshot = 0
+        self._restarted.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._pending and not self._rotate and not self._closing:
+                if self.policy == "batch" and self._unsynced:
+                    delay = self.batch_interval - (time.monotonic() - self._last_sync)
+                    with anyio.move_on_after(max(delay, 0)):
                         await self._wake.wait()
-                self._wake = anyio.Event()
-                await self._write_batch()
-                if self._rotate or self._segment_size >= self.segment_bytes:
-                    await self._sync(force=True)
-                    self._close_segment()
-                    self._open_segment(self._written_lsn + 1)
-                    self._rotate = False
-                    self._signal()
-                if self._closing and not self._pending:
-                    await self._sync(force=True)
-                    self._close_segment()
-                    self._signal()
-                    return
-        except OSError as e:
-            self._fail(e)
-        finally:
-            if self.failed is not None:
-                self._abandon()
+                else:
+                    await self._wake.wait()
+            self._wake = anyio.Event()
+            await self._write_batch()
+            if self._rotate or self._segment_size >= self.segment_bytes:
+                await self._sync(force=True)
+                self._close_segment()
+                self._open_segment(self._written_lsn + 1)
+                self._rotate = False
+                self._signal()
+            if self._closing and not self._pending:
+                await self._sync(force=True)
+                self._close_segment()
+                self._signal()
+                return
 
     async def _write_batch(self) -> None:
         if self._pending:
@@ -267,12 +293,15 @@ class Journal:
         msg = f"journal write failed: {os.strerror(error.errno) if error.errno else error}"
         log.error("%s; refusing writes until restart (reads keep working)", msg)
         self.failed = JournalError(msg)
+        self._abandon()
+        self.failure.set()
         self._signal()
 
     def _abandon(self) -> None:
         """Close the failed segment's fd without another fsync (its cache is untrustworthy)."""
         if self._fd != -1:
-            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
             self._fd = -1
 
     def _open_segment(self, first_lsn: int) -> None:

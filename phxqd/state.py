@@ -198,8 +198,12 @@ class State:
             retry_at = now + backoff(job.attempts, rng)
         return Failed(job_id, now, exit_code, reason, retry_at)
 
-    def claim_next(self, now: float) -> Job | None:
-        """The next job to start, taken off the ready heaps; the caller must start it."""
+    def claim_next(self, now: float, below_id: int | None = None) -> Job | None:
+        """The next job to start, taken off the ready heaps; the caller must start it.
+
+        Jobs with an id of `below_id` or more are passed over for now: the caller uses it
+        to start only jobs whose submission is already durable.
+        """
         self._promote(now)
         if self.paused_all:
             return None
@@ -210,7 +214,9 @@ class State:
                 continue
             while heap and self._queued.get(heap[0][2]) != heap[0][1]:
                 heapq.heappop(heap)
-            if heap and (best is None or heap[0] < best):
+            if not heap or (below_id is not None and heap[0][2] >= below_id):
+                continue
+            if best is None or heap[0] < best:
                 best, best_queue = heap[0], queue
         if best is None:
             return None
@@ -314,6 +320,9 @@ class State:
                 for job_id in ids:
                     job = self.jobs.pop(job_id)
                     self._count(job, -1)
+                    self._queued.pop(job_id, None)
+                    if job.key is not None and self.keys.get(job.key) == job_id:
+                        del self.keys[job.key]
             case Paused(queue):
                 if queue is None:
                     self.paused_all = True
