@@ -1,0 +1,164 @@
+"""Disk faults through the real write path: a really full filesystem, a really failing fsync.
+
+ENOSPC comes from a small tmpfs that the test fills (root is needed to mount it). EIO comes
+from an LD_PRELOAD shim around libc's fdatasync and fsync (a disk cannot be made to fail on
+cue here): the daemon's own code runs unchanged and sees the error exactly where the kernel
+would report it. The shim also logs every call, so the test can check that a failed
+segment is never fsync'd again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, until
+
+SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static int faulty(const char *name, int fd) {
+    static int (*real_fdatasync)(int) = 0, (*real_fsync)(int) = 0;
+    if (!real_fdatasync) real_fdatasync = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    if (!real_fsync) real_fsync = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    char link[64], path[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    path[n > 0 ? n : 0] = 0;
+    const char *flag = getenv("FAULT_FLAG"), *log = getenv("FAULT_LOG");
+    int fail = flag && access(flag, F_OK) == 0;
+    if (log) {
+        FILE *f = fopen(log, "a");
+        if (f) { fprintf(f, "%s %s %s\n", fail ? "EIO" : "ok", name, path); fclose(f); }
+    }
+    if (fail) { errno = EIO; return -1; }
+    return name[1] == 'd' ? real_fdatasync(fd) : real_fsync(fd);
+}
+
+int fdatasync(int fd) { return faulty("fdatasync", fd); }
+int fsync(int fd) { return faulty("fsync", fd); }
+"""
+
+
+def ids_of(d: Daemon) -> list[int]:
+    return sorted(
+        json.loads(x)["id"] for x in d.ok("--json", "list", "--limit", "1000").splitlines()
+    )
+
+
+def submit_until_refused(d: Daemon, limit: int = 200) -> tuple[list[int], str]:
+    """Submit one job at a time until the daemon refuses; return acked ids and the error."""
+    acked = []
+    for _ in range(limit):
+        r = d.ctl("submit", "--", "echo", "x" * 500)
+        if r.returncode != 0:
+            assert r.returncode == 5, r.stderr
+            return acked, r.stderr
+        acked.append(int(r.stdout))
+    raise AssertionError("the daemon never refused a submit")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_refuses_writes_keeps_reads_and_recovers(tmp_path: Path, small_fs: Path) -> None:
+    d = Daemon(tmp_path)
+    d.state_dir = small_fs / "state"
+    d.env["PHXQ_STATE_DIR"] = str(d.state_dir)
+    d.config.write_text("write_retry_interval = 0.05\n")
+    d.start()
+    d.ok("pause")
+    before = [d.submit("true") for _ in range(5)]
+
+    ballast = small_fs / "ballast"
+    with contextlib.suppress(OSError), open(ballast, "wb", buffering=0) as f:
+        while True:
+            f.write(b"\0" * 4096)
+    acked, error = submit_until_refused(d)
+    assert "No space left on device" in error and error.count("\n") == 1
+
+    # reads keep working, and say why writes do not
+    status = d.json("status")
+    assert status["writable"] is False and "No space left" in status["journal_error"]
+    assert ids_of(d) == before + acked
+    assert d.job(before[0])["status"] == "pending"
+    assert d.ctl("cancel", str(before[0])).returncode == 5  # changes are refused
+
+    ballast.unlink()
+    until(lambda: d.json("status")["writable"], what="writes to resume")
+    after = d.submit("true")
+    d.kill9()
+    d.start()
+    assert ids_of(d) == [*before, *acked, after]
+    d.ok("resume")
+    d.ok("wait", *map(str, [*before, *acked, after]))
+
+
+@pytest.fixture
+def fsync_shim(tmp_path: Path) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the fdatasync shim")
+    src, lib = tmp_path / "shim.c", tmp_path / "shim.so"
+    src.write_text(SHIM)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"], check=True)
+    return lib
+
+
+def test_fsync_eio_never_acks_never_reuses_the_segment_and_recovers(
+    tmp_path: Path, fsync_shim: Path
+) -> None:
+    flag, log = tmp_path / "fail-now", tmp_path / "fsyncs.log"
+    d = Daemon(tmp_path)
+    d.env.update(LD_PRELOAD=str(fsync_shim), FAULT_FLAG=str(flag), FAULT_LOG=str(log))
+    d.config.write_text("write_retry_interval = 0.05\n")
+    d.start()
+    d.ok("pause")
+    before = [d.submit("true") for _ in range(3)]
+
+    flag.touch()
+    r = d.ctl("submit", "--", "echo", "lost")
+    assert r.returncode == 5 and "Input/output error" in r.stderr, r.stderr
+    failed_segment = next(
+        line.split(" ", 2)[2] for line in log.read_text().splitlines() if line.startswith("EIO")
+    )
+    assert d.json("status")["writable"] is False
+    assert ids_of(d) == before  # the refused job is not shown either
+
+    flag.unlink()
+    until(lambda: d.json("status")["writable"], what="writes to resume")
+    after = d.submit("true")
+    synced_after_failure = log.read_text().split(f"EIO fdatasync {failed_segment}\n", 1)[1]
+    assert failed_segment not in synced_after_failure, "a failed segment was fsync'd again"
+    assert not os.path.exists(failed_segment), "the failed segment is gone after resuming"
+
+    d.kill9()
+    d.start()
+    got = ids_of(d)
+    assert got == [*before, after]
+    assert after == before[-1] + 2, "the refused job's id is not reused"
