@@ -27,5 +27,9 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# 500 kill -9 cycles under load (make test runs 20)
+torture: $(STAMP)
+	PHXQ_TORTURE_CYCLES=500 $(BIN)/python -m pytest -q tests/test_torture.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
