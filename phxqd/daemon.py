@@ -20,7 +20,7 @@ import anyio
 from phxqd import config, paths, server
 from phxqd.core import Core, Settings
 from phxqd.journal import Corruption, FsyncPolicy, Journal, JournalError
-from phxqd.recovery import recover
+from phxqd.recovery import StateDirBusy, lock_state_dir, recover
 
 log = logging.getLogger("phxqd")
 VERSION = "0.1.0"
@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fsync", choices=["always", "batch", "off"], help="durability policy (default: always)"
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    j = sub.add_parser("journal", help="check or mend a state dir (phxqd must not be running)")
+    j.add_argument("action", choices=["verify", "repair"])
+    j.add_argument(
+        "--state-dir", default=argparse.SUPPRESS, help="the state dir (default as for the daemon)"
+    )
     return p.parse_args(argv)
 
 
@@ -56,6 +62,17 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     state_dir = paths.state_dir(args.state_dir, cfg.state_dir)
+    try:
+        lock = lock_state_dir(state_dir)
+    except StateDirBusy as e:
+        sys.exit(f"phxqd: {e}")
+    except OSError as e:
+        sys.exit(f"phxqd: cannot use state dir {state_dir}: {e.strerror}")
+    if args.command == "journal":
+        from phxqd import repair
+
+        action = repair.verify if args.action == "verify" else repair.repair
+        sys.exit(action(state_dir / "journal"))
     settings = Settings(
         workers=args.workers or cfg.workers or config.default_workers(),
         kill_grace=cfg.kill_grace,
@@ -70,10 +87,13 @@ def main(argv: list[str] | None = None) -> None:
     except Corruption as e:
         sys.exit(
             f"phxqd: refusing to start: {e}\n"
-            f"phxqd: the files are left untouched; see docs/operations.md (journal repair)"
+            "phxqd: the files are left untouched; `phxqd journal verify` tells more, and "
+            "`phxqd journal repair` cuts the journal there after taking a backup"
         )
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        os.close(lock)
 
 
 async def run(settings: Settings, cfg: config.Config, fsync: FsyncPolicy) -> None:

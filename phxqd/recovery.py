@@ -7,6 +7,7 @@ daemon refuses to start rather than guess, naming the file and the byte offset.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import zlib
@@ -39,6 +40,26 @@ class Recovered:
     #: (path, offset, why) of a torn tail found (and cut, when asked to)
     torn: tuple[Path, int, str] | None = None
     notes: list[str] = field(default_factory=list)
+
+
+class StateDirBusy(Exception):
+    pass
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Hold an exclusive lock on the state dir for the life of the process.
+
+    Two daemons (or a daemon and `journal repair`) on one journal would corrupt it; the
+    lock dies with the process, so a crash never leaves it stale.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirBusy(f"{state_dir} is in use by another phxqd") from None
+    return fd
 
 
 def recover(journal_dir: Path, cut_torn_tail: bool) -> Recovered:

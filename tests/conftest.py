@@ -32,6 +32,7 @@ class Daemon:
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
         self.config = tmp / "phxqd.toml"
+        tmp.mkdir(parents=True, exist_ok=True)
         self.config.touch()
         self.env = {
             **os.environ,

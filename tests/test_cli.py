@@ -267,12 +267,19 @@ def test_kill9_with_running_job_reaps_leftover_and_retries(tmp_path: Path) -> No
     d.kill9()
 
 
-def test_second_daemon_on_same_socket_refuses(daemon: Daemon, tmp_path: Path) -> None:
-    other = Daemon(daemon.tmp)
-    other.start(expect_ready=False)
-    assert other.proc is not None
-    assert other.proc.wait(30) != 0
-    assert "already listening" in other.logtext()
+def test_a_second_daemon_on_the_same_socket_or_state_dir_refuses(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    same_socket = Daemon(tmp_path / "other")
+    same_socket.env["PHXQ_SOCKET"] = str(daemon.socket)
+    same_state = Daemon(tmp_path / "third")
+    same_state.env["PHXQ_STATE_DIR"] = str(daemon.state_dir)
+    for other, why in ((same_socket, "already listening"), (same_state, "in use by another")):
+        other.tmp.mkdir(exist_ok=True)
+        other.start(expect_ready=False)
+        assert other.proc is not None
+        assert other.proc.wait(30) != 0
+        assert why in other.logtext()
     assert daemon.ctl("status").returncode == 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -245,4 +247,47 @@ def test_snapshots_bound_the_journal_and_survive_restart(tmp_path: Path) -> None
     d.start()
     jobs = [json.loads(x) for x in d.ok("--json", "list").splitlines()]
     assert [(j["id"], j["argv"]) for j in jobs] == [(1001, ["echo", "survivor"])]
+    d.kill9()
+
+
+def phxqd(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "phxqd", *args],
+        env=d.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_verify_and_repair(tmp_path: Path) -> None:
+    d = Daemon(tmp_path).start()
+    d.ok("pause")
+    ids = [d.submit("true") for _ in range(6)]
+    busy = phxqd(d, "journal", "verify")
+    assert busy.returncode != 0 and "in use" in busy.stderr  # never beside a live daemon
+    d.kill9()
+
+    clean = phxqd(d, "journal", "verify")
+    assert clean.returncode == 0 and "ok" in clean.stdout and "jobs: 6" in clean.stdout
+
+    _, seg = list_segments(d.state_dir / "journal")[-1]
+    offsets = record_offsets(seg)
+    data = bytearray(seg.read_bytes())
+    data[offsets[3] + 9] ^= 0x55  # inside job 3's record (after pause, jobs 1 and 2)
+    seg.write_bytes(bytes(data))
+
+    bad = phxqd(d, "journal", "verify")
+    assert bad.returncode == 1 and f"byte offset {offsets[3]}" in bad.stdout
+    assert seg.read_bytes() == bytes(data), "verify changes nothing"
+
+    fixed = phxqd(d, "journal", "repair")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert f"cut {seg} at byte {offsets[3]}" in fixed.stdout
+    backups = list(d.state_dir.glob("journal.backup-*"))
+    assert len(backups) == 1 and (backups[0] / seg.name).read_bytes() == bytes(data)
+
+    d.start()
+    got = sorted(json.loads(x)["id"] for x in d.ok("--json", "list").splitlines())
+    assert got == ids[:2], "the good prefix: the pause and jobs 1 and 2"
     d.kill9()
