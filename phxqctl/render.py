@@ -97,7 +97,7 @@ def job_detail(job: Job, now: float) -> str:
         "timeout": None if job.timeout is None else f"{job.timeout:g}s",
     }
     fields += [(k, str(v)) for k, v in optional.items() if v is not None]
-    fields += [(f"env {k}", v) for k, v in job.env.items()]
+    fields += [(f"env {k}", v) for k, v in (job.env or {}).items()]
     width = max(len(k) for k, _ in fields)
     return "\n".join(f"{k.rjust(width)}  {v}" for k, v in fields)
 

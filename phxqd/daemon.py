@@ -9,6 +9,7 @@ exits at once, which loses nothing acknowledged because acknowledged means on di
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -100,6 +101,7 @@ async def run(settings: Settings, cfg: config.Config, fsync: FsyncPolicy) -> Non
     for d in (settings.journal_dir, settings.logs_dir):
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
     recovered = recover(settings.journal_dir, cut_torn_tail=True)
+    gc.freeze()  # the recovered jobs live on: keep them out of every later collection
     log.info(
         "recovered %d jobs (snapshot at record %d, %d records replayed from %d segments)",
         len(recovered.state.jobs),

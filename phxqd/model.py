@@ -36,14 +36,16 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class Job(msgspec.Struct):
+class Job(msgspec.Struct, gc=False):
     """One job as the daemon knows it; its JSON form is the contract's job JSON.
 
-    Times are Unix timestamps in seconds (float). `attempts` counts started runs.
+    Times are Unix timestamps in seconds (float). `attempts` counts started runs. A daemon
+    holds a million of these, so each is kept small: not tracked by the cyclic garbage
+    collector (a Job refers to no other Job), argv a tuple, env None when empty.
     """
 
     id: int
-    argv: list[str]
+    argv: tuple[str, ...]
     queue: str
     priority: int
     status: str
@@ -52,7 +54,7 @@ class Job(msgspec.Struct):
     key: str | None = None
     label: str | None = None
     cwd: str | None = None
-    env: dict[str, str] = msgspec.field(default_factory=dict)
+    env: dict[str, str] | None = None
     timeout: float | None = None
     max_retries: int = DEFAULT_RETRIES
     attempts: int = 0

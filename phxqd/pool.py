@@ -50,7 +50,7 @@ class Stop:
 
 def job_env(job: Job, socket: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(job.env)
+    env.update(job.env or {})
     env["PHXQ_JOB_ID"] = str(job.id)
     env["PHXQ_ATTEMPT"] = str(job.attempts + 1)
     env["PHXQ_SOCKET"] = str(socket)

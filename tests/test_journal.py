@@ -25,7 +25,7 @@ def job_event(i: int) -> Submitted:
     return Submitted(
         Job(
             id=i,
-            argv=["echo", str(i)],
+            argv=("echo", str(i)),
             queue="default",
             priority=0,
             status="pending",
