@@ -1,0 +1,188 @@
+"""Durable submit throughput, restart time and memory of phxqd, on this machine.
+
+    .venv/bin/python bench/bench_journal.py [--quick] [--jobs-in-state N]
+
+Starts a real phxqd (fsync=always unless --fsync says otherwise) in a temp dir, paused so
+that no job runs, and measures:
+  1. one client, one job per request (each request waits for its own fsync);
+  2. 16 client processes, one job per request (group commit shares fsyncs);
+  3. one client, batches of 1000 jobs per request (the `submit --batch` path);
+  4. `phxqctl submit --batch FILE` of 1000 jobs, whole command wall time;
+  5. restart time (SIGKILL, start, until the socket answers) and peak RSS of the daemon
+     with N jobs in the state (default 1,000,000).
+Prints a JSON summary on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from phxqctl import Client  # noqa: E402
+from phxqd.model import JobSpec  # noqa: E402
+
+
+class Daemon:
+    def __init__(self, root: Path, fsync: str) -> None:
+        self.root = root
+        self.socket = root / "phxqd.sock"
+        self.env = {**os.environ, "PHXQ_SOCKET": str(self.socket),
+                    "PHXQ_STATE_DIR": str(root / "state"), "PHXQ_CONFIG": str(root / "c.toml")}
+        (root / "c.toml").write_text(f'fsync = "{fsync}"\n')
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        """Start and return seconds until the socket answered a status request."""
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "phxqd", "--workers", "2",
+                                      "--log-level", "warning"], env=self.env)
+        while True:
+            try:
+                with Client(self.socket) as c:
+                    c.status()
+                return time.perf_counter() - t0
+            except Exception:
+                if self.proc.poll() is not None:
+                    raise SystemExit("phxqd exited") from None
+                time.sleep(0.002)
+
+    def peak_rss_kib(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def rss_kib(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait()
+
+
+def one_by_one(socket: Path, n: int) -> None:
+    with Client(socket) as c:
+        for _ in range(n):
+            c.submit(["true"])
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds
+
+
+def bench_single(d: Daemon, n: int) -> float:
+    t0 = time.perf_counter()
+    one_by_one(d.socket, n)
+    return rate(n, time.perf_counter() - t0)
+
+
+def bench_concurrent(d: Daemon, clients: int, per_client: int) -> float:
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=one_by_one, args=(d.socket, per_client)) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return rate(clients * per_client, time.perf_counter() - t0)
+
+
+def bench_batches(d: Daemon, batches: int, size: int = 1000) -> float:
+    specs = [JobSpec(argv=["true"]) for _ in range(size)]
+    with Client(d.socket) as c:
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            c.submit_batch(specs)
+        return rate(batches * size, time.perf_counter() - t0)
+
+
+def bench_cli_batch(d: Daemon, root: Path, runs: int) -> float:
+    f = root / "batch.jsonl"
+    f.write_text("".join('{"argv": ["true"]}\n' for _ in range(1000)))
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "phxqctl", "submit", "--batch", str(f)],
+                       env=d.env, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fill(d: Daemon, n: int) -> None:
+    specs = [JobSpec(argv=["true"]) for _ in range(10_000)]
+    with Client(d.socket) as c:
+        c.pause()
+        done = c.status()["total"]
+        while done < n:
+            chunk = specs[: min(len(specs), n - done)]
+            c.submit_batch(chunk)
+            done += len(chunk)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--fsync", default="always", choices=["always", "batch", "off"])
+    p.add_argument("--jobs-in-state", type=int, default=None)
+    args = p.parse_args()
+    quick = args.quick
+    n_state = args.jobs_in_state or (100_000 if quick else 1_000_000)
+    results: dict[str, Any] = {"fsync": args.fsync, "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="phxq-bench-") as tmp:
+        root = Path(tmp)
+        d = Daemon(root, args.fsync)
+        d.start()
+        with Client(d.socket) as c:
+            c.pause()
+        results["single_client_jobs_per_s"] = round(bench_single(d, 500 if quick else 3000))
+        results["clients16_jobs_per_s"] = round(bench_concurrent(d, 16, 200 if quick else 1500))
+        results["batch1000_jobs_per_s"] = round(bench_batches(d, 10 if quick else 100))
+        results["cli_batch1000_seconds"] = round(bench_cli_batch(d, root, 3 if quick else 9), 4)
+        with Client(d.socket) as c:
+            fsyncs = c.status()["journal"]["fsyncs"]
+            results["fsyncs_so_far"] = fsyncs
+        d.kill()
+
+        # restart and memory with n_state jobs in the state
+        big = Daemon(root / "big", args.fsync) if (root / "big").mkdir() is None else None
+        assert big is not None
+        big.start()
+        base_rss = big.rss_kib()
+        fill(big, n_state)
+        big.kill(signal.SIGTERM)  # clean stop: a snapshot of the whole state
+        results["jobs_in_state"] = n_state
+        restarts = [big.start() for _ in range(1)]
+        results["restart_seconds"] = round(restarts[0], 3)
+        rss = big.rss_kib()
+        results["rss_mib"] = round(rss / 1024, 1)
+        results["rss_bytes_per_job"] = round((rss - base_rss) * 1024 / n_state)
+        results["peak_rss_mib_after_restart"] = round(big.peak_rss_kib() / 1024, 1)
+        big.kill()
+        # recovery from the journal alone (no clean-stop snapshot): the kill -9 case
+        journal_bytes = sum(f.stat().st_size for f in (root / "big/state/journal").iterdir())
+        results["state_disk_bytes_per_job"] = round(journal_bytes / n_state)
+    for k, v in results.items():
+        print(f"{k:32} {v}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
