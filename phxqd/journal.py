@@ -262,7 +262,10 @@ class Journal:
             data = b"".join(batch)
             fd = self._fd
             sync = self.policy == "always"
-            await anyio.to_thread.run_sync(_write_and_sync, fd, data, sync)
+            if sync or len(data) > 1024 * 1024:
+                await anyio.to_thread.run_sync(_write_and_sync, fd, data, sync)
+            else:  # a small write() into the page cache does not block: skip the thread hop
+                _write_and_sync(fd, data, False)
             self._written_lsn = last
             self._segment_size += len(data)
             self.bytes_since_snapshot += len(data)
