@@ -261,7 +261,9 @@ def _each(verb: str, call: Callable[[Client, list[int]], list[Job]]) -> Command:
             if as_json:
                 render.print_json(job)
             else:
-                print(f"job {job.id} {verb} ({job.status})")
+                print(
+                    f"job {job.id} {verb}" if job.status == verb else f"job {job.id} {job.status}"
+                )
         return 0
 
     return run

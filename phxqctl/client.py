@@ -10,7 +10,7 @@ It imports no daemon code beyond the shared protocol and model, so `phxqctl` sta
 
 from __future__ import annotations
 
-import builtins
+import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,7 +74,10 @@ class Client:
         return self.submit_batch([JobSpec(argv=list(argv), **options)])[0].job
 
     def submit_batch(self, specs: Sequence[JobSpec]) -> Sequence[SubmitResult]:
-        result = self.call(protocol.Submit(builtins.list(specs)))
+        """Queue many jobs in one request (one fsync). Like nq and task-spooler, a job
+        runs in the directory it was submitted from unless its spec names another."""
+        specs = [msgspec.structs.replace(s, cwd=os.path.abspath(s.cwd or ".")) for s in specs]
+        result = self.call(protocol.Submit(specs))
         return msgspec.convert(result, tuple[SubmitResult, ...])
 
     def status(self) -> dict[str, Any]:

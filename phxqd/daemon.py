@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
 async def run(settings: Settings, cfg: config.Config, fsync: FsyncPolicy) -> None:
     for d in (settings.journal_dir, settings.logs_dir):
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    recovered = recover(settings.journal_dir, cut_torn_tail=True)
+    recovered = recover(settings.journal_dir, cut_torn_tail=True, now=time.time())
     gc.freeze()  # the recovered jobs live on: keep them out of every later collection
     log.info(
         "recovered %d jobs (snapshot at record %d, %d records replayed from %d segments)",

@@ -72,7 +72,7 @@ async def run_command(
     process tree is killed before the cancellation propagates.
     """
     try:
-        with open(log_path, "ab") as log:
+        with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
             proc = subprocess.Popen(
                 job.argv,
                 stdin=subprocess.DEVNULL,

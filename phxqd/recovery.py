@@ -63,21 +63,21 @@ def lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
-def recover(journal_dir: Path, cut_torn_tail: bool) -> Recovered:
+def recover(journal_dir: Path, cut_torn_tail: bool, now: float | None = None) -> Recovered:
     # Millions of objects are created and none is garbage: the cyclic collector would scan
     # them again and again for nothing (it made a 1M-job restart several times slower).
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _recover(journal_dir, cut_torn_tail)
+        return _recover(journal_dir, cut_torn_tail, now)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _recover(journal_dir: Path, cut_torn_tail: bool) -> Recovered:
+def _recover(journal_dir: Path, cut_torn_tail: bool, now: float | None) -> Recovered:
     snap = snapshot.load(journal_dir)
-    state = State() if snap is None else State.from_snapshot(snap)
+    state = State() if snap is None else State.from_snapshot(snap, now)
     snap_lsn = 0 if snap is None else snap.lsn
     out = Recovered(state, snap_lsn + 1, snap_lsn)
     segments = list_segments(journal_dir)

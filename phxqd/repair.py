@@ -78,7 +78,10 @@ def repair(journal_dir: Path) -> int:
 
 
 def cut(journal_dir: Path, damage: Corruption) -> None:
-    """Truncate the damaged segment at the bad record and drop every later segment."""
+    """Truncate the damaged segment at the bad record and drop every later segment.
+
+    Damage at offset 0 (a segment that starts at the wrong record) drops the segment whole.
+    """
     size = damage.path.stat().st_size
     fd = os.open(damage.path, os.O_WRONLY)
     try:

@@ -102,8 +102,11 @@ class Connection:
                     if not greeted and not isinstance(req, protocol.Hello):
                         await self._send(protocol.Err("upgrade", "the first request must be hello"))
                         return
+                    reply = await self._answer(req)
+                    await self._send(reply)
+                    if not greeted and isinstance(reply, protocol.Err):
+                        return  # a client that failed the hello speaks another protocol
                     greeted = True
-                    await self._send(await self._answer(req))
 
     async def _read_frame(self) -> bytes | None:
         """The next payload, or None when the client is gone or broke the framing."""

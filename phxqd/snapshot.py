@@ -8,6 +8,7 @@ fails its checksum is never replaced or deleted: the daemon refuses to start and
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import zlib
@@ -50,17 +51,28 @@ def write(directory: Path, data: bytes) -> None:
 def load(directory: Path) -> Snapshot | None:
     path = directory / FILENAME
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise Corruption(path, 0, "empty snapshot")
+            # mapped, not read: the bytes stay in the page cache instead of the heap
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return _decode(path, data)
     except FileNotFoundError:
         return None
+
+
+def _decode(path: Path, data: mmap.mmap) -> Snapshot:
     start = len(MAGIC) + HEADER.size
-    if len(data) < start or not data.startswith(MAGIC):
+    if len(data) < start or data[: len(MAGIC)] != MAGIC:
         raise Corruption(path, 0, "not a phxq snapshot")
     length, crc = HEADER.unpack_from(data, len(MAGIC))
-    payload = data[start : start + length]
-    if len(payload) != length or zlib.crc32(payload) != crc:
-        raise Corruption(path, 0, "snapshot checksum mismatch")
-    try:
-        return _decoder.decode(payload)
-    except msgspec.DecodeError as e:
-        raise Corruption(path, start, f"undecodable snapshot ({e})") from e
+    with memoryview(data) as view:
+        payload = view[start : start + length]
+        try:
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                raise Corruption(path, 0, "snapshot checksum mismatch")
+            return _decoder.decode(payload)
+        except msgspec.DecodeError as e:
+            raise Corruption(path, start, f"undecodable snapshot ({e})") from e
+        finally:
+            payload.release()

@@ -266,6 +266,8 @@ class State:
     def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
         """Jobs newest first, filtered."""
         out: list[Job] = []
+        if limit <= 0:
+            return out
         for job in reversed(self.jobs.values()):
             if (status is None or job.status == status) and (queue is None or job.queue == queue):
                 out.append(job)
@@ -296,6 +298,7 @@ class State:
                 self._queued.pop(job_id, None)
                 job.attempts += 1
                 job.started_at = at
+                job.exit_code = job.error = None  # the last attempt's, not this one's
                 job.pid, job.pid_started = pid, pid_started
             case Completed(job_id, at, exit_code):
                 job = self.jobs[job_id]
@@ -355,15 +358,16 @@ class State:
         )
 
     @classmethod
-    def from_snapshot(cls, snap: Snapshot) -> State:
+    def from_snapshot(cls, snap: Snapshot, now: float | None = None) -> State:
         """Rebuild from a snapshot in one pass (a restart with a million jobs waits on it).
 
-        Does in bulk what `apply(Submitted(job))` does for each job: the delayed heap is
-        heapified once instead of pushed a million times.
+        Does in bulk what `apply(Submitted(job))` does for each job, and with `now` also
+        what `claim_next` would do first: jobs already due go straight onto their ready
+        heaps. Each heap is heapified once instead of pushed a million times.
         """
         state = cls(next_id=snap.next_id, paused=set(snap.paused), paused_all=snap.paused_all)
         jobs, counts, keys, queued = state.jobs, state.counts, state.keys, state._queued
-        delayed = state._delayed
+        delayed, ready = state._delayed, state._ready
         seq = 0
         for job in snap.jobs:
             _canonical(job)
@@ -373,10 +377,15 @@ class State:
             if job.status in WAITING:
                 seq += 1
                 queued[job.id] = seq
-                delayed.append((job.run_at, seq, job.id))
+                if now is not None and job.run_at <= now:
+                    ready.setdefault(job.queue, []).append((-job.priority, seq, job.id))
+                else:
+                    delayed.append((job.run_at, seq, job.id))
             if job.key is not None and job.status not in FINISHED:
                 keys[job.key] = job.id
         heapq.heapify(delayed)
+        for heap in ready.values():
+            heapq.heapify(heap)
         state._seq = seq
         return state
 

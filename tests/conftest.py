@@ -81,10 +81,11 @@ class Daemon:
         self.stop(signal.SIGKILL)
 
     def ctl(
-        self, *args: str, input: str | None = None, timeout: float = 60.0
+        self, *args: str, input: str | None = None, timeout: float = 60.0, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "phxqctl", *args],
+            cwd=cwd,
             env=self.env,
             capture_output=True,
             text=True,

@@ -297,3 +297,45 @@ def test_flags_override_environment_and_status_shows_running(tmp_path: Path) -> 
         assert oct(sock.stat().st_mode & 0o777) == "0o600"
     finally:
         d.stop()  # SIGTERM: the running job is killed and requeued, nothing is left behind
+
+
+def test_jobs_run_where_they_were_submitted(daemon: Daemon, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    here = daemon.ctl("submit", "--", "pwd", cwd=work)
+    there = daemon.ctl("submit", "--cwd", "sub", "--", "pwd", cwd=work)
+    ids = [int(here.stdout), int(there.stdout)]
+    daemon.ok("wait", *map(str, ids))
+    assert daemon.ok("logs", str(ids[0])) == f"{work}\n"
+    assert daemon.ok("logs", str(ids[1])) == f"{work / 'sub'}\n"
+    missing = daemon.submit("true", opts=("--cwd", str(tmp_path / "nope"), "--retries", "0"))
+    assert daemon.ctl("wait", str(missing)).returncode == 1
+    assert "cannot start" in daemon.job(missing)["error"]
+
+
+def test_wrong_protocol_hello_closes_the_connection(daemon: Daemon) -> None:
+    import socket as socketlib
+
+    from phxqd import protocol
+
+    s = socketlib.socket(socketlib.AF_UNIX)
+    s.connect(str(daemon.socket))
+    s.sendall(protocol.frame(protocol.Hello(99)) + protocol.frame(protocol.Status()))
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass  # closed with our Status unread: the kernel says so, after the reply
+    s.close()
+    (n,) = protocol.HEADER.unpack(data[:4])
+    assert len(data) == 4 + n, "one error reply, then the connection is closed"
+    reply = protocol.reply_decoder.decode(data[4:])
+    assert isinstance(reply, protocol.Err) and reply.code == "upgrade"
+
+
+def test_list_limit_zero_and_cancel_message(daemon: Daemon) -> None:
+    daemon.ok("pause")
+    job_id = daemon.submit("true")
+    assert daemon.ok("--json", "list", "--limit", "0") == ""
+    assert daemon.ok("cancel", str(job_id)).strip() == f"job {job_id} cancelled"
