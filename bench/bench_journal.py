@@ -127,7 +127,7 @@ def bench_cli_batch(d: Daemon, root: Path, runs: int) -> float:
 
 
 def fill(d: Daemon, n: int) -> None:
-    specs = [JobSpec(argv=["true"]) for _ in range(10_000)]
+    specs = [JobSpec(argv=["true"]) for _ in range(10_000)]  # the client adds cwd
     with Client(d.socket) as c:
         c.pause()
         done = c.status()["total"]

@@ -59,12 +59,14 @@ _STATUS = {s: s for s in STATUSES}
 
 
 def _canonical(job: Job) -> None:
-    """Share one string object for each queue name and status among all jobs.
+    """Share one string object for each queue name, status and directory among all jobs.
 
-    Decoded jobs each get their own copies; with a million jobs that is ~100 MB.
+    Decoded jobs each get their own copies; with a million jobs that is ~150 MB.
     """
     job.queue = sys.intern(job.queue)
     job.status = _STATUS[job.status]
+    if job.cwd is not None:
+        job.cwd = sys.intern(job.cwd)
 
 
 def backoff(attempts: int, rng: random.Random) -> float:
