@@ -28,26 +28,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from phxqctl import Client  # noqa: E402
-from phxqd.model import JobSpec  # noqa: E402
+from phxqctl import Client
+from phxqd.model import JobSpec
 
 
 class Daemon:
     def __init__(self, root: Path, fsync: str) -> None:
         self.root = root
         self.socket = root / "phxqd.sock"
-        self.env = {**os.environ, "PHXQ_SOCKET": str(self.socket),
-                    "PHXQ_STATE_DIR": str(root / "state"), "PHXQ_CONFIG": str(root / "c.toml")}
+        self.env = {
+            **os.environ,
+            "PHXQ_SOCKET": str(self.socket),
+            "PHXQ_STATE_DIR": str(root / "state"),
+            "PHXQ_CONFIG": str(root / "c.toml"),
+        }
         (root / "c.toml").write_text(f'fsync = "{fsync}"\n')
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> float:
         """Start and return seconds until the socket answered a status request."""
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "phxqd", "--workers", "2",
-                                      "--log-level", "warning"], env=self.env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "phxqd", "--workers", "2", "--log-level", "warning"],
+            env=self.env,
+        )
         while True:
             try:
                 with Client(self.socket) as c:
@@ -120,8 +124,12 @@ def bench_cli_batch(d: Daemon, root: Path, runs: int) -> float:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "phxqctl", "submit", "--batch", str(f)],
-                       env=d.env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "phxqctl", "submit", "--batch", str(f)],
+            env=d.env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
