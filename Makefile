@@ -31,5 +31,10 @@ unit: $(STAMP)
 torture: $(STAMP)
 	PHXQ_TORTURE_CYCLES=500 $(BIN)/python -m pytest -q tests/test_torture.py
 
+# durability benchmark with huey as the peer; QUICK=1 for a short run
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.bench_journal $(if $(QUICK),--quick)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -23,6 +23,9 @@ READY_TIMEOUT = 30.0
 
 
 class Daemon:
+    #: every daemon started by the current test; the autouse fixture kills what is left
+    started: ClassVar[list[Daemon]] = []
+
     def __init__(self, tmp: Path, workers: int = 2, extra: list[str] | None = None) -> None:
         self.tmp = tmp
         self.state_dir = tmp / "state"
@@ -52,6 +55,7 @@ class Daemon:
             stderr=subprocess.PIPE,
             text=True,
         )
+        Daemon.started.append(self)
         ready = threading.Event()
 
         def pump(stream: Any) -> None:
@@ -121,18 +125,26 @@ def until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "cond
         time.sleep(0.02)
 
 
+@pytest.fixture(autouse=True)
+def no_daemon_outlives_its_test() -> Iterator[None]:
+    before = len(Daemon.started)
+    yield
+    for d in Daemon.started[before:]:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop(signal.SIGKILL)
+    del Daemon.started[before:]
+
+
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path).start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop(signal.SIGKILL)
+    yield Daemon(tmp_path).start()
 
 
 @pytest.fixture(scope="module")
 def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for many hypothesis examples (a fresh one per example would be slow)."""
     d = Daemon(tmp_path_factory.mktemp("shared")).start()
+    Daemon.started.remove(d)  # it outlives the test that started it; stopped below
     d.ok("pause")  # fuzzed submits must not run anything
     yield d
     if d.proc is not None and d.proc.poll() is None:
