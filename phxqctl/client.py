@@ -76,7 +76,11 @@ class Client:
     def submit_batch(self, specs: Sequence[JobSpec]) -> Sequence[SubmitResult]:
         """Queue many jobs in one request (one fsync). Like nq and task-spooler, a job
         runs in the directory it was submitted from unless its spec names another."""
-        specs = [msgspec.structs.replace(s, cwd=os.path.abspath(s.cwd or ".")) for s in specs]
+        here = os.getcwd()
+        specs = [
+            msgspec.structs.replace(s, cwd=here if s.cwd is None else os.path.join(here, s.cwd))
+            for s in specs
+        ]
         result = self.call(protocol.Submit(specs))
         return msgspec.convert(result, tuple[SubmitResult, ...])
 
