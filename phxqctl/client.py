@@ -15,7 +15,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -24,7 +24,9 @@ from phxqd.model import Job, JobSpec, SubmitResult
 from phxqd.protocol import ERROR_EXIT
 
 #: spelled out once here: inside Client, `list` names the method
+T = TypeVar("T")
 Jobs = list[Job]
+SubmitResults = list[SubmitResult]
 Ids = list[int]
 
 
@@ -54,6 +56,7 @@ class Client:
         self.socket_path = paths.socket_path(str(socket_path) if socket_path else None)
         self.timeout = timeout
         self._sock: socket.socket | None = None
+        self._decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
     def __enter__(self) -> Client:
         return self
@@ -73,7 +76,7 @@ class Client:
     def submit(self, argv: list[str], **options: Any) -> Job:
         return self.submit_batch([JobSpec(argv=list(argv), **options)])[0].job
 
-    def submit_batch(self, specs: Sequence[JobSpec]) -> Sequence[SubmitResult]:
+    def submit_batch(self, specs: Sequence[JobSpec]) -> SubmitResults:
         """Queue many jobs in one request (one fsync). Like nq and task-spooler, a job
         runs in the directory it was submitted from unless its spec names another."""
         here = os.getcwd()
@@ -81,21 +84,20 @@ class Client:
             msgspec.structs.replace(s, cwd=here if s.cwd is None else os.path.join(here, s.cwd))
             for s in specs
         ]
-        result = self.call(protocol.Submit(specs))
-        return msgspec.convert(result, tuple[SubmitResult, ...])
+        return self.call(protocol.Submit(specs), SubmitResults)
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call(protocol.Status())
         return result
 
     def list(self, status: str | None = None, queue: str | None = None, limit: int = 50) -> Jobs:
-        return msgspec.convert(self.call(protocol.List(status, queue, limit)), Jobs)
+        return self.call(protocol.List(status, queue, limit), Jobs)
 
     def get(self, job_id: int) -> Job:
-        return msgspec.convert(self.call(protocol.Show(job_id)), Job)
+        return self.call(protocol.Show(job_id), Job)
 
     def wait(self, ids: Ids, timeout: float | None = None) -> Jobs:
-        return msgspec.convert(self.call(protocol.Wait(ids, timeout)), Jobs)
+        return self.call(protocol.Wait(ids, timeout), Jobs)
 
     def logs(self, job_id: int, offset: int = 0) -> tuple[bytes, int, bool]:
         """A chunk of the job's log from `offset`: (data, next offset, job finished)."""
@@ -103,10 +105,10 @@ class Client:
         return bytes(r["data"]), int(r["offset"]), bool(r["finished"])
 
     def cancel(self, ids: Ids) -> Jobs:
-        return msgspec.convert(self.call(protocol.Cancel(ids)), Jobs)
+        return self.call(protocol.Cancel(ids), Jobs)
 
     def retry(self, ids: Ids) -> Jobs:
-        return msgspec.convert(self.call(protocol.Retry(ids)), Jobs)
+        return self.call(protocol.Retry(ids), Jobs)
 
     def retry_failed(self, queue: str | None = None) -> int:
         return int(self.call(protocol.RetryFailed(queue))["retried"])
@@ -124,18 +126,26 @@ class Client:
 
     # ------------------------------------------------------------ the wire
 
-    def call(self, request: protocol.Request) -> Any:
-        """Send one request and return the result of its reply, or raise RemoteError."""
+    @overload
+    def call(self, request: protocol.Request) -> Any: ...
+    @overload
+    def call(self, request: protocol.Request, result_type: type[T]) -> T: ...
+    def call(self, request: protocol.Request, result_type: Any = Any) -> Any:
+        """Send one request and return its reply's result decoded as `result_type`, or
+        raise RemoteError."""
         if self._sock is None:
             self._sock = self._connect()
             self._sock.sendall(
                 protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION, "phxqctl"))
                 + protocol.frame(request)
             )
-            self._expect_reply()
+            self._expect_reply(protocol.reply_decoder)
         else:
             self._sock.sendall(protocol.frame(request))
-        return self._expect_reply()
+        decoder = self._decoders.get(result_type)
+        if decoder is None:
+            decoder = self._decoders[result_type] = protocol.reply_decoder_for(result_type)
+        return self._expect_reply(decoder)
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -154,13 +164,16 @@ class Client:
             raise DaemonUnreachable(f"no permission to connect to {self.socket_path}") from None
         return sock
 
-    def _expect_reply(self) -> Any:
+    def _expect_reply(self, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
         assert self._sock is not None
         header = self._recv_exactly(protocol.HEADER.size)
         (length,) = protocol.HEADER.unpack(header)
         if length > protocol.MAX_FRAME:
             raise PhxqError(f"phxqd sent a frame of {length} bytes; refusing it")
-        reply = protocol.reply_decoder.decode(self._recv_exactly(length))
+        try:
+            reply = decoder.decode(self._recv_exactly(length))
+        except msgspec.DecodeError as e:
+            raise PhxqError(f"phxqd sent a reply this phxqctl cannot read: {e}") from None
         if isinstance(reply, protocol.Err):
             raise RemoteError(reply.code, reply.message)
         return reply.result

@@ -10,7 +10,7 @@ misreading each other. Each request gets exactly one `Ok` or `Err` reply.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -102,16 +102,20 @@ AnyRequest = (
 )
 
 
-class Ok(msgspec.Struct, tag="ok"):
-    result: Any = None
+T = TypeVar("T")
+
+
+class Ok(msgspec.Struct, Generic[T], tag="ok"):
+    """A successful reply. Generic so a client can decode `result` straight into the type
+    it expects (`reply_decoder_for(list[Job])`) instead of into dicts and then again."""
+
+    result: T
 
 
 class Err(msgspec.Struct, tag="err"):
     code: str
     message: str
 
-
-Reply = Ok | Err
 
 #: Error codes and the phxqctl exit status each maps to (DESIGN.md, "Exit statuses").
 ERROR_EXIT = {
@@ -123,7 +127,13 @@ ERROR_EXIT = {
 }
 
 request_decoder: msgspec.msgpack.Decoder[AnyRequest] = msgspec.msgpack.Decoder(AnyRequest)
-reply_decoder: msgspec.msgpack.Decoder[Ok | Err] = msgspec.msgpack.Decoder(Reply)
+reply_decoder: msgspec.msgpack.Decoder[Ok[Any] | Err] = msgspec.msgpack.Decoder(Ok[Any] | Err)
+
+
+def reply_decoder_for(result_type: Any) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(Ok[result_type] | Err)
+
+
 encoder = msgspec.msgpack.Encoder()
 
 

@@ -121,7 +121,7 @@ class Connection:
         except (anyio.IncompleteRead, anyio.EndOfStream):
             return None
 
-    async def _answer(self, req: protocol.Request) -> protocol.Ok | protocol.Err:
+    async def _answer(self, req: protocol.Request) -> protocol.Ok[Any] | protocol.Err:
         try:
             return protocol.Ok(await self.handle(req))
         except Refused as e:
@@ -130,5 +130,5 @@ class Connection:
             log.exception("internal error answering %s", type(req).__name__)
             return protocol.Err("internal", "internal error in phxqd (see its log)")
 
-    async def _send(self, reply: protocol.Ok | protocol.Err) -> None:
+    async def _send(self, reply: protocol.Ok[Any] | protocol.Err) -> None:
         await self.stream.send(protocol.frame(reply))
