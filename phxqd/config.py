@@ -21,8 +21,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: off: never fsync (tests and benchmarks only)
     fsync: Literal["always", "batch", "off"] = "always"
     fsync_interval_ms: int = 50
-    #: take a snapshot once the journal has grown by this many bytes since the last one
-    snapshot_bytes: int = 64 * 1024 * 1024
+    #: take a snapshot once the journal has grown by this many bytes since the last one,
+    #: and by at least twice the size of the last snapshot
+    snapshot_bytes: int = 16 * 1024 * 1024
     segment_bytes: int = 64 * 1024 * 1024
     #: after a write error (disk full, EIO), seconds between attempts to write again
     write_retry_interval: float = 1.0

@@ -71,6 +71,7 @@ class Core:
         self._wake = anyio.Event()
         self._stopping = False
         self._snapshot_due = anyio.Event()
+        self._snapshot_size = 0
         #: facts applied while the journal could not take them (see `record`)
         self._unjournaled = 0
 
@@ -130,7 +131,11 @@ class Core:
         for event in events:
             self.state.apply(event)
         self._wake.set()
-        if self.journal.bytes_since_snapshot >= self.settings.snapshot_bytes:
+        # At least snapshot_bytes, and at least twice the last snapshot: disk use stays
+        # within ~3x the live state, and the cost of snapshots stays proportional to the
+        # events written, however large the state.
+        due = max(self.settings.snapshot_bytes, 2 * self._snapshot_size)
+        if self.journal.bytes_since_snapshot >= due:
             self._snapshot_due.set()
 
     def _finished_durably(self, events: list[AnyEvent]) -> None:
@@ -196,6 +201,7 @@ class Core:
         await self.journal.rotate()
         await anyio.to_thread.run_sync(snapshot.write, self.settings.journal_dir, data)
         self.journal.bytes_since_snapshot = 0
+        self._snapshot_size = len(data)
         segments = list_segments(self.settings.journal_dir)
         for (_, path), (next_first, _) in itertools.pairwise(segments):
             if next_first - 1 <= lsn:

@@ -291,3 +291,29 @@ def test_verify_and_repair(tmp_path: Path) -> None:
     got = sorted(json.loads(x)["id"] for x in d.ok("--json", "list").splitlines())
     assert got == ids[:2], "the good prefix: the pause and jobs 1 and 2"
     d.kill9()
+
+
+def test_disk_use_stays_within_three_times_the_live_state(tmp_path: Path) -> None:
+    from phxqctl import Client
+    from phxqd.model import JobSpec
+
+    d = Daemon(tmp_path)
+    d.config.write_text("snapshot_bytes = 4096\nsegment_bytes = 8192\n")
+    d.start()
+    journal = d.state_dir / "journal"
+    with Client(d.socket) as c:
+        c.pause()
+        c.submit_batch([JobSpec(argv=["echo", "a job that stays queued"])] * 300)
+        snapshots = set()
+        for _ in range(40):  # 4,000 jobs come and go; only the 300 live ones cost disk
+            results = c.submit_batch([JobSpec(argv=["true"])] * 100)
+            c.cancel([r.job.id for r in results])
+            c.clear()
+            files = {p.name: p.stat().st_size for p in journal.iterdir()}
+            snap = files.get("snapshot", 0)
+            snapshots.add((journal / "snapshot").stat().st_ino)  # a new file each time
+            # the snapshot, under twice its size of newer records plus the last request,
+            # and while a new snapshot is being written, its temporary file
+            assert sum(files.values()) <= 4 * snap + 32768, files
+        assert len(snapshots) >= 4, "compaction kept up with the churn"
+        assert c.status()["counts"]["pending"] == 300
