@@ -16,7 +16,7 @@ from collections.abc import Callable
 import msgspec
 
 from phxqctl import render
-from phxqctl.client import Client, PhxqError
+from phxqctl.client import Client, PhxqError, progress
 from phxqd.model import FINISHED, STATUSES, Job, JobSpec
 
 EXIT_USAGE = 2
@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     cl = cmd("clear", "forget finished jobs (never pending or running ones)")
     cl.add_argument("--status", choices=sorted(FINISHED))
     cl.add_argument("--queue")
+    pr = cmd("progress", "from inside a job: report its progress (shown by show and status)")
+    pr.add_argument("--percent", type=float)
+    pr.add_argument("--step", help="what the job is doing now")
+    pr.add_argument("--done", type=int)
+    pr.add_argument("--total", type=int)
     for name, what in (("pause", "stop starting jobs"), ("resume", "start jobs again")):
         q = cmd(name, f"{what} from a queue, or from all queues")
         q.add_argument("queue", nargs="?")
@@ -299,6 +304,15 @@ def _pause_resume(verb: str) -> Command:
     return run
 
 
+def do_progress(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if all(getattr(args, k) is None for k in ("percent", "step", "done", "total")):
+        raise UsageError("progress needs at least one of --percent, --step, --done, --total")
+    accepted = progress(args.percent, args.step, args.done, args.total)
+    if as_json:
+        render.print_json({"accepted": accepted})
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "submit": do_submit,
     "status": do_status,
@@ -310,6 +324,7 @@ COMMANDS: dict[str, Command] = {
     "retry": _each("requeued", Client.retry),
     "retry-failed": do_retry_failed,
     "clear": do_clear,
+    "progress": do_progress,
     "pause": _pause_resume("paused"),
     "resume": _pause_resume("resumed"),
 }

@@ -49,6 +49,34 @@ class RemoteError(PhxqError):
         self.exit_status = ERROR_EXIT.get(code, 1)
 
 
+def progress(
+    percent: float | None = None,
+    step: str | None = None,
+    done: int | None = None,
+    total: int | None = None,
+) -> bool:
+    """Report the progress of the job this code runs in (fields not given keep their value).
+
+        for i, path in enumerate(paths):
+            phxqctl.progress(done=i, total=len(paths), step=path.name)
+
+    Uses PHXQ_JOB_ID, PHXQ_ATTEMPT and PHXQ_SOCKET, which phxqd sets for every job; outside
+    a job it raises PhxqError. Each call is one short request: report a few times a second
+    at most. Returns False if the daemon no longer counts this attempt as running.
+    """
+    env = os.environ
+    if "PHXQ_JOB_ID" not in env or "PHXQ_ATTEMPT" not in env:
+        raise NotInAJob("not inside a phxq job (PHXQ_JOB_ID and PHXQ_ATTEMPT are not set)")
+    with Client(env.get("PHXQ_SOCKET")) as c:
+        return c.report_progress(
+            int(env["PHXQ_JOB_ID"]), int(env["PHXQ_ATTEMPT"]), percent, step, done, total
+        )
+
+
+class NotInAJob(PhxqError):
+    exit_status = 2
+
+
 class Client:
     """One connection to phxqd, opened on first use and reused for every call."""
 
@@ -115,6 +143,19 @@ class Client:
 
     def clear(self, status: str | None = None, queue: str | None = None) -> int:
         return int(self.call(protocol.Clear(status, queue))["cleared"])
+
+    def report_progress(
+        self,
+        job_id: int,
+        attempt: int,
+        percent: float | None = None,
+        step: str | None = None,
+        done: int | None = None,
+        total: int | None = None,
+    ) -> bool:
+        """Set a running job's progress; False if that attempt is no longer running."""
+        req = protocol.ReportProgress(job_id, attempt, percent, step, done, total)
+        return bool(self.call(req)["accepted"])
 
     def pause(self, queue: str | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.call(protocol.Pause(queue))

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from phxqd.model import STATUSES, Job
+from phxqd.model import STATUSES, Job, Progress
 
 _json = msgspec.json.Encoder()
 
@@ -85,6 +85,10 @@ def job_detail(job: Job, now: float) -> str:
     for name, t in (("started", job.started_at), ("finished", job.finished_at)):
         if t is not None:
             fields.append((name, ago(t, now)))
+    if job.progress is not None:
+        fields.append(
+            ("progress", f"{progress_text(job.progress)} ({ago(job.progress.updated_at, now)})")
+        )
     if job.started_at and job.finished_at and job.finished_at >= job.started_at:
         fields.append(("took", span(job.finished_at - job.started_at)))
     optional = {
@@ -100,6 +104,22 @@ def job_detail(job: Job, now: float) -> str:
     fields += [(f"env {k}", v) for k, v in (job.env or {}).items()]
     width = max(len(k) for k, _ in fields)
     return "\n".join(f"{k.rjust(width)}  {v}" for k, v in fields)
+
+
+def progress_text(p: Progress | None, width: int = 20) -> str:
+    """'[#####.....]  45%  450/1000  resizing' (only the parts the job reported)."""
+    if p is None:
+        return ""
+    parts = []
+    fraction = p.fraction()
+    if fraction is not None:
+        filled = round(fraction * width)
+        parts.append(f"[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}%")
+    if p.done is not None:
+        parts.append(f"{p.done}/{p.total}" if p.total is not None else str(p.done))
+    if p.step:
+        parts.append(p.step)
+    return "  ".join(parts)
 
 
 def outcome_line(job: Job) -> str:
@@ -138,4 +158,7 @@ def status_text(s: dict[str, Any]) -> str:
         for r in running:
             line = f"{r['id']:>6}  {span(now - r['started_at']):>7}  {shlex.join(r['argv'])}"
             lines.append(line if len(line) <= 80 else line[:79] + "…")
+            if r["progress"]:
+                bar = progress_text(msgspec.convert(r["progress"], Progress))
+                lines.append(" " * 16 + (bar if len(bar) <= 64 else bar[:63] + "…"))
     return "\n".join(lines)

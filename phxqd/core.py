@@ -28,6 +28,7 @@ from phxqd.events import (
     Completed,
     Failed,
     Paused,
+    ProgressSaved,
     Requeued,
     Resumed,
     Retried,
@@ -35,7 +36,7 @@ from phxqd.events import (
     Submitted,
 )
 from phxqd.journal import Journal, JournalError, fsync_dir, list_segments
-from phxqd.model import STATUSES, Job, validate_spec
+from phxqd.model import STATUSES, Job, Progress, validate_spec
 from phxqd.protocol import PROTOCOL_VERSION
 from phxqd.state import Refused, State
 
@@ -72,6 +73,9 @@ class Core:
         self._stopping = False
         self._snapshot_due = anyio.Event()
         self._snapshot_size = 0
+        #: when each running job's progress was last journaled, and who has newer since
+        self._progress_saved: dict[int, float] = {}
+        self._progress_dirty: set[int] = set()
         #: facts applied while the journal could not take them (see `record`)
         self._unjournaled = 0
 
@@ -254,6 +258,8 @@ class Core:
                 ids = [i for e in events if isinstance(e, Cleared) for i in e.ids]
                 await anyio.to_thread.run_sync(self._remove_logs, ids)
                 return {"cleared": len(ids)}
+            case protocol.ReportProgress():
+                return self.report_progress(req, now)
             case protocol.Pause(queue):
                 await self.commit([Paused(queue)])
                 return self.status()
@@ -293,6 +299,18 @@ class Core:
         )
         return summary
 
+    def status_line(self) -> str:
+        """One line for `systemctl status` (sd_notify STATUS=): counts and journal health."""
+        counts = self.state.summary()["counts"]
+        assert isinstance(counts, dict)
+        parts = [f"{counts[s]} {s}" for s in ("pending", "running", "retrying", "failed")]
+        line = ", ".join(parts) + f"; {self.settings.workers} workers"
+        if self.journal.failed is not None:
+            line += f"; journal FAILED, refusing changes: {self.journal.failed}"
+        else:
+            line += "; journal ok"
+        return ("stopping: " if self._stopping else "") + line
+
     async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
         for job_id in ids:
             self.state.get(job_id)
@@ -312,6 +330,50 @@ class Core:
             self._active[job_id].request("cancelled")
         await self.wait(running + active, None)
         return [self.state.jobs[i] for i in ids]
+
+    def report_progress(self, req: protocol.ReportProgress, now: float) -> dict[str, bool]:
+        """Show a running job's progress at once; journal it at most once a second per job.
+
+        Progress is applied in memory right away (so `show`, `status` and `wait` see it),
+        but written only when the job's last checkpoint is a second old, and with the job's
+        outcome: a job reporting thousands of times a second costs no fsync storm. A crash
+        loses at most the last second of progress, never a job.
+        """
+        job = self.state.get(req.id)
+        if req.percent is not None and not 0 <= req.percent <= 100:
+            raise Refused("usage", "--percent must be between 0 and 100")
+        if any(n is not None and n < 0 for n in (req.done, req.total)):
+            raise Refused("usage", "--done and --total must be 0 or more")
+        if req.step is not None and len(req.step) > 500:
+            raise Refused("usage", "--step is at most 500 characters")
+        if job.status != "running" or job.attempts != req.attempt:
+            return {"accepted": False}  # a late report from an attempt that has ended
+        old = job.progress or Progress(now)
+        new = Progress(
+            now,
+            req.percent if req.percent is not None else old.percent,
+            req.step if req.step is not None else old.step,
+            req.done if req.done is not None else old.done,
+            req.total if req.total is not None else old.total,
+        )
+        event = ProgressSaved(job.id, new)
+        self.state.apply(event)
+        if now - self._progress_saved.get(job.id, 0.0) >= 1.0:
+            self._progress_saved[job.id] = now
+            with contextlib.suppress(JournalError):
+                self.journal.append([event])  # not awaited: nobody waits for progress
+        else:
+            self._progress_dirty.add(job.id)
+        return {"accepted": True}
+
+    def _unsaved_progress(self, job_id: int) -> list[AnyEvent]:
+        """The checkpoint a finishing job still owes the journal, if any."""
+        self._progress_saved.pop(job_id, None)
+        job = self.state.jobs.get(job_id)
+        if job_id in self._progress_dirty and job is not None and job.progress is not None:
+            self._progress_dirty.discard(job_id)
+            return [ProgressSaved(job_id, job.progress)]
+        return []
 
     async def read_log(self, job_id: int, offset: int, limit: int) -> dict[str, Any]:
         path = self.log_path(job_id)
@@ -361,6 +423,12 @@ class Core:
                     await self._wake.wait()
                 self._wake = anyio.Event()
 
+    def set_workers(self, workers: int) -> None:
+        """Change the most jobs running at once (a config reload). More starts waiting
+        jobs at once; fewer lets running jobs finish and starts none until below it."""
+        self.settings.workers = workers
+        self._wake.set()
+
     async def stop(self) -> None:
         """Stop dispatching and stop every running job; they are requeued, not failed."""
         self._stopping = True
@@ -397,7 +465,7 @@ class Core:
                 event = self.state.outcome(
                     job.id, outcome.exit_code, outcome.error, now, self.rng, outcome.retryable
                 )
-            await self.record([event])
+            await self.record([*self._unsaved_progress(job.id), event])
         finally:
             del self._active[job.id]
             self._wake.set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from phxqd.model import Job
+from phxqd.model import Job, Progress
 
 
 class Event(msgspec.Struct, tag_field="e", array_like=True, gc=False):
@@ -66,6 +66,13 @@ class Cleared(Event, tag="clear"):
     ids: list[int]
 
 
+class ProgressSaved(Event, tag="progress"):
+    """A checkpoint of a running job's progress (at most about once a second per job)."""
+
+    id: int
+    progress: Progress
+
+
 class Paused(Event, tag="pause"):
     queue: str | None
 
@@ -83,6 +90,7 @@ AnyEvent = (
     | Requeued
     | Retried
     | Cleared
+    | ProgressSaved
     | Paused
     | Resumed
 )

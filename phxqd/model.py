@@ -36,6 +36,24 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+class Progress(msgspec.Struct, omit_defaults=True, gc=False):
+    """What a running job last said about itself (`phxqctl progress`)."""
+
+    updated_at: float
+    percent: float | None = None
+    step: str | None = None
+    done: int | None = None
+    total: int | None = None
+
+    def fraction(self) -> float | None:
+        """0..1 when the job said enough to know, else None."""
+        if self.percent is not None:
+            return max(0.0, min(self.percent / 100, 1.0))
+        if self.done is not None and self.total:
+            return max(0.0, min(self.done / self.total, 1.0))
+        return None
+
+
 class Job(msgspec.Struct, gc=False):
     """One job as the daemon knows it; its JSON form is the contract's job JSON.
 
@@ -64,7 +82,7 @@ class Job(msgspec.Struct, gc=False):
     error: str | None = None
     pid: int | None = None
     pid_started: float | None = None
-    progress: dict[str, object] | None = None
+    progress: Progress | None = None
 
     @property
     def finished(self) -> bool:

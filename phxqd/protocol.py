@@ -77,6 +77,18 @@ class Clear(Request, tag="clear"):
     queue: str | None = None
 
 
+class ReportProgress(Request, tag="progress"):
+    """From inside a job: `attempt` is its PHXQ_ATTEMPT, so a late report of an attempt
+    that was since killed and retried cannot overwrite the new attempt's progress."""
+
+    id: int
+    attempt: int
+    percent: float | None = None
+    step: str | None = None
+    done: int | None = None
+    total: int | None = None
+
+
 class Pause(Request, tag="pause"):
     queue: str | None = None
 
@@ -97,6 +109,7 @@ AnyRequest = (
     | Retry
     | RetryFailed
     | Clear
+    | ReportProgress
     | Pause
     | Resume
 )

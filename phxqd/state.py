@@ -23,6 +23,7 @@ from phxqd.events import (
     Completed,
     Failed,
     Paused,
+    ProgressSaved,
     Requeued,
     Resumed,
     Retried,
@@ -300,7 +301,7 @@ class State:
                 self._queued.pop(job_id, None)
                 job.attempts += 1
                 job.started_at = at
-                job.exit_code = job.error = None  # the last attempt's, not this one's
+                job.exit_code = job.error = job.progress = None  # the last attempt's
                 job.pid, job.pid_started = pid, pid_started
             case Completed(job_id, at, exit_code):
                 job = self.jobs[job_id]
@@ -342,6 +343,8 @@ class State:
                     self._queued.pop(job_id, None)
                     if job.key is not None and self.keys.get(job.key) == job_id:
                         del self.keys[job.key]
+            case ProgressSaved(job_id, progress):
+                self.jobs[job_id].progress = progress
             case Paused(queue):
                 if queue is None:
                     self.paused_all = True
