@@ -46,6 +46,27 @@ def timestamp(text: str) -> float:
         ) from None
 
 
+def id_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of job ids: {text!r}") from None
+
+
+def backoff_policy(text: str) -> tuple[float, float, float]:
+    """'2s', '2s,5m' or '2s,5m,0.1' -> (base, max, jitter)."""
+    parts = text.split(",")
+    if not 1 <= len(parts) <= 3:
+        raise argparse.ArgumentTypeError(f"--backoff wants BASE[,MAX[,JITTER]], got {text!r}")
+    base = duration(parts[0])
+    cap = duration(parts[1]) if len(parts) > 1 else max(60.0, base)
+    try:
+        jitter = float(parts[2]) if len(parts) > 2 else 0.5
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a jitter: {parts[2]!r}") from None
+    return base, cap, jitter
+
+
 def env_pair(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -72,7 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue", default="default")
     s.add_argument("--priority", type=int, default=0, help="higher runs first")
     s.add_argument("--key", help="idempotency key: a live job with this key is returned instead")
-    s.add_argument("--retries", type=int, default=3, help="retries after a failure (default 3)")
+    s.add_argument("--retries", type=int, help="retries after a failure (default: the queue's, 3)")
+    s.add_argument(
+        "--backoff",
+        type=backoff_policy,
+        metavar="BASE[,MAX[,JITTER]]",
+        help="retry delay: min(BASE*2^(attempt-1), MAX)*(1+JITTER*random); default 1s,60s,0.5",
+    )
+    s.add_argument(
+        "--after",
+        type=id_list,
+        default=[],
+        metavar="ID[,ID...]",
+        help="run only after these jobs completed (cancelled if one fails)",
+    )
     s.add_argument("--timeout", type=duration, help="kill the job after this long (30s, 5m)")
     when = s.add_mutually_exclusive_group()
     when.add_argument("--delay", type=duration, help="run no sooner than this from now")
@@ -106,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     cl = cmd("clear", "forget finished jobs (never pending or running ones)")
     cl.add_argument("--status", choices=sorted(FINISHED))
     cl.add_argument("--queue")
+    q = cmd("queue", "show queues, or set a queue's concurrency at run time")
+    qsub = q.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    qsub.add_parser("list", parents=[common], help="queues with counts and limits")
+    qs = qsub.add_parser("set", parents=[common], help="set a queue's concurrency")
+    qs.add_argument("queue")
+    qs.add_argument(
+        "--concurrency",
+        required=True,
+        metavar="N|default",
+        help="most jobs of the queue running at once; 'default' for the config's",
+    )
     pr = cmd("progress", "from inside a job: report its progress (shown by show and status)")
     pr.add_argument("--percent", type=float)
     pr.add_argument("--step", help="what the job is doing now")
@@ -156,6 +201,8 @@ def do_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
                 priority=args.priority,
                 key=args.key,
                 max_retries=args.retries,
+                backoff=args.backoff,
+                after=args.after,
                 timeout=args.timeout,
                 delay=args.delay,
                 run_at=args.at,
@@ -304,6 +351,26 @@ def _pause_resume(verb: str) -> Command:
     return run
 
 
+def do_queue(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if args.queue_command == "set":
+        if args.concurrency == "default":
+            limit = None
+        else:
+            try:
+                limit = int(args.concurrency)
+            except ValueError:
+                raise UsageError("--concurrency wants a number or 'default'") from None
+        queues = client.set_queue(args.queue, limit)
+    else:
+        queues = client.queues()
+    if as_json:
+        for q in queues:
+            render.print_json(q)
+    else:
+        print(render.queue_table(queues))
+    return 0
+
+
 def do_progress(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if all(getattr(args, k) is None for k in ("percent", "step", "done", "total")):
         raise UsageError("progress needs at least one of --percent, --step, --done, --total")
@@ -325,6 +392,7 @@ COMMANDS: dict[str, Command] = {
     "retry-failed": do_retry_failed,
     "clear": do_clear,
     "progress": do_progress,
+    "queue": do_queue,
     "pause": _pause_resume("paused"),
     "resume": _pause_resume("resumed"),
 }

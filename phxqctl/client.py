@@ -25,6 +25,7 @@ from phxqd.protocol import ERROR_EXIT
 
 #: spelled out once here: inside Client, `list` names the method
 T = TypeVar("T")
+builtins_list = list
 Jobs = list[Job]
 SubmitResults = list[SubmitResult]
 Ids = list[int]
@@ -156,6 +157,16 @@ class Client:
         """Set a running job's progress; False if that attempt is no longer running."""
         req = protocol.ReportProgress(job_id, attempt, percent, step, done, total)
         return bool(self.call(req)["accepted"])
+
+    def queues(self) -> builtins_list[dict[str, Any]]:
+        """Every queue with its counts, concurrency limit and whether it is paused."""
+        result: builtins_list[dict[str, Any]] = self.call(protocol.Queues())
+        return result
+
+    def set_queue(self, queue: str, concurrency: int | None) -> builtins_list[dict[str, Any]]:
+        """Set a queue's concurrency at run time (kept across restarts); None: the config's."""
+        result: builtins_list[dict[str, Any]] = self.call(protocol.SetQueue(queue, concurrency))
+        return result
 
     def pause(self, queue: str | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.call(protocol.Pause(queue))

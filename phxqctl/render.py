@@ -91,6 +91,8 @@ def job_detail(job: Job, now: float) -> str:
         )
     if job.started_at and job.finished_at and job.finished_at >= job.started_at:
         fields.append(("took", span(job.finished_at - job.started_at)))
+    if job.after:
+        fields.append(("after", ", ".join(map(str, job.after))))
     optional = {
         "key": job.key,
         "label": job.label,
@@ -130,6 +132,33 @@ def outcome_line(job: Job) -> str:
     return f"job {job.id} still {job.status} (wait timed out)"
 
 
+def queue_table(queues: list[dict[str, Any]]) -> str:
+    if not queues:
+        return "no queues"
+    rows = [("QUEUE", "LIMIT", "ACTIVE", "PENDING", "RETRY", "FAILED", "")]
+    for q in queues:
+        limit = "-" if q["concurrency"] is None else str(q["concurrency"])
+        if q["concurrency_from"] == "runtime":
+            limit += "*"
+        c = q["counts"]
+        rows.append(
+            (
+                q["queue"],
+                limit,
+                str(q["active"]),
+                str(c["pending"]),
+                str(c["retrying"]),
+                str(c["failed"]),
+                "paused" if q["paused"] else "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(7)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if any(q["concurrency_from"] == "runtime" for q in queues):
+        lines.append("* set at run time (phxqctl queue set), kept across restarts")
+    return "\n".join(lines)
+
+
 def status_text(s: dict[str, Any]) -> str:
     counts: dict[str, int] = s["counts"]
     state = "writable" if s["writable"] else f"NOT WRITABLE: {s['journal_error']}"
@@ -150,6 +179,14 @@ def status_text(s: dict[str, Any]) -> str:
     for name in names:
         row = counts if name == "total" else queues[name]
         lines.append(name.ljust(qw) + "".join(f"{row.get(st, 0):>9}" for st in STATUSES))
+    rate = s["throughput_per_minute"]
+    if rate or s["eta_seconds"]:
+        line = f"last minute: {rate} jobs finished"
+        if s["average_seconds"] is not None:
+            line += f", {span(s['average_seconds'])} on average"
+        if s["eta_seconds"] is not None:
+            line += f"; backlog done in about {span(s['eta_seconds'])}"
+        lines.append(line)
     running = s["running_jobs"]
     if running:
         lines.append("")

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import random
 import time
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from phxqd.events import (
     Failed,
     Paused,
     ProgressSaved,
+    QueueSet,
     Requeued,
     Resumed,
     Retried,
@@ -36,9 +39,9 @@ from phxqd.events import (
     Submitted,
 )
 from phxqd.journal import Journal, JournalError, fsync_dir, list_segments
-from phxqd.model import STATUSES, Job, Progress, validate_spec
+from phxqd.model import FINISHED, STATUSES, Job, Progress, QueueConfig, validate_spec
 from phxqd.protocol import PROTOCOL_VERSION
-from phxqd.state import Refused, State
+from phxqd.state import QueueDefaults, Refused, State
 
 log = logging.getLogger("phxqd")
 
@@ -55,6 +58,10 @@ class Settings:
     logs_dir: Path
     socket: Path
     retry_interval: float = 1.0
+    #: `[queues.NAME]` of the config
+    queues: dict[str, QueueConfig] = field(default_factory=dict)
+    #: finished jobs are forgotten this many seconds after they finished
+    retention: float = 7 * 86400.0
 
 
 class Core:
@@ -68,6 +75,11 @@ class Core:
         self.started_at = time.time()
         #: jobs claimed by the dispatcher and not yet ended, with the handle that stops them
         self._active: dict[int, pool.Stop] = {}
+        #: how many of `_active` each queue has, for its concurrency limit
+        self._busy: Counter[str] = Counter()
+        #: (finished_at, seconds it ran) of attempts ended in the last minute, for status
+        self._recent: deque[tuple[float, float]] = deque()
+        self._next_sweep = 0.0
         self._finished: dict[int, anyio.Event] = {}
         self._wake = anyio.Event()
         self._stopping = False
@@ -143,13 +155,19 @@ class Core:
             self._snapshot_due.set()
 
     def _finished_durably(self, events: list[AnyEvent]) -> None:
+        """Wake the waiters of every job that is now finished: those the events name, and
+        those cancelled with them because they were to run after them."""
         for event in events:
-            if isinstance(event, Completed | Cancelled) or (
+            if isinstance(event, Completed) or (
                 isinstance(event, Failed) and event.retry_at is None
             ):
-                waiter = self._finished.pop(event.id, None)
-                if waiter is not None:
-                    waiter.set()
+                job = self.state.jobs.get(event.id)
+                if job is not None and job.started_at is not None:
+                    self._recent.append((event.at, max(event.at - job.started_at, 0.0)))
+        for job_id in [
+            i for i in self._finished if i not in self.state.jobs or self.state.jobs[i].finished
+        ]:
+            self._finished.pop(job_id).set()
 
     async def heal(self) -> None:
         """After a write failure, retry until the whole state can be written again.
@@ -224,7 +242,7 @@ class Core:
                     if why := validate_spec(spec):
                         where = f"job {i + 1}: " if len(specs) > 1 else ""
                         raise Refused("usage", where + why)
-                events, results = state.submit(specs, now)
+                events, results = state.submit(specs, now, self._queue_defaults())
                 await self.commit(events)
                 return results
             case protocol.Status():
@@ -258,6 +276,13 @@ class Core:
                 ids = [i for e in events if isinstance(e, Cleared) for i in e.ids]
                 await anyio.to_thread.run_sync(self._remove_logs, ids)
                 return {"cleared": len(ids)}
+            case protocol.SetQueue(queue, concurrency):
+                if concurrency is not None and concurrency < 1:
+                    raise Refused("usage", "--concurrency must be 1 or more")
+                await self.commit([QueueSet(queue, concurrency)])
+                return self.queues()
+            case protocol.Queues():
+                return self.queues()
             case protocol.ReportProgress():
                 return self.report_progress(req, now)
             case protocol.Pause(queue):
@@ -277,27 +302,99 @@ class Core:
         raise Refused("usage", f"unsupported request {type(req).__name__}")
 
     def status(self) -> dict[str, Any]:
+        """Counts, running jobs, and the rates of the last minute. O(queues + running)."""
+        now = time.time()
         summary = self.state.summary()
-        running = [
-            {
-                "id": j.id,
-                "queue": j.queue,
-                "argv": j.argv,
-                "started_at": j.started_at,
-                "progress": j.progress,
-            }
-            for j in self.state.by_status("running")
-        ]
+        running = [self.state.jobs[i] for i in self._active if i in self.state.jobs]
+        running = [j for j in running if j.status == "running"]
+        self._forget_old(now)
+        ended = len(self._recent)
+        counts = summary["counts"]
+        assert isinstance(counts, dict)
+        backlog = counts["pending"] + counts["retrying"] + counts["running"]
+        per_second = ended / 60.0
         summary.update(
             workers=self.settings.workers,
-            running_jobs=running,
+            running_jobs=[
+                {
+                    "id": j.id,
+                    "queue": j.queue,
+                    "argv": j.argv,
+                    "started_at": j.started_at,
+                    "progress": j.progress,
+                }
+                for j in running
+            ],
+            throughput_per_minute=ended,
+            average_seconds=sum(d for _, d in self._recent) / ended if ended else None,
+            eta_seconds=backlog / per_second if per_second and backlog else None,
             fsync=self.journal.policy,
             journal={"records": self.journal.last_lsn, "fsyncs": self.journal.fsyncs},
             writable=self.journal.failed is None,
             journal_error=None if self.journal.failed is None else str(self.journal.failed),
-            uptime=time.time() - self.started_at,
+            uptime=now - self.started_at,
         )
         return summary
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every queue that has jobs or settings: counts, limit and where it comes from."""
+        summary = self.state.summary()
+        counts = summary["queues"]
+        assert isinstance(counts, dict)
+        names = sorted({*counts, *self.state.limits, *self.settings.queues, *self.state.paused})
+        out = []
+        for name in names:
+            runtime = self.state.limits.get(name)
+            configured = self.settings.queues.get(name, QueueConfig()).concurrency
+            out.append(
+                {
+                    "queue": name,
+                    "counts": counts.get(name, dict.fromkeys(STATUSES, 0)),
+                    "concurrency": runtime if runtime is not None else configured,
+                    "concurrency_from": "runtime"
+                    if runtime is not None
+                    else "config"
+                    if configured is not None
+                    else None,
+                    "paused": self.state.paused_all or name in self.state.paused,
+                    "active": self._busy.get(name, 0),
+                }
+            )
+        return out
+
+    def _config_limits(self) -> dict[str, int]:
+        return {
+            q: c.concurrency for q, c in self.settings.queues.items() if c.concurrency is not None
+        }
+
+    def _queue_defaults(self) -> dict[str, QueueDefaults]:
+        return {q: QueueDefaults(c.retries, c.backoff()) for q, c in self.settings.queues.items()}
+
+    def _forget_old(self, now: float) -> None:
+        while self._recent and self._recent[0][0] < now - 60:
+            self._recent.popleft()
+
+    async def _sweep_expired(self) -> None:
+        """Forget finished jobs older than the retention, once a minute."""
+        now = time.time()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 60
+        cutoff = now - self.settings.retention
+        ids = [
+            j.id
+            for j in self.state.by_status(*FINISHED)
+            if j.finished_at is not None and j.finished_at < cutoff
+        ]
+        if ids:
+            with contextlib.suppress(Refused):
+                await self.commit([Cleared(ids)])
+                await anyio.to_thread.run_sync(self._remove_logs, ids)
+                log.info(
+                    "retention: forgot %d jobs finished before %s",
+                    len(ids),
+                    time.strftime("%Y-%m-%d %H:%M", time.localtime(cutoff)),
+                )
 
     def status_line(self) -> str:
         """One line for `systemctl status` (sd_notify STATUS=): counts and journal health."""
@@ -412,13 +509,17 @@ class Core:
                 except JournalError:
                     durable_below = 0
                 while len(self._active) < self.settings.workers and not self._stopping:
-                    job = self.state.claim_next(time.time(), durable_below)
+                    job = self.state.claim_next(
+                        time.time(), durable_below, self._busy, self._config_limits()
+                    )
                     if job is None:
                         break
                     self._active[job.id] = pool.Stop()
+                    self._busy[job.queue] += 1
                     runners.start_soon(self._run, job)
-                wakeup = self.state.next_wakeup()
-                delay = float("inf") if wakeup is None else max(wakeup - time.time(), 0.0)
+                await self._sweep_expired()
+                wakeup = min(self.state.next_wakeup() or math.inf, self._next_sweep)
+                delay = max(wakeup - time.time(), 0.0)
                 with anyio.move_on_after(delay):
                     await self._wake.wait()
                 self._wake = anyio.Event()
@@ -468,6 +569,7 @@ class Core:
             await self.record([*self._unsaved_progress(job.id), event])
         finally:
             del self._active[job.id]
+            self._busy[job.queue] -= 1
             self._wake.set()
 
     async def reap(self) -> None:

@@ -73,6 +73,13 @@ class ProgressSaved(Event, tag="progress"):
     progress: Progress
 
 
+class QueueSet(Event, tag="queue"):
+    """A queue's concurrency limit set at run time (None: back to the configured one)."""
+
+    queue: str
+    concurrency: int | None
+
+
 class Paused(Event, tag="pause"):
     queue: str | None
 
@@ -91,6 +98,7 @@ AnyEvent = (
     | Retried
     | Cleared
     | ProgressSaved
+    | QueueSet
     | Paused
     | Resumed
 )

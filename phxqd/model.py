@@ -18,6 +18,11 @@ WAITING: frozenset[str] = frozenset({"pending", "retrying"})
 
 DEFAULT_QUEUE = "default"
 DEFAULT_RETRIES = 3
+#: (base, max, jitter) of the retry backoff when neither the job nor its queue says
+DEFAULT_BACKOFF = (1.0, 60.0, 0.5)
+#: a command exiting with this status fails at once, without retries (like EX_ in sysexits,
+#: a number no common tool uses for a passing failure)
+NO_RETRY_EXIT = 100
 
 
 class JobSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -27,7 +32,13 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     queue: str = DEFAULT_QUEUE
     priority: int = 0
     key: str | None = None
-    max_retries: int = DEFAULT_RETRIES
+    #: None: the queue's setting (config), else DEFAULT_RETRIES
+    max_retries: int | None = None
+    #: (base seconds, max seconds, jitter): delay = min(base * 2**(attempt-1), max) *
+    #: (1 + jitter * random); None: the queue's setting, else the defaults
+    backoff: tuple[float, float, float] | None = None
+    #: run only after these jobs completed; cancelled if one of them fails or is cancelled
+    after: list[int] = msgspec.field(default_factory=list)
     timeout: float | None = None
     delay: float | None = None
     run_at: float | None = None
@@ -75,6 +86,8 @@ class Job(msgspec.Struct, gc=False):
     env: dict[str, str] | None = None
     timeout: float | None = None
     max_retries: int = DEFAULT_RETRIES
+    backoff: tuple[float, float, float] | None = None
+    after: tuple[int, ...] | None = None
     attempts: int = 0
     started_at: float | None = None
     finished_at: float | None = None
@@ -87,6 +100,28 @@ class Job(msgspec.Struct, gc=False):
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
+
+
+class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[queues.NAME]` in phxqd.toml: a queue's own limits and retry defaults."""
+
+    #: most jobs of this queue running at once (within the global workers bound)
+    concurrency: int | None = msgspec.field(default=None)
+    #: retries of jobs that do not say (`submit --retries`)
+    retries: int | None = None
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+    jitter: float | None = None
+
+    def backoff(self) -> tuple[float, float, float] | None:
+        if self.backoff_base is None and self.backoff_max is None and self.jitter is None:
+            return None
+        base, cap, jitter = DEFAULT_BACKOFF
+        return (
+            base if self.backoff_base is None else self.backoff_base,
+            cap if self.backoff_max is None else self.backoff_max,
+            jitter if self.jitter is None else self.jitter,
+        )
 
 
 class SubmitResult(msgspec.Struct):
@@ -104,8 +139,14 @@ def validate_spec(spec: JobSpec) -> str | None:
         return "command arguments may not contain NUL bytes"
     if not spec.queue or len(spec.queue) > 200:
         return "queue names are 1 to 200 characters"
-    if spec.max_retries < 0:
+    if spec.max_retries is not None and spec.max_retries < 0:
         return "--retries must be 0 or more"
+    if spec.backoff is not None and (
+        not 0 <= spec.backoff[0] <= spec.backoff[1] or not 0 <= spec.backoff[2] <= 10
+    ):
+        return "backoff needs 0 <= base <= max and a jitter between 0 and 10"
+    if len(spec.after) > 1000:
+        return "--after takes at most 1000 jobs"
     if spec.timeout is not None and not spec.timeout > 0:
         return "--timeout must be more than 0 seconds"
     if spec.delay is not None and not spec.delay >= 0:

@@ -89,6 +89,17 @@ class ReportProgress(Request, tag="progress"):
     total: int | None = None
 
 
+class SetQueue(Request, tag="queue-set"):
+    """`phxqctl queue set Q --concurrency N` (None: back to the configured limit)."""
+
+    queue: str
+    concurrency: int | None
+
+
+class Queues(Request, tag="queues"):
+    pass
+
+
 class Pause(Request, tag="pause"):
     queue: str | None = None
 
@@ -110,6 +121,8 @@ AnyRequest = (
     | RetryFailed
     | Clear
     | ReportProgress
+    | SetQueue
+    | Queues
     | Pause
     | Resume
 )

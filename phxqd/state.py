@@ -11,8 +11,9 @@ from __future__ import annotations
 import heapq
 import random
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import msgspec
 
@@ -24,17 +25,30 @@ from phxqd.events import (
     Failed,
     Paused,
     ProgressSaved,
+    QueueSet,
     Requeued,
     Resumed,
     Retried,
     Started,
     Submitted,
 )
-from phxqd.model import FINISHED, STATUSES, WAITING, Job, JobSpec, SubmitResult
+from phxqd.model import (
+    DEFAULT_BACKOFF,
+    DEFAULT_RETRIES,
+    FINISHED,
+    NO_RETRY_EXIT,
+    STATUSES,
+    WAITING,
+    Job,
+    JobSpec,
+    SubmitResult,
+)
 
-BACKOFF_BASE = 1.0
-BACKOFF_MAX = 60.0
-BACKOFF_JITTER = 0.5
+BACKOFF_BASE, BACKOFF_MAX, BACKOFF_JITTER = DEFAULT_BACKOFF
+
+#: Subtracted from the sequence number of a retrying job: among ready jobs of one priority,
+#: a retry whose backoff has elapsed goes before every pending job, FIFO among retries.
+RETRY_FIRST = 1 << 62
 
 
 class Refused(Exception):
@@ -54,6 +68,24 @@ class Snapshot(msgspec.Struct):
     jobs: list[Job]
     paused: list[str]
     paused_all: bool
+    #: waiting jobs in the order they were queued (a retried job goes to the back)
+    order: list[int] = []
+    limits: dict[str, int] = {}
+
+
+class QueueDefaults(msgspec.Struct, frozen=True):
+    """What a queue's config says for jobs that do not say themselves."""
+
+    max_retries: int | None = None
+    backoff: tuple[float, float, float] | None = None
+
+
+NO_DEFAULTS = QueueDefaults()
+T = TypeVar("T")
+
+
+def _pick(first: T | None, second: T | None, last: T) -> T:
+    return first if first is not None else second if second is not None else last
 
 
 _STATUS = {s: s for s in STATUSES}
@@ -70,10 +102,13 @@ def _canonical(job: Job) -> None:
         job.cwd = sys.intern(job.cwd)
 
 
-def backoff(attempts: int, rng: random.Random) -> float:
+def backoff(
+    attempts: int, rng: random.Random, policy: tuple[float, float, float] = DEFAULT_BACKOFF
+) -> float:
     """Seconds to wait before attempt `attempts + 1`: exponential, capped, with jitter."""
-    delay: float = min(BACKOFF_BASE * 2.0 ** max(attempts - 1, 0), BACKOFF_MAX)
-    return delay * (1 + BACKOFF_JITTER * rng.random())
+    base, cap, jitter = policy
+    delay: float = min(base * 2.0 ** max(attempts - 1, 0), cap)
+    return delay * (1 + jitter * rng.random())
 
 
 @dataclass
@@ -95,11 +130,31 @@ class State:
     #: id -> seq of its one valid heap entry; entries with another seq are stale
     _queued: dict[int, int] = field(default_factory=dict)
     _seq: int = 0
+    #: concurrency limits set at run time (`phxqctl queue set`), by queue
+    limits: dict[str, int] = field(default_factory=dict)
+    #: job id -> waiting jobs that name it in --after and are not yet released
+    _dependents: dict[int, list[int]] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- decisions
 
-    def submit(self, specs: list[JobSpec], now: float) -> tuple[list[AnyEvent], list[SubmitResult]]:
-        """Events for a batch of submits; a live key returns its job instead of a new one."""
+    def submit(
+        self,
+        specs: list[JobSpec],
+        now: float,
+        defaults: Mapping[str, QueueDefaults] | None = None,
+    ) -> tuple[list[AnyEvent], list[SubmitResult]]:
+        """Events for a batch of submits; a live key returns its job instead of a new one.
+
+        `defaults` are the configured retries and backoff of each queue, for specs that do
+        not say; the job records the values it got, so replay needs no config.
+        """
+        for spec in specs:
+            for dep in spec.after:
+                d = self.jobs.get(dep)
+                if d is None:
+                    raise Refused("not_found", f"no job {dep} (named in --after)")
+                if d.status in ("failed", "cancelled"):
+                    raise Refused("refused", f"job {dep} (named in --after) is {d.status}")
         events: list[AnyEvent] = []
         results: list[SubmitResult] = []
         batch_keys: dict[str, Job] = {}
@@ -112,6 +167,7 @@ class State:
                 if existing is not None:
                     results.append(SubmitResult(existing, True))
                     continue
+            queue_defaults = (defaults or {}).get(spec.queue, NO_DEFAULTS)
             run_at = now
             if spec.run_at is not None:
                 run_at = spec.run_at
@@ -130,7 +186,9 @@ class State:
                 cwd=spec.cwd,
                 env=dict(spec.env) or None,
                 timeout=spec.timeout,
-                max_retries=spec.max_retries,
+                max_retries=_pick(spec.max_retries, queue_defaults.max_retries, DEFAULT_RETRIES),
+                backoff=_pick(spec.backoff, queue_defaults.backoff, None),
+                after=tuple(sorted(set(spec.after))) or None,
             )
             next_id += 1
             if spec.key is not None:
@@ -157,28 +215,53 @@ class State:
         return events, [j.id for j in jobs if j.status == "running"]
 
     def retry(self, ids: Iterable[int], now: float) -> list[AnyEvent]:
-        jobs = [self.get(i) for i in ids]
+        jobs = [self.get(i) for i in dict.fromkeys(ids)]
+        claimed: dict[str, int] = {}
         for job in jobs:
             if job.status not in ("failed", "cancelled"):
                 raise Refused(
                     "refused",
                     f"job {job.id} is {job.status}: only failed or cancelled jobs can be retried",
                 )
-            if job.key is not None and self.keys.get(job.key, job.id) != job.id:
-                raise Refused(
-                    "refused", f"job {job.id}: key {job.key!r} is live in job {self.keys[job.key]}"
-                )
+            if job.key is not None:
+                holder = self.keys.get(job.key, claimed.get(job.key, job.id))
+                if holder != job.id:
+                    raise Refused(
+                        "refused",
+                        f"job {job.id}: key {job.key!r} is live in job "
+                        f"{holder}; one live job per key",
+                    )
+                claimed[job.key] = job.id
+            for dep in job.after or ():
+                d = self.jobs.get(dep)
+                if d is not None and d.status in ("failed", "cancelled"):
+                    raise Refused(
+                        "refused",
+                        f"job {job.id} runs after job {dep}, which is "
+                        f"{d.status}: retry job {dep} first",
+                    )
         return [Retried([j.id for j in jobs], now)] if jobs else []
 
     def retry_failed(self, queue: str | None, now: float) -> list[AnyEvent]:
-        ids = [
-            j.id
-            for j in self.jobs.values()
-            if j.status == "failed"
-            and (queue is None or j.queue == queue)
-            and (j.key is None or j.key not in self.keys)
-        ]
-        return [Retried(ids, now)] if ids else []
+        """Every failed job of the queue (or all), oldest first; of several failed jobs with
+        one key, only the newest (one live job per key)."""
+        newest_of_key: dict[str, int] = {}
+        ids = []
+        for j in self.jobs.values():
+            if j.status != "failed" or (queue is not None and j.queue != queue):
+                continue
+            if any(
+                self.jobs[d].status in ("failed", "cancelled")
+                for d in j.after or ()
+                if d in self.jobs
+            ):
+                continue  # its dependency must be retried first
+            if j.key is None:
+                ids.append(j.id)
+            elif j.key not in self.keys:
+                newest_of_key[j.key] = j.id
+        ids.extend(newest_of_key.values())
+        return [Retried(sorted(ids), now)] if ids else []
 
     def clear(self, status: str | None, queue: str | None) -> list[AnyEvent]:
         if status is not None and status not in FINISHED:
@@ -209,16 +292,26 @@ class State:
         if exit_code == 0 and error is None:
             return Completed(job_id, now, 0)
         reason = error or f"exited with status {exit_code}"
+        if exit_code == NO_RETRY_EXIT:
+            retryable = False
+            reason += " (no retries: the job asked to fail for good)"
         retry_at = None
         if retryable and job.attempts <= job.max_retries:
-            retry_at = now + backoff(job.attempts, rng)
+            retry_at = now + backoff(job.attempts, rng, job.backoff or DEFAULT_BACKOFF)
         return Failed(job_id, now, exit_code, reason, retry_at)
 
-    def claim_next(self, now: float, below_id: int | None = None) -> Job | None:
+    def claim_next(
+        self,
+        now: float,
+        below_id: int | None = None,
+        busy: Mapping[str, int] | None = None,
+        limits: Mapping[str, int] | None = None,
+    ) -> Job | None:
         """The next job to start, taken off the ready heaps; the caller must start it.
 
         Jobs with an id of `below_id` or more are passed over for now: the caller uses it
-        to start only jobs whose submission is already durable.
+        to start only jobs whose submission is already durable. A queue with `busy[q]`
+        jobs at its limit (`limits`, overridden by limits set at run time) is skipped.
         """
         self._promote(now)
         if self.paused_all:
@@ -227,6 +320,9 @@ class State:
         best_queue = ""
         for queue, heap in self._ready.items():
             if queue in self.paused:
+                continue
+            limit = self.limits.get(queue, limits.get(queue) if limits else None)
+            if limit is not None and busy is not None and busy.get(queue, 0) >= limit:
                 continue
             while heap and self._queued.get(heap[0][2]) != heap[0][1]:
                 heapq.heappop(heap)
@@ -278,6 +374,10 @@ class State:
                     break
         return out
 
+    def waits_for(self, job: Job) -> list[int]:
+        """The jobs named in --after that have not completed yet."""
+        return [d for d in job.after or () if d in self.jobs and self.jobs[d].status != "completed"]
+
     def by_status(self, *statuses: str) -> Iterator[Job]:
         return (j for j in self.jobs.values() if j.status in statuses)
 
@@ -294,7 +394,7 @@ class State:
                 if job.key is not None and not job.finished:
                     self.keys[job.key] = job.id
                 if job.status in WAITING:
-                    self._enqueue(job)
+                    self._enqueue_or_block(job)
             case Started(job_id, at, pid, pid_started):
                 job = self.jobs[job_id]
                 self._set_status(job, "running")
@@ -307,11 +407,13 @@ class State:
                 job = self.jobs[job_id]
                 self._finish(job, "completed", at)
                 job.exit_code, job.error = exit_code, None
+                self._release(job_id, at)
             case Failed(job_id, at, exit_code, error, retry_at):
                 job = self.jobs[job_id]
                 job.exit_code, job.error, job.pid = exit_code, error, None
                 if retry_at is None:
                     self._finish(job, "failed", at)
+                    self._release(job_id, at)
                 else:
                     self._set_status(job, "retrying")
                     job.run_at = retry_at
@@ -320,6 +422,7 @@ class State:
                 job = self.jobs[job_id]
                 self._finish(job, "cancelled", at)
                 job.error = reason
+                self._release(job_id, at)
             case Requeued(job_id):
                 job = self.jobs[job_id]
                 job.attempts -= 1
@@ -335,7 +438,7 @@ class State:
                     self._set_status(job, "pending")
                     if job.key is not None:
                         self.keys[job.key] = job.id
-                    self._enqueue(job)
+                    self._enqueue_or_block(job)
             case Cleared(ids):
                 for job_id in ids:
                     job = self.jobs.pop(job_id)
@@ -345,6 +448,11 @@ class State:
                         del self.keys[job.key]
             case ProgressSaved(job_id, progress):
                 self.jobs[job_id].progress = progress
+            case QueueSet(queue, concurrency):
+                if concurrency is None:
+                    self.limits.pop(queue, None)
+                else:
+                    self.limits[queue] = concurrency
             case Paused(queue):
                 if queue is None:
                     self.paused_all = True
@@ -358,8 +466,15 @@ class State:
                     self.paused.discard(queue)
 
     def snapshot(self, lsn: int) -> Snapshot:
+        order = sorted(self._queued, key=self._queued.__getitem__)
         return Snapshot(
-            lsn, self.next_id, list(self.jobs.values()), sorted(self.paused), self.paused_all
+            lsn,
+            self.next_id,
+            list(self.jobs.values()),
+            sorted(self.paused),
+            self.paused_all,
+            order,
+            dict(self.limits),
         )
 
     @classmethod
@@ -368,26 +483,40 @@ class State:
 
         Does in bulk what `apply(Submitted(job))` does for each job, and with `now` also
         what `claim_next` would do first: jobs already due go straight onto their ready
-        heaps. Each heap is heapified once instead of pushed a million times.
+        heaps. Each heap is heapified once instead of pushed a million times. Waiting jobs
+        keep the order they were queued in (`snap.order`).
         """
-        state = cls(next_id=snap.next_id, paused=set(snap.paused), paused_all=snap.paused_all)
-        jobs, counts, keys, queued = state.jobs, state.counts, state.keys, state._queued
-        delayed, ready = state._delayed, state._ready
-        seq = 0
+        state = cls(
+            next_id=snap.next_id,
+            paused=set(snap.paused),
+            paused_all=snap.paused_all,
+            limits=dict(snap.limits),
+        )
+        jobs, counts, keys = state.jobs, state.counts, state.keys
         for job in snap.jobs:
             _canonical(job)
             jobs[job.id] = job
             k = (job.queue, job.status)
             counts[k] = counts.get(k, 0) + 1
-            if job.status in WAITING:
-                seq += 1
-                queued[job.id] = seq
-                if now is not None and job.run_at <= now:
-                    ready.setdefault(job.queue, []).append((-job.priority, seq, job.id))
-                else:
-                    delayed.append((job.run_at, seq, job.id))
             if job.key is not None and job.status not in FINISHED:
                 keys[job.key] = job.id
+        queued, delayed, ready = state._queued, state._delayed, state._ready
+        in_order = [i for i in snap.order if i in jobs and jobs[i].status in WAITING]
+        listed = set(in_order)
+        in_order += [j.id for j in snap.jobs if j.status in WAITING and j.id not in listed]
+        seq = 0
+        for job_id in in_order:
+            job = jobs[job_id]
+            if state.waits_for(job):
+                state._block(job)
+                continue
+            seq += 1
+            key = seq - RETRY_FIRST if job.status == "retrying" else seq
+            queued[job_id] = key
+            if now is not None and job.run_at <= now:
+                ready.setdefault(job.queue, []).append((-job.priority, key, job_id))
+            else:
+                delayed.append((job.run_at, key, job_id))
         heapq.heapify(delayed)
         for heap in ready.values():
             heapq.heapify(heap)
@@ -414,8 +543,34 @@ class State:
 
     def _enqueue(self, job: Job) -> None:
         self._seq += 1
-        self._queued[job.id] = self._seq
-        heapq.heappush(self._delayed, (job.run_at, self._seq, job.id))
+        key = self._seq - RETRY_FIRST if job.status == "retrying" else self._seq
+        self._queued[job.id] = key
+        heapq.heappush(self._delayed, (job.run_at, key, job.id))
+
+    def _enqueue_or_block(self, job: Job) -> None:
+        if self.waits_for(job):
+            self._block(job)
+        else:
+            self._enqueue(job)
+
+    def _block(self, job: Job) -> None:
+        for dep in self.waits_for(job):
+            self._dependents.setdefault(dep, []).append(job.id)
+
+    def _release(self, job_id: int, at: float) -> None:
+        """A job ended: start what waited on it, or cancel it (and what waits on that)."""
+        job = self.jobs[job_id]
+        for dependent_id in self._dependents.pop(job_id, ()):
+            dependent = self.jobs.get(dependent_id)
+            if dependent is None or dependent.status not in WAITING:
+                continue
+            if job.status == "completed":
+                if dependent_id not in self._queued and not self.waits_for(dependent):
+                    self._enqueue(dependent)
+            else:
+                self._finish(dependent, "cancelled", at)
+                dependent.error = f"job {job_id}, which it runs after, {job.status}"
+                self._release(dependent_id, at)
 
     def _promote(self, now: float) -> None:
         """Move delayed jobs whose time has come onto their queue's ready heap."""

@@ -1,0 +1,107 @@
+"""Scheduling through the real daemon: priorities, queues, dependencies, retry rules."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tests.conftest import Daemon, until
+
+
+def order_recorder(log: Path) -> tuple[str, ...]:
+    return ("sh", "-c", f"echo $PHXQ_JOB_ID >> {log}")
+
+
+def test_priority_then_fifo(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, workers=1).start()
+    log = tmp_path / "order"
+    d.ok("pause")
+    low1 = d.submit(*order_recorder(log))
+    high1 = d.submit(*order_recorder(log), opts=("--priority", "5"))
+    low2 = d.submit(*order_recorder(log))
+    high2 = d.submit(*order_recorder(log), opts=("--priority", "5"))
+    d.ok("resume")
+    d.ok("wait", str(low1), str(low2), str(high1), str(high2))
+    assert [int(x) for x in log.read_text().split()] == [high1, high2, low1, low2]
+
+
+def test_queue_concurrency_set_at_run_time_and_kept(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, workers=3).start()
+    running, seen = tmp_path / "running", tmp_path / "seen"
+    running.mkdir()
+    out = json.loads(d.ok("--json", "queue", "set", "img", "--concurrency", "1").splitlines()[0])
+    assert out == {
+        "queue": "img",
+        "counts": out["counts"],
+        "concurrency": 1,
+        "concurrency_from": "runtime",
+        "paused": False,
+        "active": 0,
+    }
+    script = (
+        f"touch {running}/$PHXQ_JOB_ID; ls {running} | wc -l >> {seen}; sleep 0.1; "
+        f"rm {running}/$PHXQ_JOB_ID"
+    )
+    ids = [d.submit("sh", "-c", script, opts=("--queue", "img")) for _ in range(4)]
+    d.ok("wait", *map(str, ids))
+    assert max(int(x) for x in seen.read_text().split()) == 1
+    assert "img    1*" in d.ok("queue", "list")
+    d.kill9()
+    d.start()
+    assert "img    1*" in d.ok("queue", "list"), "a run-time limit survives a restart"
+    d.ok("queue", "set", "img", "--concurrency", "default")
+    assert "img    -" in d.ok("queue", "list")
+    assert d.ctl("queue", "set", "img", "--concurrency", "0").returncode == 2
+
+
+def test_after_runs_when_dependencies_completed(tmp_path: Path, daemon: Daemon) -> None:
+    go = tmp_path / "go"
+    first = daemon.submit("sh", "-c", f"while [ ! -e {go} ]; do sleep 0.02; done")
+    second = daemon.submit("true", opts=("--after", str(first)))
+    until(lambda: daemon.job(first)["status"] == "running", what="the first job to start")
+    assert daemon.job(second)["status"] == "pending"
+    assert re.search(rf"^\s*after\s+{first}$", daemon.ok("show", str(second)), re.M)
+    go.touch()
+    daemon.ok("wait", str(second))
+    job = daemon.job(second)
+    assert job["status"] == "completed" and job["started_at"] >= daemon.job(first)["finished_at"]
+
+
+def test_failed_dependency_cancels_dependents_in_a_chain(daemon: Daemon) -> None:
+    root = daemon.submit("false", opts=("--retries", "0", "--delay", "1h"))
+    child = daemon.submit("true", opts=("--after", str(root)))
+    grandchild = daemon.submit("true", opts=("--after", f"{child}"))
+    daemon.ok("cancel", str(root))
+    r = daemon.ctl("wait", str(child), str(grandchild))
+    assert r.returncode == 1
+    assert daemon.job(child)["status"] == "cancelled"
+    assert f"job {root}" in daemon.job(child)["error"]
+    assert daemon.job(grandchild)["status"] == "cancelled"
+    assert daemon.ctl("submit", "--after", str(root), "--", "true").returncode == 5
+    assert daemon.ctl("submit", "--after", "999", "--", "true").returncode == 4
+    assert daemon.ctl("retry", str(child)).returncode == 5  # its dependency first
+
+
+def test_exit_100_fails_at_once_and_backoff_is_settable(daemon: Daemon) -> None:
+    dead = daemon.submit("sh", "-c", "exit 100", opts=("--retries", "5"))
+    assert daemon.ctl("wait", str(dead)).returncode == 1
+    job = daemon.job(dead)
+    assert job["status"] == "failed" and job["attempts"] == 1 and "no retries" in job["error"]
+
+    quick = daemon.submit(
+        "sh", "-c", 'test "$PHXQ_ATTEMPT" -ge 3', opts=("--retries", "3", "--backoff", "0.01")
+    )
+    daemon.ok("wait", str(quick))
+    job = daemon.job(quick)
+    assert job["attempts"] == 3 and job["backoff"] == [0.01, 60.0, 0.5]
+    assert daemon.ctl("submit", "--backoff", "5s,1s", "--", "true").returncode == 2
+
+
+def test_status_reports_throughput_and_average(daemon: Daemon) -> None:
+    ids = [daemon.submit("true") for _ in range(3)]
+    daemon.ok("wait", *map(str, ids))
+    status = daemon.json("status")
+    assert status["throughput_per_minute"] >= 3
+    assert status["average_seconds"] is not None and status["average_seconds"] >= 0
+    assert "last minute: " in daemon.ok("status")
