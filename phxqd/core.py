@@ -62,6 +62,8 @@ class Settings:
     queues: dict[str, QueueConfig] = field(default_factory=dict)
     #: finished jobs are forgotten this many seconds after they finished
     retention: float = 7 * 86400.0
+    #: a job's log is cut back to about this many bytes (head and tail kept); None: no cap
+    log_max_bytes: int | None = 10 * 1024 * 1024
 
 
 class Core:
@@ -555,6 +557,7 @@ class Core:
                 self.settings.kill_grace,
                 stop,
                 started,
+                self.settings.log_max_bytes,
             )
             now = time.time()
             event: AnyEvent

@@ -64,12 +64,14 @@ async def run_command(
     grace: float,
     stop: Stop,
     started: Callable[[int | None, float | None], Awaitable[None]],
+    log_cap: int | None = None,
 ) -> Outcome:
     """Run one attempt of `job` to its end, a timeout, or `stop`.
 
     `started` is awaited once the process exists (or failed to), so the journal records the
     pid before the job can finish. If the caller itself is cancelled (daemon shutdown), the
-    process tree is killed before the cancellation propagates.
+    process tree is killed before the cancellation propagates. With `log_cap`, the log is
+    trimmed to about that size every second while the job runs and once more at its end.
     """
     try:
         with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
@@ -93,11 +95,20 @@ async def run_command(
         await started(proc.pid, _create_time(proc.pid))
         timeout = job.timeout if job.timeout is not None else float("inf")
         with anyio.move_on_after(timeout) as timer, stop.scope:
-            await anyio.wait_readable(pidfd)
+            if log_cap is None:
+                await anyio.wait_readable(pidfd)
+            else:
+                while True:
+                    with anyio.move_on_after(TRIM_EVERY):
+                        await anyio.wait_readable(pidfd)
+                        break
+                    await anyio.to_thread.run_sync(trim_log, log_path, log_cap)
         if timer.cancelled_caught or stop.scope.cancelled_caught:
             with anyio.CancelScope(shield=True):
                 await kill_tree(proc, pidfd, grace)
         code = proc.wait()
+        if log_cap is not None:
+            await anyio.to_thread.run_sync(trim_log, log_path, log_cap)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await kill_tree(proc, pidfd, grace)
@@ -110,6 +121,33 @@ async def run_command(
     if timer.cancelled_caught:
         return Outcome(code, f"timed out after {job.timeout:g}s ({describe(code)})")
     return Outcome(code, None if code == 0 else describe(code))
+
+
+#: seconds between two looks at a running job's log size
+TRIM_EVERY = 1.0
+
+
+def trim_log(path: Path, cap: int) -> None:
+    """Keep the first and the last half of `cap` bytes of a log, and say what was dropped.
+
+    The job writes its log itself (O_APPEND), so the daemon cannot stop it from growing;
+    it cuts it back instead: the head shows how the job started, the tail how it ended.
+    Output written during the cut itself may be lost; the marker says output was dropped.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size <= cap + 4096:  # a little slack, so a trimmed log is not trimmed again at once
+        return
+    head, tail = cap // 2, cap - cap // 2
+    with open(path, "r+b") as f:
+        f.seek(size - tail)
+        end = f.read(tail)
+        f.truncate(head)
+        f.seek(head)
+        marker = f"\n[phxq: {size - head - len(end)} bytes of output dropped here]\n"
+        f.write(marker.encode() + end)
 
 
 def describe(code: int) -> str:

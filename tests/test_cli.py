@@ -339,3 +339,16 @@ def test_list_limit_zero_and_cancel_message(daemon: Daemon) -> None:
     job_id = daemon.submit("true")
     assert daemon.ok("--json", "list", "--limit", "0") == ""
     assert daemon.ok("cancel", str(job_id)).strip() == f"job {job_id} cancelled"
+
+
+def test_a_job_writing_100_mb_is_capped_head_and_tail_kept(daemon: Daemon) -> None:
+    # 10 MiB default cap: the first 5 MiB, a marker, the last 5 MiB
+    script = "echo FIRST; head -c 100000000 /dev/zero | tr '\\0' x; echo; echo LAST"
+    job_id = daemon.submit("sh", "-c", script)
+    daemon.ok("wait", str(job_id))
+    log = daemon.state_dir / "logs" / f"{job_id}.log"
+    size = log.stat().st_size
+    assert 10 * 2**20 <= size <= 10 * 2**20 + 200, size
+    data = log.read_bytes()
+    assert data.startswith(b"FIRST\n") and data.endswith(b"\nLAST\n")
+    assert b"bytes of output dropped here]" in data
