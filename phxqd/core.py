@@ -64,6 +64,8 @@ class Settings:
     retention: float = 7 * 86400.0
     #: a job's log is cut back to about this many bytes (head and tail kept); None: no cap
     log_max_bytes: int | None = 10 * 1024 * 1024
+    #: on a graceful stop, seconds running jobs get to finish before they are stopped
+    shutdown_grace: float = 0.0
 
 
 class Core:
@@ -525,6 +527,19 @@ class Core:
                 with anyio.move_on_after(delay):
                     await self._wake.wait()
                 self._wake = anyio.Event()
+            await self._let_running_jobs_finish()
+
+    async def _let_running_jobs_finish(self) -> None:
+        """Stopping: give running jobs `shutdown_grace` seconds, then stop (and requeue)
+        the rest. The runner tasks end; the task group in `dispatch` waits for them."""
+        with anyio.move_on_after(self.settings.shutdown_grace):
+            while self._active:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+        if self._active:
+            log.info("stopping %d running job(s); they will run again", len(self._active))
+        for stop in self._active.values():
+            stop.request(SHUTDOWN)
 
     def set_workers(self, workers: int) -> None:
         """Change the most jobs running at once (a config reload). More starts waiting
@@ -533,10 +548,9 @@ class Core:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Stop dispatching and stop every running job; they are requeued, not failed."""
+        """Stop dispatching; `dispatch` then lets running jobs finish for `shutdown_grace`
+        seconds, stops the rest (requeued, their attempt not spent) and returns."""
         self._stopping = True
-        for stop in self._active.values():
-            stop.request(SHUTDOWN)
         self._wake.set()
 
     async def _run(self, job: Job) -> None:
