@@ -45,16 +45,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     j.add_argument(
         "--state-dir", default=argparse.SUPPRESS, help="the state dir (default as for the daemon)"
     )
+    c = sub.add_parser(
+        "check-config",
+        help="validate the config file: exit 0 if phxqd would accept it, 1 (and why) if not",
+    )
+    c.add_argument(
+        "--config", default=argparse.SUPPRESS, help="the file (default as for the daemon)"
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.command == "check-config":
+        sys.exit(check_config(args.config))
     try:
-        cfg = config.load(
-            paths.config_path(args.config),
-            required=bool(args.config or os.environ.get("PHXQ_CONFIG")),
-        )
+        if args.command == "journal" and (args.state_dir or os.environ.get("PHXQ_STATE_DIR")):
+            # The state dir is named: the file has nothing more to say, and an operator
+            # running this as the service's user may not be able to read the default one.
+            cfg = config.Config()
+        else:
+            cfg = config.load(
+                paths.config_path(args.config),
+                required=bool(args.config or os.environ.get("PHXQ_CONFIG")),
+            )
     except config.ConfigError as e:
         sys.exit(f"phxqd: {e}")
     if args.workers is not None and args.workers < 1:
@@ -83,6 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         logs_dir=config.resolve_logs_dir(cfg, state_dir),
         socket=paths.socket_path(args.socket, cfg.socket),
         retry_interval=cfg.write_retry_interval,
+        queues=cfg.queues,
+        retention=cfg.retention,
+        log_max_bytes=cfg.log_max_bytes or None,
+        shutdown_grace=cfg.shutdown_grace,
     )
     try:
         anyio.run(run, settings, cfg, args.fsync or cfg.fsync)
@@ -96,6 +114,33 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     finally:
         os.close(lock)
+
+
+def check_config(flag: str | None) -> int:
+    """`phxqd check-config`: 0 if the file is valid (or absent and optional), else 1."""
+    path = paths.config_path(flag)
+    required = bool(flag or os.environ.get("PHXQ_CONFIG"))
+    if not required and not path.exists():
+        print(f"{path}: no such file; phxqd would use the defaults")
+        return 0
+    try:
+        cfg = config.load(path, required=True)
+    except config.ConfigError as e:
+        print(f"phxqd: {e}", file=sys.stderr)
+        return 1
+    defaults = config.Config()
+    changed = []
+    for key in cfg.__struct_fields__:
+        value = getattr(cfg, key)
+        if value != getattr(defaults, key):
+            tables = isinstance(value, dict)
+            changed += (
+                [f"[{key}.{n}]" for n in value]
+                if tables
+                else [f"{key} = {config.toml_value(value)}"]
+            )
+    print(f"{path}: ok" + (f" ({', '.join(changed)}; the rest default)" if changed else ""))
+    return 0
 
 
 async def run(settings: Settings, cfg: config.Config, fsync: FsyncPolicy) -> None:
