@@ -1,9 +1,10 @@
 """phxqd: read the settings, recover the state, then serve until told to stop.
 
 Start-up order matters: recovery (and the reaping of jobs from a previous life) finishes
-before the socket accepts anyone, so no client ever sees a half-recovered queue. A first
-SIGTERM or SIGINT stops gracefully (jobs requeued, snapshot taken, exit 0); a second one
-exits at once, which loses nothing acknowledged because acknowledged means on disk.
+before the socket accepts anyone, so no client ever sees a half-recovered queue, and only
+then does systemd hear READY=1. A first SIGTERM or SIGINT stops gracefully (jobs requeued,
+snapshot taken, exit 0); a second one exits at once, which loses nothing acknowledged
+because acknowledged means on disk. SIGHUP reloads the config file.
 """
 
 from __future__ import annotations
@@ -13,19 +14,30 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import anyio
+import msgspec
 
-from phxqd import config, paths, server
+from phxqd import config, logsetup, paths, server, systemd
 from phxqd.core import Core, Settings
 from phxqd.journal import Corruption, FsyncPolicy, Journal, JournalError
+from phxqd.model import QueueConfig
 from phxqd.recovery import StateDirBusy, lock_state_dir, recover
 
 log = logging.getLogger("phxqd")
 VERSION = "0.1.0"
+#: seconds between STATUS= updates to systemd (sent only when the line changed)
+STATUS_PERIOD = 1.0
+#: what a clean stop needs beyond `shutdown_grace` and `kill_grace`: the snapshot, the
+#: journal closed
+STOP_MARGIN = 30.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,47 +67,78 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class Options:
+    """What the command line fixed: a reload re-reads the file, never these."""
+
+    config_path: Path
+    config_required: bool
+    socket: str | None
+    state_dir: str | None
+    workers: int | None
+    fsync: FsyncPolicy | None
+    log_level: str | None
+
+
 def main(argv: list[str] | None = None) -> None:
+    # A reload asked for before the daemon listens for it must not kill it (SIGHUP's
+    # default action); the signal receiver in `run` takes over from here.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = parse_args(argv)
     if args.command == "check-config":
         sys.exit(check_config(args.config))
+    # Read and removed before anything can spawn a job: jobs inherit os.environ.
+    sd = systemd.take_environment()
+    opts = Options(
+        config_path=paths.config_path(args.config),
+        config_required=bool(args.config or os.environ.get("PHXQ_CONFIG")),
+        socket=args.socket,
+        state_dir=args.state_dir,
+        workers=args.workers,
+        fsync=args.fsync,
+        log_level=args.log_level,
+    )
     try:
         if args.command == "journal" and (args.state_dir or os.environ.get("PHXQ_STATE_DIR")):
             # The state dir is named: the file has nothing more to say, and an operator
             # running this as the service's user may not be able to read the default one.
             cfg = config.Config()
         else:
-            cfg = config.load(
-                paths.config_path(args.config),
-                required=bool(args.config or os.environ.get("PHXQ_CONFIG")),
-            )
+            cfg = config.load(opts.config_path, opts.config_required)
     except config.ConfigError as e:
-        sys.exit(f"phxqd: {e}")
+        logsetup.fatal(f"phxqd: {e}")
     if args.workers is not None and args.workers < 1:
-        sys.exit("phxqd: --workers must be 1 or more")
-    logging.basicConfig(
-        level=(args.log_level or cfg.log_level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+        logsetup.fatal("phxqd: --workers must be 1 or more")
+    logsetup.setup(args.log_level or cfg.log_level)
     state_dir = paths.state_dir(args.state_dir, cfg.state_dir)
     try:
         lock = lock_state_dir(state_dir)
     except StateDirBusy as e:
-        sys.exit(f"phxqd: {e}")
+        logsetup.fatal(f"phxqd: {e}")
     except OSError as e:
-        sys.exit(f"phxqd: cannot use state dir {state_dir}: {e.strerror}")
+        logsetup.fatal(f"phxqd: cannot use state dir {state_dir}: {e.strerror}")
     if args.command == "journal":
         from phxqd import repair
 
         action = repair.verify if args.action == "verify" else repair.repair
         sys.exit(action(state_dir / "journal"))
+    try:
+        activated = systemd.activated_socket(sd.listen_fds)
+    except systemd.ActivationError as e:
+        logsetup.fatal(f"phxqd: {e}")
+    socket_path = paths.socket_path(args.socket, cfg.socket)
+    if activated is not None:
+        bound = systemd.socket_path(activated)
+        if bound is None:
+            log.warning("the activated socket has no path: jobs get PHXQ_SOCKET=%s", socket_path)
+        socket_path = bound or socket_path
     settings = Settings(
         workers=args.workers or cfg.workers or config.default_workers(),
         kill_grace=cfg.kill_grace,
         snapshot_bytes=cfg.snapshot_bytes,
         journal_dir=state_dir / "journal",
         logs_dir=config.resolve_logs_dir(cfg, state_dir),
-        socket=paths.socket_path(args.socket, cfg.socket),
+        socket=socket_path,
         retry_interval=cfg.write_retry_interval,
         queues=cfg.queues,
         retention=cfg.retention,
@@ -103,13 +146,17 @@ def main(argv: list[str] | None = None) -> None:
         shutdown_grace=cfg.shutdown_grace,
     )
     try:
-        anyio.run(run, settings, cfg, args.fsync or cfg.fsync)
+        anyio.run(run, settings, cfg, opts, sd, activated)
     except Corruption as e:
-        sys.exit(
+        logsetup.fatal(
             f"phxqd: refusing to start: {e}\n"
             "phxqd: the files are left untouched; `phxqd journal verify` tells more, and "
             "`phxqd journal repair` cuts the journal there after taking a backup"
         )
+    except SystemExit as e:  # e.g. the socket path is taken by another phxqd
+        if isinstance(e.code, str):
+            logsetup.fatal(e.code)
+        raise
     except KeyboardInterrupt:
         sys.exit(130)
     finally:
@@ -126,7 +173,7 @@ def check_config(flag: str | None) -> int:
     try:
         cfg = config.load(path, required=True)
     except config.ConfigError as e:
-        print(f"phxqd: {e}", file=sys.stderr)
+        print(logsetup.error_text(f"phxqd: {e}"), file=sys.stderr)
         return 1
     defaults = config.Config()
     changed = []
@@ -143,59 +190,96 @@ def check_config(flag: str | None) -> int:
     return 0
 
 
-async def run(settings: Settings, cfg: config.Config, fsync: FsyncPolicy) -> None:
-    for d in (settings.journal_dir, settings.logs_dir):
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    recovered = recover(settings.journal_dir, cut_torn_tail=True, now=time.time())
-    gc.freeze()  # the recovered jobs live on: keep them out of every later collection
-    log.info(
-        "recovered %d jobs (snapshot at record %d, %d records replayed from %d segments)",
-        len(recovered.state.jobs),
-        recovered.snapshot_lsn,
-        recovered.records,
-        recovered.segments,
-    )
-    journal = Journal(
-        settings.journal_dir,
-        recovered.next_lsn,
-        fsync,
-        batch_interval=cfg.fsync_interval_ms / 1000,
-        segment_bytes=cfg.segment_bytes,
-    )
-    core = Core(recovered.state, journal, settings)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(journal.run)
-        await core.reap()
-        listener = await server.listen(settings.socket)
-        serving, snapshots, healing = anyio.CancelScope(), anyio.CancelScope(), anyio.CancelScope()
-        dispatching = anyio.Event()
-        tg.start_soon(_serve, listener, core, serving)
-        tg.start_soon(_in_scope, core.snapshotter, snapshots)
-        tg.start_soon(_in_scope, core.heal, healing)
-        tg.start_soon(_dispatch, core, dispatching)
+async def run(
+    settings: Settings,
+    cfg: config.Config,
+    opts: Options,
+    sd: systemd.Environment,
+    activated: socket.socket | None,
+) -> None:
+    notifier = systemd.Notifier(sd.notify_socket)
+    # Opened first: a SIGTERM during recovery waits for it, then stops cleanly.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        notifier.status("recovering the journal")
+        for d in (settings.journal_dir, settings.logs_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        recovered = recover(settings.journal_dir, cut_torn_tail=True, now=time.time())
+        gc.freeze()  # the recovered jobs live on: keep them out of every later collection
         log.info(
-            "phxqd %s ready: socket %s, state %s, %d workers, fsync=%s",
-            VERSION,
-            settings.socket,
-            settings.journal_dir.parent,
-            settings.workers,
-            fsync,
+            "recovered %d jobs (snapshot at record %d, %d records replayed from %d segments)",
+            len(recovered.state.jobs),
+            recovered.snapshot_lsn,
+            recovered.records,
+            recovered.segments,
         )
-        await _wait_for_signal()
-        log.info("stopping: requeueing running jobs")
-        await core.stop()
-        tg.start_soon(_exit_on_second_signal)
-        await dispatching.wait()
-        serving.cancel()
-        snapshots.cancel()
-        healing.cancel()
-        try:
-            await core.snapshot()
-        except (JournalError, OSError) as e:
-            log.error("no snapshot at shutdown (%s); the journal keeps what was saved", e)
-        await journal.close()
-        settings.socket.unlink(missing_ok=True)
-        tg.cancel_scope.cancel()
+        fsync = opts.fsync or cfg.fsync
+        journal = Journal(
+            settings.journal_dir,
+            recovered.next_lsn,
+            fsync,
+            batch_interval=cfg.fsync_interval_ms / 1000,
+            segment_bytes=cfg.segment_bytes,
+        )
+        core = Core(recovered.state, journal, settings)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            await core.reap()
+            if activated is not None:
+                listener = await systemd.wrap_listener(activated)
+            else:
+                listener = await server.listen(settings.socket)
+            serving, snapshots, healing = (anyio.CancelScope() for _ in range(3))
+            dispatching = anyio.Event()
+            tg.start_soon(_serve, listener, core, serving)
+            tg.start_soon(_in_scope, core.snapshotter, snapshots)
+            tg.start_soon(_in_scope, core.heal, healing)
+            tg.start_soon(_dispatch, core, dispatching)
+            # The socket is listening: a client connecting from now on is answered.
+            ready = core.status_line()
+            notifier.ready(ready)
+            if sd.watchdog_interval is not None and notifier.enabled:
+                tg.start_soon(systemd.feed_watchdog, notifier, sd.watchdog_interval)
+            if notifier.enabled:
+                tg.start_soon(publish_status, notifier, core.status_line, ready)
+            log.info(
+                "phxqd %s ready: socket %s%s, state %s, %d workers, fsync=%s",
+                VERSION,
+                settings.socket,
+                " (socket-activated)" if activated is not None else "",
+                settings.journal_dir.parent,
+                settings.workers,
+                fsync,
+            )
+            reloader = Reloader(opts, cfg, core, notifier)
+            await _until_stop_signal(signals, reloader.reload)
+            running = core.status()["counts"]["running"]
+            if settings.shutdown_grace > 0 and running:
+                stopping = (
+                    f"stopping: {running} running jobs get {settings.shutdown_grace:g}s to "
+                    "finish, then are requeued"
+                )
+            else:
+                stopping = f"stopping: requeueing {running} running jobs"
+            log.info("%s", stopping)
+            notifier.stopping(
+                stopping, needs=settings.shutdown_grace + settings.kill_grace + STOP_MARGIN
+            )
+            await core.stop()
+            tg.start_soon(_exit_on_second_signal, signals)
+            await dispatching.wait()
+            serving.cancel()
+            snapshots.cancel()
+            healing.cancel()
+            notifier.status("stopping: writing a snapshot")
+            try:
+                await core.snapshot()
+            except (JournalError, OSError) as e:
+                log.error("no snapshot at shutdown (%s); the journal keeps what was saved", e)
+            await journal.close()
+            if activated is None:  # an activated socket belongs to systemd's socket unit
+                settings.socket.unlink(missing_ok=True)
+            tg.cancel_scope.cancel()
+    notifier.close()
     log.info("stopped")
 
 
@@ -217,16 +301,107 @@ async def _dispatch(core: Core, done: anyio.Event) -> None:
         done.set()
 
 
-async def _wait_for_signal() -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
+async def publish_status(notifier: systemd.Notifier, line: Callable[[], str], sent: str) -> None:
+    await systemd.publish_status(notifier, line, STATUS_PERIOD, sent)
+
+
+async def _until_stop_signal(
+    signals: AsyncIterator[signal.Signals], on_hangup: Callable[[], None]
+) -> None:
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            on_hangup()
+        else:
             return
 
 
-async def _exit_on_second_signal() -> None:
-    await _wait_for_signal()
-    log.warning("second signal: exiting now (acknowledged jobs are already on disk)")
-    os._exit(1)
+async def _exit_on_second_signal(signals: AsyncIterator[signal.Signals]) -> None:
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            log.info("ignoring SIGHUP: phxqd is stopping")
+            continue
+        log.warning("second signal: exiting now (acknowledged jobs are already on disk)")
+        os._exit(1)
+
+
+class Reloader:
+    """SIGHUP: re-read the config file and apply what can change while running.
+
+    Applied at once: `workers` and the `[queues.NAME]` tables (the dispatcher is woken:
+    a higher limit starts waiting jobs now, a lower one lets running jobs finish),
+    `log_level`, `kill_grace`, `shutdown_grace`, `snapshot_bytes`, `write_retry_interval`,
+    `retention`, `log_max_bytes` (each read where it is used, from then on). The rest (paths, fsync
+    policy, segment size) is read at start-up only; a change to it is logged as needing
+    a restart. A file phxqd cannot accept changes nothing: the running settings stay,
+    and the error is logged and shown in `systemctl status`. Flags given on the command
+    line keep winning over the file.
+    """
+
+    def __init__(
+        self, opts: Options, cfg: config.Config, core: Core, notifier: systemd.Notifier
+    ) -> None:
+        self.opts = opts
+        self.core = core
+        self.notifier = notifier
+        self.started_with = self._startup_values(cfg)
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        path = self.opts.config_path
+        try:
+            cfg = config.load(path, self.opts.config_required)
+        except config.ConfigError as e:
+            log.error("reload failed, the running configuration stays: %s", e)
+            self.notifier.ready(f"reload failed ({e}); " + self.core.status_line())
+            return
+        settings = self.core.settings
+        logsetup.set_level(self.opts.log_level or cfg.log_level)
+        settings.kill_grace = cfg.kill_grace
+        settings.snapshot_bytes = cfg.snapshot_bytes
+        settings.retry_interval = cfg.write_retry_interval
+        settings.retention = cfg.retention
+        settings.log_max_bytes = cfg.log_max_bytes or None
+        settings.shutdown_grace = cfg.shutdown_grace
+        if cfg.queues != settings.queues:
+            log.info("queue settings: %s", _queues_text(cfg.queues) or "none")
+        settings.queues = cfg.queues
+        workers = self.opts.workers or cfg.workers or config.default_workers()
+        if workers != settings.workers:
+            log.info("workers: %d -> %d", settings.workers, workers)
+        # Also when only a queue limit changed: it wakes the dispatcher, which then
+        # starts what the new limits allow.
+        self.core.set_workers(workers)
+        now = self._startup_values(cfg)
+        for key, value in now.items():
+            if value != self.started_with[key]:
+                log.warning(
+                    "%s: `%s` changed to %s; it takes effect when phxqd restarts",
+                    path,
+                    key,
+                    config.toml_value(value),
+                )
+        log.info("configuration reloaded from %s", path)
+        log.debug("configuration now: %s", cfg)
+        self.notifier.ready(self.core.status_line())
+
+    def _startup_values(self, cfg: config.Config) -> dict[str, Any]:
+        """The effective values of the keys read only at start-up (flags included)."""
+        state_dir = paths.state_dir(self.opts.state_dir, cfg.state_dir)
+        return {
+            "state_dir": str(state_dir),
+            "socket": str(paths.socket_path(self.opts.socket, cfg.socket)),
+            "logs_dir": str(config.resolve_logs_dir(cfg, state_dir)),
+            "fsync": self.opts.fsync or cfg.fsync,
+            "fsync_interval_ms": cfg.fsync_interval_ms,
+            "segment_bytes": cfg.segment_bytes,
+        }
+
+
+def _queues_text(queues: dict[str, QueueConfig]) -> str:
+    return "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v}" for k, v in msgspec.structs.asdict(q).items() if v)
+        for name, q in sorted(queues.items())
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ class Daemon:
     #: every daemon started by the current test; the autouse fixture kills what is left
     started: ClassVar[list[Daemon]] = []
 
-    def __init__(self, tmp: Path, workers: int = 2, extra: list[str] | None = None) -> None:
+    def __init__(self, tmp: Path, workers: int | None = 2, extra: list[str] | None = None) -> None:
         self.tmp = tmp
         self.state_dir = tmp / "state"
         self.socket = tmp / "run" / "phxqd.sock"
@@ -44,16 +44,28 @@ class Daemon:
             "PHXQ_CONFIG": str(self.config),
         }
 
-    def start(self, expect_ready: bool = True) -> Daemon:
+    def start(
+        self,
+        expect_ready: bool = True,
+        wrapper: list[str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> Daemon:
+        """Start phxqd (workers None: no --workers flag, the config file decides).
+
+        `wrapper` is a command put before phxqd's (it must exec it, keeping its pid), and
+        `pass_fds` the descriptors it inherits: how tests play systemd's part.
+        """
         assert self.proc is None or self.proc.poll() is not None
         self.log = []
+        flags = ["--workers", str(self.workers)] if self.workers is not None else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "phxqd", "--workers", str(self.workers), *self.extra],
+            [*(wrapper or []), sys.executable, "-m", "phxqd", *flags, *self.extra],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            pass_fds=pass_fds,
         )
         Daemon.started.append(self)
         ready = threading.Event()
