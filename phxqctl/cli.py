@@ -12,12 +12,13 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
 from phxqctl import render
 from phxqctl.client import Client, PhxqError, progress
-from phxqd.model import FINISHED, STATUSES, Job, JobSpec
+from phxqd.model import FINISHED, STATUSES, Call, Job, JobSpec
 
 EXIT_USAGE = 2
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -44,6 +45,19 @@ def timestamp(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"not a time: {text!r} (try 2026-12-01T09:00 or 2026-12-01T09:00+01:00)"
         ) from None
+
+
+def json_value(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = msgspec.json.decode(text)
+        except msgspec.DecodeError as e:
+            raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+        if not isinstance(value, kind):
+            raise argparse.ArgumentTypeError(f"wants a JSON {kind.__name__}")
+        return value
+
+    return parse
 
 
 def id_list(text: str) -> list[int]:
@@ -116,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--env", type=env_pair, action="append", default=[], metavar="NAME=VALUE")
     s.add_argument("--wait", action="store_true", help="wait for the job to finish")
     s.add_argument("--batch", metavar="FILE", help="JSON Lines of job specs ('-' for stdin)")
+    s.add_argument("--call", metavar="MOD:FUNC", help="queue a Python callable instead")
+    s.add_argument(
+        "--args",
+        type=json_value(list),
+        default=[],
+        metavar="JSON",
+        help="positional arguments of --call, a JSON array",
+    )
+    s.add_argument(
+        "--kwargs",
+        type=json_value(dict),
+        default={},
+        metavar="JSON",
+        help="keyword arguments of --call, a JSON object",
+    )
     s.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
 
     cmd("status", "counts per status and queue, running jobs")
@@ -188,15 +217,18 @@ Command = Callable[[Client, argparse.Namespace, bool], int]
 def do_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if args.batch is not None:
-        if argv:
-            raise UsageError("give either --batch FILE or a command, not both")
+        if argv or args.call:
+            raise UsageError("give either --batch FILE or a job, not both")
         specs = read_batch(args.batch)
     else:
-        if not argv:
+        if args.call and argv:
+            raise UsageError("give either --call MOD:FUNC or a command, not both")
+        if not argv and not args.call:
             raise UsageError("submit needs a command: phxqctl submit [options] -- CMD ARG...")
         specs = [
             JobSpec(
                 argv=argv,
+                call=Call(args.call, args.args, args.kwargs) if args.call else None,
                 queue=args.queue,
                 priority=args.priority,
                 key=args.key,

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, overload
 import msgspec
 
 from phxqd import paths, protocol
-from phxqd.model import Job, JobSpec, SubmitResult
+from phxqd.model import Call, Job, JobSpec, SubmitResult
 from phxqd.protocol import ERROR_EXIT
 
 #: spelled out once here: inside Client, `list` names the method
@@ -103,7 +103,20 @@ class Client:
     # ---------------------------------------------------------------- the API
 
     def submit(self, argv: list[str], **options: Any) -> Job:
+        """Queue a command; options are JobSpec's fields (queue, priority, key, ...)."""
         return self.submit_batch([JobSpec(argv=list(argv), **options)])[0].job
+
+    def submit_call(
+        self,
+        func: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Job:
+        """Queue a Python callable, "package.module:function"; args and kwargs must be
+        msgpack-able. It runs in a persistent worker process (see docs/python-api.md)."""
+        call = Call(func, list(args), dict(kwargs or {}))
+        return self.submit_batch([JobSpec(call=call, **options)])[0].job
 
     def submit_batch(self, specs: Sequence[JobSpec]) -> SubmitResults:
         """Queue many jobs in one request (one fsync). Like nq and task-spooler, a job

@@ -38,6 +38,9 @@ def span(seconds: float) -> str:
 
 
 def command(job: Job) -> str:
+    if job.call is not None:
+        parts = [*map(repr, job.call.args), *(f"{k}={v!r}" for k, v in job.call.kwargs.items())]
+        return f"{job.call.func}({', '.join(parts)})"
     return shlex.join(job.argv)
 
 
@@ -93,6 +96,8 @@ def job_detail(job: Job, now: float) -> str:
         fields.append(("took", span(job.finished_at - job.started_at)))
     if job.after:
         fields.append(("after", ", ".join(map(str, job.after))))
+    if job.result is not None:
+        fields.append(("result", repr(job.result)[:200]))
     optional = {
         "key": job.key,
         "label": job.label,
@@ -193,7 +198,8 @@ def status_text(s: dict[str, Any]) -> str:
         lines.append(f"running ({len(running)} of {s['workers']}):")
         now = time.time()
         for r in running:
-            line = f"{r['id']:>6}  {span(now - r['started_at']):>7}  {shlex.join(r['argv'])}"
+            what = r.get("call") or shlex.join(r["argv"])
+            line = f"{r['id']:>6}  {span(now - r['started_at']):>7}  {what}"
             lines.append(line if len(line) <= 80 else line[:79] + "…")
             if r["progress"]:
                 bar = progress_text(msgspec.convert(r["progress"], Progress))

@@ -14,8 +14,10 @@ import itertools
 import logging
 import math
 import random
+import sys
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from phxqd.journal import Journal, JournalError, fsync_dir, list_segments
 from phxqd.model import FINISHED, STATUSES, Job, Progress, QueueConfig, validate_spec
 from phxqd.protocol import PROTOCOL_VERSION
 from phxqd.state import QueueDefaults, Refused, State
+from phxqd.workers import WorkerPool
 
 log = logging.getLogger("phxqd")
 
@@ -66,6 +69,12 @@ class Settings:
     log_max_bytes: int | None = 10 * 1024 * 1024
     #: on a graceful stop, seconds running jobs get to finish before they are stopped
     shutdown_grace: float = 0.0
+    #: the interpreter and extra import paths of the Python workers (callable jobs)
+    python: str = sys.executable
+    pythonpath: list[str] = field(default_factory=list)
+    #: a worker is replaced after this many calls, or once its RSS is above worker_max_rss
+    worker_max_jobs: int = 1000
+    worker_max_rss: int | None = None
 
 
 class Core:
@@ -84,6 +93,12 @@ class Core:
         #: (finished_at, seconds it ran) of attempts ended in the last minute, for status
         self._recent: deque[tuple[float, float]] = deque()
         self._next_sweep = 0.0
+        self.workers = WorkerPool(
+            settings.python,
+            settings.pythonpath,
+            settings.worker_max_jobs,
+            settings.worker_max_rss,
+        )
         self._finished: dict[int, anyio.Event] = {}
         self._wake = anyio.Event()
         self._stopping = False
@@ -324,6 +339,7 @@ class Core:
                     "id": j.id,
                     "queue": j.queue,
                     "argv": j.argv,
+                    "call": None if j.call is None else j.call.func,
                     "started_at": j.started_at,
                     "progress": j.progress,
                 }
@@ -528,6 +544,7 @@ class Core:
                     await self._wake.wait()
                 self._wake = anyio.Event()
             await self._let_running_jobs_finish()
+        self.workers.close()
 
     async def _let_running_jobs_finish(self) -> None:
         """Stopping: give running jobs `shutdown_grace` seconds, then stop (and requeue)
@@ -553,6 +570,31 @@ class Core:
         self._stopping = True
         self._wake.set()
 
+    async def _attempt(
+        self,
+        job: Job,
+        stop: pool.Stop,
+        started: Callable[[int | None, float | None], Awaitable[None]],
+    ) -> pool.Outcome:
+        """Run one attempt: a command in its own process group, or a call in a worker."""
+        log_path, grace = self.log_path(job.id), self.settings.kill_grace
+        if job.call is None:
+            return await pool.run_command(
+                job,
+                log_path,
+                self.settings.socket,
+                grace,
+                stop,
+                started,
+                self.settings.log_max_bytes,
+            )
+        outcome = await self.workers.run_call(
+            job, log_path, self.settings.socket, grace, stop, started
+        )
+        if self.settings.log_max_bytes is not None:
+            await anyio.to_thread.run_sync(pool.trim_log, log_path, self.settings.log_max_bytes)
+        return outcome
+
     async def _run(self, job: Job) -> None:
         stop = self._active[job.id]
         try:
@@ -564,15 +606,12 @@ class Core:
             async def started(pid: int | None, create_time: float | None) -> None:
                 await self.record([Started(job.id, time.time(), pid, create_time)])
 
-            outcome = await pool.run_command(
-                job,
-                self.log_path(job.id),
-                self.settings.socket,
-                self.settings.kill_grace,
-                stop,
-                started,
-                self.settings.log_max_bytes,
-            )
+            try:
+                outcome = await self._attempt(job, stop, started)
+            except Exception as e:
+                # a bug of ours must cost one attempt, never the daemon
+                log.exception("job %d: internal error while running it", job.id)
+                outcome = pool.Outcome(None, f"internal error in phxqd: {e!r}")
             now = time.time()
             event: AnyEvent
             if outcome.cancelled and stop.reason == SHUTDOWN:
@@ -581,7 +620,13 @@ class Core:
                 event = Cancelled(job.id, now, outcome.error or "cancelled")
             else:
                 event = self.state.outcome(
-                    job.id, outcome.exit_code, outcome.error, now, self.rng, outcome.retryable
+                    job.id,
+                    outcome.exit_code,
+                    outcome.error,
+                    now,
+                    self.rng,
+                    outcome.retryable,
+                    outcome.result,
                 )
             await self.record([*self._unsaved_progress(job.id), event])
         finally:

@@ -7,6 +7,8 @@ replaying never consults a clock or a random number generator.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from phxqd.model import Job, Progress
@@ -31,6 +33,7 @@ class Completed(Event, tag="done"):
     id: int
     at: float
     exit_code: int
+    result: Any = None
 
 
 class Failed(Event, tag="fail"):

@@ -7,6 +7,8 @@ step. This module imports nothing but msgspec, because `phxqctl` imports it on s
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 #: Every status a job can have. `retrying` is a failed attempt waiting out its backoff.
@@ -25,10 +27,20 @@ DEFAULT_BACKOFF = (1.0, 60.0, 0.5)
 NO_RETRY_EXIT = 100
 
 
-class JobSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """What a submitter asks for. Validated by the daemon before anything is written."""
+class Call(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
+    """A Python callable job: `func` is "package.module:function"."""
 
-    argv: list[str]
+    func: str
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class JobSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What a submitter asks for: a command (`argv`) or a Python callable (`call`).
+    Validated by the daemon before anything is written."""
+
+    argv: list[str] = msgspec.field(default_factory=list)
+    call: Call | None = None
     queue: str = DEFAULT_QUEUE
     priority: int = 0
     key: str | None = None
@@ -96,6 +108,9 @@ class Job(msgspec.Struct, gc=False):
     pid: int | None = None
     pid_started: float | None = None
     progress: Progress | None = None
+    call: Call | None = None
+    #: what a callable job returned (msgpack-able, at most 1 MiB encoded)
+    result: Any = None
 
     @property
     def finished(self) -> bool:
@@ -133,7 +148,13 @@ class SubmitResult(msgspec.Struct):
 
 def validate_spec(spec: JobSpec) -> str | None:
     """Return why a spec cannot be queued, or None. Kept here so client and daemon agree."""
-    if not spec.argv:
+    if spec.call is not None:
+        if spec.argv:
+            return "a job is a command or a callable, not both"
+        module, sep, func = spec.call.func.partition(":")
+        if not sep or not module or not func:
+            return f"--call wants package.module:function, got {spec.call.func!r}"
+    elif not spec.argv:
         return "a command job needs a command: phxqctl submit -- CMD ARG..."
     if any("\0" in a for a in spec.argv):
         return "command arguments may not contain NUL bytes"

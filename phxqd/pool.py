@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psutil
@@ -33,6 +34,8 @@ class Outcome:
     retryable: bool = True
     #: the job was stopped on request (cancel) rather than failing by itself
     cancelled: bool = False
+    #: what a callable job returned
+    result: Any = None
 
 
 class Stop:
@@ -163,10 +166,10 @@ def describe(code: int) -> str:
 async def kill_tree(proc: subprocess.Popen[bytes], pidfd: int, grace: float) -> None:
     """SIGTERM the job's process group and its descendants; SIGKILL what is left after grace."""
     others = _descendants(proc.pid)
-    _signal_all(proc.pid, others, signal.SIGTERM)
+    signal_tree(proc.pid, others, signal.SIGTERM)
     with anyio.move_on_after(grace):
         await anyio.wait_readable(pidfd)
-    _signal_all(proc.pid, others, signal.SIGKILL)
+    signal_tree(proc.pid, others, signal.SIGKILL)
     await anyio.wait_readable(pidfd)
     proc.wait()
 
@@ -184,7 +187,7 @@ def kill_leftover(pid: int, create_time: float | None) -> bool:
     except psutil.Error:
         return False
     others = _descendants(pid)
-    _signal_all(pid, others, signal.SIGKILL)
+    signal_tree(pid, others, signal.SIGKILL)
     return True
 
 
@@ -195,7 +198,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _signal_all(pgid: int, others: list[psutil.Process], sig: signal.Signals) -> None:
+def signal_tree(pgid: int, others: list[psutil.Process], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
     for p in others:

@@ -13,7 +13,7 @@ import random
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -189,6 +189,7 @@ class State:
                 max_retries=_pick(spec.max_retries, queue_defaults.max_retries, DEFAULT_RETRIES),
                 backoff=_pick(spec.backoff, queue_defaults.backoff, None),
                 after=tuple(sorted(set(spec.after))) or None,
+                call=spec.call,
             )
             next_id += 1
             if spec.key is not None:
@@ -286,11 +287,12 @@ class State:
         now: float,
         rng: random.Random,
         retryable: bool = True,
+        result: Any = None,
     ) -> AnyEvent:
         """The event that ends a running attempt: done, retry later, or failed for good."""
         job = self.jobs[job_id]
         if exit_code == 0 and error is None:
-            return Completed(job_id, now, 0)
+            return Completed(job_id, now, 0, result)
         reason = error or f"exited with status {exit_code}"
         if exit_code == NO_RETRY_EXIT:
             retryable = False
@@ -401,12 +403,12 @@ class State:
                 self._queued.pop(job_id, None)
                 job.attempts += 1
                 job.started_at = at
-                job.exit_code = job.error = job.progress = None  # the last attempt's
+                job.exit_code = job.error = job.progress = job.result = None  # the last's
                 job.pid, job.pid_started = pid, pid_started
-            case Completed(job_id, at, exit_code):
+            case Completed(job_id, at, exit_code, result):
                 job = self.jobs[job_id]
                 self._finish(job, "completed", at)
-                job.exit_code, job.error = exit_code, None
+                job.exit_code, job.error, job.result = exit_code, None, result
                 self._release(job_id, at)
             case Failed(job_id, at, exit_code, error, retry_at):
                 job = self.jobs[job_id]

@@ -1,0 +1,1 @@
+"""Python callables for the tests' callable jobs (imported inside phxq workers)."""

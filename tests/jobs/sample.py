@@ -1,0 +1,50 @@
+"""Callables the tests submit: each behaves in one way a real job might."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+import phxqctl
+
+
+class PermanentFailure(Exception):
+    """Matched by name: phxq does not retry it."""
+
+
+def add(a: int, b: int, *, scale: int = 1) -> dict[str, Any]:
+    print(f"adding {a} and {b}")
+    return {"sum": (a + b) * scale, "pid": os.getpid(), "attempt": os.environ["PHXQ_ATTEMPT"]}
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def fail_for_good() -> None:
+    raise PermanentFailure("bad input, retrying cannot help")
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def hard_exit() -> None:
+    os._exit(3)
+
+
+def report_progress() -> int:
+    phxqctl.progress(done=7, total=10, step="callable")
+    return os.getpid()
+
+
+def wait_for(path: str) -> None:
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.02)
+
+
+def unstorable() -> object:
+    return object()
