@@ -143,7 +143,11 @@ def no_daemon_outlives_its_test() -> Iterator[None]:
     yield
     for d in Daemon.started[before:]:
         if d.proc is not None and d.proc.poll() is None:
-            d.stop(signal.SIGKILL)
+            # SIGTERM first: a graceful stop kills the jobs too, so none is left behind
+            try:
+                d.stop(signal.SIGTERM, timeout=15)
+            except subprocess.TimeoutExpired:
+                d.stop(signal.SIGKILL)
     del Daemon.started[before:]
 
 
