@@ -52,6 +52,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 10 * 1024 * 1024
     #: `[queues.NAME]` tables: a queue's concurrency limit and retry defaults
     queues: dict[str, QueueConfig] = {}
+    #: the interpreter of the Python workers that run callable jobs (your project's venv)
+    python: str | None = None
+    #: extra import paths for callable jobs
+    pythonpath: list[str] = []
+    #: a worker is replaced after this many calls...
+    worker_max_jobs: Positive = 1000
+    #: ...or once its resident memory passes this many bytes (0: no limit)
+    worker_max_rss: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class ConfigError(Exception):

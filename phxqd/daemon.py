@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> None:
         retention=cfg.retention,
         log_max_bytes=cfg.log_max_bytes or None,
         shutdown_grace=cfg.shutdown_grace,
+        python=cfg.python or sys.executable,
+        pythonpath=cfg.pythonpath,
+        worker_max_jobs=cfg.worker_max_jobs,
+        worker_max_rss=cfg.worker_max_rss or None,
     )
     try:
         anyio.run(run, settings, cfg, opts, sd, activated)

@@ -93,3 +93,13 @@ def test_bad_call_specs_are_usage_errors(daemon: Daemon) -> None:
     missing = daemon.ok("submit", "--retries", "0", "--call", "no_such_module_xyz:f")
     assert daemon.ctl("wait", missing.strip()).returncode == 1
     assert "ModuleNotFoundError" in daemon.job(int(missing))["error"]
+
+
+def test_workers_are_recycled_after_max_jobs(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, workers=1)
+    d.config.write_text("worker_max_jobs = 2\n")
+    d.start()
+    ids = [call(d, "add", "--args", "[1, 1]") for _ in range(4)]
+    d.ok("wait", *map(str, ids))
+    pids = [d.job(i)["result"]["pid"] for i in ids]
+    assert pids[0] == pids[1] != pids[2] == pids[3]
