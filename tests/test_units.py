@@ -138,9 +138,10 @@ def _syscall_set(analyze: str, name: str, cache: dict[str, set[str]]) -> set[str
 def test_daemon_and_jobs_stay_within_the_system_units_syscall_filter(
     tmp_path: Path, systemd_analyze: str
 ) -> None:
-    """Runs phxqd under strace through start, a job, a reload and a stop with a job
-    running, and checks every system call made against the unit's SystemCallFilter=.
-    (A filtered call would fail with EPERM under systemd: a bug seen only in production.)"""
+    """Runs phxqd under strace through start, a command job, a callable job, a reload and
+    a stop with a job running, and checks every system call made against the unit's
+    SystemCallFilter= (a filtered call would fail with EPERM under systemd: a bug seen
+    only in production)."""
     if not shutil.which("strace"):
         pytest.skip("strace is not installed")
     cache: dict[str, set[str]] = {}
@@ -161,6 +162,9 @@ def test_daemon_and_jobs_stay_within_the_system_units_syscall_filter(
     daemon = tracee(d)
     job = d.submit("sh", "-c", "echo hi")
     d.ok("wait", str(job))
+    # a Python callable job: it runs in a persistent worker process, sandboxed the same way
+    call = d.ok("submit", "--cwd", str(REPO), "--call", "tests.jobs.sample:add", "--args", "[2, 3]")
+    d.ok("wait", call.strip())
     long = d.submit("sleep", "60")
     until(lambda: d.job(long)["status"] == "running", what="the long job")
     daemon.send_signal(signal.SIGHUP)
