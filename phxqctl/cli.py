@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl = cmd("clear", "forget finished jobs (never pending or running ones)")
     cl.add_argument("--status", choices=sorted(FINISHED))
     cl.add_argument("--queue")
+    cmd("metrics", "the daemon's metrics, in the Prometheus text format")
     q = cmd("queue", "show queues, or set a queue's concurrency at run time")
     qsub = q.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
     qsub.add_parser("list", parents=[common], help="queues with counts and limits")
@@ -403,6 +404,15 @@ def do_queue(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
+def do_metrics(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    text = client.metrics()
+    if as_json:
+        render.print_json({"exposition": text})
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def do_progress(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if all(getattr(args, k) is None for k in ("percent", "step", "done", "total")):
         raise UsageError("progress needs at least one of --percent, --step, --done, --total")
@@ -425,6 +435,7 @@ COMMANDS: dict[str, Command] = {
     "clear": do_clear,
     "progress": do_progress,
     "queue": do_queue,
+    "metrics": do_metrics,
     "pause": _pause_resume("paused"),
     "resume": _pause_resume("resumed"),
 }

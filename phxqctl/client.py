@@ -181,6 +181,10 @@ class Client:
         result: builtins_list[dict[str, Any]] = self.call(protocol.SetQueue(queue, concurrency))
         return result
 
+    def metrics(self) -> str:
+        """The Prometheus text exposition of the daemon's metrics."""
+        return bytes(self.call(protocol.Metrics(), bytes)).decode()
+
     def pause(self, queue: str | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.call(protocol.Pause(queue))
         return result

@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from phxqd import pool, protocol, snapshot
+from phxqd import metrics, pool, protocol, snapshot
 from phxqd.events import (
     AnyEvent,
     Cancelled,
@@ -44,6 +44,7 @@ from phxqd.journal import Journal, JournalError, fsync_dir, list_segments
 from phxqd.model import FINISHED, STATUSES, Job, Progress, QueueConfig, validate_spec
 from phxqd.protocol import PROTOCOL_VERSION
 from phxqd.state import QueueDefaults, Refused, State
+from phxqd.stats import Stats
 from phxqd.workers import WorkerPool
 
 log = logging.getLogger("phxqd")
@@ -93,6 +94,8 @@ class Core:
         #: (finished_at, seconds it ran) of attempts ended in the last minute, for status
         self._recent: deque[tuple[float, float]] = deque()
         self._next_sweep = 0.0
+        self.stats = Stats()
+        journal.on_sync = self.stats.fsync.observe
         self.workers = WorkerPool(
             settings.python,
             settings.pythonpath,
@@ -165,6 +168,7 @@ class Core:
     def _apply(self, events: list[AnyEvent]) -> None:
         for event in events:
             self.state.apply(event)
+            self.stats.count(event, self.state)
         self._wake.set()
         # At least snapshot_bytes, and at least twice the last snapshot: disk use stays
         # within ~3x the live state, and the cost of snapshots stays proportional to the
@@ -237,6 +241,7 @@ class Core:
         The state is encoded on the event loop, so it matches exactly the records up to
         `lsn`; records appended after that stay in the journal and replay on top of it.
         """
+        t0 = time.perf_counter()
         lsn = self.journal.last_lsn
         data = snapshot.encode(self.state.snapshot(lsn))
         await self.journal.rotate()
@@ -247,6 +252,7 @@ class Core:
         for (_, path), (next_first, _) in itertools.pairwise(segments):
             if next_first - 1 <= lsn:
                 path.unlink(missing_ok=True)
+        self.stats.snapshot.observe(time.perf_counter() - t0)
         log.info("snapshot at record %d: %d jobs, %d bytes", lsn, len(self.state.jobs), len(data))
 
     # ---------------------------------------------------------------- requests
@@ -302,6 +308,9 @@ class Core:
                 return self.queues()
             case protocol.Queues():
                 return self.queues()
+            case protocol.Metrics():
+                await metrics.load_library()
+                return metrics.render(self)
             case protocol.ReportProgress():
                 return self.report_progress(req, now)
             case protocol.Pause(queue):
@@ -381,6 +390,9 @@ class Core:
                 }
             )
         return out
+
+    def journal_segments(self) -> int:
+        return len(list_segments(self.settings.journal_dir))
 
     def _config_limits(self) -> dict[str, int]:
         return {

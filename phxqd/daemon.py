@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from phxqd import config, logsetup, paths, server, systemd
+from phxqd import config, logsetup, metrics, paths, server, systemd
 from phxqd.core import Core, Settings
 from phxqd.journal import Corruption, FsyncPolicy, Journal, JournalError
 from phxqd.model import QueueConfig
@@ -238,6 +238,9 @@ async def run(
             tg.start_soon(_in_scope, core.snapshotter, snapshots)
             tg.start_soon(_in_scope, core.heal, healing)
             tg.start_soon(_dispatch, core, dispatching)
+            http = await metrics.open_http(cfg.metrics_listen) if cfg.metrics_listen else None
+            if http is not None:
+                tg.start_soon(metrics.serve_http, core, http)
             # The socket is listening: a client connecting from now on is answered.
             ready = core.status_line()
             notifier.ready(ready)

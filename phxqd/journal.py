@@ -24,6 +24,7 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -160,6 +161,9 @@ class Journal:
         self._unsynced = False
         self._last_sync = time.monotonic()
         self.fsyncs = 0
+        self.written_bytes = 0
+        #: called with the seconds of each write+fdatasync, for metrics
+        self.on_sync: Callable[[float], None] | None = None
 
     # ----------------------------------------------------------- caller's side
 
@@ -263,11 +267,15 @@ class Journal:
             fd = self._fd
             sync = self.policy == "always"
             if sync or len(data) > 1024 * 1024:
+                t0 = time.perf_counter()
                 await anyio.to_thread.run_sync(_write_and_sync, fd, data, sync)
+                if sync and self.on_sync is not None:
+                    self.on_sync(time.perf_counter() - t0)
             else:  # a small write() into the page cache does not block: skip the thread hop
                 _write_and_sync(fd, data, False)
             self._written_lsn = last
             self._segment_size += len(data)
+            self.written_bytes += len(data)
             self.bytes_since_snapshot += len(data)
             if sync:
                 self.fsyncs += 1

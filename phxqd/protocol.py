@@ -100,6 +100,10 @@ class Queues(Request, tag="queues"):
     pass
 
 
+class Metrics(Request, tag="metrics"):
+    """The Prometheus text exposition (bytes)."""
+
+
 class Pause(Request, tag="pause"):
     queue: str | None = None
 
@@ -123,6 +127,7 @@ AnyRequest = (
     | ReportProgress
     | SetQueue
     | Queues
+    | Metrics
     | Pause
     | Resume
 )

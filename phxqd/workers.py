@@ -46,6 +46,9 @@ class WorkerPool:
     max_jobs: int = 1000
     max_rss: int | None = None
     idle: list[Worker] = field(default_factory=list)
+    #: calls running now, and workers started since phxqd did (for metrics)
+    busy: int = 0
+    started: int = 0
 
     async def run_call(
         self,
@@ -76,6 +79,7 @@ class WorkerPool:
             _job_env(job, socket_path),
         )
         healthy = False
+        self.busy += 1
         try:
             await started(worker.proc.pid, worker.create_time)
             timeout = job.timeout if job.timeout is not None else float("inf")
@@ -104,6 +108,7 @@ class WorkerPool:
                 await pool.kill_tree(worker.proc, worker.pidfd, grace)
             raise
         finally:
+            self.busy -= 1
             if healthy and self._keep(worker):
                 self.idle.append(worker)
             else:
@@ -139,6 +144,7 @@ class WorkerPool:
             os.close(log)
             theirs.close()
         ours.setblocking(False)
+        self.started += 1
         try:
             create_time: float | None = psutil.Process(proc.pid).create_time()
         except psutil.Error:

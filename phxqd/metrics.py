@@ -1,0 +1,165 @@
+"""The Prometheus text exposition of what the daemon knows, built when asked.
+
+prometheus_client does the format (escaping, histogram series, HELP/TYPE lines), which is
+easy to get subtly wrong by hand; it is imported here only, on the first scrape, so it
+costs nothing to a daemon nobody scrapes. Everything is read from the state and the
+`Stats` counters at scrape time: no metric objects live between scrapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from phxqd.model import STATUSES
+
+log = logging.getLogger("phxqd.metrics")
+
+if TYPE_CHECKING:
+    from phxqd.core import Core
+    from phxqd.stats import Histogram
+
+
+async def load_library() -> None:
+    """Import prometheus_client in a thread: its first import takes ~0.1 s, which the
+    event loop must not wait for. Rendering itself reads the live state, so it runs on
+    the loop."""
+    await anyio.to_thread.run_sync(importlib.import_module, "prometheus_client")
+
+
+async def open_http(listen: str) -> anyio.abc.Listener[anyio.abc.SocketStream] | None:
+    """Bind the HTTP endpoint ("HOST:PORT") before phxqd says it is ready; None (and a log
+    line) if it cannot: metrics over the socket still work."""
+    host, _, port = listen.rpartition(":")
+    try:
+        return await anyio.create_tcp_listener(local_host=host or "127.0.0.1", local_port=int(port))
+    except (OSError, ValueError) as e:
+        log.error("metrics_listen %s: cannot listen (%s); phxqctl metrics still works", listen, e)
+        return None
+
+
+async def serve_http(core: Core, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+    """A minimal HTTP endpoint for Prometheus: GET /metrics, anything else 404.
+
+    Loopback by default; one request per connection, small bounded reads.
+    """
+
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            with anyio.move_on_after(10):
+                request = b""
+                while b"\r\n\r\n" not in request and len(request) < 8192:
+                    try:
+                        request += await stream.receive(4096)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        return
+                line = request.split(b"\r\n", 1)[0].split()
+                if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
+                    await load_library()
+                    body, status = render(core), b"200 OK"
+                else:
+                    body, status = b"not found: try /metrics\n", b"404 Not Found"
+                head = (
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4"
+                    b"\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\nConnection: close\r\n\r\n"
+                )
+                with contextlib.suppress(anyio.BrokenResourceError):
+                    await stream.send(head + body)
+
+    async with listener:
+        await listener.serve(answer)
+
+
+def render(core: Core) -> bytes:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(core))
+    data: bytes = generate_latest(registry)
+    return data
+
+
+class _Collector:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        core, stats = self.core, self.core.stats
+        jobs = CounterMetricFamily(
+            "phxq_jobs",
+            "Jobs by what happened to them, since phxqd started",
+            labels=["event", "queue"],
+        )
+        for (kind, queue), n in sorted(stats.jobs.items()):
+            jobs.add_metric([kind, queue], n)
+        yield jobs
+
+        depth = GaugeMetricFamily(
+            "phxq_queue_jobs", "Jobs in the state by queue and status", labels=["queue", "status"]
+        )
+        for (queue, status), n in sorted(core.state.counts.items()):
+            if status in STATUSES:
+                depth.add_metric([queue, status], n)
+        yield depth
+        yield GaugeMetricFamily("phxq_running_jobs", "Jobs running now", value=len(core._active))
+        yield GaugeMetricFamily(
+            "phxq_workers", "Most jobs running at once", value=core.settings.workers
+        )
+
+        for name, table, doc in (
+            ("phxq_job_duration_seconds", stats.duration, "Run time of ended attempts"),
+            ("phxq_job_wait_seconds", stats.wait, "From ready to started"),
+        ):
+            family = HistogramMetricFamily(name, doc, labels=["queue"])
+            for queue, h in sorted(table.items()):
+                family.add_metric([queue], _buckets(h), h.total)
+            yield family
+
+        fsync = HistogramMetricFamily(
+            "phxq_journal_fsync_seconds", "Duration of each journal write+fdatasync"
+        )
+        fsync.add_metric([], _buckets(stats.fsync), stats.fsync.total)
+        yield fsync
+        snap = HistogramMetricFamily("phxq_snapshot_seconds", "Duration of snapshots")
+        snap.add_metric([], _buckets(stats.snapshot), stats.snapshot.total)
+        yield snap
+        yield CounterMetricFamily(
+            "phxq_journal_written_bytes",
+            "Bytes appended to the journal",
+            value=core.journal.written_bytes,
+        )
+        yield GaugeMetricFamily(
+            "phxq_journal_segments", "Journal segment files on disk", value=core.journal_segments()
+        )
+        yield GaugeMetricFamily(
+            "phxq_journal_writable",
+            "1 if the journal takes writes",
+            value=1 if core.journal.failed is None else 0,
+        )
+        workers = GaugeMetricFamily(
+            "phxq_python_workers", "Python worker processes", labels=["state"]
+        )
+        workers.add_metric(["idle"], len(core.workers.idle))
+        workers.add_metric(["busy"], core.workers.busy)
+        yield workers
+        yield CounterMetricFamily(
+            "phxq_python_worker_starts", "Python workers started", value=core.workers.started
+        )
+
+
+def _buckets(h: Histogram) -> list[tuple[str, float]]:
+    return [(bound, float(n)) for bound, n in h.cumulative()]

@@ -1,0 +1,87 @@
+"""Counters and histograms the daemon keeps as it runs, for `phxqctl metrics`.
+
+Plain Python numbers, updated on the hot path at the cost of a dict increment; the
+Prometheus library is imported only when someone asks for the metrics (metrics.py).
+They count since this daemon started, as Prometheus counters do.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+
+from phxqd.events import AnyEvent, Cancelled, Completed, Failed, Started, Submitted
+from phxqd.state import State
+
+JOB_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
+SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+@dataclass
+class Histogram:
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.buckets) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(upper bound, observations at or below it), Prometheus style, +Inf last."""
+        out, running = [], 0
+        for bound, n in zip([*map(str, self.buckets), "+Inf"], self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+@dataclass
+class Stats:
+    #: (event kind, queue) -> count; kinds: submitted, started, completed, failed,
+    #: retried (an attempt failed and will run again), cancelled
+    jobs: Counter[tuple[str, str]] = field(default_factory=Counter)
+    duration: dict[str, Histogram] = field(default_factory=dict)
+    wait: dict[str, Histogram] = field(default_factory=dict)
+    fsync: Histogram = field(default_factory=lambda: Histogram(SYNC_BUCKETS))
+    snapshot: Histogram = field(default_factory=lambda: Histogram(JOB_BUCKETS))
+    journal_bytes: int = 0
+
+    def count(self, event: AnyEvent, state: State) -> None:
+        """Called with each event after it was applied (live only: replays are not
+        counted again)."""
+        match event:
+            case Submitted(job):
+                self.jobs["submitted", job.queue] += 1
+            case Started(job_id, at):
+                job = state.jobs[job_id]
+                self.jobs["started", job.queue] += 1
+                self._histogram(self.wait, job.queue).observe(max(at - job.run_at, 0.0))
+            case Completed(job_id, at):
+                self._ended("completed", state, job_id, at)
+            case Failed(job_id, at, _, _, retry_at):
+                self._ended("failed" if retry_at is None else "retried", state, job_id, at)
+            case Cancelled(job_id):
+                if job_id in state.jobs:
+                    self.jobs["cancelled", state.jobs[job_id].queue] += 1
+
+    def _ended(self, kind: str, state: State, job_id: int, at: float) -> None:
+        job = state.jobs.get(job_id)
+        if job is None:
+            return
+        self.jobs[kind, job.queue] += 1
+        if job.started_at is not None:
+            self._histogram(self.duration, job.queue).observe(max(at - job.started_at, 0.0))
+
+    @staticmethod
+    def _histogram(table: dict[str, Histogram], queue: str) -> Histogram:
+        h = table.get(queue)
+        if h is None:
+            h = table[queue] = Histogram(JOB_BUCKETS)
+        return h
