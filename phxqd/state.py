@@ -134,6 +134,8 @@ class State:
     limits: dict[str, int] = field(default_factory=dict)
     #: job id -> waiting jobs that name it in --after and are not yet released
     _dependents: dict[int, list[int]] = field(default_factory=dict)
+    #: blocked job id -> seq of when it was blocked (a snapshot keeps their order too)
+    _blocked: dict[int, int] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- decisions
 
@@ -446,6 +448,7 @@ class State:
                     job = self.jobs.pop(job_id)
                     self._count(job, -1)
                     self._queued.pop(job_id, None)
+                    self._blocked.pop(job_id, None)
                     if job.key is not None and self.keys.get(job.key) == job_id:
                         del self.keys[job.key]
             case ProgressSaved(job_id, progress):
@@ -468,7 +471,8 @@ class State:
                     self.paused.discard(queue)
 
     def snapshot(self, lsn: int) -> Snapshot:
-        order = sorted(self._queued, key=self._queued.__getitem__)
+        place = {**self._blocked, **self._queued}
+        order = sorted(place, key=place.__getitem__)
         return Snapshot(
             lsn,
             self.next_id,
@@ -506,13 +510,13 @@ class State:
         in_order = [i for i in snap.order if i in jobs and jobs[i].status in WAITING]
         listed = set(in_order)
         in_order += [j.id for j in snap.jobs if j.status in WAITING and j.id not in listed]
-        seq = 0
         for job_id in in_order:
             job = jobs[job_id]
             if state.waits_for(job):
                 state._block(job)
                 continue
-            seq += 1
+            state._seq += 1
+            seq = state._seq
             key = seq - RETRY_FIRST if job.status == "retrying" else seq
             queued[job_id] = key
             if now is not None and job.run_at <= now:
@@ -522,7 +526,6 @@ class State:
         heapq.heapify(delayed)
         for heap in ready.values():
             heapq.heapify(heap)
-        state._seq = seq
         return state
 
     # ------------------------------------------------------------------- helpers
@@ -539,11 +542,13 @@ class State:
     def _finish(self, job: Job, status: str, at: float) -> None:
         self._set_status(job, status)
         self._queued.pop(job.id, None)
+        self._blocked.pop(job.id, None)
         job.finished_at, job.pid, job.pid_started = at, None, None
         if job.key is not None and self.keys.get(job.key) == job.id:
             del self.keys[job.key]
 
     def _enqueue(self, job: Job) -> None:
+        self._blocked.pop(job.id, None)
         self._seq += 1
         key = self._seq - RETRY_FIRST if job.status == "retrying" else self._seq
         self._queued[job.id] = key
@@ -556,6 +561,8 @@ class State:
             self._enqueue(job)
 
     def _block(self, job: Job) -> None:
+        self._seq += 1
+        self._blocked[job.id] = self._seq
         for dep in self.waits_for(job):
             self._dependents.setdefault(dep, []).append(job.id)
 
