@@ -255,6 +255,38 @@ def test_notify_address_and_watchdog_interval() -> None:
     assert systemd.watchdog_interval(None, None, 7) is None
 
 
+# -------------------------------------------------------------------------- directories
+
+
+def test_systemds_directory_variables_place_everything(tmp_path: Path) -> None:
+    """What the units' StateDirectory= etc. hand phxqd (and phxqctl): with no flag and no
+    PHXQ_* variable, the journal, the socket, the job logs and the config file go there
+    (the first entry when systemd lists several)."""
+    dirs = {name: tmp_path / name for name in ("state", "other", "run", "log", "etc")}
+    for path in dirs.values():
+        path.mkdir(mode=0o700)
+    (dirs["etc"] / "phxqd.toml").write_text("workers = 3\n")
+    d = Daemon(tmp_path, workers=None)
+    for name in ("PHXQ_SOCKET", "PHXQ_STATE_DIR", "PHXQ_CONFIG"):
+        del d.env[name]
+    d.env.update(
+        STATE_DIRECTORY=f"{dirs['state']}:{dirs['other']}",
+        RUNTIME_DIRECTORY=str(dirs["run"]),
+        LOGS_DIRECTORY=str(dirs["log"]),
+        CONFIGURATION_DIRECTORY=str(dirs["etc"]),
+    )
+    d.socket = dirs["run"] / "phxqd.sock"
+    d.start()
+    assert d.socket.is_socket()
+    assert d.json("status")["workers"] == 3  # read from $CONFIGURATION_DIRECTORY/phxqd.toml
+    job = d.submit("echo", "hi")  # phxqctl finds the socket through $RUNTIME_DIRECTORY
+    d.ok("wait", str(job))
+    assert (dirs["log"] / f"{job}.log").read_text() == "hi\n"
+    assert (dirs["state"] / "journal").is_dir() and (dirs["state"] / "lock").exists()
+    assert list(dirs["other"].iterdir()) == []
+    assert d.stop() == 0
+
+
 # ------------------------------------------------------------------------------- reload
 
 
