@@ -82,7 +82,7 @@ class Client:
     """One connection to phxqd, opened on first use and reused for every call."""
 
     def __init__(self, socket_path: str | Path | None = None, timeout: float | None = None):
-        self.socket_path = paths.socket_path(str(socket_path) if socket_path else None)
+        self.socket_path = paths.client_socket_path(str(socket_path) if socket_path else None)
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
@@ -119,14 +119,19 @@ class Client:
         return self.submit_batch([JobSpec(call=call, **options)])[0].job
 
     def submit_batch(self, specs: Sequence[JobSpec]) -> SubmitResults:
-        """Queue many jobs in one request (one fsync). Like nq and task-spooler, a job
-        runs in the directory it was submitted from unless its spec names another."""
+        """Queue many jobs: one request and one fsync per 10,000 (protocol.MAX_BATCH). Like
+        nq and task-spooler, a job runs in the directory it was submitted from unless its
+        spec names another."""
         here = os.getcwd()
         specs = [
             msgspec.structs.replace(s, cwd=here if s.cwd is None else os.path.join(here, s.cwd))
             for s in specs
         ]
-        return self.call(protocol.Submit(specs), SubmitResults)
+        results: SubmitResults = []
+        for start in range(0, len(specs), protocol.MAX_BATCH):
+            part = specs[start : start + protocol.MAX_BATCH]
+            results += self.call(protocol.Submit(part), SubmitResults)
+        return results
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call(protocol.Status())

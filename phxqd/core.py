@@ -263,6 +263,12 @@ class Core:
         state = self.state
         match req:
             case protocol.Submit(specs):
+                if len(specs) > protocol.MAX_BATCH:
+                    raise Refused(
+                        "usage",
+                        f"at most {protocol.MAX_BATCH} jobs per request "
+                        f"(got {len(specs)}); the client sends larger batches in parts",
+                    )
                 for i, spec in enumerate(specs):
                     if why := validate_spec(spec):
                         where = f"job {i + 1}: " if len(specs) > 1 else ""

@@ -337,10 +337,12 @@ class Reloader:
     Applied at once: `workers` and the `[queues.NAME]` tables (the dispatcher is woken:
     a higher limit starts waiting jobs now, a lower one lets running jobs finish),
     `log_level`, `kill_grace`, `shutdown_grace`, `snapshot_bytes`, `write_retry_interval`,
-    `retention`, `log_max_bytes` (each read where it is used, from then on). The rest (paths, fsync
-    policy, segment size) is read at start-up only; a change to it is logged as needing
-    a restart. A file phxqd cannot accept changes nothing: the running settings stay,
-    and the error is logged and shown in `systemctl status`. Flags given on the command
+    `retention`, `log_max_bytes` (each read where it is used, from then on), and the
+    Python worker keys (`python`, `pythonpath`, `worker_max_*`: idle workers are replaced).
+    The rest (paths, fsync policy, segment size, `metrics_listen`) is read at start-up
+    only; a change to it is logged as needing a restart. A file phxqd cannot accept
+    changes nothing: the running settings stay, and the error is logged and shown in
+    `systemctl status`. Flags given on the command
     line keep winning over the file.
     """
 
@@ -369,6 +371,14 @@ class Reloader:
         settings.retention = cfg.retention
         settings.log_max_bytes = cfg.log_max_bytes or None
         settings.shutdown_grace = cfg.shutdown_grace
+        # Python workers: the new values apply to workers started from now on; the idle
+        # ones are let go so the next call gets a worker of the new kind.
+        workers_pool = self.core.workers
+        workers_pool.python = cfg.python or sys.executable
+        workers_pool.pythonpath = cfg.pythonpath
+        workers_pool.max_jobs = cfg.worker_max_jobs
+        workers_pool.max_rss = cfg.worker_max_rss or None
+        workers_pool.close()
         if cfg.queues != settings.queues:
             log.info("queue settings: %s", _queues_text(cfg.queues) or "none")
         settings.queues = cfg.queues
@@ -401,6 +411,7 @@ class Reloader:
             "fsync": self.opts.fsync or cfg.fsync,
             "fsync_interval_ms": cfg.fsync_interval_ms,
             "segment_bytes": cfg.segment_bytes,
+            "metrics_listen": cfg.metrics_listen,
         }
 
 

@@ -37,6 +37,21 @@ def socket_path(flag: str | None = None, configured: str | None = None) -> Path:
     return _runtime_dir() / SOCKET_NAME
 
 
+#: where the system service's socket is (systemd/phxqd.socket)
+SYSTEM_SOCKET = Path("/run/phxq") / SOCKET_NAME
+
+
+def client_socket_path(flag: str | None = None) -> Path:
+    """The socket a client talks to: as the daemon's, except that without a flag or
+    PHXQ_SOCKET, and no daemon of the user's own, the system service's socket is used."""
+    if flag or os.environ.get("PHXQ_SOCKET") or os.environ.get("RUNTIME_DIRECTORY"):
+        return socket_path(flag)
+    own = socket_path()
+    if not own.exists() and SYSTEM_SOCKET.exists():
+        return SYSTEM_SOCKET
+    return own
+
+
 def state_dir(flag: str | None = None, configured: str | None = None) -> Path:
     if flag:
         return Path(flag)

@@ -17,6 +17,8 @@ import msgspec
 from phxqd.model import JobSpec
 
 PROTOCOL_VERSION = 1
+#: Most job specs in one submit request: its reply (the jobs) must fit in a frame.
+MAX_BATCH = 10_000
 #: Largest frame either side accepts; a bigger length prefix closes the connection.
 MAX_FRAME = 16 * 1024 * 1024
 HEADER = struct.Struct(">I")

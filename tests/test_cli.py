@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -352,3 +353,45 @@ def test_a_job_writing_100_mb_is_capped_head_and_tail_kept(daemon: Daemon) -> No
     data = log.read_bytes()
     assert data.startswith(b"FIRST\n") and data.endswith(b"\nLAST\n")
     assert b"bytes of output dropped here]" in data
+
+
+def test_batches_beyond_one_request_are_sent_in_parts(daemon: Daemon) -> None:
+    from phxqctl import Client
+    from phxqd.model import JobSpec
+
+    daemon.ok("pause")
+    with Client(daemon.socket) as c:
+        results = c.submit_batch([JobSpec(argv=["true"])] * 25_000)
+        assert [r.job.id for r in results] == list(range(1, 25_001))
+        assert c.status()["counts"]["pending"] == 25_000
+    from phxqd import protocol
+
+    r = daemon.ctl("status")
+    assert r.returncode == 0
+    too_many = protocol.Submit([JobSpec(argv=["true"])] * (protocol.MAX_BATCH + 1))
+    with Client(daemon.socket) as c:
+        try:
+            c.call(too_many)
+            raise AssertionError("an oversized request must be refused")
+        except Exception as e:
+            assert "at most 10000 jobs per request" in str(e)
+
+
+def test_client_falls_back_to_the_system_socket(tmp_path: Path, monkeypatch: Any) -> None:
+    from phxqd import paths
+
+    system = tmp_path / "run-phxq" / "phxqd.sock"
+    monkeypatch.setattr(paths, "SYSTEM_SOCKET", system)
+    monkeypatch.delenv("PHXQ_SOCKET", raising=False)
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    (tmp_path / "user-runtime").mkdir(mode=0o700)  # platformdirs ignores a looser one
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "user-runtime"))
+    own = tmp_path / "user-runtime" / "phxq" / "phxqd.sock"
+    assert paths.client_socket_path() == own  # neither exists: the user's own, for the error
+    system.parent.mkdir()
+    system.touch()
+    assert paths.client_socket_path() == system  # no daemon of the user's: the service's
+    own.parent.mkdir()
+    own.touch()
+    assert paths.client_socket_path() == own
+    assert paths.client_socket_path("/x.sock") == Path("/x.sock")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from phxqd.journal import RECORD_HEADER, Corruption, Journal, list_segments
 from phxqd.model import Job
 from phxqd.recovery import recover
 from phxqd.state import State
-from tests.conftest import Daemon
+from tests.conftest import Daemon, until
 
 
 def job_event(i: int) -> Submitted:
@@ -293,6 +294,19 @@ def test_verify_and_repair(tmp_path: Path) -> None:
     d.kill9()
 
 
+def sizes(journal: Path) -> dict[str, int]:
+    out = {}
+    for p in journal.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a segment deleted meanwhile
+            out[p.name] = p.stat().st_size
+    return out
+
+
+def within_bound(journal: Path) -> bool:
+    files = sizes(journal)
+    return sum(files.values()) <= 4 * files.get("snapshot", 0) + 32768
+
+
 def test_disk_use_stays_within_three_times_the_live_state(tmp_path: Path) -> None:
     from phxqctl import Client
     from phxqd.model import JobSpec
@@ -309,11 +323,11 @@ def test_disk_use_stays_within_three_times_the_live_state(tmp_path: Path) -> Non
             results = c.submit_batch([JobSpec(argv=["true"])] * 100)
             c.cancel([r.job.id for r in results])
             c.clear()
-            files = {p.name: p.stat().st_size for p in journal.iterdir()}
-            snap = files.get("snapshot", 0)
-            snapshots.add((journal / "snapshot").stat().st_ino)  # a new file each time
-            # the snapshot, under twice its size of newer records plus the last request,
-            # and while a new snapshot is being written, its temporary file
-            assert sum(files.values()) <= 4 * snap + 32768, files
+            # every snapshot rotates the journal: a new segment name each time
+            snapshots.update(p.name for p in journal.glob("*.seg"))
+            # Snapshots are taken in the background, so under load the journal may run a
+            # little ahead; within moments it is back to the snapshot plus under twice its
+            # size of newer records (plus the last request, and a snapshot being written).
+            until(lambda: within_bound(journal), what=f"compaction: {sizes(journal)}")
         assert len(snapshots) >= 4, "compaction kept up with the churn"
         assert c.status()["counts"]["pending"] == 300
