@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--env", type=env_pair, action="append", default=[], metavar="NAME=VALUE")
     s.add_argument("--wait", action="store_true", help="wait for the job to finish")
     s.add_argument("--batch", metavar="FILE", help="JSON Lines of job specs ('-' for stdin)")
+    s.add_argument(
+        "--shell",
+        metavar="COMMAND",
+        help="run COMMAND with /bin/sh -c (pipes, globs...) instead of an argv",
+    )
     s.add_argument("--call", metavar="MOD:FUNC", help="queue a Python callable instead")
     s.add_argument(
         "--args",
@@ -217,6 +222,10 @@ Command = Callable[[Client, argparse.Namespace, bool], int]
 
 def do_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if args.shell is not None:
+        if argv:
+            raise UsageError("give either --shell COMMAND or a command after --, not both")
+        argv = ["/bin/sh", "-c", args.shell]
     if args.batch is not None:
         if argv or args.call:
             raise UsageError("give either --batch FILE or a job, not both")

@@ -49,10 +49,13 @@ def job_table(jobs: list[Job], now: float) -> str:
         return "no jobs"
     rows = [("ID", "STATUS", "QUEUE", "PRI", "TRIES", "CREATED", "COMMAND")]
     for j in jobs:
+        status = j.status
+        if status in ("pending", "retrying") and j.run_at > now + 0.5:
+            status += f" ({ago(j.run_at, now)})"  # waiting for its time, not for a worker
         rows.append(
             (
                 str(j.id),
-                j.status,
+                status,
                 j.queue,
                 str(j.priority),
                 str(j.attempts),

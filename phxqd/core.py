@@ -413,11 +413,12 @@ class Core:
             self._recent.popleft()
 
     async def _sweep_expired(self) -> None:
-        """Forget finished jobs older than the retention, once a minute."""
+        """Forget finished jobs older than the retention (and their logs), once a minute."""
         now = time.time()
         if now < self._next_sweep:
             return
-        self._next_sweep = now + 60
+        # once a minute, or more often for a retention shorter than two minutes
+        self._next_sweep = now + min(60.0, max(self.settings.retention / 2, 0.1))
         cutoff = now - self.settings.retention
         ids = [
             j.id
@@ -658,7 +659,9 @@ class Core:
         now = time.time()
         events: list[AnyEvent] = []
         for job in list(self.state.by_status("running")):
-            if job.pid is not None and pool.kill_leftover(job.pid, job.pid_started):
+            if job.pid is not None and pool.kill_leftover(
+                job.pid, job.pid_started, (job.id, self.settings.socket)
+            ):
                 log.warning("job %d: killed process %d left from the previous run", job.id, job.pid)
             events.append(
                 self.state.outcome(job.id, None, "phxqd stopped while it ran", now, self.rng)

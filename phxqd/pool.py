@@ -108,13 +108,13 @@ async def run_command(
                     await anyio.to_thread.run_sync(trim_log, log_path, log_cap)
         if timer.cancelled_caught or stop.scope.cancelled_caught:
             with anyio.CancelScope(shield=True):
-                await kill_tree(proc, pidfd, grace)
+                await kill_tree(proc, pidfd, grace, (job.id, socket))
         code = proc.wait()
         if log_cap is not None:
             await anyio.to_thread.run_sync(trim_log, log_path, log_cap)
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await kill_tree(proc, pidfd, grace)
+            await kill_tree(proc, pidfd, grace, (job.id, socket))
         raise
     finally:
         os.close(pidfd)
@@ -163,9 +163,16 @@ def describe(code: int) -> str:
     return f"exited with status {code}"
 
 
-async def kill_tree(proc: subprocess.Popen[bytes], pidfd: int, grace: float) -> None:
-    """SIGTERM the job's process group and its descendants; SIGKILL what is left after grace."""
-    others = _descendants(proc.pid)
+async def kill_tree(
+    proc: subprocess.Popen[bytes], pidfd: int, grace: float, mark: Mark | None = None
+) -> None:
+    """SIGTERM the job's process group and its descendants; SIGKILL what is left after grace.
+
+    Descendants are found twice over: by parentage (a child that left the group with
+    setsid), and by the PHXQ_JOB_ID every job process inherits (a double fork, whose
+    parent is gone).
+    """
+    others = _descendants(proc.pid) + marked(mark)
     signal_tree(proc.pid, others, signal.SIGTERM)
     with anyio.move_on_after(grace):
         await anyio.wait_readable(pidfd)
@@ -174,20 +181,44 @@ async def kill_tree(proc: subprocess.Popen[bytes], pidfd: int, grace: float) -> 
     proc.wait()
 
 
-def kill_leftover(pid: int, create_time: float | None) -> bool:
+#: (job id, socket path): the PHXQ_JOB_ID and PHXQ_SOCKET a job's processes inherit. Both,
+#: because two daemons (a user's and the system's) number their jobs alike.
+Mark = tuple[int, Path]
+
+
+def marked(mark: Mark | None) -> list[psutil.Process]:
+    """Processes that inherited this job's PHXQ_JOB_ID and PHXQ_SOCKET, wherever they moved
+    to (reading other processes' environments needs root or the same user)."""
+    if mark is None:
+        return []
+    job_id, sock = str(mark[0]), str(mark[1])
+    me, out = os.getpid(), []
+    for p in psutil.process_iter():
+        try:
+            env = p.environ()
+        except psutil.Error:
+            continue
+        if p.pid != me and env.get("PHXQ_JOB_ID") == job_id and env.get("PHXQ_SOCKET") == sock:
+            out.append(p)
+    return out
+
+
+def kill_leftover(pid: int, create_time: float | None, mark: Mark | None = None) -> bool:
     """Kill the process group of a job from an earlier daemon life, if it still lives.
 
     The pid alone could have been reused by an unrelated process: the start time recorded
-    in the journal must match too.
+    in the journal must match too. Processes that carry the job's PHXQ_JOB_ID are killed
+    whether the leader still lives or not (it may have exited and left them behind).
     """
+    strays = marked(mark)
+    signal_tree(None, strays, signal.SIGKILL)
     try:
         proc = psutil.Process(pid)
         if create_time is not None and abs(proc.create_time() - create_time) > 0.01:
-            return False
+            return bool(strays)
     except psutil.Error:
-        return False
-    others = _descendants(pid)
-    signal_tree(pid, others, signal.SIGKILL)
+        return bool(strays)
+    signal_tree(pid, _descendants(pid), signal.SIGKILL)
     return True
 
 
@@ -198,9 +229,10 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def signal_tree(pgid: int, others: list[psutil.Process], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+def signal_tree(pgid: int | None, others: list[psutil.Process], sig: signal.Signals) -> None:
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
     for p in others:
         with contextlib.suppress(psutil.Error):
             p.send_signal(sig)  # psutil checks the process is still the one it found

@@ -87,7 +87,7 @@ class WorkerPool:
                 reply = await _exchange(worker.channel, _task_encoder.encode(task))
             if timer.cancelled_caught or stop.scope.cancelled_caught:
                 with anyio.CancelScope(shield=True):
-                    await pool.kill_tree(worker.proc, worker.pidfd, grace)
+                    await pool.kill_tree(worker.proc, worker.pidfd, grace, (job.id, socket_path))
                 code = worker.proc.wait()
                 what = stop.reason or f"timed out after {job.timeout:g}s"
                 return pool.Outcome(

@@ -395,3 +395,68 @@ def test_client_falls_back_to_the_system_socket(tmp_path: Path, monkeypatch: Any
     own.touch()
     assert paths.client_socket_path() == own
     assert paths.client_socket_path("/x.sock") == Path("/x.sock")
+
+
+def test_escaped_descendants_are_killed_on_cancel_timeout_and_restart(
+    tmp_path: Path, daemon: Daemon
+) -> None:
+    # one child leaves the process group (setsid); one leaves it and its parent too (a
+    # double fork): only the PHXQ_JOB_ID and PHXQ_SOCKET it inherited tie it to the job
+    def escaping(token: str) -> str:
+        return f"setsid sleep {token} & (setsid sleep {token} &) ; sleep {token} & wait"
+
+    token = f"{os.getpid()}.51"
+    job_id = daemon.submit("sh", "-c", escaping(token))
+    until(lambda: len(_marked(token)) == 3, what="three sleeps")
+    leader = daemon.job(job_id)["pid"]
+
+    def escaped() -> list[psutil.Process]:
+        """Out of the job's session, and no longer a child of the job's leader."""
+        return [
+            p
+            for p in _marked(token)
+            if p.ppid() != leader and os.getsid(p.pid) != os.getsid(leader)
+        ]
+
+    until(escaped, what="a sleep out of the job's session whose parent is gone")
+    daemon.ok("cancel", str(job_id))
+    until(lambda: not _marked(token), what="every sleep of the cancelled job to be gone")
+
+    token2 = f"{os.getpid()}.52"
+    timed = daemon.submit("sh", "-c", escaping(token2), opts=("--timeout", "1", "--retries", "0"))
+    assert daemon.ctl("wait", str(timed)).returncode == 1
+    until(lambda: not _marked(token2), what="every sleep of the timed-out job to be gone")
+
+    token3 = f"{os.getpid()}.53"
+    crashed = daemon.submit("sh", "-c", escaping(token3), opts=("--retries", "0"))
+    until(lambda: len(_marked(token3)) == 3, what="three sleeps")
+    daemon.ok("pause")
+    daemon.kill9()
+    daemon.start()
+    until(lambda: not _marked(token3), what="the leftovers of a killed daemon to be gone")
+    assert daemon.job(crashed)["status"] == "failed"
+
+
+def test_shell_option_and_logs_follow(daemon: Daemon, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    job_id = int(
+        daemon.ok(
+            "submit",
+            "--shell",
+            f"echo one | tr a-z A-Z; while [ ! -e {go} ]; do sleep 0.02; done; echo two",
+        ).strip()
+    )
+    assert daemon.job(job_id)["argv"] == ["/bin/sh", "-c", daemon.job(job_id)["argv"][2]]
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "phxqctl", "logs", "--follow", str(job_id)],
+        env=daemon.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert follower.stdout is not None
+    assert follower.stdout.readline() == "ONE\n"  # streamed while the job still runs
+    assert daemon.job(job_id)["status"] == "running"
+    go.touch()
+    rest, _ = follower.communicate(timeout=30)
+    assert rest == "two\n" and follower.returncode == 0
+    assert daemon.ctl("submit", "--shell", "true", "--", "echo").returncode == 2

@@ -105,3 +105,17 @@ def test_status_reports_throughput_and_average(daemon: Daemon) -> None:
     assert status["throughput_per_minute"] >= 3
     assert status["average_seconds"] is not None and status["average_seconds"] >= 0
     assert "last minute: " in daemon.ok("status")
+
+
+def test_retention_forgets_finished_jobs_and_their_logs(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.config.write_text("retention = 0.5\n")
+    d.start()
+    done = d.submit("echo", "old news")
+    d.ok("wait", str(done))
+    log = d.state_dir / "logs" / f"{done}.log"
+    assert log.exists()
+    waiting = d.submit("true", opts=("--delay", "1h"))
+    until(lambda: d.ctl("show", str(done)).returncode == 4, what="the finished job to expire")
+    assert not log.exists()
+    assert d.job(waiting)["status"] == "pending", "retention never touches live jobs"
