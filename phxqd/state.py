@@ -569,9 +569,12 @@ class State:
     def _release(self, job_id: int, at: float) -> None:
         """A job ended: start what waited on it, or cancel it (and what waits on that)."""
         job = self.jobs[job_id]
-        for dependent_id in self._dependents.pop(job_id, ()):
-            dependent = self.jobs.get(dependent_id)
-            if dependent is None or dependent.status not in WAITING:
+        # In the order they were blocked: a job cancelled and retried while it waited has
+        # a stale earlier entry too, and a restored state knows only the `_blocked` order.
+        waiting = {d for d in self._dependents.pop(job_id, ()) if d in self._blocked}
+        for dependent_id in sorted(waiting, key=self._blocked.__getitem__):
+            dependent = self.jobs[dependent_id]
+            if dependent.status not in WAITING:
                 continue
             if job.status == "completed":
                 if dependent_id not in self._queued and not self.waits_for(dependent):

@@ -953,12 +953,6 @@ def test_snapshot_keeps_the_release_order_of_retried_dependents() -> None:
     assert _release_orders(s, d, T0 + 3) == [[j2.id, j1.id], [j2.id, j1.id]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a dependent cancelled and retried while its dependency runs keeps its first, "
-    "stale place in _dependents: it is released before a job blocked earlier than its "
-    "retry, while a restored state (ordered by _blocked) releases them the other way round",
-)
 def test_release_order_of_a_dependent_retried_while_its_dependency_runs() -> None:
     s = State()
     d = submit(s)
