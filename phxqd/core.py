@@ -107,6 +107,7 @@ class Core:
         self._stopping = False
         self._snapshot_due = anyio.Event()
         self._snapshot_size = 0
+        self._last_submit_lsn = 0
         #: when each running job's progress was last journaled, and who has newer since
         self._progress_saved: dict[int, float] = {}
         self._progress_dirty: set[int] = set()
@@ -126,6 +127,8 @@ class Core:
             return
         try:
             lsn = self.journal.append(events)
+            if any(isinstance(e, Submitted) for e in events):
+                self._last_submit_lsn = lsn  # what the dispatcher waits for (see dispatch)
         except JournalError as e:
             raise Refused(
                 "refused",
@@ -148,21 +151,32 @@ class Core:
         self._finished_durably(events)
 
     async def record(self, events: list[AnyEvent]) -> None:
-        """Apply and persist what already happened (a job started or ended).
+        """Apply and persist what already happened (a job started or ended); return once
+        durable, and tell the waiters then."""
+        await self.settle(self.note(events), events)
 
-        Unlike a request, a fact cannot be refused: if the journal cannot take it now, it
-        stays in memory and the snapshot that reopens the journal makes it durable.
+    def note(self, events: list[AnyEvent]) -> int | None:
+        """Apply a fact and queue it for the journal, without waiting; its LSN, or None if
+        the journal cannot take it now.
+
+        Unlike a request, a fact cannot be refused: if the journal cannot take it, it stays
+        in memory and the snapshot that reopens the journal makes it durable. Nobody needs
+        to wait for a job's start to be on disk (the journal keeps its order before the
+        job's end); a job's end is waited for by `settle`, after its worker slot is free.
         """
         try:
-            lsn = self.journal.append(events)
+            lsn: int | None = self.journal.append(events)
         except JournalError:
-            self._apply(events)
+            lsn = None
             self._unjournaled += len(events)
-            self._finished_durably(events)  # waiters learn the outcome; it is not on disk yet
-            return
         self._apply(events)
-        with contextlib.suppress(JournalError):
-            await self.journal.durable(lsn)
+        return lsn
+
+    async def settle(self, lsn: int | None, events: list[AnyEvent]) -> None:
+        """Wait until noted events are durable (if they can be), then wake their waiters."""
+        if lsn is not None:
+            with contextlib.suppress(JournalError):
+                await self.journal.durable(lsn)
         self._finished_durably(events)
 
     def _apply(self, events: list[AnyEvent]) -> None:
@@ -544,7 +558,7 @@ class Core:
                 # still take back must never have run.
                 durable_below = self.state.next_id
                 try:
-                    await self.journal.durable(self.journal.last_lsn)
+                    await self.journal.durable(self._last_submit_lsn)
                 except JournalError:
                     durable_below = 0
                 while len(self._active) < self.settings.workers and not self._stopping:
@@ -611,7 +625,7 @@ class Core:
             job, log_path, self.settings.socket, grace, stop, started
         )
         if self.settings.log_max_bytes is not None:
-            await anyio.to_thread.run_sync(pool.trim_log, log_path, self.settings.log_max_bytes)
+            await pool.trim_log_soon(log_path, self.settings.log_max_bytes)
         return outcome
 
     async def _run(self, job: Job) -> None:
@@ -623,7 +637,7 @@ class Core:
                 return
 
             async def started(pid: int | None, create_time: float | None) -> None:
-                await self.record([Started(job.id, time.time(), pid, create_time)])
+                self.note([Started(job.id, time.time(), pid, create_time)])
 
             try:
                 outcome = await self._attempt(job, stop, started)
@@ -647,9 +661,15 @@ class Core:
                     outcome.retryable,
                     outcome.result,
                 )
-            await self.record([*self._unsaved_progress(job.id), event])
+            ended = [*self._unsaved_progress(job.id), event]
+            lsn = self.note(ended)
+            self._free(job)  # the next job may start while this end is being fsync'd
+            await self.settle(lsn, ended)
         finally:
-            del self._active[job.id]
+            self._free(job)
+
+    def _free(self, job: Job) -> None:
+        if self._active.pop(job.id, None) is not None:
             self._busy[job.queue] -= 1
             self._wake.set()
 

@@ -105,13 +105,13 @@ async def run_command(
                     with anyio.move_on_after(TRIM_EVERY):
                         await anyio.wait_readable(pidfd)
                         break
-                    await anyio.to_thread.run_sync(trim_log, log_path, log_cap)
+                    await trim_log_soon(log_path, log_cap)
         if timer.cancelled_caught or stop.scope.cancelled_caught:
             with anyio.CancelScope(shield=True):
                 await kill_tree(proc, pidfd, grace, (job.id, socket))
         code = proc.wait()
         if log_cap is not None:
-            await anyio.to_thread.run_sync(trim_log, log_path, log_cap)
+            await trim_log_soon(log_path, log_cap)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await kill_tree(proc, pidfd, grace, (job.id, socket))
@@ -130,6 +130,20 @@ async def run_command(
 TRIM_EVERY = 1.0
 
 
+async def trim_log_soon(path: Path, cap: int) -> None:
+    """Trim in a thread, but only when needed: a stat is cheap, a thread hop per job is not."""
+    try:
+        if path.stat().st_size <= cap + TRIM_SLACK:
+            return
+    except FileNotFoundError:
+        return
+    await anyio.to_thread.run_sync(trim_log, path, cap)
+
+
+#: a log this much over its cap is left alone, so a trimmed log is not trimmed again at once
+TRIM_SLACK = 4096
+
+
 def trim_log(path: Path, cap: int) -> None:
     """Keep the first and the last half of `cap` bytes of a log, and say what was dropped.
 
@@ -141,7 +155,7 @@ def trim_log(path: Path, cap: int) -> None:
         size = path.stat().st_size
     except FileNotFoundError:
         return
-    if size <= cap + 4096:  # a little slack, so a trimmed log is not trimmed again at once
+    if size <= cap + TRIM_SLACK:
         return
     head, tail = cap // 2, cap - cap // 2
     with open(path, "r+b") as f:
