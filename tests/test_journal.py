@@ -36,11 +36,12 @@ def job_event(i: int) -> Submitted:
     )
 
 
-def write_journal(directory: Path, events: list[AnyEvent]) -> None:
-    """Append events one request at a time through the real writer (real fdatasync)."""
+def write_journal(directory: Path, events: list[AnyEvent], next_lsn: int = 1) -> None:
+    """Append events one request at a time through the real writer (real fdatasync).
+    Each call is one daemon life: it opens a new segment at `next_lsn`."""
 
     async def main() -> None:
-        journal = Journal(directory, 1, "always")
+        journal = Journal(directory, next_lsn, "always")
         async with anyio.create_task_group() as tg:
             tg.start_soon(journal.run)
             for event in events:
@@ -65,14 +66,7 @@ def test_records_roundtrip_and_lsns_continue_after_restart(tmp_path: Path) -> No
     got = recover(tmp_path, cut_torn_tail=False)
     assert sorted(got.state.jobs) == [1, 2, 3, 4, 5] and got.next_lsn == 6
 
-    async def more() -> None:
-        journal = Journal(tmp_path, got.next_lsn, "always")
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(journal.run)
-            await journal.durable(journal.append([job_event(6)]))
-            await journal.close()
-
-    anyio.run(more)
+    write_journal(tmp_path, [job_event(6)], got.next_lsn)
     assert len(list_segments(tmp_path)) == 2  # a restart always starts a new segment
     assert sorted(recover(tmp_path, cut_torn_tail=False).state.jobs) == [1, 2, 3, 4, 5, 6]
 
@@ -115,17 +109,7 @@ def test_flipped_byte_in_an_earlier_record_refuses_with_the_offset(tmp_path: Pat
 
 def test_damage_in_an_older_segment_is_corruption_even_at_its_end(tmp_path: Path) -> None:
     write_journal(tmp_path, [job_event(1), job_event(2)])
-    write_journal_more = [job_event(3)]
-
-    async def more() -> None:
-        journal = Journal(tmp_path, 3, "always")
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(journal.run)
-            for e in write_journal_more:
-                await journal.durable(journal.append([e]))
-            await journal.close()
-
-    anyio.run(more)
+    write_journal(tmp_path, [job_event(3)], 3)
     (_, old), _ = list_segments(tmp_path)
     old.write_bytes(old.read_bytes()[:-3])
     with pytest.raises(Corruption):
