@@ -119,3 +119,18 @@ def test_retention_forgets_finished_jobs_and_their_logs(tmp_path: Path) -> None:
     until(lambda: d.ctl("show", str(done)).returncode == 4, what="the finished job to expire")
     assert not log.exists()
     assert d.job(waiting)["status"] == "pending", "retention never touches live jobs"
+
+
+def test_at_with_an_offset_or_local_time_and_shown_as_waiting(daemon: Daemon) -> None:
+    import datetime as dt
+
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    with_offset = later.astimezone(dt.timezone(dt.timedelta(hours=5))).isoformat()
+    local = later.astimezone().replace(tzinfo=None).isoformat(timespec="seconds")
+    a = daemon.submit("true", opts=("--at", with_offset))
+    b = daemon.submit("true", opts=("--at", local))
+    for job_id in (a, b):
+        assert abs(daemon.job(job_id)["run_at"] - later.timestamp()) < 2
+    listing = daemon.ok("list")
+    assert listing.count("pending (in 1h") == 2 or listing.count("pending (in 2h") == 2, listing
+    assert daemon.ctl("submit", "--at", "tomorrow", "--", "true").returncode == 2
