@@ -9,6 +9,7 @@ a live daemon and a restarted one cannot disagree. Every time comes in as an arg
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -507,22 +508,31 @@ class State:
             if job.key is not None and job.status not in FINISHED:
                 keys[job.key] = job.id
         queued, delayed, ready = state._queued, state._delayed, state._ready
-        in_order = [i for i in snap.order if i in jobs and jobs[i].status in WAITING]
-        listed = set(in_order)
-        in_order += [j.id for j in snap.jobs if j.status in WAITING and j.id not in listed]
+        waiting = sum(n for (_, st), n in counts.items() if st in WAITING)
+        in_order = snap.order
+        if len(in_order) != waiting:  # an older snapshot, without the order: by id
+            listed = set(in_order)
+            in_order = [
+                *in_order,
+                *(j.id for j in snap.jobs if j.status in WAITING and j.id not in listed),
+            ]
+        seq = 0
+        due = -math.inf if now is None else now  # without a clock, everything waits
         for job_id in in_order:
             job = jobs[job_id]
-            if state.waits_for(job):
+            seq += 1
+            if job.after and state.waits_for(job):
+                state._seq = seq
                 state._block(job)
+                seq = state._seq
                 continue
-            state._seq += 1
-            seq = state._seq
             key = seq - RETRY_FIRST if job.status == "retrying" else seq
             queued[job_id] = key
-            if now is not None and job.run_at <= now:
+            if job.run_at <= due:
                 ready.setdefault(job.queue, []).append((-job.priority, key, job_id))
             else:
                 delayed.append((job.run_at, key, job_id))
+        state._seq = seq
         heapq.heapify(delayed)
         for heap in ready.values():
             heapq.heapify(heap)
