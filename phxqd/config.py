@@ -52,6 +52,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 10 * 1024 * 1024
     #: `[queues.NAME]` tables: a queue's concurrency limit and retry defaults
     queues: dict[str, QueueConfig] = {}
+    #: who else may use the daemon (its own user and root always may): user names or uids,
+    #: group names or gids; checked per connection with SO_PEERCRED
+    allow_users: list[str | int] = []
+    allow_groups: list[str | int] = []
     #: "HOST:PORT" of an HTTP endpoint serving /metrics (Prometheus); None: none
     metrics_listen: str | None = None
     #: the interpreter of the Python workers that run callable jobs (your project's venv)

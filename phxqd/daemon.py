@@ -228,13 +228,18 @@ async def run(
         async with anyio.create_task_group() as tg:
             tg.start_soon(journal.run)
             await core.reap()
+            try:
+                access = server.resolve_access(cfg.allow_users, cfg.allow_groups)
+            except ValueError as e:
+                raise SystemExit(f"phxqd: {e}") from None
             if activated is not None:
                 listener = await systemd.wrap_listener(activated)
             else:
                 listener = await server.listen(settings.socket)
+                server.open_to(settings.socket, access)
             serving, snapshots, healing = (anyio.CancelScope() for _ in range(3))
             dispatching = anyio.Event()
-            tg.start_soon(_serve, listener, core, serving)
+            tg.start_soon(_serve, listener, core, access, serving)
             tg.start_soon(_in_scope, core.snapshotter, snapshots)
             tg.start_soon(_in_scope, core.heal, healing)
             tg.start_soon(_dispatch, core, dispatching)
@@ -290,10 +295,15 @@ async def run(
     log.info("stopped")
 
 
-async def _serve(listener: anyio.abc.SocketListener, core: Core, scope: anyio.CancelScope) -> None:
+async def _serve(
+    listener: anyio.abc.SocketListener,
+    core: Core,
+    access: server.Access,
+    scope: anyio.CancelScope,
+) -> None:
     with scope:
         async with listener:
-            await server.serve(listener, core.handle)
+            await server.serve(listener, core.handle, access)
 
 
 async def _in_scope(func: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
@@ -412,6 +422,8 @@ class Reloader:
             "fsync_interval_ms": cfg.fsync_interval_ms,
             "segment_bytes": cfg.segment_bytes,
             "metrics_listen": cfg.metrics_listen,
+            "allow_users": cfg.allow_users,
+            "allow_groups": cfg.allow_groups,
         }
 
 

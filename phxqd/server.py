@@ -8,12 +8,16 @@ malformed frame costs its sender an error reply or the connection, never the dae
 from __future__ import annotations
 
 import contextlib
+import grp
 import logging
 import math
 import os
+import pwd
 import socket
 import stat
+import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +68,97 @@ async def listen(path: Path) -> anyio.abc.SocketListener:
         os.umask(old)
 
 
-async def serve(listener: anyio.abc.SocketListener, handle: Handler) -> None:
+@dataclass(frozen=True)
+class Access:
+    """Who may use the daemon: its own user and root always, then these users and groups.
+
+    Checked on every connection with SO_PEERCRED (the kernel's word, not the client's), so
+    a socket the file system lets others reach is still not theirs to use.
+    """
+
+    uids: frozenset[int] = frozenset()
+    gids: frozenset[int] = frozenset()
+
+    def allows(self, uid: int, gid: int) -> bool:
+        if uid in (0, os.getuid()) or uid in self.uids or gid in self.gids:
+            return True
+        if not self.gids:
+            return False
+        try:  # the peer's supplementary groups, as the system knows them
+            name = pwd.getpwuid(uid).pw_name
+            return not self.gids.isdisjoint(os.getgrouplist(name, gid))
+        except KeyError:
+            return False
+
+
+def resolve_access(users: list[str | int], groups: list[str | int]) -> Access:
+    """Names to ids; an unknown name is a configuration error (ValueError)."""
+
+    def uid(u: str | int) -> int:
+        try:
+            return u if isinstance(u, int) else pwd.getpwnam(u).pw_uid
+        except KeyError:
+            raise ValueError(f"allow_users: no user {u!r} on this system") from None
+
+    def gid(g: str | int) -> int:
+        try:
+            return g if isinstance(g, int) else grp.getgrnam(g).gr_gid
+        except KeyError:
+            raise ValueError(f"allow_groups: no group {g!r} on this system") from None
+
+    return Access(frozenset(map(uid, users)), frozenset(map(gid, groups)))
+
+
+def open_to(path: Path, access: Access) -> None:
+    """Let the allowed others reach the socket; SO_PEERCRED still checks each of them.
+
+    With allowed users, anyone may connect (0666) and the daemon refuses the rest; with
+    allowed groups only, the socket is 0660 in the first group. The directory becomes 0711:
+    traversable, not listable.
+    """
+    if access.uids:
+        os.chmod(path, 0o666)
+    elif access.gids:
+        os.chown(path, -1, min(access.gids))
+        os.chmod(path, 0o660)
+    else:
+        return
+    os.chmod(path.parent, 0o711)
+
+
+def peer(stream: UNIXSocketStream) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end."""
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", data)
+    return pid, uid, gid
+
+
+async def serve(
+    listener: anyio.abc.SocketListener, handle: Handler, access: Access | None = None
+) -> None:
+    access = access or Access()
+
     async def on_connect(stream: SocketStream) -> None:
         assert isinstance(stream, UNIXSocketStream)
         # A client that goes away mid-request needs no answer.
         with contextlib.suppress(
             anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError
         ):
+            pid, uid, gid = peer(stream)
+            if not access.allows(uid, gid):
+                log.warning("refused a connection from uid %d (pid %d): not allowed", uid, pid)
+                async with stream:
+                    await stream.send(
+                        protocol.frame(
+                            protocol.Err(
+                                "refused",
+                                f"uid {uid} may not use this phxqd (its config's "
+                                "allow_users and allow_groups say who may)",
+                            )
+                        )
+                    )
+                return
             await Connection(stream, handle).run()
 
     await listener.serve(on_connect)

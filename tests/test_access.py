@@ -1,0 +1,98 @@
+"""Who may use the socket: checked by the kernel's peer credentials (SO_PEERCRED).
+
+The test runs as root and forks a child that becomes `nobody` (a real other user) before
+it connects; skipped where the tests do not run as root.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from phxqd import protocol
+from tests.conftest import Daemon
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+
+
+def status_as(user: str, sock: Path) -> protocol.Ok[object] | protocol.Err:
+    """Connect as `user` from a forked child; the reply to hello + status."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the user, ask, report through the pipe
+        try:
+            entry = pwd.getpwnam(user)
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(sock))
+            s.sendall(
+                protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION))
+                + protocol.frame(protocol.Status())
+            )
+            data = b""
+            while len(data) < 4 or len(data) < 4 + protocol.HEADER.unpack(data[:4])[0]:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            os.write(w, data)
+        except BaseException as e:  # reported to the parent
+            os.write(w, repr(e).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    assert data[:4] != b"", "the child got nothing"
+    try:
+        return protocol.reply_decoder.decode(data[4:])
+    except Exception:
+        raise AssertionError(data) from None
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A socket directory outside pytest's private tmp tree, so others can reach it."""
+    d = Path(tempfile.mkdtemp(prefix="phxq-access-", dir="/tmp"))
+    os.chmod(d, 0o711)
+    yield d
+    shutil.rmtree(d)
+
+
+def test_other_users_are_refused_unless_allowed(tmp_path: Path, shared_dir: Path) -> None:
+    sock = shared_dir / "run" / "phxqd.sock"
+    d = Daemon(tmp_path)
+    d.env["PHXQ_SOCKET"] = str(sock)
+    d.start()
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    os.chmod(sock.parent, 0o711)
+    os.chmod(sock, 0o666)  # let the file system through: the daemon must still refuse
+    reply = status_as("nobody", sock)
+    assert isinstance(reply, protocol.Err) and reply.code == "refused"
+    assert "uid" in reply.message
+    assert "refused a connection from uid" in d.logtext()
+    d.stop()
+
+    d.config.write_text('allow_users = ["nobody"]\n')
+    d.start()
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o666
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o711
+    reply = status_as("nobody", sock)
+    assert isinstance(reply, protocol.Ok), reply
+    d.stop()
+
+    d.config.write_text('allow_users = ["no-such-user-xyz"]\n')
+    d.start(expect_ready=False)
+    assert d.proc is not None and d.proc.wait(30) != 0
+    assert "no user 'no-such-user-xyz'" in d.logtext()
