@@ -63,16 +63,16 @@ class Daemon:
                 time.sleep(0.002)
 
     def peak_rss_kib(self) -> int:
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        return 0
+        return self._status_kib("VmHWM:")
 
     def rss_kib(self) -> int:
+        return self._status_kib("VmRSS:")
+
+    def _status_kib(self, field: str) -> int:
+        """A memory figure of the daemon from /proc/PID/status, in KiB."""
         assert self.proc is not None
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1])
         return 0
 

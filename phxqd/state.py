@@ -349,9 +349,6 @@ class State:
 
     # ------------------------------------------------------------------- queries
 
-    def running(self) -> int:
-        return sum(n for (_, s), n in self.counts.items() if s == "running")
-
     def summary(self) -> dict[str, object]:
         by_status = dict.fromkeys(STATUSES, 0)
         queues: dict[str, dict[str, int]] = {}
