@@ -2,7 +2,9 @@
 
 A frame is `u32 big-endian length | msgpack payload`. Every connection opens with `Hello`,
 so a client and a daemon of different protocol versions say so plainly instead of
-misreading each other. Each request gets exactly one `Ok` or `Err` reply.
+misreading each other. Each request gets exactly one `Ok` or `Err` reply; a streaming
+request (`watch`, `wait` with `stream`, `logs` with `follow`) gets its stream frames
+(`JobEvent`, `Chunk`) first.
 
 `phxqctl` imports this module on every start, so it imports nothing heavier than msgspec.
 """
@@ -14,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from phxqd.model import JobSpec
+from phxqd.model import JobSpec, Progress
 
 PROTOCOL_VERSION = 1
 #: Most job specs in one submit request: its reply (the jobs) must fit in a frame.
@@ -52,14 +54,29 @@ class Show(Request, tag="show"):
 
 
 class Wait(Request, tag="wait"):
+    """With `stream`, the jobs' events (`JobEvent` frames) come before the final reply,
+    so `phxqctl wait` can draw progress bars without asking again."""
+
     ids: list[int]
     timeout: float | None = None
+    stream: bool = False
 
 
 class Logs(Request, tag="logs"):
+    """With `follow`, `Chunk` frames carry the log as it grows, and the final reply comes
+    once the job has finished and its log has been sent to its end."""
+
     id: int
     offset: int = 0
     limit: int = 1024 * 1024
+    follow: bool = False
+
+
+class Watch(Request, tag="watch"):
+    """A stream of `JobEvent` frames, of every job (ids None) or of these, until the
+    client hangs up. It never ends with a reply of its own, except an error."""
+
+    ids: list[int] | None = None
 
 
 class Cancel(Request, tag="cancel"):
@@ -132,6 +149,7 @@ AnyRequest = (
     | Metrics
     | Pause
     | Resume
+    | Watch
 )
 
 
@@ -150,6 +168,51 @@ class Err(msgspec.Struct, tag="err"):
     message: str
 
 
+#: What a `JobEvent` can say. `dropped`: this watcher fell behind and `count` events for
+#: it were dropped (the daemon keeps at most a bounded backlog per watcher).
+EVENT_KINDS = (
+    "submitted",
+    "started",
+    "progress",
+    "retrying",
+    "completed",
+    "failed",
+    "cancelled",
+    "requeued",
+    "dropped",
+)
+
+
+class JobEvent(msgspec.Struct, tag="event"):
+    """One frame of a stream (`watch`, `wait` with `stream`): something happened to a job.
+
+    `status` is the job's status after the event; `run_at` is when a `retrying` job runs
+    again; `progress` is the job's latest progress (for every kind, when it has one).
+    """
+
+    event: str
+    id: int
+    at: float
+    queue: str = ""
+    status: str = ""
+    attempt: int = 0
+    label: str | None = None
+    key: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    run_at: float | None = None
+    progress: Progress | None = None
+    count: int = 0
+
+
+class Chunk(msgspec.Struct, tag="chunk"):
+    """One frame of `logs` with `follow`: `data` read from the log, `offset` where the
+    next read starts."""
+
+    data: bytes
+    offset: int
+
+
 #: Error codes and the phxqctl exit status each maps to (DESIGN.md, "Exit statuses").
 ERROR_EXIT = {
     "usage": 2,  # the request itself is wrong
@@ -161,6 +224,10 @@ ERROR_EXIT = {
 
 request_decoder: msgspec.msgpack.Decoder[AnyRequest] = msgspec.msgpack.Decoder(AnyRequest)
 reply_decoder: msgspec.msgpack.Decoder[Ok[Any] | Err] = msgspec.msgpack.Decoder(Ok[Any] | Err)
+#: frames of a streaming request: its stream frames, then one `Ok` or `Err`
+stream_decoder: msgspec.msgpack.Decoder[JobEvent | Chunk | Ok[Any] | Err] = (
+    msgspec.msgpack.Decoder(JobEvent | Chunk | Ok[Any] | Err)
+)
 
 
 def reply_decoder_for(result_type: Any) -> msgspec.msgpack.Decoder[Any]:
