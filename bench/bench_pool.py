@@ -1,12 +1,15 @@
 """End-to-end throughput of no-op jobs, submit to completion, with 2 workers.
 
-    .venv/bin/python -m bench.bench_pool [--jobs N]
+    .venv/bin/python -m bench.bench_pool [--jobs N] [--repeat R] [--kind commands|callables]
 
 A real phxqd (fsync=always, 2 workers) starts paused; N jobs are submitted in batches,
-then the queue is resumed and the clock runs until the last one has completed. Two kinds:
+then the queue is resumed and the clock runs until the client has been told that the last
+one has completed (`wait`, whose reply follows the durable end of each job). Two kinds:
 `true` commands (a process per job) and Python callables (`os:getpid` in the persistent
-workers). Also prints the raw spawn rate of `true` with 2 at a time, the floor for
-commands. Prints a JSON summary on the last line.
+workers). Each kind runs R times, each in a fresh daemon; the median and the range are
+printed. Also printed, per job: the CPU time of the daemon and of its children (the
+workers, the `true` processes) during the run, read from /proc, and the raw spawn rate of
+`true` with 2 at a time (the floor for commands). A JSON summary is the last line.
 """
 
 from __future__ import annotations
@@ -14,33 +17,70 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from bench.bench_journal import Daemon
 from phxqctl import Client
 from phxqd.model import Call, JobSpec
 
 
-def run(root: Path, specs: list[JobSpec]) -> float:
+@dataclass
+class Run:
+    per_s: float
+    #: the same clock started before the batch was submitted (submitting included)
+    with_submit_per_s: float
+    daemon_cpu_us: float
+    children_cpu_us: float
+
+
+def _cpu(proc: psutil.Process) -> tuple[float, float]:
+    """(the daemon's own CPU seconds, its children's: reaped ones and live workers)."""
+    t = proc.cpu_times()
+    children = t.children_user + t.children_system
+    for child in proc.children(recursive=True):
+        try:
+            c = child.cpu_times()
+            children += c.user + c.system
+        except psutil.Error:
+            pass
+    return t.user + t.system, children
+
+
+def run(root: Path, specs: list[JobSpec]) -> Run:
     root.mkdir()
     d = Daemon(root, "always")
     d.start()
+    assert d.proc is not None
+    proc = psutil.Process(d.proc.pid)
     try:
         with Client(d.socket) as c:
             c.pause()
+            t_submit = time.perf_counter()
             ids = [r.job.id for r in c.submit_batch(specs)]
+            own0, kids0 = _cpu(proc)
             t0 = time.perf_counter()
             c.resume()
             c.wait([ids[-1]])
             jobs = c.wait(ids)
-            elapsed = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            own1, kids1 = _cpu(proc)
             assert all(j.status == "completed" for j in jobs), "every job must complete"
-        return len(specs) / elapsed
+        n = len(specs)
+        return Run(
+            n / (t1 - t0),
+            n / (t1 - t_submit),
+            (own1 - own0) / n * 1e6,
+            (kids1 - kids0) / n * 1e6,
+        )
     finally:
         d.kill()
 
@@ -62,20 +102,41 @@ def raw_spawn_rate(n: int) -> float:
     return 2 * per_thread / (time.perf_counter() - t0)
 
 
+def summarize(runs: list[Run]) -> dict[str, Any]:
+    rates = [r.per_s for r in runs]
+    return {
+        "per_s_median": round(statistics.median(rates)),
+        "per_s_min": round(min(rates)),
+        "per_s_max": round(max(rates)),
+        "with_submit_per_s_median": round(statistics.median(r.with_submit_per_s for r in runs)),
+        "daemon_cpu_us_per_job": round(statistics.median(r.daemon_cpu_us for r in runs), 1),
+        "children_cpu_us_per_job": round(statistics.median(r.children_cpu_us for r in runs), 1),
+    }
+
+
+KINDS = {
+    "commands": lambda: JobSpec(argv=["true"]),
+    "callables": lambda: JobSpec(call=Call("os:getpid")),
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--jobs", type=int, default=5000)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--kind", choices=sorted(KINDS), action="append")
     args = p.parse_args()
     n = args.jobs
     results: dict[str, Any] = {"jobs": n, "workers": 2, "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="phxq-bench-") as tmp:
-        results["raw_spawn_true_per_s"] = round(raw_spawn_rate(2000))
-        results["commands_true_per_s"] = round(run(Path(tmp) / "cmd", [JobSpec(argv=["true"])] * n))
-        results["callables_per_s"] = round(
-            run(Path(tmp) / "call", [JobSpec(call=Call("os:getpid"))] * n)
-        )
+        spawn = [raw_spawn_rate(2000) for _ in range(args.repeat)]
+        results["raw_spawn_true_per_s"] = round(statistics.median(spawn))
+        for kind in args.kind or ["commands", "callables"]:
+            runs = [run(Path(tmp) / f"{kind}{i}", [KINDS[kind]()] * n) for i in range(args.repeat)]
+            results[kind] = summarize(runs)
+            results[kind]["runs_per_s"] = [round(r.per_s) for r in runs]
     for k, v in results.items():
-        print(f"{k:28} {v}")
+        print(f"{k:22} {v}")
     print(json.dumps(results))
 
 

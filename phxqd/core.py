@@ -17,12 +17,12 @@ import random
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from phxqd import metrics, pool, protocol, snapshot
 from phxqd.events import (
@@ -45,7 +45,7 @@ from phxqd.model import FINISHED, STATUSES, Job, Progress, QueueConfig, validate
 from phxqd.protocol import PROTOCOL_VERSION
 from phxqd.state import QueueDefaults, Refused, State
 from phxqd.stats import Stats
-from phxqd.workers import WorkerPool
+from phxqd.workers import Ended, Report, Start, WorkerPool
 
 log = logging.getLogger("phxqd")
 
@@ -101,7 +101,19 @@ class Core:
             settings.pythonpath,
             settings.worker_max_jobs,
             settings.worker_max_rss,
+            report=self._reports,
+            lane_ended=self._lane_ended,
+            socket_path=settings.socket,
+            grace=settings.kill_grace,
         )
+        #: commands running; a command claimed but waiting for a slot; jobs a worker lane
+        #: gave back unstarted (dispatched again before any other)
+        self._commands = 0
+        self._held: Job | None = None
+        self._returned: deque[Job] = deque()
+        #: noted job ends whose waiters are told once durable (see `_settler`)
+        self._unsettled: deque[tuple[int | None, list[AnyEvent]]] = deque()
+        self._settle_wake = anyio.Event()
         self._finished: dict[int, anyio.Event] = {}
         self._wake = anyio.Event()
         self._stopping = False
@@ -551,33 +563,96 @@ class Core:
     # -------------------------------------------------------------- dispatcher
 
     async def dispatch(self) -> None:
-        """Start jobs while workers are free; return once stopped and every job has ended."""
-        async with anyio.create_task_group() as runners:
-            while not self._stopping:
-                # Only jobs whose submission is durable may start: one that a crash could
-                # still take back must never have run.
-                durable_below = self.state.next_id
-                try:
-                    await self.journal.durable(self._last_submit_lsn)
-                except JournalError:
-                    durable_below = 0
-                while len(self._active) < self.settings.workers and not self._stopping:
-                    job = self.state.claim_next(
-                        time.time(), durable_below, self._busy, self._config_limits()
-                    )
-                    if job is None:
-                        break
-                    self._active[job.id] = pool.Stop()
-                    self._busy[job.queue] += 1
-                    runners.start_soon(self._run, job)
-                await self._sweep_expired()
-                wakeup = min(self.state.next_wakeup() or math.inf, self._next_sweep)
-                delay = max(wakeup - time.time(), 0.0)
-                with anyio.move_on_after(delay):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
-            await self._let_running_jobs_finish()
+        """Start jobs while workers are free; return once stopped and every job has ended.
+
+        A slot (`workers` of them) is a running command or a Python worker lane; a lane
+        takes a few callables at once while they are quick (see `workers`). The ends of
+        jobs are made durable, and their waiters told, by one settler task per batch.
+        """
+        async with anyio.create_task_group() as settling:
+            settling.start_soon(self._settler)
+            async with anyio.create_task_group() as runners:
+                while not self._stopping:
+                    # Only jobs whose submission is durable may start: one that a crash
+                    # could still take back must never have run.
+                    durable_below = self.state.next_id
+                    try:
+                        await self.journal.durable(self._last_submit_lsn)
+                    except JournalError:
+                        durable_below = 0
+                    self._fill(runners, durable_below)
+                    self.workers.flush()
+                    await self._sweep_expired()
+                    wakeup = min(self.state.next_wakeup() or math.inf, self._next_sweep)
+                    delay = max(wakeup - time.time(), 0.0)
+                    with anyio.move_on_after(delay):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+                await self._let_running_jobs_finish()
+            settling.cancel_scope.cancel()
+        await self._settle_all()
         self.workers.close()
+
+    def _fill(self, runners: anyio.abc.TaskGroup, durable_below: int) -> None:
+        """Hand ready jobs to free slots and to lanes with room, in the state's order."""
+        self._drop_stopped_waiting()
+        now, mono = time.time(), time.monotonic()
+        while not self._stopping:
+            free = self.settings.workers - self._commands - len(self.workers.lanes)
+            lane = None if free > 0 else self.workers.lane_with_room(mono)
+            if free <= 0 and lane is None:
+                return
+            job = self._next_job(now, durable_below)
+            if job is None:
+                return
+            stop = self._active[job.id]
+            if job.call is None:
+                if free <= 0:  # only a lane has room: the command waits for a free slot
+                    self._held = job
+                    stop.on_request = self._wake.set
+                    return
+                self._commands += 1
+                runners.start_soon(self._run, job)
+                continue
+            ticket = self.workers.ticket(job, stop, self.log_path(job.id))
+            if lane is None:
+                try:
+                    lane = self.workers.new_lane(ticket.log_path)
+                except OSError as e:
+                    error = f"cannot start {self.settings.python}: {e.strerror}"
+                    self._reports(
+                        [Start(job, None, None), Ended(job, stop, pool.Outcome(None, error, False))]
+                    )
+                    continue
+                lane.push(ticket)
+                runners.start_soon(lane.run)
+            else:
+                lane.push(ticket)
+
+    def _next_job(self, now: float, durable_below: int) -> Job | None:
+        """The job held back for a slot, else one given back by a lane, else the state's
+        next; it is in `_active` when returned."""
+        if self._held is not None:
+            job, self._held = self._held, None
+            return job
+        while self._returned:
+            job = self._returned.popleft()
+            if self.state.jobs.get(job.id) is job and job.status in ("pending", "retrying"):
+                self._active[job.id] = pool.Stop()
+                self._busy[job.queue] += 1
+                return job
+        claimed = self.state.claim_next(now, durable_below, self._busy, self._config_limits())
+        if claimed is not None:
+            self._active[claimed.id] = pool.Stop()
+            self._busy[claimed.queue] += 1
+        return claimed
+
+    def _drop_stopped_waiting(self) -> None:
+        """A job held back for a slot and asked to stop ends here, without having run."""
+        held = self._held
+        if held is not None and self._active[held.id].reason is not None:
+            self._held = None
+            self._reports([Ended(held, self._active[held.id], pool.Outcome(None), False)])
 
     async def _let_running_jobs_finish(self) -> None:
         """Stopping: give running jobs `shutdown_grace` seconds, then stop (and requeue)
@@ -588,8 +663,9 @@ class Core:
                 self._wake = anyio.Event()
         if self._active:
             log.info("stopping %d running job(s); they will run again", len(self._active))
-        for stop in self._active.values():
+        for stop in list(self._active.values()):
             stop.request(SHUTDOWN)
+        self._drop_stopped_waiting()
 
     def set_workers(self, workers: int) -> None:
         """Change the most jobs running at once (a config reload). More starts waiting
@@ -603,70 +679,102 @@ class Core:
         self._stopping = True
         self._wake.set()
 
-    async def _attempt(
-        self,
-        job: Job,
-        stop: pool.Stop,
-        started: Callable[[int | None, float | None], Awaitable[None]],
-    ) -> pool.Outcome:
-        """Run one attempt: a command in its own process group, or a call in a worker."""
-        log_path, grace = self.log_path(job.id), self.settings.kill_grace
-        if job.call is None:
-            return await pool.run_command(
-                job,
-                log_path,
-                self.settings.socket,
-                grace,
-                stop,
-                started,
-                self.settings.log_max_bytes,
-            )
-        outcome = await self.workers.run_call(
-            job, log_path, self.settings.socket, grace, stop, started
+    def _end_event(self, job: Job, stop: pool.Stop, outcome: pool.Outcome) -> AnyEvent:
+        """The event that ends a started attempt."""
+        if outcome.cancelled and stop.reason == SHUTDOWN:
+            return Requeued(job.id)
+        now = time.time()
+        if outcome.cancelled:
+            return Cancelled(job.id, now, outcome.error or "cancelled")
+        return self.state.outcome(
+            job.id,
+            outcome.exit_code,
+            outcome.error,
+            now,
+            self.rng,
+            outcome.retryable,
+            outcome.result,
         )
-        if self.settings.log_max_bytes is not None:
-            await pool.trim_log_soon(log_path, self.settings.log_max_bytes)
-        return outcome
+
+    def _reports(self, reports: list[Report]) -> None:
+        """Starts and ends from the worker lanes: their events in one journal append; the
+        ends' slots are free at once, their waiters told once the ends are durable."""
+        events: list[AnyEvent] = []
+        ended: list[Job] = []
+        for r in reports:
+            if isinstance(r, Start):
+                events.append(Started(r.job.id, time.time(), r.pid, r.create_time))
+            elif r.started:
+                events += self._unsaved_progress(r.job.id)
+                events.append(self._end_event(r.job, r.stop, r.outcome))
+                ended.append(r.job)
+            elif r.stop.reason is None:  # never ran: it goes to another worker
+                self._returned.append(r.job)
+                ended.append(r.job)
+            else:  # asked to stop before it ran: no attempt spent
+                if r.stop.reason != SHUTDOWN:
+                    events.append(Cancelled(r.job.id, time.time(), r.stop.reason))
+                ended.append(r.job)
+        if events:
+            self._settle_later(self.note(events), events)
+        for job in ended:
+            self._free(job)
+
+    def _settle_later(self, lsn: int | None, events: list[AnyEvent]) -> None:
+        self._unsettled.append((lsn, events))
+        self._settle_wake.set()
+
+    async def _settler(self) -> None:
+        """Tell waiters of jobs ended by noted events once those are durable: one task for
+        all of them, woken once per batch (not one task per job per fsync)."""
+        while True:
+            while not self._unsettled:
+                await self._settle_wake.wait()
+                self._settle_wake = anyio.Event()
+            await self._settle_all()
+
+    async def _settle_all(self) -> None:
+        batch = list(self._unsettled)
+        top = max((lsn for lsn, _ in batch if lsn is not None), default=None)
+        if top is not None:
+            with contextlib.suppress(JournalError):
+                await self.journal.durable(top)
+        for _ in batch:
+            self._unsettled.popleft()
+        self._finished_durably([e for _, events in batch for e in events])
 
     async def _run(self, job: Job) -> None:
+        """One command job, start to end (callables go to worker lanes instead)."""
         stop = self._active[job.id]
         try:
             if stop.reason is not None:  # cancelled or stopped before it started
-                if stop.reason != SHUTDOWN:
-                    await self.record([Cancelled(job.id, time.time(), stop.reason)])
+                self._reports([Ended(job, stop, pool.Outcome(None), False)])
                 return
 
             async def started(pid: int | None, create_time: float | None) -> None:
                 self.note([Started(job.id, time.time(), pid, create_time)])
 
             try:
-                outcome = await self._attempt(job, stop, started)
+                outcome = await pool.run_command(
+                    job,
+                    self.log_path(job.id),
+                    self.settings.socket,
+                    self.settings.kill_grace,
+                    stop,
+                    started,
+                    self.settings.log_max_bytes,
+                )
             except Exception as e:
                 # a bug of ours must cost one attempt, never the daemon
                 log.exception("job %d: internal error while running it", job.id)
                 outcome = pool.Outcome(None, f"internal error in phxqd: {e!r}")
-            now = time.time()
-            event: AnyEvent
-            if outcome.cancelled and stop.reason == SHUTDOWN:
-                event = Requeued(job.id)
-            elif outcome.cancelled:
-                event = Cancelled(job.id, now, outcome.error or "cancelled")
-            else:
-                event = self.state.outcome(
-                    job.id,
-                    outcome.exit_code,
-                    outcome.error,
-                    now,
-                    self.rng,
-                    outcome.retryable,
-                    outcome.result,
-                )
-            ended = [*self._unsaved_progress(job.id), event]
-            lsn = self.note(ended)
-            self._free(job)  # the next job may start while this end is being fsync'd
-            await self.settle(lsn, ended)
+            self._reports([Ended(job, stop, outcome)])
         finally:
+            self._commands -= 1
             self._free(job)
+
+    def _lane_ended(self) -> None:
+        self._wake.set()  # its slot is free
 
     def _free(self, job: Job) -> None:
         if self._active.pop(job.id, None) is not None:

@@ -1,11 +1,23 @@
 """A persistent Python worker: runs `module:function` jobs sent by phxqd, one at a time.
 
 Started as `python -m phxqd.worker`, talking over the socket whose fd is in
-$PHXQ_WORKER_FD. For each task it changes to the
-job's directory, sets the job's environment, points stdout and stderr at the job's log
-file, calls the function, and answers with its return value or the exception. Importing a
-module once and reusing it is what makes callables cheaper than commands; a crash here
-(segfault, os._exit, the OOM killer) costs phxqd one worker, never itself.
+$PHXQ_WORKER_FD. phxqd may send a few tasks ahead (prefetch): the worker keeps them in an
+inbox and runs them in order. Between two tasks it reads whatever phxqd sent meanwhile,
+so a `Skip` (the job was cancelled, or phxqd wants it back) removes a task that has not
+started. Every reply says which task runs next (`Done.next`, or `Began` when the worker
+was idle), so phxqd always knows which job a crash would take down: only that one.
+
+For each task it changes to the job's directory, sets the job's environment, points
+stdout and stderr at the job's log file, calls the function, and answers with its return
+value or the exception. Importing a module once and reusing it is what makes callables
+cheaper than commands; a crash here (segfault, os._exit, the OOM killer) costs phxqd one
+worker, never itself.
+
+Creating a file is slow on some file systems (on a busy ext4 it waits for the journal's
+commit), and most calls print nothing: a job whose log does not exist yet writes into the
+worker's scratch file, which becomes the job's log (a hard link) once the job has printed
+something and ended, or has run for `PUBLISH_AFTER` seconds (so `logs --follow` sees a
+long job's output while it runs).
 
 This module imports only the standard library and msgspec: the user's interpreter (config
 `python`) needs nothing else of phxq's.
@@ -18,7 +30,10 @@ import os
 import socket
 import struct
 import sys
+import threading
+import time
 import traceback
+from collections import deque
 from typing import Any
 
 import msgspec
@@ -26,9 +41,11 @@ import msgspec
 HEADER = struct.Struct(">I")
 #: the largest return value kept as a job's result, encoded
 MAX_RESULT = 1024 * 1024
+#: seconds after which a running job's scratch output is linked in as its log
+PUBLISH_AFTER = 0.05
 
 
-class Task(msgspec.Struct):
+class Task(msgspec.Struct, tag="task"):
     job_id: int
     attempt: int
     call: str
@@ -39,13 +56,42 @@ class Task(msgspec.Struct):
     env: dict[str, str]
 
 
-class Done(msgspec.Struct):
+class Skip(msgspec.Struct, tag="skip"):
+    """Do not run this task if it has not started; answered by `Skipped`."""
+
+    job_id: int
+
+
+class Done(msgspec.Struct, tag="done"):
+    job_id: int
     ok: bool
     result: Any = None
     #: "TypeName: message" when not ok
     error: str | None = None
     #: the exception asked not to be retried (PermanentFailure, by name)
     permanent: bool = False
+    #: the task the worker starts now (None: it waits for one, and says `Began` then)
+    next: int | None = None
+
+
+class Began(msgspec.Struct, tag="began"):
+    """An idle worker started this task."""
+
+    job_id: int
+
+
+class Skipped(msgspec.Struct, tag="skipped"):
+    job_id: int
+
+
+ToWorker = Task | Skip
+FromWorker = Done | Began | Skipped
+
+
+def scratch_path(log_dir: str, pid: int) -> str:
+    """Where worker `pid` writes the output of jobs that have no log file yet (phxqd
+    salvages it into the job's log if the worker dies)."""
+    return os.path.join(log_dir, f".worker-{pid}.out")
 
 
 def load(call: str) -> Any:
@@ -60,60 +106,225 @@ def load(call: str) -> Any:
     return obj
 
 
-def run(task: Task, encoder: msgspec.msgpack.Encoder) -> Done:
-    saved_env = dict(os.environ)
-    saved_cwd = os.getcwd()
-    saved_path = list(sys.path)
-    log = os.open(task.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.environ.update(task.env)
-        if task.cwd:
-            os.chdir(task.cwd)
-            sys.path.insert(0, task.cwd)
+class LogSink:
+    """The file a job's stdout and stderr go to: its log if it exists, else the scratch
+    file, published as the log once it holds something (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.scratch: int | None = None
+        self.scratch_name = ""
+        #: while a job writes into the scratch file: its log path and when it started
+        self.pending: tuple[str, float] | None = None
+
+    def open(self, log_path: str) -> int:
+        """An fd for the job's output; the caller must not close it (see `close`)."""
         try:
-            value = load(task.call)(*task.args, **task.kwargs)
-        except BaseException as e:
-            traceback.print_exc()
-            permanent = any(c.__name__ == "PermanentFailure" for c in type(e).__mro__)
-            return Done(False, error=f"{type(e).__name__}: {e}", permanent=permanent)
+            return os.open(log_path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            pass
+        with self.lock:
+            if self.scratch is None:
+                self.scratch_name = scratch_path(os.path.dirname(log_path), os.getpid())
+                self.scratch = os.open(
+                    self.scratch_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600
+                )
+            self.pending = (log_path, time.monotonic())
+            return self.scratch
+
+    def close(self, fd: int) -> None:
+        """The job ended: publish its scratch output if it wrote any."""
+        if fd != self.scratch:
+            os.close(fd)
+            return
+        with self.lock:
+            if self.pending is not None and os.fstat(fd).st_size > 0:
+                self._publish()
+            if self.pending is None:  # published: the scratch file is the job's log now
+                os.unlink(self.scratch_name)
+                os.close(fd)
+                self.scratch = None
+            self.pending = None
+
+    def remove(self) -> None:
+        """The worker is leaving: its scratch file goes too."""
+        with self.lock:
+            if self.scratch is not None:
+                os.unlink(self.scratch_name)
+                os.close(self.scratch)
+                self.scratch = None
+
+    def publish_if_slow(self) -> None:
+        """From the watcher thread: give a long job's output its real name."""
+        with self.lock:
+            if self.pending is not None and time.monotonic() - self.pending[1] >= PUBLISH_AFTER:
+                self._publish()
+
+    def _publish(self) -> None:
+        assert self.pending is not None and self.scratch is not None
+        log_path = self.pending[0]
         try:
-            data = encoder.encode(value)
-        except (TypeError, OverflowError) as e:
-            return Done(False, error=f"the return value cannot be stored: {e}")
-        if len(data) > MAX_RESULT:
-            return Done(False, error=f"the return value is {len(data)} bytes, over {MAX_RESULT}")
-        return Done(True, value)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        quiet = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(quiet, 1)  # what the job left running must not write into its log forever
-        os.dup2(quiet, 2)
-        os.close(quiet)
-        os.close(log)
-        os.environ.clear()
-        os.environ.update(saved_env)
-        os.chdir(saved_cwd)
-        sys.path[:] = saved_path
+            os.link(self.scratch_name, log_path)
+        except FileExistsError:  # someone made it meanwhile: append what we have
+            with open(log_path, "ab") as out, open(self.scratch_name, "rb") as src:
+                out.write(src.read())
+            os.ftruncate(self.scratch, 0)
+            return  # still pending: further output goes on into the scratch file
+        self.pending = None
+
+
+def _watch(sink: LogSink) -> None:
+    while True:
+        time.sleep(PUBLISH_AFTER / 2)
+        sink.publish_if_slow()
+
+
+class Runner:
+    """Runs tasks in this process, restoring what a task may change for the next one."""
+
+    def __init__(self) -> None:
+        self.encoder = msgspec.msgpack.Encoder()
+        self.sink = LogSink()
+        self.quiet = os.open(os.devnull, os.O_WRONLY)
+        self.base_cwd = os.getcwd()
+        self.base_env: dict[bytes, bytes] = dict(os.environb)
+        #: os.environ's own dict (CPython), compared in C after each task; None elsewhere
+        self.env_data: dict[bytes, bytes] | None = getattr(os.environ, "_data", None)
+        self.functions: dict[str, Any] = {}
+        threading.Thread(target=_watch, args=(self.sink,), daemon=True).start()
+
+    def run(self, task: Task) -> Done:
+        saved_path = list(sys.path)
+        set_keys = list(task.env)
+        log = self.sink.open(task.log_path)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.environ.update(task.env)
+            cwd = task.cwd or self.base_cwd
+            if os.getcwd() != cwd:
+                os.chdir(cwd)
+            if task.cwd:
+                sys.path.insert(0, task.cwd)
+            try:
+                func = self.functions.get(task.call)
+                if func is None:
+                    func = self.functions[task.call] = load(task.call)
+                value = func(*task.args, **task.kwargs)
+            except BaseException as e:
+                traceback.print_exc()
+                permanent = any(c.__name__ == "PermanentFailure" for c in type(e).__mro__)
+                return Done(
+                    task.job_id, False, error=f"{type(e).__name__}: {e}", permanent=permanent
+                )
+            try:
+                data = self.encoder.encode(value)
+            except (TypeError, OverflowError) as e:
+                return Done(task.job_id, False, error=f"the return value cannot be stored: {e}")
+            if len(data) > MAX_RESULT:
+                return Done(
+                    task.job_id,
+                    False,
+                    error=f"the return value is {len(data)} bytes, over {MAX_RESULT}",
+                )
+            return Done(task.job_id, True, value)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(self.quiet, 1)  # what the job left running must not write into its log
+            os.dup2(self.quiet, 2)
+            self.sink.close(log)
+            self._restore_env(set_keys)
+            sys.path[:] = saved_path
+
+    def _restore_env(self, keys: list[str]) -> None:
+        """Undo the task's environment: its own keys, and anything the job changed."""
+        for key in keys:
+            value = self.base_env.get(os.fsencode(key))
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environb[os.fsencode(key)] = value
+        current = self.env_data if self.env_data is not None else dict(os.environb)
+        if current != self.base_env:
+            os.environb.clear()
+            os.environb.update(self.base_env)
+
+
+class Channel:
+    """Framed messages over the socket to phxqd, read ahead into an inbox."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.closed = False
+        self.decoder = msgspec.msgpack.Decoder(ToWorker)
+        self.encoder = msgspec.msgpack.Encoder()
+
+    def pump(self, inbox: deque[Task], replies: list[FromWorker], block: bool) -> None:
+        """Read what has arrived (waiting for something if `block`) into `inbox`."""
+        while not self.closed:
+            try:
+                chunk = self.sock.recv(1 << 16, 0 if block else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self.closed = True
+                return
+            self.buf += chunk
+            while len(self.buf) >= HEADER.size:
+                (length,) = HEADER.unpack_from(self.buf)
+                if len(self.buf) < HEADER.size + length:
+                    break
+                msg = self.decoder.decode(self.buf[HEADER.size : HEADER.size + length])
+                del self.buf[: HEADER.size + length]
+                if isinstance(msg, Task):
+                    inbox.append(msg)
+                else:
+                    for task in inbox:
+                        if task.job_id == msg.job_id:
+                            inbox.remove(task)
+                            replies.append(Skipped(msg.job_id))
+                            break
+            if inbox or replies:
+                block = False  # something to do: take only what is already there
+
+    def send(self, replies: list[FromWorker]) -> None:
+        out = bytearray()
+        for reply in replies:
+            data = self.encoder.encode(reply)
+            out += HEADER.pack(len(data))
+            out += data
+        self.sock.sendall(out)
 
 
 def main() -> None:
-    channel = socket.socket(fileno=int(os.environ.pop("PHXQ_WORKER_FD")))
-    decoder = msgspec.msgpack.Decoder(Task)
-    encoder = msgspec.msgpack.Encoder()
-    reader = channel.makefile("rb")
+    channel = Channel(socket.socket(fileno=int(os.environ.pop("PHXQ_WORKER_FD"))))
+    runner = Runner()
+    inbox: deque[Task] = deque()
+    replies: list[FromWorker] = []
     while True:
-        header = reader.read(HEADER.size)
-        if len(header) < HEADER.size:
-            return  # phxqd closed the channel: nothing more to do
-        (length,) = HEADER.unpack(header)
-        task = decoder.decode(reader.read(length))
-        done = encoder.encode(run(task, encoder))
-        channel.sendall(HEADER.pack(len(done)) + done)
+        if not inbox:
+            channel.pump(inbox, replies, block=True)
+            if not inbox:
+                if replies:
+                    channel.send(replies)
+                    replies = []
+                if channel.closed:
+                    runner.sink.remove()
+                    return  # phxqd closed the channel: nothing more to do
+                continue
+            replies.append(Began(inbox[0].job_id))
+            channel.send(replies)
+            replies = []
+        done = runner.run(inbox.popleft())
+        channel.pump(inbox, replies, block=False)
+        done.next = inbox[0].job_id if inbox else None
+        replies.insert(0, done)
+        channel.send(replies)
+        replies = []
 
 
 if __name__ == "__main__":

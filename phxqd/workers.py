@@ -1,20 +1,37 @@
-"""Persistent Python worker processes for callable jobs, and running one call on them.
+"""Persistent Python worker processes for callable jobs, each fed by a lane.
 
 A worker (`python -m phxqd.worker`) runs one call at a time and is reused, so a module is
 imported once for many jobs. It is recycled after `max_jobs` calls or once its RSS passes
-`max_rss`. Anything that ends a call abnormally (the worker dying, a timeout, a cancel)
-also ends the worker: its process group is killed and the next call gets a fresh one.
-How many calls run at once is the dispatcher's business, as for commands.
+`max_rss`.
+
+A `Lane` is one worker in use, driven by one task: the dispatcher pushes jobs into it, and
+it may send a few ahead of the one running (`DEPTH`, only while the lane's jobs are quick:
+a job queued behind a long one would wait for it), so the worker never waits for phxqd
+between two short jobs and phxqd handles many replies per wake-up. The worker says which
+job it starts (see `phxqd.worker`), so the lane always knows the one job a crash, a timeout
+or a cancel concerns:
+
+- the running job's timeout or cancel kills the worker (its whole process group);
+- the worker dying (segfault, os._exit, OOM kill) fails the job it was running, one attempt;
+- jobs sent ahead that had not started go to a fresh worker, their attempt not spent; a
+  cancelled one is asked back (`Skip`) and ends without having run.
+
+The lane reports starts and ends to its owner (`Core`) in batches, one call per batch of
+replies, so their journal records go in one append.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +41,15 @@ import psutil
 
 from phxqd import pool
 from phxqd.model import Job
-from phxqd.worker import HEADER, Done, Task
+from phxqd.worker import HEADER, Began, Done, FromWorker, Skip, Skipped, Task, scratch_path
 
-_task_encoder = msgspec.msgpack.Encoder()
-_done_decoder = msgspec.msgpack.Decoder(Done)
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(FromWorker)
+
+#: the most jobs a lane has sent to its worker at once (the running one included)
+DEPTH = 8
+#: jobs are sent ahead only while the lane's last job, and the one running, took less
+SHORT = 0.005
 
 
 @dataclass
@@ -36,7 +58,54 @@ class Worker:
     channel: socket.socket
     pidfd: int
     create_time: float | None
+    #: where it writes the output of jobs that have no log file yet
+    scratch: str = ""
+    #: calls sent to it, and whether it ever said it started one
     calls: int = 0
+    began: bool = False
+    retired: bool = False
+    #: seconds its last job took, from its start to its reply
+    last_run: float = math.inf
+
+
+@dataclass
+class Ticket:
+    """One callable job handed to a lane."""
+
+    job: Job
+    stop: pool.Stop
+    log_path: Path
+    frame: bytes
+    skip_sent: bool = False
+    #: monotonic time it started, once the worker said so
+    started: float | None = None
+
+
+@dataclass
+class Start:
+    """Report: the job started in worker `pid`."""
+
+    job: Job
+    pid: int | None
+    create_time: float | None
+
+
+@dataclass
+class Ended:
+    """Report: the job's attempt ended with `outcome`; or, if not `started`, it never ran
+    (cancelled before it started, or to be dispatched again)."""
+
+    job: Job
+    stop: pool.Stop
+    outcome: pool.Outcome
+    started: bool = True
+
+
+Report = Start | Ended
+
+
+def _no_reports(reports: list[Report]) -> None:
+    pass
 
 
 @dataclass
@@ -45,29 +114,40 @@ class WorkerPool:
     pythonpath: list[str] = field(default_factory=list)
     max_jobs: int = 1000
     max_rss: int | None = None
+    #: receives every batch of starts and ends
+    report: Callable[[list[Report]], None] = _no_reports
+    #: called when a lane ends (its slot is free)
+    lane_ended: Callable[[], None] = lambda: None
+    socket_path: Path = Path("phxqd.sock")
+    grace: float = 5.0
     idle: list[Worker] = field(default_factory=list)
-    #: calls running now, and workers started since phxqd did (for metrics)
-    busy: int = 0
+    lanes: list[Lane] = field(default_factory=list)
+    #: workers started since phxqd did (for metrics)
     started: int = 0
 
-    async def run_call(
-        self,
-        job: Job,
-        log_path: Path,
-        socket_path: Path,
-        grace: float,
-        stop: pool.Stop,
-        started: Callable[[int | None, float | None], Awaitable[None]],
-    ) -> pool.Outcome:
-        """One attempt of a callable job, with the same contract as `pool.run_command`."""
+    @property
+    def busy(self) -> int:
+        """Calls running now."""
+        return sum(1 for lane in self.lanes if lane.running is not None)
+
+    def lane_with_room(self, now: float) -> Lane | None:
+        """The lane that can take another job and has the fewest, if any."""
+        best, room = None, 0
+        for lane in self.lanes:
+            r = lane.room(now)
+            if r > room:
+                best, room = lane, r
+        return best
+
+    def new_lane(self, first_log: Path) -> Lane:
+        """A lane on an idle worker, or on a new one (OSError if it cannot start)."""
+        worker = self.idle.pop() if self.idle else self._spawn(first_log)
+        lane = Lane(self, worker)
+        self.lanes.append(lane)
+        return lane
+
+    def ticket(self, job: Job, stop: pool.Stop, log_path: Path) -> Ticket:
         assert job.call is not None
-        if stop.reason is not None:
-            return pool.Outcome(None, stop.reason, cancelled=True)
-        try:
-            worker = self.idle.pop() if self.idle else self._spawn(log_path)
-        except OSError as e:
-            await started(None, None)
-            return pool.Outcome(None, f"cannot start {self.python}: {e.strerror}", retryable=False)
         task = Task(
             job.id,
             job.attempts + 1,
@@ -76,43 +156,16 @@ class WorkerPool:
             job.call.kwargs,
             str(log_path),
             job.cwd,
-            _job_env(job, socket_path),
+            _job_env(job, self.socket_path),
         )
-        healthy = False
-        self.busy += 1
-        try:
-            await started(worker.proc.pid, worker.create_time)
-            timeout = job.timeout if job.timeout is not None else float("inf")
-            with anyio.move_on_after(timeout) as timer, stop.scope:
-                reply = await _exchange(worker.channel, _task_encoder.encode(task))
-            if timer.cancelled_caught or stop.scope.cancelled_caught:
-                with anyio.CancelScope(shield=True):
-                    await pool.kill_tree(worker.proc, worker.pidfd, grace, (job.id, socket_path))
-                code = worker.proc.wait()
-                what = stop.reason or f"timed out after {job.timeout:g}s"
-                return pool.Outcome(
-                    code, f"{what} ({pool.describe(code)})", cancelled=stop.reason is not None
-                )
-            if reply is None:  # the worker died mid-call
-                await anyio.wait_readable(worker.pidfd)
-                code = worker.proc.wait()
-                return pool.Outcome(code, f"the Python worker died: {pool.describe(code)}")
-            done = _done_decoder.decode(reply)
-            worker.calls += 1
-            healthy = True
-            if done.ok:
-                return pool.Outcome(0, None, result=done.result)
-            return pool.Outcome(1, done.error, retryable=not done.permanent)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await pool.kill_tree(worker.proc, worker.pidfd, grace)
-            raise
-        finally:
-            self.busy -= 1
-            if healthy and self._keep(worker):
-                self.idle.append(worker)
-            else:
-                self._retire(worker, healthy)
+        data = _encoder.encode(task)
+        return Ticket(job, stop, log_path, HEADER.pack(len(data)) + data)
+
+    def flush(self) -> None:
+        """Send what was pushed to the lanes."""
+        for lane in self.lanes:
+            if lane.out:
+                lane.flush()
 
     def close(self) -> None:
         """Let every idle worker go: closing its channel makes it exit."""
@@ -145,11 +198,13 @@ class WorkerPool:
             theirs.close()
         ours.setblocking(False)
         self.started += 1
-        try:
-            create_time: float | None = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            create_time = None
-        return Worker(proc, ours, os.pidfd_open(proc.pid), create_time)
+        return Worker(
+            proc,
+            ours,
+            os.pidfd_open(proc.pid),
+            pool.create_time(proc.pid),
+            scratch_path(str(first_log.parent), proc.pid),
+        )
 
     def _keep(self, worker: Worker) -> bool:
         if worker.calls >= self.max_jobs:
@@ -166,42 +221,282 @@ class WorkerPool:
 
         Not waited for here (that could block the event loop): subprocess reaps it later.
         """
+        if worker.retired:
+            return
+        worker.retired = True
         worker.channel.close()
-        if not healthy and worker.proc.poll() is None:
-            pool.signal_tree(worker.proc.pid, [], signal.SIGKILL)
+        if not healthy:
+            if worker.proc.poll() is None:
+                pool.signal_tree(worker.proc.pid, [], signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.unlink(worker.scratch)  # a healthy one removes its own
         os.close(worker.pidfd)
 
 
-async def _exchange(channel: socket.socket, payload: bytes) -> bytes | None:
-    """Send one framed task and read the framed reply; None if the worker hung up."""
-    data = memoryview(HEADER.pack(len(payload)) + payload)
-    while data:
-        try:
-            data = data[channel.send(data) :]
-        except BlockingIOError:
-            await anyio.wait_writable(channel)
-        except OSError:
-            return None
-    header = await _receive(channel, HEADER.size)
-    if header is None:
-        return None
-    return await _receive(channel, HEADER.unpack(header)[0])
+class Lane:
+    """One worker in use and the jobs sent to it, in order; see the module docstring."""
 
+    def __init__(self, owner: WorkerPool, worker: Worker) -> None:
+        self.pool = owner
+        self.worker = worker
+        self.inflight: deque[Ticket] = deque()
+        self.running: Ticket | None = None
+        self.out = bytearray()
+        self.buf = bytearray()
+        self.poked = False
+        self.scope: anyio.CancelScope | None = None
+        self.deadline = math.inf
+        self.accepting = worker.calls < owner.max_jobs
 
-async def _receive(channel: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
+    def room(self, now: float) -> int:
+        if not self.accepting:
+            return 0
+        limit = 1
+        if self.worker.last_run < SHORT and (
+            self.running is None
+            or self.running.started is None
+            or now - self.running.started < SHORT
+        ):
+            limit = DEPTH
+        return limit - len(self.inflight)
+
+    def push(self, ticket: Ticket) -> None:
+        """Queue a job for the worker (it starts once those before it are done); sent by
+        `flush`, so that jobs pushed together go in one write."""
+        self.inflight.append(ticket)
+        ticket.stop.on_request = self.poke
+        self.worker.calls += 1
+        if self.worker.calls >= self.pool.max_jobs:
+            self.accepting = False
+        self.out += ticket.frame
+
+    def poke(self) -> None:
+        """A job of this lane was asked to stop: the lane task looks at once."""
+        self.poked = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def run(self) -> None:
+        """Drive the worker until no job is left, then give it back (or retire it)."""
+        healthy = True
         try:
-            chunk = channel.recv(min(n - len(buf), 1 << 20))
+            while self.inflight:
+                healthy = await self._step()
+        except BaseException as e:
+            healthy = False
+            if not self.worker.retired:
+                with anyio.CancelScope(shield=True):
+                    await pool.kill_tree(self.worker.proc, self.worker.pidfd, self.pool.grace)
+            if not isinstance(e, Exception):
+                raise  # the daemon is going down at once: nothing more to report
+            # a bug of ours must cost one attempt, never the daemon
+            reports: list[Report] = []
+            if self.running is not None:
+                error = pool.Outcome(None, f"internal error in phxqd: {e!r}")
+                reports.append(Ended(self.running.job, self.running.stop, error))
+                self.inflight.remove(self.running)
+            reports += [Ended(t.job, t.stop, pool.Outcome(None), False) for t in self.inflight]
+            self.inflight.clear()
+            self.pool.report(reports)
+        finally:
+            self.pool.lanes.remove(self)
+            if healthy and self.pool._keep(self.worker):
+                self.pool.idle.append(self.worker)
+            else:
+                self.pool._retire(self.worker, healthy)
+            self.pool.lane_ended()
+
+    async def _step(self) -> bool:
+        """Wait for replies, a stop request or the running job's deadline; act on them.
+        False once the worker is gone and no job is left for a new one."""
+        channel = self.worker.channel
+        with anyio.CancelScope(deadline=self.deadline) as scope:
+            self.scope = scope
+            if self.poked:
+                scope.cancel()
+            if self.out:
+                # Not only writable: a worker blocked sending a large reply reads nothing.
+                with anyio.move_on_after(0.01):
+                    await anyio.wait_writable(channel)
+                self.flush()
+            else:
+                await anyio.wait_readable(channel)
+        self.scope = None
+        if self.poked:
+            self.poked = False
+            return await self._stops()
+        if scope.cancelled_caught:
+            return await self._timed_out()
+        try:
+            chunk = channel.recv(1 << 16)
         except BlockingIOError:
-            await anyio.wait_readable(channel)
-            continue
+            return True
         except OSError:
-            return None
+            chunk = b""
         if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
+            return await self._died()
+        self.buf += chunk
+        self._replies()
+        return True
+
+    def flush(self) -> None:
+        try:
+            sent = self.worker.channel.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return  # the worker is gone: the lane task finds out when it reads
+        del self.out[:sent]
+
+    def _replies(self) -> None:
+        reports: list[Report] = []
+        buf, now = self.buf, time.monotonic()
+        while len(buf) >= HEADER.size:
+            (length,) = HEADER.unpack_from(buf)
+            if len(buf) < HEADER.size + length:
+                break
+            msg = _decoder.decode(buf[HEADER.size : HEADER.size + length])
+            del buf[: HEADER.size + length]
+            if isinstance(msg, Done):
+                self._done(msg, now, reports)
+            elif isinstance(msg, Began):
+                self._begin(self._find(msg.job_id), now, reports)
+            elif isinstance(msg, Skipped):
+                t = self._find(msg.job_id)
+                self.inflight.remove(t)
+                reports.append(Ended(t.job, t.stop, pool.Outcome(None), False))
+        if reports:
+            self.pool.report(reports)
+
+    def _done(self, msg: Done, now: float, reports: list[Report]) -> None:
+        t = self.running
+        assert t is not None and t.job.id == msg.job_id and t.started is not None, msg
+        self.inflight.remove(t)
+        self.running, self.deadline = None, math.inf
+        self.worker.last_run = now - t.started
+        if msg.ok:
+            outcome = pool.Outcome(0, None, result=msg.result)
+        else:
+            outcome = pool.Outcome(1, msg.error, retryable=not msg.permanent)
+        reports.append(Ended(t.job, t.stop, outcome))
+        if self.pool.max_rss is not None and not self.pool._keep(self.worker):
+            self.accepting = False
+        if msg.next is not None:
+            self._begin(self._find(msg.next), now, reports)
+
+    def _begin(self, t: Ticket, now: float, reports: list[Report]) -> None:
+        self.worker.began = True
+        self.running, t.started = t, now
+        timeout = t.job.timeout
+        self.deadline = anyio.current_time() + timeout if timeout is not None else math.inf
+        reports.append(Start(t.job, self.worker.proc.pid, self.worker.create_time))
+        if t.stop.reason is not None:
+            self.poked = True  # cancelled while it waited in the worker: kill it now
+
+    def _find(self, job_id: int) -> Ticket:
+        for t in self.inflight:
+            if t.job.id == job_id:
+                return t
+        raise AssertionError(f"the worker named job {job_id}, which it was not sent")
+
+    async def _stops(self) -> bool:
+        """Jobs asked to stop: the running one by killing the worker, the others by Skip."""
+        for t in self.inflight:
+            if t.stop.reason is not None and t is not self.running and not t.skip_sent:
+                t.skip_sent = True
+                data = _encoder.encode(Skip(t.job.id))
+                self.out += HEADER.pack(len(data)) + data
+        self.flush()
+        running = self.running
+        if running is None or running.stop.reason is None:
+            return True
+        code = await self._kill(running)
+        outcome = pool.Outcome(
+            code, f"{running.stop.reason} ({pool.describe(code)})", cancelled=True
+        )
+        return self._replace([Ended(running.job, running.stop, outcome)])
+
+    async def _timed_out(self) -> bool:
+        running = self.running
+        assert running is not None
+        code = await self._kill(running)
+        what = f"timed out after {running.job.timeout:g}s"
+        outcome = pool.Outcome(code, f"{what} ({pool.describe(code)})")
+        return self._replace([Ended(running.job, running.stop, outcome)])
+
+    async def _kill(self, running: Ticket) -> int:
+        w = self.worker
+        with anyio.CancelScope(shield=True):
+            await pool.kill_tree(w.proc, w.pidfd, self.pool.grace, self._mark(running))
+        self._salvage(running)
+        self.inflight.remove(running)
+        self.running, self.deadline = None, math.inf
+        return w.proc.wait()
+
+    async def _died(self) -> bool:
+        """The worker hung up: it died. It fails the job it ran, or, if it never started
+        one (it cannot start at all?), the first job sent to it, so no job is retried on
+        broken workers forever."""
+        w = self.worker
+        with anyio.CancelScope(shield=True):
+            await anyio.wait_readable(w.pidfd)
+        code = w.proc.wait()
+        reports: list[Report] = []
+        victim = self.running
+        if victim is None and not w.began and self.inflight:
+            victim = self.inflight[0]
+            reports.append(Start(victim.job, w.proc.pid, w.create_time))
+        if victim is not None:
+            self._salvage(victim)
+            self.inflight.remove(victim)
+            self.running, self.deadline = None, math.inf
+            error = pool.Outcome(code, f"the Python worker died: {pool.describe(code)}")
+            reports.append(Ended(victim.job, victim.stop, error))
+        return self._replace(reports)
+
+    def _replace(self, reports: list[Report]) -> bool:
+        """The worker is gone: jobs asked to stop end unstarted, the rest go to a new
+        worker (in the same order). False: the lane has nothing left."""
+        self.pool._retire(self.worker, healthy=False)
+        left = deque[Ticket]()
+        for t in self.inflight:
+            if t.stop.reason is not None:
+                reports.append(Ended(t.job, t.stop, pool.Outcome(None), False))
+            else:
+                left.append(t)
+        self.inflight, self.out, self.buf = left, bytearray(), bytearray()
+        if left:
+            try:
+                self.worker = self.pool._spawn(left[0].log_path)
+            except OSError as e:
+                error = f"cannot start {self.pool.python}: {e.strerror}"
+                for t in left:
+                    reports.append(Start(t.job, None, None))
+                    reports.append(Ended(t.job, t.stop, pool.Outcome(None, error, False)))
+                left.clear()
+            else:
+                self.worker.calls = len(left)
+                for t in left:
+                    self.out += t.frame
+                self.flush()
+        self.pool.report(reports)
+        return bool(left)
+
+    def _mark(self, t: Ticket) -> pool.Mark:
+        return (t.job.id, self.pool.socket_path)
+
+    def _salvage(self, t: Ticket) -> None:
+        """Output a dead worker left in its scratch file belongs to the job it ran."""
+        log, scratch = t.log_path, self.worker.scratch
+        with contextlib.suppress(OSError):
+            if os.stat(scratch).st_size > 0:
+                try:
+                    os.link(scratch, log)
+                except FileExistsError:
+                    with open(log, "ab") as out, open(scratch, "rb") as src:
+                        out.write(src.read())
+        with contextlib.suppress(OSError):
+            os.unlink(scratch)
 
 
 def _job_env(job: Job, socket_path: Path) -> dict[str, str]:

@@ -56,7 +56,8 @@ def status_as(user: str, sock: Path) -> protocol.Ok[object] | protocol.Err:
     os.waitpid(pid, 0)
     assert data[:4] != b"", "the child got nothing"
     try:
-        return protocol.reply_decoder.decode(data[4:])
+        # the first reply only: the second (Status) may have come in the same read
+        return protocol.reply_decoder.decode(data[4 : 4 + protocol.HEADER.unpack(data[:4])[0]])
     except Exception:
         raise AssertionError(data) from None
 
