@@ -76,7 +76,9 @@ class Ticket:
     stop: pool.Stop
     log_path: Path
     frame: bytes
-    skip_sent: bool = False
+    #: asked to stop before it started: already reported as ended, a Skip sent; it stays
+    #: in the lane until the worker confirms (or turns out to have started it: killed)
+    dropped: bool = False
     #: monotonic time it started, once the worker said so
     started: float | None = None
 
@@ -291,11 +293,15 @@ class Lane:
                 raise  # the daemon is going down at once: nothing more to report
             # a bug of ours must cost one attempt, never the daemon
             reports: list[Report] = []
-            if self.running is not None:
+            if self.running is not None and not self.running.dropped:
                 error = pool.Outcome(None, f"internal error in phxqd: {e!r}")
                 reports.append(Ended(self.running.job, self.running.stop, error))
                 self.inflight.remove(self.running)
-            reports += [Ended(t.job, t.stop, pool.Outcome(None), False) for t in self.inflight]
+            reports += [
+                Ended(t.job, t.stop, pool.Outcome(None), False)
+                for t in self.inflight
+                if not t.dropped
+            ]
             self.inflight.clear()
             self.pool.report(reports)
         finally:
@@ -362,9 +368,7 @@ class Lane:
             elif isinstance(msg, Began):
                 self._begin(self._find(msg.job_id), now, reports)
             elif isinstance(msg, Skipped):
-                t = self._find(msg.job_id)
-                self.inflight.remove(t)
-                reports.append(Ended(t.job, t.stop, pool.Outcome(None), False))
+                self.inflight.remove(self._find(msg.job_id))  # dropped: reported already
         if reports:
             self.pool.report(reports)
 
@@ -374,11 +378,14 @@ class Lane:
         self.inflight.remove(t)
         self.running, self.deadline = None, math.inf
         self.worker.last_run = now - t.started
-        if msg.ok:
+        if t.dropped:
+            pass  # it ran to its end before the Skip came; it was reported as cancelled
+        elif msg.ok:
             outcome = pool.Outcome(0, None, result=msg.result)
         else:
             outcome = pool.Outcome(1, msg.error, retryable=not msg.permanent)
-        reports.append(Ended(t.job, t.stop, outcome))
+        if not t.dropped:
+            reports.append(Ended(t.job, t.stop, outcome))
         if self.pool.max_rss is not None and not self.pool._keep(self.worker):
             self.accepting = False
         if msg.next is not None:
@@ -389,7 +396,8 @@ class Lane:
         self.running, t.started = t, now
         timeout = t.job.timeout
         self.deadline = anyio.current_time() + timeout if timeout is not None else math.inf
-        reports.append(Start(t.job, self.worker.proc.pid, self.worker.create_time))
+        if not t.dropped:
+            reports.append(Start(t.job, self.worker.proc.pid, self.worker.create_time))
         if t.stop.reason is not None:
             self.poked = True  # cancelled while it waited in the worker: kill it now
 
@@ -400,17 +408,25 @@ class Lane:
         raise AssertionError(f"the worker named job {job_id}, which it was not sent")
 
     async def _stops(self) -> bool:
-        """Jobs asked to stop: the running one by killing the worker, the others by Skip."""
+        """Jobs asked to stop: the running one by killing the worker; one that has not
+        started ends at once, unrun (so a cancel does not wait for the job ahead of it),
+        and the worker is told to skip it."""
+        reports: list[Report] = []
         for t in self.inflight:
-            if t.stop.reason is not None and t is not self.running and not t.skip_sent:
-                t.skip_sent = True
+            if t.stop.reason is not None and t is not self.running and not t.dropped:
+                t.dropped = True
+                reports.append(Ended(t.job, t.stop, pool.Outcome(None), False))
                 data = _encoder.encode(Skip(t.job.id))
                 self.out += HEADER.pack(len(data)) + data
         self.flush()
+        if reports:
+            self.pool.report(reports)
         running = self.running
         if running is None or running.stop.reason is None:
             return True
         code = await self._kill(running)
+        if running.dropped:  # it started before the Skip came: killed, already reported
+            return self._replace([])
         outcome = pool.Outcome(
             code, f"{running.stop.reason} ({pool.describe(code)})", cancelled=True
         )
@@ -420,6 +436,8 @@ class Lane:
         running = self.running
         assert running is not None
         code = await self._kill(running)
+        if running.dropped:
+            return self._replace([])
         what = f"timed out after {running.job.timeout:g}s"
         outcome = pool.Outcome(code, f"{what} ({pool.describe(code)})")
         return self._replace([Ended(running.job, running.stop, outcome)])
@@ -443,7 +461,7 @@ class Lane:
         code = w.proc.wait()
         reports: list[Report] = []
         victim = self.running
-        if victim is None and not w.began and self.inflight:
+        if victim is None and not w.began and self.inflight and not self.inflight[0].dropped:
             victim = self.inflight[0]
             reports.append(Start(victim.job, w.proc.pid, w.create_time))
         if victim is not None:
@@ -451,7 +469,8 @@ class Lane:
             self.inflight.remove(victim)
             self.running, self.deadline = None, math.inf
             error = pool.Outcome(code, f"the Python worker died: {pool.describe(code)}")
-            reports.append(Ended(victim.job, victim.stop, error))
+            if not victim.dropped:
+                reports.append(Ended(victim.job, victim.stop, error))
         return self._replace(reports)
 
     def _replace(self, reports: list[Report]) -> bool:
@@ -460,6 +479,8 @@ class Lane:
         self.pool._retire(self.worker, healthy=False)
         left = deque[Ticket]()
         for t in self.inflight:
+            if t.dropped:
+                continue
             if t.stop.reason is not None:
                 reports.append(Ended(t.job, t.stop, pool.Outcome(None), False))
             else:
