@@ -57,13 +57,54 @@ class Stop:
             self.on_request()
 
 
+_base_env: dict[str, str] | None = None
+
+
 def job_env(job: Job, socket: Path) -> dict[str, str]:
-    env = dict(os.environ)
+    """The daemon's environment (copied once: it does not change while phxqd runs, and
+    decoding it again costs more than a job's spawn is worth), the job's, and PHXQ_*."""
+    global _base_env
+    if _base_env is None:
+        _base_env = dict(os.environ)
+    env = _base_env.copy()
     env.update(job.env or {})
     env["PHXQ_JOB_ID"] = str(job.id)
     env["PHXQ_ATTEMPT"] = str(job.attempts + 1)
     env["PHXQ_SOCKET"] = str(socket)
     return env
+
+
+#: PATH lookups: (name, PATH, cwd) -> (resolved path, monotonic time looked up)
+_found: dict[tuple[str, str, str | None], tuple[str, float]] = {}
+#: seconds a lookup is trusted (a program installed meanwhile is found after this)
+FOUND_FOR = 1.0
+
+
+def find_program(name: str, env: dict[str, str], cwd: str | None) -> str | None:
+    """Where execvpe would find `name`: the first executable file of that name in PATH.
+
+    The kernel's own search (one failed execve per PATH entry before the right one) costs
+    more than the rest of a spawn on a long PATH, so phxqd looks it up itself and keeps
+    the answer a second. None: let the exec find it (or say why it cannot).
+    """
+    if "/" in name or not name:
+        return None
+    path = env.get("PATH", os.defpath)
+    key = (name, path, cwd)
+    hit = _found.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[1] < FOUND_FOR:
+        return hit[0]
+    for directory in path.split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if not os.path.isabs(candidate) and cwd is not None:
+            candidate = os.path.join(cwd, candidate)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            if len(_found) > 1000:
+                _found.clear()
+            _found[key] = (candidate, now)
+            return candidate
+    return None
 
 
 async def run_command(
@@ -82,18 +123,17 @@ async def run_command(
     process tree is killed before the cancellation propagates. With `log_cap`, the log is
     trimmed to about that size every second while the job runs and once more at its end.
     """
+    env = job_env(job, socket)
     try:
         with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
-            proc = subprocess.Popen(
-                job.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=job.cwd,
-                env=job_env(job, socket),
-                start_new_session=True,
-                close_fds=True,
-            )
+            program = find_program(job.argv[0], env, job.cwd)
+            try:
+                proc = _spawn(job, program, log, env)
+            except FileNotFoundError:
+                if program is None:
+                    raise
+                _found.clear()  # it moved: look again
+                proc = _spawn(job, None, log, env)
     except OSError as e:
         await started(None, None)
         where = f" (cwd {job.cwd})" if job.cwd else ""
@@ -130,6 +170,20 @@ async def run_command(
     if timer.cancelled_caught:
         return Outcome(code, f"timed out after {job.timeout:g}s ({describe(code)})")
     return Outcome(code, None if code == 0 else describe(code))
+
+
+def _spawn(job: Job, program: str | None, log: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        job.argv,
+        executable=program,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=job.cwd,
+        env=env,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 #: seconds between two looks at a running job's log size
