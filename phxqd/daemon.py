@@ -10,9 +10,11 @@ because acknowledged means on disk. SIGHUP reloads the config file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         worker_max_jobs=cfg.worker_max_jobs,
         worker_max_rss=cfg.worker_max_rss or None,
     )
+    raise_open_files_limit()
     try:
         anyio.run(run, settings, cfg, opts, sd, activated)
     except Corruption as e:
@@ -165,6 +168,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     finally:
         os.close(lock)
+
+
+def raise_open_files_limit(target: int = 65536) -> None:
+    """Raise the soft limit of open files towards the hard one (systemd's default soft
+    limit is 1024, a few hundred clients' worth). Each client connection, running job and
+    worker holds descriptors; past the limit the daemon delays new connections instead of
+    failing, but should not get there with a thousand clients. Jobs inherit the raised
+    soft limit (at most `target`)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(hard, target)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def check_config(flag: str | None) -> int:

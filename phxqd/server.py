@@ -8,6 +8,7 @@ malformed frame costs its sender an error reply or the connection, never the dae
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import logging
 import math
@@ -16,7 +17,7 @@ import pwd
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,17 @@ from phxqd.state import Refused
 
 log = logging.getLogger("phxqd.server")
 
+#: A handler answers with a value (one `Ok` reply), or with an async generator of frames
+#: (a stream: `JobEvent`/`Chunk` frames, then the final `Ok`, if any).
 Handler = Callable[[protocol.Request], Awaitable[Any]]
 #: a client that sends nothing for this long is disconnected (long requests are exempt)
 IDLE_TIMEOUT = 300.0
+#: a client that takes none of a frame for this long is disconnected: a reader that never
+#: reads holds at most one frame and the socket's buffers, then its connection is gone
+SEND_TIMEOUT = 60.0
+#: seconds to wait before accepting again when out of file descriptors
+ACCEPT_RETRY = 0.1
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -161,7 +170,20 @@ async def serve(
                 return
             await Connection(stream, handle).run()
 
-    await listener.serve(on_connect)
+    async with anyio.create_task_group() as connections:
+        while True:
+            try:
+                stream = await listener.accept()
+            except anyio.BrokenResourceError as e:
+                # Out of descriptors or memory (anyio wraps the OSError): the clients in
+                # the listen backlog wait a little; everyone connected is still served.
+                cause = e.__cause__
+                if not isinstance(cause, OSError) or cause.errno not in OUT_OF_RESOURCES:
+                    raise
+                log.warning("cannot accept a connection now (%s); retrying shortly", cause)
+                await anyio.sleep(ACCEPT_RETRY)
+                continue
+            connections.start_soon(on_connect, stream)
 
 
 class Connection:
@@ -169,19 +191,20 @@ class Connection:
         self.stream = stream
         self.reader = BufferedByteReceiveStream(stream)
         self.handle = handle
-
-    async def run(self) -> None:
         # One scope for the connection's life, its deadline moved per frame: cheaper than a
         # new timeout scope for every request, which showed up in profiles under load.
-        with anyio.CancelScope() as idle:
+        self.deadline = anyio.CancelScope()
+
+    async def run(self) -> None:
+        with self.deadline:
             async with self.stream:
                 greeted = False
                 while True:
-                    idle.deadline = anyio.current_time() + IDLE_TIMEOUT
+                    self.deadline.deadline = anyio.current_time() + IDLE_TIMEOUT
                     payload = await self._read_frame()
                     if payload is None:
                         return
-                    idle.deadline = math.inf  # a long request (wait) is not idleness
+                    self.deadline.deadline = math.inf  # a long request (wait) is not idleness
                     try:
                         req = protocol.request_decoder.decode(payload)
                     except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -191,10 +214,43 @@ class Connection:
                         await self._send(protocol.Err("upgrade", "the first request must be hello"))
                         return
                     reply = await self._answer(req)
+                    if isinstance(reply, AsyncGenerator):
+                        if not await self._stream(reply):
+                            return
+                        continue
                     await self._send(reply)
                     if not greeted and isinstance(reply, protocol.Err):
                         return  # a client that failed the hello speaks another protocol
                     greeted = True
+
+    async def _stream(self, frames: AsyncGenerator[msgspec.Struct]) -> bool:
+        """Send a stream's frames as they come; False when the client hung up meanwhile.
+
+        The client says nothing during a stream, so anything it sends (end of file
+        included) ends the stream at once, not at the next frame, which for a quiet
+        `watch` could be never.
+        """
+        hung_up = False
+        async with contextlib.aclosing(frames), anyio.create_task_group() as tg:
+
+            async def notice_hangup() -> None:
+                nonlocal hung_up
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    await self.reader.receive()
+                hung_up = True
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(notice_hangup)
+            try:
+                async for frame in frames:
+                    await self._send(frame)
+            except Refused as e:
+                await self._send(protocol.Err(e.code, e.message))
+            except Exception:
+                log.exception("internal error in a stream")
+                await self._send(protocol.Err("internal", "internal error in phxqd (see its log)"))
+            tg.cancel_scope.cancel()
+        return not hung_up
 
     async def _read_frame(self) -> bytes | None:
         """The next payload, or None when the client is gone or broke the framing."""
@@ -209,14 +265,25 @@ class Connection:
         except (anyio.IncompleteRead, anyio.EndOfStream):
             return None
 
-    async def _answer(self, req: protocol.Request) -> protocol.Ok[Any] | protocol.Err:
+    async def _answer(
+        self, req: protocol.Request
+    ) -> protocol.Ok[Any] | protocol.Err | AsyncGenerator[msgspec.Struct]:
         try:
-            return protocol.Ok(await self.handle(req))
+            result = await self.handle(req)
+            if isinstance(result, AsyncGenerator):
+                return result
+            return protocol.Ok(result)
         except Refused as e:
             return protocol.Err(e.code, e.message)
         except Exception:
             log.exception("internal error answering %s", type(req).__name__)
             return protocol.Err("internal", "internal error in phxqd (see its log)")
 
-    async def _send(self, reply: protocol.Ok[Any] | protocol.Err) -> None:
-        await self.stream.send(protocol.frame(reply))
+    async def _send(self, frame: msgspec.Struct) -> None:
+        """Send one frame; a client that will not take it within SEND_TIMEOUT is dropped
+        (the connection's scope is cancelled, which ends `run`)."""
+        scope = self.deadline
+        before = scope.deadline
+        scope.deadline = anyio.current_time() + SEND_TIMEOUT
+        await self.stream.send(protocol.frame(frame))
+        scope.deadline = before

@@ -12,7 +12,7 @@ import heapq
 import math
 import random
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -137,6 +137,9 @@ class State:
     _dependents: dict[int, list[int]] = field(default_factory=dict)
     #: blocked job id -> seq of when it was blocked (a snapshot keeps their order too)
     _blocked: dict[int, int] = field(default_factory=dict)
+    #: told of each job cancelled because a job it runs after did not complete: no event
+    #: of its own says so (the live feed needs to know; the state itself does not)
+    on_cascade: Callable[[Job, float], None] | None = field(default=None, compare=False)
 
     # ----------------------------------------------------------------- decisions
 
@@ -589,6 +592,8 @@ class State:
             else:
                 self._finish(dependent, "cancelled", at)
                 dependent.error = f"job {job_id}, which it runs after, {job.status}"
+                if self.on_cascade is not None:
+                    self.on_cascade(dependent, at)
                 self._release(dependent_id, at)
 
     def _promote(self, now: float) -> None:
