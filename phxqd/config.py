@@ -66,6 +66,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     worker_max_jobs: Positive = 1000
     #: ...or once its resident memory passes this many bytes (0: no limit)
     worker_max_rss: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: a JSON file of counts, rates and live jobs' progress for other programs, replaced
+    #: atomically at most once a second while something changes; None: none
+    status_file: str | None = None
+    #: commands run when a job completes, fails for good, or waits to be retried, with the
+    #: job's JSON on stdin: a string (run by /bin/sh -c) or an argv array
+    on_complete: str | list[str] | None = None
+    on_failure: str | list[str] | None = None
+    on_retry: str | list[str] | None = None
+    #: seconds a hook may run before its process group is killed
+    hook_timeout: PositiveSeconds = 30.0
+    #: most hooks running at once; the others wait (never the queue)
+    hook_concurrency: Positive = 4
 
 
 class ConfigError(Exception):
@@ -106,6 +118,10 @@ def parse(data: bytes, where: str) -> Config:
                     f"{where}: `queues.{name}.{key}` must be {kind} of at least {least:g}, "
                     f"not {toml_value(value)}"
                 )
+    for key in ("on_complete", "on_failure", "on_retry"):
+        hook = getattr(cfg, key)
+        if hook is not None and (not hook or (isinstance(hook, list) and not hook[0])):
+            raise ConfigError(f"{where}: `{key}` must be a command, not {toml_value(hook)}")
     return cfg
 
 

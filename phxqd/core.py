@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from phxqd import metrics, pool, protocol, snapshot
+from phxqd import metrics, pool, protocol, snapshot, statusfile
 from phxqd.events import (
     AnyEvent,
     Cancelled,
@@ -404,6 +404,16 @@ class Core:
             uptime=now - self.started_at,
         )
         return summary
+
+    def status_export(self) -> dict[str, Any]:
+        """What the status file says (config `status_file`): see phxqd/statusfile.py."""
+        status = self.status()
+        live = [self.state.jobs[r["id"]] for r in status["running_jobs"]]
+        retrying = status["counts"]["retrying"]
+        if retrying and len(live) < statusfile.MAX_JOBS:
+            # O(jobs), once a second at most, and only while some job waits to retry
+            live += self.state.select("retrying", None, statusfile.MAX_JOBS - len(live))
+        return statusfile.content(status, live)
 
     def queues(self) -> list[dict[str, Any]]:
         """Every queue that has jobs or settings: counts, limit and where it comes from."""

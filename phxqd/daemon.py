@@ -27,8 +27,9 @@ from typing import Any
 import anyio
 import msgspec
 
-from phxqd import config, logsetup, metrics, paths, server, systemd
+from phxqd import config, logsetup, metrics, paths, server, statusfile, systemd
 from phxqd.core import Core, Settings
+from phxqd.hooks import Hooks, HookSettings
 from phxqd.journal import Corruption, FsyncPolicy, Journal, JournalError
 from phxqd.model import QueueConfig
 from phxqd.recovery import StateDirBusy, lock_state_dir, recover
@@ -259,6 +260,12 @@ async def run(
             tg.start_soon(_in_scope, core.snapshotter, snapshots)
             tg.start_soon(_in_scope, core.heal, healing)
             tg.start_soon(_dispatch, core, dispatching)
+            hooks = Hooks(core.feed, core.state.jobs.get)
+            hooks.configure(hook_settings(cfg))
+            tg.start_soon(hooks.run)
+            status_file = Path(cfg.status_file) if cfg.status_file else None
+            if status_file is not None:
+                tg.start_soon(statusfile.keep, status_file, core.feed, core.status_export)
             http = await metrics.open_http(cfg.metrics_listen) if cfg.metrics_listen else None
             if http is not None:
                 tg.start_soon(metrics.serve_http, core, http)
@@ -278,7 +285,7 @@ async def run(
                 settings.workers,
                 fsync,
             )
-            reloader = Reloader(opts, cfg, core, notifier)
+            reloader = Reloader(opts, cfg, core, hooks, notifier)
             await _until_stop_signal(signals, reloader.reload)
             running = core.status()["counts"]["running"]
             if settings.shutdown_grace > 0 and running:
@@ -304,6 +311,8 @@ async def run(
             except (JournalError, OSError) as e:
                 log.error("no snapshot at shutdown (%s); the journal keeps what was saved", e)
             await journal.close()
+            if status_file is not None:  # the last word: every job requeued or ended
+                await statusfile.write_now(status_file, core.status_export)
             if activated is None:  # an activated socket belongs to systemd's socket unit
                 settings.socket.unlink(missing_ok=True)
             tg.cancel_scope.cancel()
@@ -363,9 +372,10 @@ class Reloader:
     Applied at once: `workers` and the `[queues.NAME]` tables (the dispatcher is woken:
     a higher limit starts waiting jobs now, a lower one lets running jobs finish),
     `log_level`, `kill_grace`, `shutdown_grace`, `snapshot_bytes`, `write_retry_interval`,
-    `retention`, `log_max_bytes` (each read where it is used, from then on), and the
-    Python worker keys (`python`, `pythonpath`, `worker_max_*`: idle workers are replaced).
-    The rest (paths, fsync policy, segment size, `metrics_listen`) is read at start-up
+    `retention`, `log_max_bytes` (each read where it is used, from then on), the hooks
+    (`on_*`, `hook_*`: hooks already running finish), and the Python worker keys
+    (`python`, `pythonpath`, `worker_max_*`: idle workers are replaced). The rest (paths,
+    fsync policy, segment size, `metrics_listen`, `status_file`) is read at start-up
     only; a change to it is logged as needing a restart. A file phxqd cannot accept
     changes nothing: the running settings stay, and the error is logged and shown in
     `systemctl status`. Flags given on the command
@@ -373,10 +383,16 @@ class Reloader:
     """
 
     def __init__(
-        self, opts: Options, cfg: config.Config, core: Core, notifier: systemd.Notifier
+        self,
+        opts: Options,
+        cfg: config.Config,
+        core: Core,
+        hooks: Hooks,
+        notifier: systemd.Notifier,
     ) -> None:
         self.opts = opts
         self.core = core
+        self.hooks = hooks
         self.notifier = notifier
         self.started_with = self._startup_values(cfg)
 
@@ -397,6 +413,7 @@ class Reloader:
         settings.retention = cfg.retention
         settings.log_max_bytes = cfg.log_max_bytes or None
         settings.shutdown_grace = cfg.shutdown_grace
+        self.hooks.configure(hook_settings(cfg))
         # Python workers: the new values apply to workers started from now on; the idle
         # ones are let go so the next call gets a worker of the new kind.
         workers_pool = self.core.workers
@@ -438,9 +455,16 @@ class Reloader:
             "fsync_interval_ms": cfg.fsync_interval_ms,
             "segment_bytes": cfg.segment_bytes,
             "metrics_listen": cfg.metrics_listen,
+            "status_file": cfg.status_file,
             "allow_users": cfg.allow_users,
             "allow_groups": cfg.allow_groups,
         }
+
+
+def hook_settings(cfg: config.Config) -> HookSettings:
+    return HookSettings(
+        cfg.on_complete, cfg.on_failure, cfg.on_retry, cfg.hook_timeout, cfg.hook_concurrency
+    )
 
 
 def _queues_text(queues: dict[str, QueueConfig]) -> str:

@@ -108,6 +108,12 @@ class Listener:
             self._dropped = 0
         return taken
 
+    def discard(self) -> None:
+        """Forget what is waiting (for a listener that only wants to know that something
+        happened, and has just looked)."""
+        self._events.clear()
+        self._dropped = 0
+
 
 class Feed:
     def __init__(self, backlog: int = BACKLOG) -> None:
@@ -127,9 +133,17 @@ class Feed:
     @contextmanager
     def listen(self, ids: frozenset[int] | None = None) -> Iterator[Listener]:
         """A listener for the events of these jobs (None: of every job) while in the block."""
-        listener = Listener(ids, self._backlog)
-        self._listeners.append(listener)
+        listener = self.attach(ids)
         try:
             yield listener
         finally:
-            self._listeners.remove(listener)
+            self.detach(listener)
+
+    def attach(self, ids: frozenset[int] | None = None) -> Listener:
+        """A listener from now until `detach` (for owners whose life is not one block)."""
+        listener = Listener(ids, self._backlog)
+        self._listeners.append(listener)
+        return listener
+
+    def detach(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
