@@ -261,7 +261,7 @@ async def run(
             tg.start_soon(_in_scope, core.snapshotter, snapshots)
             tg.start_soon(_in_scope, core.heal, healing)
             tg.start_soon(_dispatch, core, dispatching)
-            hooks = Hooks(core.feed, core.state.jobs.get)
+            hooks = Hooks(core.feed, core.state.jobs.get, core.stats.hooks)
             hooks.configure(hook_settings(cfg))
             tg.start_soon(hooks.run)
             status_file = Path(cfg.status_file) if cfg.status_file else None
