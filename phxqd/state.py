@@ -584,7 +584,12 @@ class State:
         self._seq += 1
         key = self._seq - RETRY_FIRST if job.status == "retrying" else self._seq
         self._queued[job.id] = key
-        heapq.heappush(self._delayed, (job.run_at, key, job.id))
+        if job.run_at <= job.created_at:
+            # Due from the moment it was submitted: no need to pass through the delayed
+            # heap (the same order, one heap operation instead of three, no clock read).
+            heapq.heappush(self._ready.setdefault(job.queue, []), (-job.priority, key, job.id))
+        else:
+            heapq.heappush(self._delayed, (job.run_at, key, job.id))
 
     def _enqueue_or_block(self, job: Job) -> None:
         if self.waits_for(job):
