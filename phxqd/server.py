@@ -25,7 +25,6 @@ from typing import Any
 import anyio
 import msgspec
 from anyio.abc import SocketStream, UNIXSocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from phxqd import protocol
 from phxqd.state import Refused
@@ -46,6 +45,8 @@ class Timeouts:
     send: float = 60.0
 
 
+#: most bytes taken from a client socket at once
+RECEIVE_SIZE = 65536
 #: seconds between the watchdog's looks at the connections
 WATCH_INTERVAL = 1.0
 #: seconds to wait before accepting again when out of file descriptors
@@ -181,7 +182,7 @@ async def serve(
                         )
                     )
                 return
-            connection = Connection(stream, handle)
+            connection = Connection(stream, handle, pid)
             live.add(connection)
             try:
                 await connection.run()
@@ -215,19 +216,28 @@ async def _watchdog(live: set[Connection], timeouts: Timeouts) -> None:
     while True:
         await anyio.sleep(WATCH_INTERVAL)
         now = time.monotonic()
-        for connection in list(live):
-            limit = timeouts.idle if connection.phase is READING else timeouts.send
-            if connection.phase is not HANDLING and now - connection.since > limit:
-                connection.scope.cancel()
+        for c in list(live):
+            if c.phase is READING and now - c.since > timeouts.idle:
+                log.debug("closing a connection idle for %gs (pid %d)", timeouts.idle, c.pid)
+                c.scope.cancel()
+            elif c.phase is SENDING and now - c.since > timeouts.send:
+                log.warning(
+                    "disconnecting a client that took no reply for %gs (pid %d)",
+                    timeouts.send,
+                    c.pid,
+                )
+                c.scope.cancel()
 
 
 READING, HANDLING, SENDING = "reading", "handling", "sending"
 
 
 class Connection:
-    def __init__(self, stream: UNIXSocketStream, handle: Handler) -> None:
+    def __init__(self, stream: UNIXSocketStream, handle: Handler, pid: int = 0) -> None:
         self.stream = stream
-        self.reader = BufferedByteReceiveStream(stream)
+        self.pid = pid  # the client's, for log lines
+        #: bytes received and not yet part of a whole frame
+        self._buffer = bytearray()
         self.handle = handle
         self.scope = anyio.CancelScope()
         #: what the connection waits for (its client, or phxqd), and since when
@@ -275,7 +285,7 @@ class Connection:
             async def notice_hangup() -> None:
                 nonlocal hung_up
                 with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
-                    await self.reader.receive()
+                    await self.stream.receive()
                 hung_up = True
                 tg.cancel_scope.cancel()
 
@@ -292,17 +302,33 @@ class Connection:
         return not hung_up
 
     async def _read_frame(self) -> bytes | None:
-        """The next payload, or None when the client is gone or broke the framing."""
-        try:
-            header = await self.reader.receive_exactly(protocol.HEADER.size)
-            (length,) = protocol.HEADER.unpack(header)
-            if length > protocol.MAX_FRAME:
-                limit = f"frame of {length} bytes is over the {protocol.MAX_FRAME} limit"
-                await self._send(protocol.Err("usage", limit))
+        """The next payload, or None when the client is gone or broke the framing.
+
+        One `receive` per request in the common case (a whole frame arrives at once),
+        instead of one per header and one per payload.
+        """
+        buf = self._buffer
+        size = protocol.HEADER.size
+        while True:
+            if len(buf) >= size:
+                (length,) = protocol.HEADER.unpack_from(buf)
+                if length > protocol.MAX_FRAME:
+                    limit = f"frame of {length} bytes is over the {protocol.MAX_FRAME} limit"
+                    await self._send(protocol.Err("usage", limit))
+                    return None
+                if len(buf) >= size + length:
+                    payload = bytes(buf[size : size + length])
+                    del buf[: size + length]
+                    return payload
+            try:
+                data = await self.stream.receive(RECEIVE_SIZE)
+            except anyio.EndOfStream:
                 return None
-            return await self.reader.receive_exactly(length)
-        except (anyio.IncompleteRead, anyio.EndOfStream):
-            return None
+            if not buf and len(data) >= size:
+                (length,) = protocol.HEADER.unpack_from(data)
+                if len(data) == size + length:  # exactly one frame: no copy into buf
+                    return data[size:]
+            buf += data
 
     async def _answer(
         self, req: protocol.Request

@@ -120,30 +120,24 @@ def test_idle_and_non_reading_clients_are_disconnected(tmp_path: Path) -> None:
     watcher = connect(d)
     watcher.sendall(HELLO + protocol.frame(protocol.Watch()))
     assert isinstance(read_reply(watcher), protocol.Ok)
-    # A client that asks for big replies and reads none of them.
+    idle.settimeout(30)
+    assert idle.recv(1) == b"", "the idle client was disconnected"
+
+    # A client that asks for a big reply and reads none of it: phxqd gives up on it.
     d.ok("pause")
     specs = "\n".join('{"argv": ["true"], "label": "%s"}' % ("x" * 300) for _ in range(5_000))
     d.ok("submit", "--batch", "-", input=specs)
     greedy = connect(d)
     greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     greedy.sendall(HELLO + protocol.frame(protocol.List(limit=5_000)))
-
-    idle.settimeout(30)
-    assert idle.recv(1) == b"", "the idle client was disconnected"
-    # The client that reads nothing: once phxqd gives up on it, its socket is closed, and
-    # what it can still read is less than the whole reply.
-    assert d.proc is not None
-    daemon_fds = psutil.Process(d.proc.pid).num_fds
-    open_now = daemon_fds()
-    until(lambda: daemon_fds() < open_now, what="the non-reading client disconnected")
+    until(
+        lambda: "disconnecting a client that took no reply for 1.5s" in d.logtext(),
+        what="the non-reading client disconnected",
+    )
+    # Closed by phxqd: what the kernel had taken can still be read, then the end.
     greedy.settimeout(30)
-    data = b""
-    while chunk := greedy.recv(1 << 20):
-        data += chunk
-    (hello,) = struct.unpack(">I", data[:4])
-    rest = data[4 + hello :]  # after the hello's reply, the start of the list's
-    (length,) = struct.unpack(">I", rest[:4])
-    assert 0 < len(rest) - 4 < length, "phxqd gave up in the middle of the reply"
+    while greedy.recv(1 << 20):
+        pass
 
     d.submit("true")  # an event for the watcher, which is still connected
     watcher.settimeout(30)
