@@ -718,12 +718,19 @@ class Core:
     def _next_job(self, now: float, durable_below: int) -> Job | None:
         """The job held back for a slot, else one given back by a lane, else the state's
         next; it is in `_active` when returned."""
+        paused = self.state.paused
         if self._held is not None:
             job, self._held = self._held, None
-            return job
-        while self._returned:
-            job = self._returned.popleft()
-            if self.state.jobs.get(job.id) is job and job.status in ("pending", "retrying"):
+            if not (self.state.paused_all or job.queue in paused):
+                return job
+            self._active.pop(job.id)  # paused meanwhile: it waits with the given-back ones
+            self._busy[job.queue] -= 1
+            self._returned.appendleft(job)
+        for job in list(self._returned):
+            if self.state.jobs.get(job.id) is not job or job.status not in ("pending", "retrying"):
+                self._returned.remove(job)  # cancelled or cleared meanwhile
+            elif not (self.state.paused_all or job.queue in paused):
+                self._returned.remove(job)
                 self._active[job.id] = pool.Stop()
                 self._busy[job.queue] += 1
                 return job
