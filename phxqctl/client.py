@@ -232,5 +232,5 @@ class Client:
 def _decode(decoder: msgspec.msgpack.Decoder[Any], payload: bytes) -> Any:
     try:
         return decoder.decode(payload)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise PhxqError(f"phxqd sent a reply this phxqctl cannot read: {e}") from None

@@ -46,7 +46,7 @@ def decode(payload: bytes) -> Any:
         else:
             try:
                 return msgspec.msgpack.decode(payload)
-            except msgspec.DecodeError as e:
+            except (msgspec.DecodeError, UnicodeDecodeError) as e:
                 raise mpack.DecodeError(str(e)) from None
     return mpack.unpackb(payload)
 
