@@ -249,6 +249,10 @@ def _nothing(p: argparse.ArgumentParser) -> None:
     pass
 
 
+def _completion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", choices=("bash", "zsh", "fish"))
+
+
 #: name -> (what it does, how to add its arguments)
 SYNTAX: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "submit": ("queue a command job: phxqctl submit [options] -- CMD ARG...", _submit),
@@ -266,6 +270,7 @@ SYNTAX: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "queue": ("show queues, or set a queue's concurrency at run time", _queue),
     "progress": ("from inside a job: report its progress (shown by show and status)", _progress),
     "metrics": ("the daemon's metrics, in the Prometheus text format", _nothing),
+    "completion": ("print the shell completion script for bash, zsh or fish", _completion),
 }
 
 
@@ -573,6 +578,17 @@ def do_progress(session: Session, args: argparse.Namespace, as_json: bool) -> in
     return 0
 
 
+def do_completion(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    from phxqctl import completion
+
+    text = completion.script(args.shell)
+    if as_json:
+        render.print_json({"shell": args.shell, "script": text})
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "submit": do_submit,
     "status": do_status,
@@ -589,6 +605,7 @@ COMMANDS: dict[str, Command] = {
     "metrics": do_metrics,
     "pause": _pause_resume("pause", "paused"),
     "resume": _pause_resume("resume", "resumed"),
+    "completion": do_completion,
 }
 
 if __name__ == "__main__":
