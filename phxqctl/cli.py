@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 
 
 STATUSES = render.STATUSES
-#: copies of phxqd.model's (which imports msgspec), kept equal by tests/test_wire.py
-FINISHED = ("cancelled", "completed", "failed")
+FINISHED = render.FINISHED
 EXIT_USAGE = 2
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -249,6 +248,10 @@ def _nothing(p: argparse.ArgumentParser) -> None:
     pass
 
 
+def _watch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ids", type=int, nargs="*", metavar="ID", help="only these jobs")
+
+
 def _completion(p: argparse.ArgumentParser) -> None:
     p.add_argument("shell", choices=("bash", "zsh", "fish"))
 
@@ -270,6 +273,7 @@ SYNTAX: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "queue": ("show queues, or set a queue's concurrency at run time", _queue),
     "progress": ("from inside a job: report its progress (shown by show and status)", _progress),
     "metrics": ("the daemon's metrics, in the Prometheus text format", _nothing),
+    "watch": ("live view: counts, running jobs with progress and ETA, failures", _watch),
     "completion": ("print the shell completion script for bash, zsh or fish", _completion),
 }
 
@@ -384,7 +388,13 @@ def do_submit(session: Session, args: argparse.Namespace, as_json: bool) -> int:
             print(res["job"]["id"])
     if args.wait:
         sys.stdout.flush()
-        jobs = session.call("wait", ids=[r["job"]["id"] for r in results])
+        ids = [r["job"]["id"] for r in results]
+        if not as_json and sys.stderr.isatty():
+            from phxqctl import live
+
+            jobs = live.wait_with_bars(session, ids, None)
+        else:
+            jobs = session.call("wait", ids=ids)
         if not as_json:
             for job in jobs:
                 print(render.outcome_line(job), file=sys.stderr)
@@ -480,8 +490,28 @@ def do_logs(session: Session, args: argparse.Namespace, as_json: bool) -> int:
 
 
 def do_wait(session: Session, args: argparse.Namespace, as_json: bool) -> int:
-    jobs = session.call("wait", ids=args.ids, timeout=args.timeout)
+    """On a terminal (stderr), a progress bar per job from the stream's events."""
+    if not as_json and sys.stderr.isatty():
+        from phxqctl import live
+
+        jobs = live.wait_with_bars(session, args.ids, args.timeout)
+    else:
+        jobs = session.call("wait", ids=args.ids, timeout=args.timeout)
     return report_waited(args.ids, jobs, as_json)
+
+
+def do_watch(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    """Full screen on a terminal; otherwise (or with --json) one line per event."""
+    from phxqctl import live
+
+    ids = args.ids or None
+    if not as_json and sys.stdout.isatty() and sys.stdin.isatty():
+        second = Session(session.conn.path)
+        try:
+            return live.watch_screen(session, second, ids)
+        finally:
+            second.close()
+    return live.watch_lines(session, ids, as_json)
 
 
 def report_waited(ids: list[int], jobs: list[Job], as_json: bool) -> int:
@@ -605,6 +635,7 @@ COMMANDS: dict[str, Command] = {
     "metrics": do_metrics,
     "pause": _pause_resume("pause", "paused"),
     "resume": _pause_resume("resume", "resumed"),
+    "watch": do_watch,
     "completion": do_completion,
 }
 

@@ -174,41 +174,33 @@ class Client:
         """Every event of every job (or of these), as it happens, until the iteration is
         stopped (break, close()). A `dropped` event says this reader fell behind and
         `count` events were lost; ask `status()` again for exact counts."""
-        for frame in self._stream(protocol.Watch(ids), Any):
-            if isinstance(frame, protocol.JobEvent):
-                yield frame
+        frames = self._stream(protocol.Watch(ids), Any)
+        return (f for f in frames if isinstance(f, protocol.JobEvent))
 
     def follow_logs(self, job_id: int, offset: int = 0) -> Iterator[bytes]:
         """The job's log from `offset`, as it is written, until the job has finished and
         all of its log was read."""
-        for frame in self._stream(protocol.Logs(job_id, offset, follow=True), Any):
-            if isinstance(frame, protocol.Chunk) and frame.data:
-                yield frame.data
+        frames = self._stream(protocol.Logs(job_id, offset, follow=True), Any)
+        return (f.data for f in frames if isinstance(f, protocol.Chunk) and f.data)
 
     def wait_events(
         self, ids: Ids, timeout: float | None = None
     ) -> Iterator[protocol.JobEvent | Jobs]:
         """`wait` with the jobs' events as they happen: yields each JobEvent, and last the
         list of finished jobs (what `wait` returns)."""
-        yield from self._stream(protocol.Wait(ids, timeout, stream=True), Jobs)
+        return self._stream(protocol.Wait(ids, timeout, stream=True), Jobs)
 
     def _stream(self, request: protocol.Request, result_type: Any) -> Iterator[Any]:
         """The frames of a streaming request on a connection of its own: its stream
-        frames, then the final reply's result (RemoteError for an error)."""
-        decoder = _stream_decoder(result_type)
+        frames, then the final reply's result (RemoteError for an error). The request is
+        sent before this returns (not at the first next())."""
         conn = Connection(str(self.socket_path), self.timeout)
         try:
             conn.request(protocol.encoder.encode(request))
-            while True:
-                message = _decode(decoder, conn.recv())
-                if isinstance(message, protocol.Err):
-                    raise RemoteError(message.code, message.message)
-                if isinstance(message, protocol.Ok):
-                    yield message.result
-                    return
-                yield message
-        finally:
+        except BaseException:
             conn.close()
+            raise
+        return _frames(conn, _stream_decoder(result_type))
 
     # ------------------------------------------------------------ the wire
 
@@ -227,6 +219,20 @@ class Client:
         if isinstance(reply, protocol.Err):
             raise RemoteError(reply.code, reply.message)
         return reply.result
+
+
+def _frames(conn: Connection, decoder: msgspec.msgpack.Decoder[Any]) -> Iterator[Any]:
+    try:
+        while True:
+            message = _decode(decoder, conn.recv())
+            if isinstance(message, protocol.Err):
+                raise RemoteError(message.code, message.message)
+            if isinstance(message, protocol.Ok):
+                yield message.result
+                return
+            yield message
+    finally:
+        conn.close()
 
 
 def _decode(decoder: msgspec.msgpack.Decoder[Any], payload: bytes) -> Any:

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
 
 WIDTH = 80
+#: the least room a table leaves its last column (the command, usually)
+LAST_MIN = 12
+#: copies of phxqd.model's (which imports msgspec), kept equal by tests/test_wire.py
 STATUSES = ("pending", "running", "retrying", "completed", "failed", "cancelled")
+FINISHED = ("cancelled", "completed", "failed")
 
 _RESET = "\033[0m"
 STYLES = {
@@ -110,16 +114,26 @@ def table(rows: Sequence[Sequence[str]], right: Sequence[int] = (), styles: Any 
     header, always bold)."""
     n = len(rows[0])
     widths = [max(len(r[i]) for r in rows) for i in range(n - 1)]
+    # too wide even for a short last column: narrow the widest text columns, clipping them
+    excess = sum(widths) + 2 * (n - 1) + LAST_MIN - WIDTH
+    while excess > 0:
+        widest = max((i for i in range(n - 1) if i not in right), key=lambda i: widths[i])
+        cut = min(excess, widths[widest] - 6)
+        if cut <= 0:
+            break
+        widths[widest] -= cut
+        excess -= cut
     lines = []
     for ri, row in enumerate(rows):
         cells = []
-        for ci, (cell, w) in enumerate(zip(row[:-1], widths, strict=True)):
+        for ci, (text, w) in enumerate(zip(row[:-1], widths, strict=True)):
+            cell = clip(text, w)
             padded = cell.rjust(w) if ci in right else cell.ljust(w)
-            style = "bold" if ri == 0 else (styles(ri, ci, cell) if styles else "")
+            style = "bold" if ri == 0 else (styles(ri, ci, text) if styles else "")
             cells.append(paint(padded, style) if style else padded)
         head = "  ".join(cells)
         room = WIDTH - sum(widths) - 2 * (n - 1)
-        last = clip(row[-1], max(room, 10))
+        last = clip(row[-1], max(room, LAST_MIN))
         lines.append((head + "  " + (paint(last, "bold") if ri == 0 else last)).rstrip())
     return "\n".join(lines)
 

@@ -169,6 +169,24 @@ class Session:
             else:
                 return result_of(message)
 
+    def start(self, op: str, **fields: Any) -> None:
+        """Send a streaming request; read its frames with `frame()` (for a caller that
+        waits on the socket itself, with select)."""
+        self.conn.request(mpack.packb({"op": op, **fields}))
+
+    def frame(self) -> dict[str, Any]:
+        """The next frame of a stream: an `event` or `chunk` dict, or the final `ok`
+        reply; RemoteError for an `err` reply."""
+        message = self._next()
+        if isinstance(message, dict) and message.get("type") in ("event", "chunk"):
+            return message
+        result_of(message)
+        assert isinstance(message, dict)
+        return message
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
     def _next(self) -> Any:
         try:
             return decode(self.conn.recv())
