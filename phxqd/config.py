@@ -56,6 +56,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: group names or gids; checked per connection with SO_PEERCRED
     allow_users: list[str | int] = []
     allow_groups: list[str | int] = []
+    #: a client connection that sends nothing for this long is closed (a request being
+    #: answered, a `wait` or a `watch`, is not idleness)
+    client_idle_timeout: PositiveSeconds = 300.0
+    #: a client that takes none of a reply for this long is disconnected
+    client_send_timeout: PositiveSeconds = 60.0
     #: "HOST:PORT" of an HTTP endpoint serving /metrics (Prometheus); None: none
     metrics_listen: str | None = None
     #: the interpreter of the Python workers that run callable jobs (your project's venv)

@@ -256,11 +256,12 @@ async def run(
                 server.open_to(settings.socket, access)
             serving, snapshots, healing = (anyio.CancelScope() for _ in range(3))
             dispatching = anyio.Event()
-            tg.start_soon(_serve, listener, core, access, serving)
+            timeouts = server.Timeouts(cfg.client_idle_timeout, cfg.client_send_timeout)
+            tg.start_soon(_serve, listener, core, access, timeouts, serving)
             tg.start_soon(_in_scope, core.snapshotter, snapshots)
             tg.start_soon(_in_scope, core.heal, healing)
             tg.start_soon(_dispatch, core, dispatching)
-            hooks = Hooks(core.feed, core.state.jobs.get)
+            hooks = Hooks(core.feed, core.state.jobs.get, core.stats.hooks)
             hooks.configure(hook_settings(cfg))
             tg.start_soon(hooks.run)
             status_file = Path(cfg.status_file) if cfg.status_file else None
@@ -324,11 +325,12 @@ async def _serve(
     listener: anyio.abc.SocketListener,
     core: Core,
     access: server.Access,
+    timeouts: server.Timeouts,
     scope: anyio.CancelScope,
 ) -> None:
     with scope:
         async with listener:
-            await server.serve(listener, core.handle, access)
+            await server.serve(listener, core.handle, access, timeouts)
 
 
 async def _in_scope(func: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
@@ -458,6 +460,8 @@ class Reloader:
             "status_file": cfg.status_file,
             "allow_users": cfg.allow_users,
             "allow_groups": cfg.allow_groups,
+            "client_idle_timeout": cfg.client_idle_timeout,
+            "client_send_timeout": cfg.client_send_timeout,
         }
 
 

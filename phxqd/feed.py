@@ -121,6 +121,10 @@ class Feed:
         self._backlog = backlog
 
     @property
+    def listeners(self) -> int:
+        return len(self._listeners)
+
+    @property
     def active(self) -> bool:
         """Whether anyone listens: without listeners, nothing is built."""
         return bool(self._listeners)

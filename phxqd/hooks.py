@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,9 +62,16 @@ def argv_of(command: Command) -> list[str]:
 class Hooks:
     """Owns the hook runner; `configure` swaps the settings (at start and on reload)."""
 
-    def __init__(self, feed: Feed, job: Callable[[int], Job | None]) -> None:
+    def __init__(
+        self,
+        feed: Feed,
+        job: Callable[[int], Job | None],
+        outcomes: Counter[tuple[str, str]] | None = None,
+    ) -> None:
         self.feed = feed
         self.job = job
+        #: (hook key, outcome) -> count, for the metrics
+        self.outcomes: Counter[tuple[str, str]] = Counter() if outcomes is None else outcomes
         self.settings = HookSettings()
         #: listening only while some hook is set: without hooks the feed costs nothing
         self._listener: Listener | None = None
@@ -108,6 +116,7 @@ class Hooks:
     ) -> None:
         if event.event == "dropped":
             log.warning("hooks fell behind: %d job events were dropped unhooked", event.count)
+            self.outcomes["any", "dropped"] += event.count
             return
         hook = settings.command_for(event.event)
         if hook is None:
@@ -148,6 +157,7 @@ class Hooks:
                 )
             except OSError as e:
                 log.warning("%s could not start: %s", what, e)
+                self.outcomes[key, "unstartable"] += 1
                 return
             output = b""
             async with process:
@@ -165,13 +175,16 @@ class Hooks:
                     with anyio.CancelScope(shield=True):
                         await process.wait()
                     log.warning("%s timed out after %gs; killed", what, timeout)
+                    self.outcomes[key, "timeout"] += 1
                     return
             if process.returncode != 0:
                 tail = output.decode(errors="replace").strip().replace("\n", " | ")
                 log.warning(
                     "%s exited with %s: %s", what, process.returncode, tail or "(no output)"
                 )
+                self.outcomes[key, "failed"] += 1
             else:
                 log.debug("%s done", what)
+                self.outcomes[key, "ok"] += 1
         finally:
             slots.release()

@@ -11,12 +11,12 @@ import contextlib
 import errno
 import grp
 import logging
-import math
 import os
 import pwd
 import socket
 import stat
 import struct
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +35,19 @@ log = logging.getLogger("phxqd.server")
 #: A handler answers with a value (one `Ok` reply), or with an async generator of frames
 #: (a stream: `JobEvent`/`Chunk` frames, then the final `Ok`, if any).
 Handler = Callable[[protocol.Request], Awaitable[Any]]
-#: a client that sends nothing for this long is disconnected (long requests are exempt)
-IDLE_TIMEOUT = 300.0
-#: a client that takes none of a frame for this long is disconnected: a reader that never
-#: reads holds at most one frame and the socket's buffers, then its connection is gone
-SEND_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    #: a client that sends nothing for this long is disconnected (long requests are exempt)
+    idle: float = 300.0
+    #: a client that takes none of a frame for this long is disconnected: a reader that
+    #: never reads holds at most one frame and the socket's buffers, then it is gone
+    send: float = 60.0
+
+
+#: seconds between the watchdog's looks at the connections
+WATCH_INTERVAL = 1.0
 #: seconds to wait before accepting again when out of file descriptors
 ACCEPT_RETRY = 0.1
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -144,9 +152,14 @@ def peer(stream: UNIXSocketStream) -> tuple[int, int, int]:
 
 
 async def serve(
-    listener: anyio.abc.SocketListener, handle: Handler, access: Access | None = None
+    listener: anyio.abc.SocketListener,
+    handle: Handler,
+    access: Access | None = None,
+    timeouts: Timeouts | None = None,
 ) -> None:
     access = access or Access()
+    timeouts = timeouts or Timeouts()
+    live: set[Connection] = set()
 
     async def on_connect(stream: SocketStream) -> None:
         assert isinstance(stream, UNIXSocketStream)
@@ -168,9 +181,15 @@ async def serve(
                         )
                     )
                 return
-            await Connection(stream, handle).run()
+            connection = Connection(stream, handle)
+            live.add(connection)
+            try:
+                await connection.run()
+            finally:
+                live.discard(connection)
 
     async with anyio.create_task_group() as connections:
+        connections.start_soon(_watchdog, live, timeouts)
         while True:
             try:
                 stream = await listener.accept()
@@ -186,25 +205,45 @@ async def serve(
             connections.start_soon(on_connect, stream)
 
 
+async def _watchdog(live: set[Connection], timeouts: Timeouts) -> None:
+    """End the connections whose client keeps them waiting too long.
+
+    One look a second at every connection, instead of a timer per connection moved at
+    every frame: moving an anyio deadline reschedules a loop timer, and doing that four
+    times per request cost over a tenth of the daemon's time under load.
+    """
+    while True:
+        await anyio.sleep(WATCH_INTERVAL)
+        now = time.monotonic()
+        for connection in list(live):
+            limit = timeouts.idle if connection.phase is READING else timeouts.send
+            if connection.phase is not HANDLING and now - connection.since > limit:
+                connection.scope.cancel()
+
+
+READING, HANDLING, SENDING = "reading", "handling", "sending"
+
+
 class Connection:
     def __init__(self, stream: UNIXSocketStream, handle: Handler) -> None:
         self.stream = stream
         self.reader = BufferedByteReceiveStream(stream)
         self.handle = handle
-        # One scope for the connection's life, its deadline moved per frame: cheaper than a
-        # new timeout scope for every request, which showed up in profiles under load.
-        self.deadline = anyio.CancelScope()
+        self.scope = anyio.CancelScope()
+        #: what the connection waits for (its client, or phxqd), and since when
+        self.phase = READING
+        self.since = time.monotonic()
 
     async def run(self) -> None:
-        with self.deadline:
+        with self.scope:
             async with self.stream:
                 greeted = False
                 while True:
-                    self.deadline.deadline = anyio.current_time() + IDLE_TIMEOUT
+                    self.phase, self.since = READING, time.monotonic()
                     payload = await self._read_frame()
                     if payload is None:
                         return
-                    self.deadline.deadline = math.inf  # a long request (wait) is not idleness
+                    self.phase = HANDLING  # a long request (wait) is not idleness
                     try:
                         req = protocol.request_decoder.decode(payload)
                     except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -280,10 +319,9 @@ class Connection:
             return protocol.Err("internal", "internal error in phxqd (see its log)")
 
     async def _send(self, frame: msgspec.Struct) -> None:
-        """Send one frame; a client that will not take it within SEND_TIMEOUT is dropped
-        (the connection's scope is cancelled, which ends `run`)."""
-        scope = self.deadline
-        before = scope.deadline
-        scope.deadline = anyio.current_time() + SEND_TIMEOUT
+        """Send one frame; a client that takes none of it for `Timeouts.send` is dropped
+        by the watchdog (which cancels `scope`, ending `run`)."""
+        before = self.phase
+        self.phase, self.since = SENDING, time.monotonic()
         await self.stream.send(protocol.frame(frame))
-        scope.deadline = before
+        self.phase = before

@@ -107,3 +107,46 @@ def test_a_client_that_never_reads_costs_one_reply_and_blocks_nobody(daemon: Dae
     greedy.close()
     sent.wait(30)
     assert daemon.ctl("status").returncode == 0
+
+
+def test_idle_and_non_reading_clients_are_disconnected(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.config.write_text("client_idle_timeout = 1.5\nclient_send_timeout = 1.5\n")
+    d.start()
+    idle = connect(d)
+    idle.sendall(HELLO)
+    assert isinstance(read_reply(idle), protocol.Ok)
+    # A quiet watcher is not idle: it waits for phxqd, not the other way round.
+    watcher = connect(d)
+    watcher.sendall(HELLO + protocol.frame(protocol.Watch()))
+    assert isinstance(read_reply(watcher), protocol.Ok)
+    # A client that asks for big replies and reads none of them.
+    d.ok("pause")
+    specs = "\n".join('{"argv": ["true"], "label": "%s"}' % ("x" * 300) for _ in range(5_000))
+    d.ok("submit", "--batch", "-", input=specs)
+    greedy = connect(d)
+    greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    greedy.sendall(HELLO + protocol.frame(protocol.List(limit=5_000)))
+
+    idle.settimeout(30)
+    assert idle.recv(1) == b"", "the idle client was disconnected"
+    # The client that reads nothing: once phxqd gives up on it, its socket is closed, and
+    # what it can still read is less than the whole reply.
+    assert d.proc is not None
+    daemon_fds = psutil.Process(d.proc.pid).num_fds
+    open_now = daemon_fds()
+    until(lambda: daemon_fds() < open_now, what="the non-reading client disconnected")
+    greedy.settimeout(30)
+    data = b""
+    while chunk := greedy.recv(1 << 20):
+        data += chunk
+    (hello,) = struct.unpack(">I", data[:4])
+    rest = data[4 + hello :]  # after the hello's reply, the start of the list's
+    (length,) = struct.unpack(">I", rest[:4])
+    assert 0 < len(rest) - 4 < length, "phxqd gave up in the middle of the reply"
+
+    d.submit("true")  # an event for the watcher, which is still connected
+    watcher.settimeout(30)
+    (n,) = struct.unpack(">I", watcher.recv(4, socket.MSG_WAITALL))
+    event = protocol.stream_decoder.decode(watcher.recv(n, socket.MSG_WAITALL))
+    assert isinstance(event, protocol.JobEvent) and event.event == "submitted"

@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 
 from tests.conftest import Daemon, until
+from tests.test_metrics import samples
 
 CTL = f"{shlex.quote(sys.executable)} -m phxqctl"
 
@@ -170,6 +171,14 @@ def test_hooks_that_hang_or_fail_never_hold_up_jobs(tmp_path: Path) -> None:
 
     until(lambda: not hanging(), what="no hook process left")
     assert d.proc is not None and d.proc.poll() is None
+    m = samples(d.ok("metrics"))
+    hooks = {labels: v for (name, labels), v in m.items() if name == "phxq_hooks_total"}
+    assert hooks == {
+        (("hook", "on_complete"), ("outcome", "timeout")): 10,
+        (("hook", "on_failure"), ("outcome", "failed")): 1,
+        (("hook", "on_retry"), ("outcome", "unstartable")): 1,
+    }
+    assert m["phxq_event_listeners", ()] == 1  # the hooks'
 
 
 def test_hooks_can_be_set_by_a_reload(tmp_path: Path) -> None:
