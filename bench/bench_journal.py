@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import proc_status_kib
 from phxqctl import Client
 from phxqd.model import JobSpec
 
@@ -63,23 +64,22 @@ class Daemon:
                 time.sleep(0.002)
 
     def peak_rss_kib(self) -> int:
-        return self._status_kib("VmHWM:")
+        assert self.proc is not None
+        return proc_status_kib(self.proc.pid, "VmHWM:")
 
     def rss_kib(self) -> int:
-        return self._status_kib("VmRSS:")
-
-    def _status_kib(self, field: str) -> int:
-        """A memory figure of the daemon from /proc/PID/status, in KiB."""
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1])
-        return 0
+        return proc_status_kib(self.proc.pid, "VmRSS:")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
         self.proc.wait()
+
+    def close(self) -> None:
+        """Stop it if it still runs (SIGKILL): for `finally` blocks."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
 
 
 def one_by_one(socket: Path, n: int) -> None:
