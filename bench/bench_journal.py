@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import signal
 import statistics
@@ -25,10 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import proc_status_kib
+from bench.common import proc_status_kib, producers
 from phxqctl import Client
 from phxqd.model import JobSpec
 
@@ -82,10 +82,11 @@ class Daemon:
             self.kill()
 
 
-def one_by_one(socket: Path, n: int) -> None:
-    with Client(socket) as c:
-        for _ in range(n):
-            c.submit(["true"])
+def submitter(socket: Path) -> Callable[[], object]:
+    """A connected client's one-job submit (for common.producers)."""
+    c = Client(socket)
+    c.status()  # connect before the clock starts
+    return lambda: c.submit(["true"])
 
 
 def rate(n: int, seconds: float) -> float:
@@ -93,20 +94,12 @@ def rate(n: int, seconds: float) -> float:
 
 
 def bench_single(d: Daemon, n: int) -> float:
-    t0 = time.perf_counter()
-    one_by_one(d.socket, n)
-    return rate(n, time.perf_counter() - t0)
+    """One client process, one job per request, each waiting for its acknowledgement."""
+    return producers(lambda: submitter(d.socket), 1, n)
 
 
 def bench_concurrent(d: Daemon, clients: int, per_client: int) -> float:
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=one_by_one, args=(d.socket, per_client)) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    return rate(clients * per_client, time.perf_counter() - t0)
+    return producers(lambda: submitter(d.socket), clients, per_client)
 
 
 def bench_batches(d: Daemon, batches: int, size: int = 1000) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing as mp
 import os
 import statistics
 import subprocess
@@ -75,3 +76,33 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str, poll: float 
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(poll)
+
+
+def producers(make: Callable[[], Callable[[], object]], count: int, per: int) -> float:
+    """Jobs per second enqueued by `count` forked processes, `per` jobs each.
+
+    Each process first calls `make()` (connect, import: not timed) and gets back the
+    function that enqueues one job; the clock starts once every process is ready and stops
+    when the last one has finished. Libraries should be imported before, so that forking
+    shares them instead of every child importing them again.
+    """
+    ctx = mp.get_context("fork")
+    ready = ctx.Barrier(count + 1)
+
+    def child() -> None:
+        submit = make()
+        ready.wait()
+        for _ in range(per):
+            submit()
+
+    procs = [ctx.Process(target=child) for _ in range(count)]
+    for p in procs:
+        p.start()
+    ready.wait()
+    t0 = time.perf_counter()
+    for p in procs:
+        p.join()
+    elapsed = time.perf_counter() - t0
+    if any(p.exitcode != 0 for p in procs):
+        raise RuntimeError("a producer process failed")
+    return count * per / elapsed

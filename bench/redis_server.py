@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,12 @@ class RedisServer:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
+    def stop_clean(self) -> None:
+        """SHUTDOWN: Redis fsyncs its AOF and exits."""
+        self.client().shutdown()
+        if self.proc is not None:
+            self.proc.wait()
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -107,3 +114,32 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.proc = None
+
+
+def resp(*args: bytes) -> bytes:
+    """One command in the Redis protocol (for redis-cli --pipe)."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def pipe(server: RedisServer, commands: Iterable[bytes]) -> None:
+    """Send many RESP-encoded commands fast through `redis-cli --pipe` (used to fill a
+    queue with copies of a real job; the fill is not what is measured)."""
+    proc = subprocess.Popen(
+        ["redis-cli", "-p", str(server.port), "--pipe"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None
+    buf: list[bytes] = []
+    for c in commands:
+        buf.append(c)
+        if len(buf) >= 10_000:
+            proc.stdin.write(b"".join(buf))
+            buf.clear()
+    proc.stdin.write(b"".join(buf))
+    proc.stdin.close()
+    if proc.wait() != 0:
+        raise RuntimeError("redis-cli --pipe failed")

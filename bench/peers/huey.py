@@ -7,16 +7,16 @@ phxq's fsync = "always". There is no server: producers and the consumer open the
 from __future__ import annotations
 
 import importlib
-import multiprocessing as mp
 import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 
+from bench import common
 from bench.common import call_times, dir_bytes, wait_until, wall_times
 from bench.peers import Backlog, Ctx, Variant
 from bench.report import FSYNC
@@ -51,25 +51,17 @@ def _tasks(db: Path) -> Any:
     return importlib.import_module("bench.peers.huey_tasks")
 
 
-def _produce(db: Path, n: int) -> None:
-    noop = _tasks(db).noop
-    for _ in range(n):
-        noop()
-
-
 def enqueue(ctx: Ctx, v: Variant, n: int, producers: int) -> float:
     db = ctx.tmpdir("huey") / "huey.db"
-    _tasks(db).HUEY.storage.flush_queue()  # creates the schema before the clock starts
-    procs = [
-        mp.get_context("fork").Process(target=_produce, args=(db, n // producers))
-        for _ in range(producers)
-    ]
-    t0 = time.perf_counter()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    return (n // producers) * producers / (time.perf_counter() - t0)
+    tasks = _tasks(db)
+    tasks.HUEY.storage.flush_queue()  # creates the schema before the clock starts
+    tasks.HUEY.storage.close()  # no SQLite connection may cross a fork
+
+    def submitter() -> Callable[[], object]:
+        tasks.HUEY.pending_count()  # opens this process's own connection
+        return tasks.noop
+
+    return common.producers(submitter, producers, n // producers)
 
 
 def throughput(ctx: Ctx, kind: str, n: int) -> float:
