@@ -10,7 +10,8 @@ that no job runs, and measures:
   4. `phxqctl submit --batch FILE` of 1000 jobs, whole command wall time;
   5. restart time (SIGKILL, start, until the socket answers) and peak RSS of the daemon
      with N jobs in the state (default 1,000,000).
-Prints a JSON summary on the last line.
+Prints a JSON summary on the last line. phxq alone: `python -m bench.run` (make bench)
+measures it side by side with its peers, through these functions.
 """
 
 from __future__ import annotations
@@ -143,7 +144,6 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--fsync", default="always", choices=["always", "batch", "off"])
     p.add_argument("--jobs-in-state", type=int, default=None)
-    p.add_argument("--no-peers", action="store_true", help="skip huey")
     args = p.parse_args()
     quick = args.quick
     n_state = args.jobs_in_state or (100_000 if quick else 1_000_000)
@@ -158,16 +158,6 @@ def main() -> None:
         results["clients16_jobs_per_s"] = round(bench_concurrent(d, 16, 200 if quick else 1500))
         results["batch1000_jobs_per_s"] = round(bench_batches(d, 10 if quick else 100))
         results["cli_batch1000_seconds"] = round(bench_cli_batch(d, root, 3 if quick else 9), 4)
-        if not args.no_peers:
-            from bench import peer_huey
-
-            db = root / "huey.db"
-            single = peer_huey.rate(db, 1, 300 if quick else 2000)
-            many = peer_huey.rate(db, 16, 100 if quick else 500)
-            results["huey_single_client_jobs_per_s"] = round(single)
-            results["huey_clients16_jobs_per_s"] = round(many)
-            results["ratio_single_vs_huey"] = round(results["single_client_jobs_per_s"] / single, 2)
-            results["ratio_clients16_vs_huey"] = round(results["clients16_jobs_per_s"] / many, 2)
         with Client(d.socket) as c:
             fsyncs = c.status()["journal"]["fsyncs"]
             results["fsyncs_so_far"] = fsyncs

@@ -25,7 +25,9 @@ class Row(msgspec.Struct):
     durability: str = FSYNC
     samples: list[float] = msgspec.field(default_factory=list)
     na: str | None = None  # why there is no figure
-    note: str = ""
+    note: str = ""  # shown after the system's name, e.g. the command measured
+    group: str = ""  # rows are compared only within a group (e.g. "16 producers")
+    compare: bool = True  # False: shown, but no ratio (not the same thing measured)
 
     @property
     def is_phxq(self) -> bool:
@@ -43,6 +45,7 @@ class Table(msgspec.Struct):
     rows: list[Row] = msgspec.field(default_factory=list)
     text: str = ""  # what was measured and how, shown above the table
     digits: int = 0  # decimals shown
+    group_title: str = "case"  # header of the group column, when rows have groups
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -51,7 +54,7 @@ class Table(msgspec.Struct):
 
 def reference(table: Table, row: Row) -> Row | None:
     """The phxq row a peer row is compared with (see the module docstring)."""
-    phxq = [r for r in table.rows if r.is_phxq and r.median is not None]
+    phxq = [r for r in table.rows if r.is_phxq and r.median is not None and r.group == row.group]
     for r in phxq:
         if r.durability == row.durability:
             return r
@@ -90,24 +93,37 @@ def spread(row: Row, digits: int) -> str:
 
 
 def render_table(table: Table) -> str:
+    grouped = any(r.group for r in table.rows)
     head = f"| system | durability | {table.measure} (median) | runs (min-max) | phxq is |"
-    lines = [head, "|---|---|---:|---|---|"]
-    for row in table.rows:
+    rule = "|---|---|---:|---|---|"
+    if grouped:
+        head, rule = f"| {table.group_title} " + head, "|---" + rule
+    lines = [head, rule]
+    shown: set[tuple[str, str]] = set()
+    measured = [r for r in table.rows if r.median is not None]
+    for row in measured + [r for r in table.rows if r.median is None]:
+        if row.median is None:  # one n/a row per system and reason, after the figures
+            if (row.system, row.na or "") in shown:
+                continue
+            shown.add((row.system, row.na or ""))
+            if grouped and sum(r.system == row.system for r in measured) == 0:
+                row = msgspec.structs.replace(row, group="all")
         med = row.median
         if med is None:
             figure, runs, vs = f"n/a: {row.na or 'not measured'}", "", ""
         else:
             figure = fmt_number(med, table.digits)
             runs = f"{len(row.samples)}: {spread(row, table.digits)}".rstrip(": ")
-            ref = None if row.is_phxq else reference(table, row)
-            vs = "—"
+            ref = None if row.is_phxq or not row.compare else reference(table, row)
+            vs = "—" if row.compare else "not comparable"
             if ref is not None and ref.median is not None:
                 r = ratio(ref.median, med, table.higher_is_better)
                 vs = fmt_ratio(r)
                 if ref.durability != FSYNC or row.durability != FSYNC:
                     vs += f" (vs {ref.setting})"
-        note = f" {row.note}" if row.note else ""
-        lines.append(f"| {row.system} | {row.setting}{note} | {figure} | {runs} | {vs} |")
+        name = f"{row.system} ({row.note})" if row.note else row.system
+        line = f"| {name} | {row.setting} | {figure} | {runs} | {vs} |"
+        lines.append(f"| {row.group} {line}" if grouped else line)
     return "\n".join(lines)
 
 
@@ -119,17 +135,21 @@ def render_section(table: Table) -> str:
     return "\n".join(parts)
 
 
-def summary_lines(tables: list[Table]) -> list[str]:
-    """One line per (table, peer row): where phxq is ahead and where it is behind."""
+def comparisons(tables: list[Table]) -> list[tuple[float, str]]:
+    """(ratio, "table, case: vs peer (setting)") for every peer row with a ratio."""
     out = []
     for t in tables:
         for row in t.rows:
             med = row.median
-            if row.is_phxq or med is None:
+            if row.is_phxq or med is None or not row.compare:
                 continue
             ref = reference(t, row)
             if ref is None or ref.median is None:
                 continue
             r = ratio(ref.median, med, t.higher_is_better)
-            out.append(f"{t.title}: vs {row.system} ({row.setting}): {fmt_ratio(r)}")
+            if r is None:
+                continue
+            case = f", {row.group}" if row.group else ""
+            vs = f" vs phxq {ref.setting}" if ref.durability != FSYNC else ""
+            out.append((r, f"{t.title}{case}: {row.system} ({row.setting}){vs}"))
     return out

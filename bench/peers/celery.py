@@ -23,8 +23,8 @@ from bench.report import FSYNC
 
 SYSTEM = "Celery"
 NA = {
-    "status": "no Celery command counts a Redis queue (`celery inspect` asks running "
-    "workers); the open-client figure is Redis LLEN",
+    "status command": "Celery has no command that counts a queue (`celery inspect` asks "
+    "running workers)",
 }
 BIN = Path(sys.executable).parent
 SHELL = "celery -A tasks call noop"
