@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Container, Mapping, Sequence
 from pathlib import Path
@@ -88,21 +89,29 @@ def producers(make: Callable[[], Callable[[], object]], count: int, per: int) ->
     """
     ctx = mp.get_context("fork")
     ready = ctx.Barrier(count + 1)
+    errors = ctx.SimpleQueue()
 
     def child() -> None:
-        submit = make()
-        ready.wait()
-        for _ in range(per):
-            submit()
+        try:
+            submit = make()
+            ready.wait()
+            for _ in range(per):
+                submit()
+        except BaseException as e:
+            errors.put(f"{type(e).__name__}: {e}")
+            ready.abort()  # a failure before the start must not leave the parent waiting
+            raise
 
     procs = [ctx.Process(target=child) for _ in range(count)]
     for p in procs:
         p.start()
-    ready.wait()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        ready.wait(timeout=300)
     t0 = time.perf_counter()
     for p in procs:
         p.join()
     elapsed = time.perf_counter() - t0
     if any(p.exitcode != 0 for p in procs):
-        raise RuntimeError("a producer process failed")
+        why = errors.get() if not errors.empty() else f"exit status {procs[0].exitcode}"
+        raise RuntimeError(f"a producer failed: {why}")
     return count * per / elapsed

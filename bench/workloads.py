@@ -97,6 +97,9 @@ paused). The clock starts once every producer has connected.
 
 
 def throughput(ctx: Ctx, peers: list[ModuleType], s: Settings) -> Table:
+    from bench.peers.tsp import MAX_QUEUED
+
+    tsp_max = min(MAX_QUEUED, s.throughput_jobs)
     t = Table(
         "2. End-to-end throughput, 2 workers",
         "jobs/s",
@@ -111,7 +114,8 @@ prefork pool of 2, acks_late). *`true` commands*: phxq runs `true` as a command 
 spooler as a job (2 slots), the Python peers call `subprocess.run(["true"])` in a task.
 phxq's clock starts at `resume` (its daemon is already up); the peers' at their first job
 done (their workers' start-up is not counted). RQ runs {s.slow_jobs} jobs (it does ~15-30
-jobs/s here). Durability as each system's default in this bench (phxq `always`, Redis
+jobs/s here), tsp at most {tsp_max} (each queued job holds one of its server's ~1,000
+connections). Durability as each system's default in this bench (phxq `always`, Redis
 `appendfsync always`, SQLite synchronous=FULL).
 """,
     )
