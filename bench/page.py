@@ -9,6 +9,10 @@ import time
 from bench.report import Table, comparisons, fmt_ratio, render_section
 from bench.workloads import Settings
 
+#: docs/benchmarks.md from this line on is written by hand (phxq-only measurements of the
+#: single scripts in bench/) and kept as it is when `make bench` rewrites the file
+KEEP = "<!-- Below: written by hand, kept by make bench. -->"
+
 DURABILITY = {
     "phxq": '`fsync = "always"` (default): a request is acknowledged after its journal '
     "records are fdatasync'd; concurrent requests share one fdatasync (group commit). "

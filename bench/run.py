@@ -109,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(md)
     if args.write:
-        Path(args.write).write_text(md)
+        out = Path(args.write)
+        old = out.read_text() if out.exists() else ""
+        if page.KEEP in old:  # the hand-written sections below the marker stay
+            md = md + "\n" + old[old.index(page.KEEP) :]
+        out.write_text(md)
         workloads.log(f"wrote {args.write}")
     return 0
 
