@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit torture bench clean
+.PHONY: run test lint typecheck unit shells torture bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict phxqd phxqctl
 
-unit: $(STAMP)
+unit: $(STAMP) shells
 	$(BIN)/python -m pytest -q
+
+# zsh and fish for the completion tests (bash and tmux are there already). Installed when
+# missing and we can (root with apt-get, as in CI); otherwise those tests skip, saying so,
+# except under CI=1 where a missing shell fails them.
+shells:
+	@export DEBIAN_FRONTEND=noninteractive; command -v zsh >/dev/null && command -v fish >/dev/null && command -v tmux >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q zsh fish tmux >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q zsh fish tmux >/dev/null; }; }; } || \
+	echo "zsh/fish/tmux missing and not installable here: their tests will skip"
 
 # 500 kill -9 cycles under load (make test runs 20)
 torture: $(STAMP)

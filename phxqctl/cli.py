@@ -7,26 +7,28 @@ Exit statuses (DESIGN.md): 0 success; 1 a job waited on did not complete; 2 usag
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import os
 import re
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
-import msgspec
+from phxqctl import locate, render
+from phxqctl.errors import PhxqError, UsageError
+from phxqctl.report import progress
+from phxqctl.wire import MAX_BATCH, Session
 
-from phxqctl import render
-from phxqctl.client import Client, PhxqError, progress
-from phxqd.model import FINISHED, STATUSES, Call, Job, JobSpec
+#: typing costs a few ms to import; the annotations are strings (PEP 563) anyway
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
+
+STATUSES = render.STATUSES
+FINISHED = render.FINISHED
 EXIT_USAGE = 2
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-class UsageError(PhxqError):
-    exit_status = EXIT_USAGE
 
 
 def duration(text: str) -> float:
@@ -39,8 +41,10 @@ def duration(text: str) -> float:
 
 def timestamp(text: str) -> float:
     """An ISO 8601 time; without an offset it is local time."""
+    import datetime  # only --at pays for it
+
     try:
-        return dt.datetime.fromisoformat(text).timestamp()
+        return datetime.datetime.fromisoformat(text).timestamp()
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"not a time: {text!r} (try 2026-12-01T09:00 or 2026-12-01T09:00+01:00)"
@@ -49,9 +53,11 @@ def timestamp(text: str) -> float:
 
 def json_value(kind: type) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
+        import json
+
         try:
-            value = msgspec.json.decode(text)
-        except msgspec.DecodeError as e:
+            value = json.loads(text)
+        except ValueError as e:
             raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
         if not isinstance(value, kind):
             raise argparse.ArgumentTypeError(f"wants a JSON {kind.__name__}")
@@ -88,22 +94,48 @@ def env_pair(text: str) -> tuple[str, str]:
     return name, value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON only"
-    )
-    common.add_argument("--socket", default=argparse.SUPPRESS, help="phxqd's socket")
+class Formatter(argparse.HelpFormatter):
+    """argparse's own, without its `import shutil` (5 ms with zlib, bz2 and lzma) just to
+    read the terminal's width: argparse builds a formatter for every add_argument."""
 
-    p = argparse.ArgumentParser(
-        prog="phxqctl", parents=[common], description="Talk to phxqd, the phxq job queue daemon."
-    )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = terminal_width() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
 
-    def cmd(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=help, description=help)
 
-    s = cmd("submit", "queue a command job: phxqctl submit [options] -- CMD ARG...")
+def terminal_width() -> int:
+    """As shutil.get_terminal_size: $COLUMNS, else the terminal's, else 80."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+# ------------------------------------------------------------------ parsing
+#
+# argparse builds a parser per subcommand with every option; building all 17 costs more
+# than the rest of `phxqctl status`. So the top parser only takes the command name, and
+# only that command's parser is built (`command_parser`). The completion scripts build
+# them all from the same definitions.
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON only")
+    p.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS, help="phxqd's socket")
+
+
+def _submit(s: argparse.ArgumentParser) -> None:
     s.add_argument("--queue", default="default")
     s.add_argument("--priority", type=int, default=0, help="higher runs first")
     s.add_argument("--key", help="idempotency key: a live job with this key is returned instead")
@@ -152,33 +184,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
 
-    cmd("status", "counts per status and queue, running jobs")
-    ls = cmd("list", "jobs, newest first")
-    ls.add_argument("--status", choices=STATUSES)
-    ls.add_argument("--queue")
-    ls.add_argument("--limit", type=int, default=50)
-    sh = cmd("show", "one job, whole")
-    sh.add_argument("id", type=int)
-    lg = cmd("logs", "the job's output")
-    lg.add_argument("id", type=int)
-    lg.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
-    w = cmd("wait", "block until the jobs finish; exit 1 unless all completed")
-    w.add_argument("ids", type=int, nargs="+", metavar="ID")
-    w.add_argument("--timeout", type=duration)
-    c = cmd("cancel", "cancel pending or running jobs (kills the process tree)")
-    c.add_argument("ids", type=int, nargs="+", metavar="ID")
-    r = cmd("retry", "requeue failed or cancelled jobs")
-    r.add_argument("ids", type=int, nargs="+", metavar="ID")
-    rf = cmd("retry-failed", "requeue every failed job")
-    rf.add_argument("--queue")
-    cl = cmd("clear", "forget finished jobs (never pending or running ones)")
-    cl.add_argument("--status", choices=sorted(FINISHED))
-    cl.add_argument("--queue")
-    cmd("metrics", "the daemon's metrics, in the Prometheus text format")
-    q = cmd("queue", "show queues, or set a queue's concurrency at run time")
-    qsub = q.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
-    qsub.add_parser("list", parents=[common], help="queues with counts and limits")
-    qs = qsub.add_parser("set", parents=[common], help="set a queue's concurrency")
+
+def _list(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--status", choices=STATUSES)
+    p.add_argument("--queue")
+    p.add_argument("--limit", type=int, default=50)
+
+
+def _one_id(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", type=int)
+
+
+def _ids(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
+
+
+def _logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", type=int)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+
+
+def _wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p.add_argument("--timeout", type=duration)
+
+
+def _queue_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queue")
+
+
+def _clear(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--status", choices=FINISHED)
+    p.add_argument("--queue")
+
+
+def _queue(p: argparse.ArgumentParser) -> None:
+    qsub = p.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    ql = qsub.add_parser("list", help="queues with counts and limits", formatter_class=Formatter)
+    _common(ql)
+    qs = qsub.add_parser("set", help="set a queue's concurrency", formatter_class=Formatter)
+    _common(qs)
     qs.add_argument("queue")
     qs.add_argument(
         "--concurrency",
@@ -186,41 +231,117 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N|default",
         help="most jobs of the queue running at once; 'default' for the config's",
     )
-    pr = cmd("progress", "from inside a job: report its progress (shown by show and status)")
-    pr.add_argument("--percent", type=float)
-    pr.add_argument("--step", help="what the job is doing now")
-    pr.add_argument("--done", type=int)
-    pr.add_argument("--total", type=int)
-    for name, what in (("pause", "stop starting jobs"), ("resume", "start jobs again")):
-        q = cmd(name, f"{what} from a queue, or from all queues")
-        q.add_argument("queue", nargs="?")
+
+
+def _progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--percent", type=float)
+    p.add_argument("--step", help="what the job is doing now")
+    p.add_argument("--done", type=int)
+    p.add_argument("--total", type=int)
+
+
+def _optional_queue(p: argparse.ArgumentParser) -> None:
+    p.add_argument("queue", nargs="?")
+
+
+def _nothing(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _watch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ids", type=int, nargs="*", metavar="ID", help="only these jobs")
+
+
+def _completion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", choices=("bash", "zsh", "fish"))
+
+
+#: name -> (what it does, how to add its arguments)
+SYNTAX: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "submit": ("queue a command job: phxqctl submit [options] -- CMD ARG...", _submit),
+    "status": ("counts per status and queue, running jobs", _nothing),
+    "list": ("jobs, newest first", _list),
+    "show": ("one job, whole", _one_id),
+    "logs": ("the job's output", _logs),
+    "wait": ("block until the jobs finish; exit 1 unless all completed", _wait),
+    "cancel": ("cancel pending or running jobs (kills the process tree)", _ids),
+    "retry": ("requeue failed or cancelled jobs", _ids),
+    "retry-failed": ("requeue every failed job", _queue_option),
+    "clear": ("forget finished jobs (never pending or running ones)", _clear),
+    "pause": ("stop starting jobs from a queue, or from all queues", _optional_queue),
+    "resume": ("start jobs again from a queue, or from all queues", _optional_queue),
+    "queue": ("show queues, or set a queue's concurrency at run time", _queue),
+    "progress": ("from inside a job: report its progress (shown by show and status)", _progress),
+    "metrics": ("the daemon's metrics, in the Prometheus text format", _nothing),
+    "watch": ("live view: counts, running jobs with progress and ETA, failures", _watch),
+    "completion": ("print the shell completion script for bash, zsh or fish", _completion),
+}
+
+
+class TopFormatter(Formatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps the command list of the top-level help as written."""
+
+
+def top_parser() -> argparse.ArgumentParser:
+    width = max(map(len, SYNTAX))
+    commands = "\n".join(f"  {name.ljust(width)}  {what}" for name, (what, _) in SYNTAX.items())
+    p = argparse.ArgumentParser(
+        prog="phxqctl",
+        usage="phxqctl [--socket PATH] [--json] COMMAND ...",
+        description="Talk to phxqd, the phxq job queue daemon.",
+        epilog=f"commands:\n{commands}\n\n`phxqctl COMMAND --help` for a command's options.",
+        formatter_class=TopFormatter,
+    )
+    _common(p)
+    p.add_argument("command", metavar="COMMAND", choices=SYNTAX, help="one of the commands below")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
 
+def command_parser(name: str) -> argparse.ArgumentParser:
+    what, add_arguments = SYNTAX[name]
+    p = argparse.ArgumentParser(prog=f"phxqctl {name}", description=what, formatter_class=Formatter)
+    _common(p)
+    add_arguments(p)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = top_parser().parse_args(argv)
+    rest = args.rest
+    del args.rest
+    return command_parser(args.command).parse_args(rest, namespace=args)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     as_json: bool = getattr(args, "json", False)
-    client = Client(getattr(args, "socket", None))
+    render.set_colour(not as_json and render.wants_colour(sys.stdout))
+    session = Session(locate.socket_path(getattr(args, "socket", None)))
     try:
-        status = COMMANDS[args.command](client, args, as_json)
+        status = COMMANDS[args.command](session, args, as_json)
     except PhxqError as e:
         print(f"phxqctl: {e}", file=sys.stderr)
         sys.exit(e.exit_status)
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:
-        sys.exit(0)  # `phxqctl list | head` is not an error
+        # `phxqctl list | head` is not an error; stop Python complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     finally:
-        client.close()
+        session.close()
     sys.exit(status)
 
 
 # ----------------------------------------------------------------- commands
 
-Command = Callable[[Client, argparse.Namespace, bool], int]
+if TYPE_CHECKING:
+    Command = Callable[[Session, argparse.Namespace, bool], int]
+    Job = dict[str, Any]
 
 
-def do_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+def do_submit(session: Session, args: argparse.Namespace, as_json: bool) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if args.shell is not None:
         if argv:
@@ -235,41 +356,59 @@ def do_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
             raise UsageError("give either --call MOD:FUNC or a command, not both")
         if not argv and not args.call:
             raise UsageError("submit needs a command: phxqctl submit [options] -- CMD ARG...")
-        specs = [
-            JobSpec(
-                argv=argv,
-                call=Call(args.call, args.args, args.kwargs) if args.call else None,
-                queue=args.queue,
-                priority=args.priority,
-                key=args.key,
-                max_retries=args.retries,
-                backoff=args.backoff,
-                after=args.after,
-                timeout=args.timeout,
-                delay=args.delay,
-                run_at=args.at,
-                label=args.label,
-                cwd=args.cwd,
-                env=dict(args.env),
-            )
-        ]
-    results = client.submit_batch(specs)
+        spec = {
+            "argv": argv,
+            "call": {"func": args.call, "args": args.args, "kwargs": args.kwargs}
+            if args.call
+            else None,
+            "queue": args.queue,
+            "priority": args.priority,
+            "key": args.key,
+            "max_retries": args.retries,
+            "backoff": args.backoff,
+            "after": args.after,
+            "timeout": args.timeout,
+            "delay": args.delay,
+            "run_at": args.at,
+            "label": args.label,
+            "cwd": args.cwd,
+            "env": dict(args.env),
+        }
+        specs = [{k: v for k, v in spec.items() if v is not None}]
+    here = os.getcwd()
+    for spec in specs:  # a job runs where it was submitted from (docs/protocol.md, JobSpec)
+        spec["cwd"] = os.path.join(here, spec["cwd"]) if spec.get("cwd") else here
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(specs), MAX_BATCH):
+        results += session.call("submit", jobs=specs[start : start + MAX_BATCH])
     for res in results:
         if as_json:
-            render.print_json({**msgspec.to_builtins(res.job), "deduplicated": res.deduplicated})
+            render.print_json({**res["job"], "deduplicated": res["deduplicated"]})
         else:
-            print(res.job.id)
+            print(res["job"]["id"])
     if args.wait:
-        jobs = client.wait([r.job.id for r in results])
+        sys.stdout.flush()
+        ids = [r["job"]["id"] for r in results]
+        if not as_json and sys.stderr.isatty():
+            from phxqctl import live
+
+            jobs = live.wait_with_bars(session, ids, None)
+        else:
+            jobs = session.call("wait", ids=ids)
         if not as_json:
             for job in jobs:
                 print(render.outcome_line(job), file=sys.stderr)
-        return 0 if all(j.status == "completed" for j in jobs) else 1
+        return 0 if all(j["status"] == "completed" for j in jobs) else 1
     return 0
 
 
-def read_batch(source: str) -> list[JobSpec]:
-    """One JSON object per line, each a job spec (argv, queue, priority, key, ...)."""
+def read_batch(source: str) -> list[dict[str, Any]]:
+    """One JSON object per line, each a job spec (argv, queue, priority, key, ...),
+    checked here against phxqd.model.JobSpec so a mistake is named with its line."""
+    import msgspec  # a batch is worth the import: exact errors, line by line
+
+    from phxqd.model import JobSpec
+
     try:
         if source == "-":
             text = sys.stdin.read()
@@ -283,7 +422,7 @@ def read_batch(source: str) -> list[JobSpec]:
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                specs.append(decoder.decode(line))
+                specs.append(msgspec.to_builtins(decoder.decode(line)))
             except msgspec.DecodeError as e:
                 raise UsageError(f"{source}:{n}: {e}") from None
     if not specs:
@@ -291,17 +430,17 @@ def read_batch(source: str) -> list[JobSpec]:
     return specs
 
 
-def do_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    status = client.status()
+def do_status(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    status = session.call("status")
     if as_json:
         render.print_json(status)
     else:
-        print(render.status_text(status))
+        print(render.status_text(status, time.time()))
     return 0
 
 
-def do_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    jobs = client.list(args.status, args.queue, args.limit)
+def do_list(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    jobs = session.call("list", status=args.status, queue=args.queue, limit=args.limit)
     if as_json:
         for job in jobs:
             render.print_json(job)
@@ -310,8 +449,8 @@ def do_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
-def do_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    job = client.get(args.id)
+def do_show(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    job = session.call("show", id=args.id)
     if as_json:
         render.print_json(job)
     else:
@@ -319,52 +458,90 @@ def do_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
-def do_logs(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    offset, out = 0, sys.stdout.buffer
+def do_logs(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    """Without --follow, the log as it is now (in parts of up to 1 MiB); with --follow,
+    one streaming request whose chunks come as the job writes."""
+
+    def emit(data: bytes) -> None:
+        if as_json:
+            render.print_json({"id": args.id, "data": data.decode("utf-8", "replace")})
+        else:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+
+    if args.follow:
+        stream = session.stream("logs", id=args.id, follow=True)
+        while True:
+            try:
+                frame = next(stream)
+            except StopIteration as end:
+                if end.value and end.value.get("data"):
+                    emit(end.value["data"])
+                return 0
+            if frame["type"] == "chunk" and frame["data"]:
+                emit(frame["data"])
+    offset = 0
     while True:
-        data, offset, finished = client.logs(args.id, offset)
-        if data:
-            if as_json:
-                render.print_json({"id": args.id, "data": data.decode("utf-8", "replace")})
-            else:
-                out.write(data)
-                out.flush()
-            continue
-        if not args.follow or finished:
+        r = session.call("logs", id=args.id, offset=offset)
+        if not r["data"]:
             return 0
-        time.sleep(0.2)  # the job writes its log file directly; nothing to be told of
+        emit(r["data"])
+        offset = r["offset"]
 
 
-def do_wait(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    jobs = client.wait(args.ids, args.timeout)
-    found = {j.id for j in jobs}
+def do_wait(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    """On a terminal (stderr), a progress bar per job from the stream's events."""
+    if not as_json and sys.stderr.isatty():
+        from phxqctl import live
+
+        jobs = live.wait_with_bars(session, args.ids, args.timeout)
+    else:
+        jobs = session.call("wait", ids=args.ids, timeout=args.timeout)
+    return report_waited(args.ids, jobs, as_json)
+
+
+def do_watch(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    """Full screen on a terminal; otherwise (or with --json) one line per event."""
+    from phxqctl import live
+
+    ids = args.ids or None
+    if not as_json and sys.stdout.isatty() and sys.stdin.isatty():
+        second = Session(session.conn.path)
+        try:
+            return live.watch_screen(session, second, ids)
+        finally:
+            second.close()
+    return live.watch_lines(session, ids, as_json)
+
+
+def report_waited(ids: list[int], jobs: list[Job], as_json: bool) -> int:
+    found = {j["id"] for j in jobs}
     for job in jobs:
         if as_json:
             render.print_json(job)
         else:
             print(render.outcome_line(job))
-    for gone in (i for i in args.ids if i not in found):
+    for gone in (i for i in ids if i not in found):
         print(f"phxqctl: job {gone} was cleared while waiting", file=sys.stderr)
-    ok = len(jobs) == len(args.ids) and all(j.status == "completed" for j in jobs)
+    ok = len(jobs) == len(ids) and all(j["status"] == "completed" for j in jobs)
     return 0 if ok else 1
 
 
-def _each(verb: str, call: Callable[[Client, list[int]], list[Job]]) -> Command:
-    def run(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-        for job in call(client, args.ids):
+def _each(op: str, verb: str) -> Command:
+    def run(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+        for job in session.call(op, ids=args.ids):
             if as_json:
                 render.print_json(job)
             else:
-                print(
-                    f"job {job.id} {verb}" if job.status == verb else f"job {job.id} {job.status}"
-                )
+                status = job["status"]
+                print(f"job {job['id']} {render.paint(verb if status == verb else status, status)}")
         return 0
 
     return run
 
 
-def do_retry_failed(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    n = client.retry_failed(args.queue)
+def do_retry_failed(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    n = session.call("retry-failed", queue=args.queue)["retried"]
     if as_json:
         render.print_json({"retried": n})
     else:
@@ -372,8 +549,8 @@ def do_retry_failed(client: Client, args: argparse.Namespace, as_json: bool) -> 
     return 0
 
 
-def do_clear(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    n = client.clear(args.status, args.queue)
+def do_clear(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    n = session.call("clear", status=args.status, queue=args.queue)["cleared"]
     if as_json:
         render.print_json({"cleared": n})
     else:
@@ -381,9 +558,9 @@ def do_clear(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
-def _pause_resume(verb: str) -> Command:
-    def run(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-        status = (client.pause if verb == "paused" else client.resume)(args.queue)
+def _pause_resume(op: str, verb: str) -> Command:
+    def run(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+        status = session.call(op, queue=args.queue)
         if as_json:
             render.print_json(status)
         else:
@@ -393,7 +570,7 @@ def _pause_resume(verb: str) -> Command:
     return run
 
 
-def do_queue(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+def do_queue(session: Session, args: argparse.Namespace, as_json: bool) -> int:
     if args.queue_command == "set":
         if args.concurrency == "default":
             limit = None
@@ -402,9 +579,9 @@ def do_queue(client: Client, args: argparse.Namespace, as_json: bool) -> int:
                 limit = int(args.concurrency)
             except ValueError:
                 raise UsageError("--concurrency wants a number or 'default'") from None
-        queues = client.set_queue(args.queue, limit)
+        queues = session.call("queue-set", queue=args.queue, concurrency=limit)
     else:
-        queues = client.queues()
+        queues = session.call("queues")
     if as_json:
         for q in queues:
             render.print_json(q)
@@ -413,8 +590,8 @@ def do_queue(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
-def do_metrics(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    text = client.metrics()
+def do_metrics(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    text = bytes(session.call("metrics")).decode()
     if as_json:
         render.print_json({"exposition": text})
     else:
@@ -422,12 +599,23 @@ def do_metrics(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
-def do_progress(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+def do_progress(session: Session, args: argparse.Namespace, as_json: bool) -> int:
     if all(getattr(args, k) is None for k in ("percent", "step", "done", "total")):
         raise UsageError("progress needs at least one of --percent, --step, --done, --total")
     accepted = progress(args.percent, args.step, args.done, args.total)
     if as_json:
         render.print_json({"accepted": accepted})
+    return 0
+
+
+def do_completion(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    from phxqctl import completion
+
+    text = completion.script(args.shell)
+    if as_json:
+        render.print_json({"shell": args.shell, "script": text})
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -438,15 +626,17 @@ COMMANDS: dict[str, Command] = {
     "show": do_show,
     "logs": do_logs,
     "wait": do_wait,
-    "cancel": _each("cancelled", Client.cancel),
-    "retry": _each("requeued", Client.retry),
+    "cancel": _each("cancel", "cancelled"),
+    "retry": _each("retry", "requeued"),
     "retry-failed": do_retry_failed,
     "clear": do_clear,
     "progress": do_progress,
     "queue": do_queue,
     "metrics": do_metrics,
-    "pause": _pause_resume("paused"),
-    "resume": _pause_resume("resumed"),
+    "pause": _pause_resume("pause", "paused"),
+    "resume": _pause_resume("resume", "resumed"),
+    "watch": do_watch,
+    "completion": do_completion,
 }
 
 if __name__ == "__main__":

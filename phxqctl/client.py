@@ -5,23 +5,29 @@
         job = c.submit(["echo", "hi"])
         c.wait([job.id])
 
-It imports no daemon code beyond the shared protocol and model, so `phxqctl` starts fast.
+It returns typed objects (phxqd.model's Structs) and so imports msgspec and the shared
+protocol and model, nothing else of the daemon. The command line does not use it: it talks
+through phxqctl.wire with plain dicts, to start fast.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 import msgspec
 
-from phxqd import paths, protocol
+from phxqctl import locate
+from phxqctl.errors import DaemonUnreachable, NotInAJob, PhxqError, RemoteError
+from phxqctl.report import progress
+from phxqctl.wire import Connection
+from phxqd import protocol
 from phxqd.model import Call, Job, JobSpec, SubmitResult
-from phxqd.protocol import ERROR_EXIT
+
+__all__ = ["Client", "DaemonUnreachable", "NotInAJob", "PhxqError", "RemoteError", "progress"]
 
 #: spelled out once here: inside Client, `list` names the method
 T = TypeVar("T")
@@ -30,61 +36,27 @@ Jobs = list[Job]
 SubmitResults = list[SubmitResult]
 Ids = list[int]
 
-
-class PhxqError(Exception):
-    """Base of the client's errors; `exit_status` is what phxqctl exits with."""
-
-    exit_status = 1
+_stream_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
 
-class DaemonUnreachable(PhxqError):
-    exit_status = 3
-
-
-class RemoteError(PhxqError):
-    """The daemon refused the request; `code` is the protocol's error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.exit_status = ERROR_EXIT.get(code, 1)
-
-
-def progress(
-    percent: float | None = None,
-    step: str | None = None,
-    done: int | None = None,
-    total: int | None = None,
-) -> bool:
-    """Report the progress of the job this code runs in (fields not given keep their value).
-
-        for i, path in enumerate(paths):
-            phxqctl.progress(done=i, total=len(paths), step=path.name)
-
-    Uses PHXQ_JOB_ID, PHXQ_ATTEMPT and PHXQ_SOCKET, which phxqd sets for every job; outside
-    a job it raises PhxqError. Each call is one short request: report a few times a second
-    at most. Returns False if the daemon no longer counts this attempt as running.
-    """
-    env = os.environ
-    if "PHXQ_JOB_ID" not in env or "PHXQ_ATTEMPT" not in env:
-        raise NotInAJob("not inside a phxq job (PHXQ_JOB_ID and PHXQ_ATTEMPT are not set)")
-    with Client(env.get("PHXQ_SOCKET")) as c:
-        return c.report_progress(
-            int(env["PHXQ_JOB_ID"]), int(env["PHXQ_ATTEMPT"]), percent, step, done, total
+def _stream_decoder(result_type: Any) -> msgspec.msgpack.Decoder[Any]:
+    decoder = _stream_decoders.get(result_type)
+    if decoder is None:
+        decoder = _stream_decoders[result_type] = msgspec.msgpack.Decoder(
+            protocol.JobEvent | protocol.Chunk | protocol.Ok[result_type] | protocol.Err
         )
-
-
-class NotInAJob(PhxqError):
-    exit_status = 2
+    return decoder
 
 
 class Client:
-    """One connection to phxqd, opened on first use and reused for every call."""
+    """One connection to phxqd, opened on first use and reused for every call. A stream
+    (`watch`, `follow_logs`) has a connection of its own, closed when the iteration ends,
+    so the client can still be used while one is read."""
 
     def __init__(self, socket_path: str | Path | None = None, timeout: float | None = None):
-        self.socket_path = paths.client_socket_path(str(socket_path) if socket_path else None)
+        self.socket_path = Path(locate.socket_path(str(socket_path) if socket_path else None))
         self.timeout = timeout
-        self._sock: socket.socket | None = None
+        self._conn = Connection(str(self.socket_path), timeout)
         self._decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
     def __enter__(self) -> Client:
@@ -96,9 +68,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._conn.close()
 
     # ---------------------------------------------------------------- the API
 
@@ -198,6 +168,40 @@ class Client:
         result: dict[str, Any] = self.call(protocol.Resume(queue))
         return result
 
+    # ----------------------------------------------------------------- streams
+
+    def watch(self, ids: Ids | None = None) -> Iterator[protocol.JobEvent]:
+        """Every event of every job (or of these), as it happens, until the iteration is
+        stopped (break, close()). A `dropped` event says this reader fell behind and
+        `count` events were lost; ask `status()` again for exact counts."""
+        frames = self._stream(protocol.Watch(ids), Any)
+        return (f for f in frames if isinstance(f, protocol.JobEvent))
+
+    def follow_logs(self, job_id: int, offset: int = 0) -> Iterator[bytes]:
+        """The job's log from `offset`, as it is written, until the job has finished and
+        all of its log was read."""
+        frames = self._stream(protocol.Logs(job_id, offset, follow=True), Any)
+        return (f.data for f in frames if isinstance(f, protocol.Chunk) and f.data)
+
+    def wait_events(
+        self, ids: Ids, timeout: float | None = None
+    ) -> Iterator[protocol.JobEvent | Jobs]:
+        """`wait` with the jobs' events as they happen: yields each JobEvent, and last the
+        list of finished jobs (what `wait` returns)."""
+        return self._stream(protocol.Wait(ids, timeout, stream=True), Jobs)
+
+    def _stream(self, request: protocol.Request, result_type: Any) -> Iterator[Any]:
+        """The frames of a streaming request on a connection of its own: its stream
+        frames, then the final reply's result (RemoteError for an error). The request is
+        sent before this returns (not at the first next())."""
+        conn = Connection(str(self.socket_path), self.timeout)
+        try:
+            conn.request(protocol.encoder.encode(request))
+        except BaseException:
+            conn.close()
+            raise
+        return _frames(conn, _stream_decoder(result_type))
+
     # ------------------------------------------------------------ the wire
 
     @overload
@@ -207,58 +211,32 @@ class Client:
     def call(self, request: protocol.Request, result_type: Any = Any) -> Any:
         """Send one request and return its reply's result decoded as `result_type`, or
         raise RemoteError."""
-        if self._sock is None:
-            self._sock = self._connect()
-            self._sock.sendall(
-                protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION, "phxqctl"))
-                + protocol.frame(request)
-            )
-            self._expect_reply(protocol.reply_decoder)
-        else:
-            self._sock.sendall(protocol.frame(request))
+        self._conn.request(protocol.encoder.encode(request))
         decoder = self._decoders.get(result_type)
         if decoder is None:
             decoder = self._decoders[result_type] = protocol.reply_decoder_for(result_type)
-        return self._expect_reply(decoder)
-
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(str(self.socket_path))
-        except (FileNotFoundError, ConnectionRefusedError) as e:
-            sock.close()
-            why = "no socket there" if isinstance(e, FileNotFoundError) else "nothing listening"
-            raise DaemonUnreachable(
-                f"phxqd is not running at {self.socket_path} ({why}); start it with `phxqd` "
-                f"(or `make run`), or point PHXQ_SOCKET / --socket at its socket"
-            ) from None
-        except PermissionError:
-            sock.close()
-            raise DaemonUnreachable(f"no permission to connect to {self.socket_path}") from None
-        return sock
-
-    def _expect_reply(self, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
-        assert self._sock is not None
-        header = self._recv_exactly(protocol.HEADER.size)
-        (length,) = protocol.HEADER.unpack(header)
-        if length > protocol.MAX_FRAME:
-            raise PhxqError(f"phxqd sent a frame of {length} bytes; refusing it")
-        try:
-            reply = decoder.decode(self._recv_exactly(length))
-        except msgspec.DecodeError as e:
-            raise PhxqError(f"phxqd sent a reply this phxqctl cannot read: {e}") from None
+        reply = _decode(decoder, self._conn.recv())
         if isinstance(reply, protocol.Err):
             raise RemoteError(reply.code, reply.message)
         return reply.result
 
-    def _recv_exactly(self, n: int) -> bytes:
-        assert self._sock is not None
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self._sock.recv(n - len(buf))
-            if not chunk:
-                self.close()
-                raise DaemonUnreachable("phxqd closed the connection (did it stop?)")
-            buf += chunk
-        return bytes(buf)
+
+def _frames(conn: Connection, decoder: msgspec.msgpack.Decoder[Any]) -> Iterator[Any]:
+    try:
+        while True:
+            message = _decode(decoder, conn.recv())
+            if isinstance(message, protocol.Err):
+                raise RemoteError(message.code, message.message)
+            if isinstance(message, protocol.Ok):
+                yield message.result
+                return
+            yield message
+    finally:
+        conn.close()
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[Any], payload: bytes) -> Any:
+    try:
+        return decoder.decode(payload)
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise PhxqError(f"phxqd sent a reply this phxqctl cannot read: {e}") from None

@@ -1,25 +1,88 @@
-"""Human and JSON output of phxqctl, for an 80-column terminal."""
+"""Human and JSON output of phxqctl, for an 80-column terminal.
+
+Everything here works on the plain dicts of the wire (a job is the contract's job JSON),
+and uses the standard library only: `phxqctl status` imports this on start.
+
+Colour (https://no-color.org): only when the output is a terminal and NO_COLOR is unset or
+empty. `set_colour` decides once per process; tables are padded before they are painted so
+escape codes never upset the alignment.
+"""
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
-import time
-from typing import Any
 
-import msgspec
+#: typing costs a few ms to import; the annotations are strings (PEP 563) anyway
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, TextIO
 
-from phxqd.model import STATUSES, Job, Progress
 
-_json = msgspec.json.Encoder()
+WIDTH = 80
+#: the least room a table leaves its last column (the command, usually)
+LAST_MIN = 12
+#: copies of phxqd.model's (which imports msgspec), kept equal by tests/test_wire.py
+STATUSES = ("pending", "running", "retrying", "completed", "failed", "cancelled")
+FINISHED = ("cancelled", "completed", "failed")
+
+_RESET = "\033[0m"
+STYLES = {
+    "bold": "1",
+    "dim": "2",
+    "pending": "",
+    "running": "36",
+    "retrying": "33",
+    "completed": "32",
+    "failed": "31",
+    "cancelled": "35",
+    "bar": "36",
+}
+_colour = False
+
+
+def wants_colour(stream: TextIO) -> bool:
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+def set_colour(enabled: bool) -> None:
+    global _colour
+    _colour = enabled
+
+
+def paint(text: str, style: str) -> str:
+    code = STYLES.get(style, "")
+    if not _colour or not code or not text:
+        return text
+    return f"\033[{code}m{text}{_RESET}"
+
+
+# ---------------------------------------------------------------------- JSON
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, bytes | bytearray):
+        import base64
+
+        return base64.b64encode(obj).decode()  # as msgspec.json does
+    raise TypeError(f"cannot print {type(obj).__name__} as JSON")
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.buffer.write(_json.encode(obj) + b"\n")
-    sys.stdout.buffer.flush()
+    import json  # only --json pays for it
+
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------ times, sizes
 
 
 def ago(t: float | None, now: float) -> str:
+    """'3m ago', 'in 2h05m', '-'."""
     if t is None:
         return "-"
     d = now - t
@@ -27,6 +90,7 @@ def ago(t: float | None, now: float) -> str:
 
 
 def span(seconds: float) -> str:
+    """A duration in at most two units: '45s', '3m07s', '12m', '2h05m', '3d04h'."""
     s = round(seconds)
     if s < 60:
         return f"{s}s"
@@ -37,107 +101,166 @@ def span(seconds: float) -> str:
     return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
 
 
-def command(job: Job) -> str:
-    if job.call is not None:
-        parts = [*map(repr, job.call.args), *(f"{k}={v!r}" for k, v in job.call.kwargs.items())]
-        return f"{job.call.func}({', '.join(parts)})"
-    return shlex.join(job.argv)
+def clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
-def job_table(jobs: list[Job], now: float) -> str:
+# ------------------------------------------------------------------ tables
+
+
+def table(rows: Sequence[Sequence[str]], right: Sequence[int] = (), styles: Any = None) -> str:
+    """Columns aligned two spaces apart; the last column is clipped to fit WIDTH.
+    `styles(row_index, column_index, text)` names a style for a cell (row 0 is the
+    header, always bold)."""
+    n = len(rows[0])
+    widths = [max(len(r[i]) for r in rows) for i in range(n - 1)]
+    # too wide even for a short last column: narrow the widest text columns, clipping them
+    excess = sum(widths) + 2 * (n - 1) + LAST_MIN - WIDTH
+    while excess > 0:
+        widest = max((i for i in range(n - 1) if i not in right), key=lambda i: widths[i])
+        cut = min(excess, widths[widest] - 6)
+        if cut <= 0:
+            break
+        widths[widest] -= cut
+        excess -= cut
+    lines = []
+    for ri, row in enumerate(rows):
+        cells = []
+        for ci, (text, w) in enumerate(zip(row[:-1], widths, strict=True)):
+            cell = clip(text, w)
+            padded = cell.rjust(w) if ci in right else cell.ljust(w)
+            style = "bold" if ri == 0 else (styles(ri, ci, text) if styles else "")
+            cells.append(paint(padded, style) if style else padded)
+        head = "  ".join(cells)
+        room = WIDTH - sum(widths) - 2 * (n - 1)
+        last = clip(row[-1], max(room, LAST_MIN))
+        lines.append((head + "  " + (paint(last, "bold") if ri == 0 else last)).rstrip())
+    return "\n".join(lines)
+
+
+def status_style(_row: int, _col: int, cell: str) -> str:
+    return cell.split(" ")[0]
+
+
+# -------------------------------------------------------------------- jobs
+
+
+def command(job: dict[str, Any]) -> str:
+    call = job.get("call")
+    if call is not None:
+        parts = [
+            *map(repr, call.get("args", [])),
+            *(f"{k}={v!r}" for k, v in call.get("kwargs", {}).items()),
+        ]
+        return f"{call['func']}({', '.join(parts)})"
+    return shlex.join(job["argv"])
+
+
+def job_table(jobs: list[dict[str, Any]], now: float) -> str:
     if not jobs:
         return "no jobs"
     rows = [("ID", "STATUS", "QUEUE", "PRI", "TRIES", "CREATED", "COMMAND")]
     for j in jobs:
-        status = j.status
-        if status in ("pending", "retrying") and j.run_at > now + 0.5:
-            status += f" ({ago(j.run_at, now)})"  # waiting for its time, not for a worker
+        status = j["status"]
+        if status in ("pending", "retrying") and j["run_at"] > now + 0.5:
+            status += f" ({ago(j['run_at'], now)})"  # waiting for its time, not for a worker
         rows.append(
             (
-                str(j.id),
+                str(j["id"]),
                 status,
-                j.queue,
-                str(j.priority),
-                str(j.attempts),
-                ago(j.created_at, now),
+                j["queue"],
+                str(j["priority"]),
+                str(j["attempts"]),
+                ago(j["created_at"], now),
                 command(j),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    lines = []
-    for r in rows:
-        head = "  ".join(
-            c.ljust(w) if i != 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r[:6], widths, strict=True))
-        )
-        room = max(80 - len(head) - 2, 10)
-        cmd = r[6] if len(r[6]) <= room else r[6][: room - 1] + "…"
-        lines.append(f"{head}  {cmd}")
-    return "\n".join(lines)
+    return table(
+        rows, right=(0, 3, 4), styles=lambda r, c, t: status_style(r, c, t) if c == 1 else ""
+    )
 
 
-def job_detail(job: Job, now: float) -> str:
+def job_detail(job: dict[str, Any], now: float) -> str:
     fields: list[tuple[str, str]] = [
-        ("id", str(job.id)),
-        ("status", job.status),
+        ("id", str(job["id"])),
+        ("status", paint(job["status"], job["status"])),
         ("command", command(job)),
-        ("queue", job.queue),
-        ("priority", str(job.priority)),
-        ("attempts", f"{job.attempts} of {job.max_retries + 1}"),
-        ("created", ago(job.created_at, now)),
+        ("queue", job["queue"]),
+        ("priority", str(job["priority"])),
+        ("attempts", f"{job['attempts']} of {job['max_retries'] + 1}"),
+        ("created", ago(job["created_at"], now)),
     ]
-    if job.run_at > job.created_at + 0.5 and job.status in ("pending", "retrying"):
-        fields.append(("runs", ago(job.run_at, now)))
-    for name, t in (("started", job.started_at), ("finished", job.finished_at)):
+    if job["run_at"] > job["created_at"] + 0.5 and job["status"] in ("pending", "retrying"):
+        fields.append(("runs", ago(job["run_at"], now)))
+    for name in ("started", "finished"):
+        t = job.get(f"{name}_at")
         if t is not None:
             fields.append((name, ago(t, now)))
-    if job.progress is not None:
+    progress = job.get("progress")
+    if progress is not None:
         fields.append(
-            ("progress", f"{progress_text(job.progress)} ({ago(job.progress.updated_at, now)})")
+            ("progress", f"{progress_text(progress)} ({ago(progress['updated_at'], now)})")
         )
-    if job.started_at and job.finished_at and job.finished_at >= job.started_at:
-        fields.append(("took", span(job.finished_at - job.started_at)))
-    if job.after:
-        fields.append(("after", ", ".join(map(str, job.after))))
-    if job.result is not None:
-        fields.append(("result", repr(job.result)[:200]))
+    started, finished = job.get("started_at"), job.get("finished_at")
+    if started and finished and finished >= started:
+        fields.append(("took", span(finished - started)))
+    elif started and job["status"] == "running":
+        fields.append(("running for", span(now - started)))
+    if job.get("after"):
+        fields.append(("after", ", ".join(map(str, job["after"]))))
+    if job.get("result") is not None:
+        fields.append(("result", clip(repr(job["result"]), 200)))
     optional = {
-        "key": job.key,
-        "label": job.label,
-        "cwd": job.cwd,
-        "exit code": job.exit_code,
-        "error": job.error,
-        "pid": job.pid,
-        "timeout": None if job.timeout is None else f"{job.timeout:g}s",
+        "key": job.get("key"),
+        "label": job.get("label"),
+        "cwd": job.get("cwd"),
+        "exit code": job.get("exit_code"),
+        "error": job.get("error"),
+        "pid": job.get("pid"),
+        "timeout": None if job.get("timeout") is None else f"{job['timeout']:g}s",
     }
     fields += [(k, str(v)) for k, v in optional.items() if v is not None]
-    fields += [(f"env {k}", v) for k, v in (job.env or {}).items()]
+    fields += [(f"env {k}", v) for k, v in (job.get("env") or {}).items()]
     width = max(len(k) for k, _ in fields)
-    return "\n".join(f"{k.rjust(width)}  {v}" for k, v in fields)
+    return "\n".join(f"{paint(k.rjust(width), 'bold')}  {v}" for k, v in fields)
 
 
-def progress_text(p: Progress | None, width: int = 20) -> str:
+def fraction(p: dict[str, Any]) -> float | None:
+    """0..1 when the job said enough to know, else None (as phxqd.model.Progress)."""
+    if p.get("percent") is not None:
+        return float(max(0.0, min(p["percent"] / 100, 1.0)))
+    if p.get("done") is not None and p.get("total"):
+        return float(max(0.0, min(p["done"] / p["total"], 1.0)))
+    return None
+
+
+def bar(f: float, width: int = 20) -> str:
+    filled = round(f * width)
+    return "[" + paint("#" * filled, "bar") + "." * (width - filled) + "]"
+
+
+def progress_text(p: dict[str, Any] | None, width: int = 20) -> str:
     """'[#####.....]  45%  450/1000  resizing' (only the parts the job reported)."""
     if p is None:
         return ""
     parts = []
-    fraction = p.fraction()
-    if fraction is not None:
-        filled = round(fraction * width)
-        parts.append(f"[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}%")
-    if p.done is not None:
-        parts.append(f"{p.done}/{p.total}" if p.total is not None else str(p.done))
-    if p.step:
-        parts.append(p.step)
+    f = fraction(p)
+    if f is not None:
+        parts.append(f"{bar(f, width)} {f * 100:3.0f}%")
+    if p.get("done") is not None:
+        parts.append(f"{p['done']}/{p['total']}" if p.get("total") is not None else str(p["done"]))
+    if p.get("step"):
+        parts.append(clip(p["step"], 30))
     return "  ".join(parts)
 
 
-def outcome_line(job: Job) -> str:
-    if job.status == "completed":
-        return f"job {job.id} completed"
-    if job.status in ("failed", "cancelled"):
-        return f"job {job.id} {job.status}: {job.error}"
-    return f"job {job.id} still {job.status} (wait timed out)"
+def outcome_line(job: dict[str, Any]) -> str:
+    status = job["status"]
+    if status == "completed":
+        return f"job {job['id']} {paint('completed', status)}"
+    if status in ("failed", "cancelled"):
+        return f"job {job['id']} {paint(status, status)}: {job['error']}"
+    return f"job {job['id']} still {paint(status, status)} (wait timed out)"
 
 
 def queue_table(queues: list[dict[str, Any]]) -> str:
@@ -160,33 +283,45 @@ def queue_table(queues: list[dict[str, Any]]) -> str:
                 "paused" if q["paused"] else "",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(7)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    text = table(rows, right=(1, 2, 3, 4, 5))
     if any(q["concurrency_from"] == "runtime" for q in queues):
-        lines.append("* set at run time (phxqctl queue set), kept across restarts")
-    return "\n".join(lines)
+        text += "\n* set at run time (phxqctl queue set), kept across restarts"
+    return text
 
 
-def status_text(s: dict[str, Any]) -> str:
+def counts_table(s: dict[str, Any]) -> list[str]:
+    """Jobs per queue and status, and the totals (shared by `status` and `watch`)."""
     counts: dict[str, int] = s["counts"]
-    state = "writable" if s["writable"] else f"NOT WRITABLE: {s['journal_error']}"
-    lines = [
-        f"phxqd: {s['workers']} workers, fsync={s['fsync']}, up {span(s['uptime'])}, "
-        f"journal {state}"
-    ]
-    if s["paused_all"]:
-        lines.append("all queues paused")
-    elif s["paused"]:
-        lines.append("paused: " + ", ".join(s["paused"]))
     short = {"completed": "done", "cancelled": "cancel", "retrying": "retry"}
-    heads = [short.get(st, st) for st in STATUSES]
     queues: dict[str, dict[str, int]] = s["queues"]
     names = [*sorted(queues), "total"]
-    qw = max(len(n) for n in [*names, "QUEUE"])
-    lines.append("QUEUE".ljust(qw) + "".join(f"{h.upper():>9}" for h in heads))
+    qw = min(max(len(n) for n in [*names, "QUEUE"]), WIDTH - 6 * 9)
+    lines = [
+        paint(
+            "QUEUE".ljust(qw) + "".join(f"{short.get(st, st).upper():>9}" for st in STATUSES),
+            "bold",
+        )
+    ]
     for name in names:
         row = counts if name == "total" else queues[name]
-        lines.append(name.ljust(qw) + "".join(f"{row.get(st, 0):>9}" for st in STATUSES))
+        cells = []
+        for st in STATUSES:
+            n = row.get(st, 0)
+            cells.append(paint(f"{n:>9}", st) if n and st != "pending" else f"{n:>9}")
+        label = clip(name, qw).ljust(qw)
+        lines.append((paint(label, "bold") if name == "total" else label) + "".join(cells))
+    return lines
+
+
+def status_text(s: dict[str, Any], now: float) -> str:
+    state = "writable" if s["writable"] else paint(f"NOT WRITABLE: {s['journal_error']}", "failed")
+    up = span(s["uptime"])
+    lines = [f"phxqd: {s['workers']} workers, fsync={s['fsync']}, up {up}, journal {state}"]
+    if s["paused_all"]:
+        lines.append(paint("all queues paused", "retrying"))
+    elif s["paused"]:
+        lines.append(paint("paused: " + ", ".join(s["paused"]), "retrying"))
+    lines += counts_table(s)
     rate = s["throughput_per_minute"]
     if rate or s["eta_seconds"]:
         line = f"last minute: {rate} jobs finished"
@@ -199,12 +334,9 @@ def status_text(s: dict[str, Any]) -> str:
     if running:
         lines.append("")
         lines.append(f"running ({len(running)} of {s['workers']}):")
-        now = time.time()
         for r in running:
             what = r.get("call") or shlex.join(r["argv"])
-            line = f"{r['id']:>6}  {span(now - r['started_at']):>7}  {what}"
-            lines.append(line if len(line) <= 80 else line[:79] + "…")
+            lines.append(clip(f"{r['id']:>6}  {span(now - r['started_at']):>7}  {what}", WIDTH))
             if r["progress"]:
-                bar = progress_text(msgspec.convert(r["progress"], Progress))
-                lines.append(" " * 16 + (bar if len(bar) <= 64 else bar[:63] + "…"))
+                lines.append(" " * 16 + progress_text(r["progress"]))
     return "\n".join(lines)

@@ -56,6 +56,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: group names or gids; checked per connection with SO_PEERCRED
     allow_users: list[str | int] = []
     allow_groups: list[str | int] = []
+    #: a client connection that sends nothing for this long is closed (a request being
+    #: answered, a `wait` or a `watch`, is not idleness)
+    client_idle_timeout: PositiveSeconds = 300.0
+    #: a client that takes none of a reply for this long is disconnected
+    client_send_timeout: PositiveSeconds = 60.0
     #: "HOST:PORT" of an HTTP endpoint serving /metrics (Prometheus); None: none
     metrics_listen: str | None = None
     #: the interpreter of the Python workers that run callable jobs (your project's venv)
@@ -66,6 +71,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     worker_max_jobs: Positive = 1000
     #: ...or once its resident memory passes this many bytes (0: no limit)
     worker_max_rss: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: a JSON file of counts, rates and live jobs' progress for other programs, replaced
+    #: atomically at most once a second while something changes; None: none
+    status_file: str | None = None
+    #: commands run when a job completes, fails for good, or waits to be retried, with the
+    #: job's JSON on stdin: a string (run by /bin/sh -c) or an argv array
+    on_complete: str | list[str] | None = None
+    on_failure: str | list[str] | None = None
+    on_retry: str | list[str] | None = None
+    #: seconds a hook may run before its process group is killed
+    hook_timeout: PositiveSeconds = 30.0
+    #: most hooks running at once; the others wait (never the queue)
+    hook_concurrency: Positive = 4
 
 
 class ConfigError(Exception):
@@ -106,6 +123,10 @@ def parse(data: bytes, where: str) -> Config:
                     f"{where}: `queues.{name}.{key}` must be {kind} of at least {least:g}, "
                     f"not {toml_value(value)}"
                 )
+    for key in ("on_complete", "on_failure", "on_retry"):
+        hook = getattr(cfg, key)
+        if hook is not None and (not hook or (isinstance(hook, list) and not hook[0])):
+            raise ConfigError(f"{where}: `{key}` must be a command, not {toml_value(hook)}")
     return cfg
 
 

@@ -17,14 +17,14 @@ import random
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from phxqd import metrics, pool, protocol, snapshot
+from phxqd import metrics, pool, protocol, snapshot, statusfile
 from phxqd.events import (
     AnyEvent,
     Cancelled,
@@ -40,6 +40,7 @@ from phxqd.events import (
     Started,
     Submitted,
 )
+from phxqd.feed import Feed, describe, job_event
 from phxqd.journal import Journal, JournalError, fsync_dir, list_segments
 from phxqd.model import FINISHED, STATUSES, Job, Progress, QueueConfig, validate_spec
 from phxqd.protocol import PROTOCOL_VERSION
@@ -51,6 +52,8 @@ log = logging.getLogger("phxqd")
 
 #: Stop reason of jobs stopped because the daemon is stopping: requeued, attempt not spent.
 SHUTDOWN = "daemon shutting down"
+#: seconds between looks at a followed log (`logs --follow`) while its job runs
+LOG_POLL = 0.1
 
 
 @dataclass
@@ -113,6 +116,9 @@ class Core:
         self._progress_dirty: set[int] = set()
         #: facts applied while the journal could not take them (see `record`)
         self._unjournaled = 0
+        #: job events for whoever listens (watch, streaming wait, hooks, the status file)
+        self.feed = Feed()
+        state.on_cascade = self._cascaded
 
     # ------------------------------------------------------------------ commit
 
@@ -183,6 +189,8 @@ class Core:
         for event in events:
             self.state.apply(event)
             self.stats.count(event, self.state)
+            if self.feed.active:
+                self.feed.publish(describe(event, self.state.jobs))
         self._wake.set()
         # At least snapshot_bytes, and at least twice the last snapshot: disk use stays
         # within ~3x the live state, and the cost of snapshots stays proportional to the
@@ -190,6 +198,10 @@ class Core:
         due = max(self.settings.snapshot_bytes, 2 * self._snapshot_size)
         if self.journal.bytes_since_snapshot >= due:
             self._snapshot_due.set()
+
+    def _cascaded(self, job: Job, at: float) -> None:
+        if self.feed.active:
+            self.feed.publish([job_event("cancelled", job, at)])
 
     def _finished_durably(self, events: list[AnyEvent]) -> None:
         """Wake the waiters of every job that is now finished: those the events name, and
@@ -300,11 +312,19 @@ class Core:
                 return state.select(status, queue, max(limit, 0))
             case protocol.Show(job_id):
                 return state.get(job_id)
-            case protocol.Wait(ids, timeout):
+            case protocol.Wait(ids, timeout, stream):
+                if stream:
+                    return self.wait_stream(ids, timeout)
                 return await self.wait(ids, timeout)
-            case protocol.Logs(job_id, offset, limit):
+            case protocol.Logs(job_id, offset, limit, follow):
                 state.get(job_id)
+                if follow:
+                    return self.follow_log(job_id, offset, limit)
                 return await self.read_log(job_id, offset, limit)
+            case protocol.Watch(ids):
+                for job_id in ids or ():
+                    state.get(job_id)
+                return self.watch(ids)
             case protocol.Cancel(ids):
                 return await self.cancel(ids, now)
             case protocol.Retry(ids):
@@ -384,6 +404,16 @@ class Core:
             uptime=now - self.started_at,
         )
         return summary
+
+    def status_export(self) -> dict[str, Any]:
+        """What the status file says (config `status_file`): see phxqd/statusfile.py."""
+        status = self.status()
+        live = [self.state.jobs[r["id"]] for r in status["running_jobs"]]
+        retrying = status["counts"]["retrying"]
+        if retrying and len(live) < statusfile.MAX_JOBS:
+            # O(jobs), once a second at most, and only while some job waits to retry
+            live += self.state.select("retrying", None, statusfile.MAX_JOBS - len(live))
+        return statusfile.content(status, live)
 
     def queues(self) -> list[dict[str, Any]]:
         """Every queue that has jobs or settings: counts, limit and where it comes from."""
@@ -472,6 +502,58 @@ class Core:
                     job = self.state.jobs.get(job_id)
         return [self.state.jobs[i] for i in ids if i in self.state.jobs]
 
+    # ----------------------------------------------------------------- streams
+    # Each returns an async generator of frames; the server sends them as they come.
+
+    async def watch(self, ids: list[int] | None) -> AsyncGenerator[protocol.JobEvent]:
+        with self.feed.listen(frozenset(ids) if ids is not None else None) as listener:
+            while True:
+                for event in await listener.take():
+                    yield event
+
+    async def wait_stream(
+        self, ids: list[int], timeout: float | None
+    ) -> AsyncGenerator[protocol.JobEvent | protocol.Ok[list[Job]]]:
+        """`wait` that tells as it goes: a `state` frame per job, then their events."""
+        jobs = [self.state.get(i) for i in ids]
+        deadline = anyio.current_time() + (timeout if timeout is not None else math.inf)
+        with self.feed.listen(frozenset(ids)) as listener:
+            for job in jobs:
+                yield job_event("state", job, time.time())
+            while not all(self.state.jobs[i].finished for i in ids if i in self.state.jobs):
+                taken: list[protocol.JobEvent] = []
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    taken = await listener.take()
+                if not taken:
+                    break  # the timeout
+                for event in taken:
+                    yield event
+        # Finished in memory; the reply waits, like `wait`, until that is durable.
+        remaining = max(deadline - anyio.current_time(), 0.0)
+        yield protocol.Ok(await self.wait(ids, None if math.isinf(remaining) else remaining))
+
+    async def follow_log(
+        self, job_id: int, offset: int, limit: int
+    ) -> AsyncGenerator[protocol.Chunk | protocol.Ok[dict[str, Any]]]:
+        """The log as it grows, until the job has finished and the log is read to its end.
+
+        Jobs write their logs themselves (no pipe through phxqd), so growth is not an event:
+        the file is looked at every LOG_POLL seconds while someone follows it, and at once
+        when the job ends.
+        """
+        while True:
+            part = await self.read_log(job_id, offset, limit)
+            if part["data"]:
+                offset = part["offset"]
+                yield protocol.Chunk(part["data"], offset)
+                continue
+            if part["finished"]:
+                yield protocol.Ok({"data": b"", "offset": offset, "finished": True})
+                return
+            ended = self._finished.setdefault(job_id, anyio.Event())
+            with anyio.move_on_after(LOG_POLL):
+                await ended.wait()
+
     async def cancel(self, ids: list[int], now: float) -> list[Job]:
         active = [i for i in ids if i in self._active]
         events, running = self.state.cancel([i for i in ids if i not in self._active], now)
@@ -508,6 +590,8 @@ class Core:
         )
         event = ProgressSaved(job.id, new)
         self.state.apply(event)
+        if self.feed.active:
+            self.feed.publish([job_event("progress", job, now)])
         if now - self._progress_saved.get(job.id, 0.0) >= 1.0:
             self._progress_saved[job.id] = now
             with contextlib.suppress(JournalError):
@@ -528,7 +612,8 @@ class Core:
     async def read_log(self, job_id: int, offset: int, limit: int) -> dict[str, Any]:
         path = self.log_path(job_id)
         # Looked at before reading: a job that ends during the read still gets one more call.
-        finished = self.state.jobs[job_id].finished
+        job = self.state.jobs.get(job_id)
+        finished = job is None or job.finished  # (None: cleared while someone followed)
 
         def read() -> tuple[bytes, int]:
             try:

@@ -10,9 +10,11 @@ because acknowledged means on disk. SIGHUP reloads the config file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -25,8 +27,9 @@ from typing import Any
 import anyio
 import msgspec
 
-from phxqd import config, logsetup, metrics, paths, server, systemd
+from phxqd import config, logsetup, metrics, paths, server, statusfile, systemd
 from phxqd.core import Core, Settings
+from phxqd.hooks import Hooks, HookSettings
 from phxqd.journal import Corruption, FsyncPolicy, Journal, JournalError
 from phxqd.model import QueueConfig
 from phxqd.recovery import StateDirBusy, lock_state_dir, recover
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         worker_max_jobs=cfg.worker_max_jobs,
         worker_max_rss=cfg.worker_max_rss or None,
     )
+    raise_open_files_limit()
     try:
         anyio.run(run, settings, cfg, opts, sd, activated)
     except Corruption as e:
@@ -165,6 +169,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     finally:
         os.close(lock)
+
+
+def raise_open_files_limit(target: int = 65536) -> None:
+    """Raise the soft limit of open files towards the hard one (systemd's default soft
+    limit is 1024, a few hundred clients' worth). Each client connection, running job and
+    worker holds descriptors; past the limit the daemon delays new connections instead of
+    failing, but should not get there with a thousand clients. Jobs inherit the raised
+    soft limit (at most `target`)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(hard, target)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def check_config(flag: str | None) -> int:
@@ -239,10 +256,17 @@ async def run(
                 server.open_to(settings.socket, access)
             serving, snapshots, healing = (anyio.CancelScope() for _ in range(3))
             dispatching = anyio.Event()
-            tg.start_soon(_serve, listener, core, access, serving)
+            timeouts = server.Timeouts(cfg.client_idle_timeout, cfg.client_send_timeout)
+            tg.start_soon(_serve, listener, core, access, timeouts, serving)
             tg.start_soon(_in_scope, core.snapshotter, snapshots)
             tg.start_soon(_in_scope, core.heal, healing)
             tg.start_soon(_dispatch, core, dispatching)
+            hooks = Hooks(core.feed, core.state.jobs.get, core.stats.hooks)
+            hooks.configure(hook_settings(cfg))
+            tg.start_soon(hooks.run)
+            status_file = Path(cfg.status_file) if cfg.status_file else None
+            if status_file is not None:
+                tg.start_soon(statusfile.keep, status_file, core.feed, core.status_export)
             http = await metrics.open_http(cfg.metrics_listen) if cfg.metrics_listen else None
             if http is not None:
                 tg.start_soon(metrics.serve_http, core, http)
@@ -262,7 +286,7 @@ async def run(
                 settings.workers,
                 fsync,
             )
-            reloader = Reloader(opts, cfg, core, notifier)
+            reloader = Reloader(opts, cfg, core, hooks, notifier)
             await _until_stop_signal(signals, reloader.reload)
             running = core.status()["counts"]["running"]
             if settings.shutdown_grace > 0 and running:
@@ -288,6 +312,8 @@ async def run(
             except (JournalError, OSError) as e:
                 log.error("no snapshot at shutdown (%s); the journal keeps what was saved", e)
             await journal.close()
+            if status_file is not None:  # the last word: every job requeued or ended
+                await statusfile.write_now(status_file, core.status_export)
             if activated is None:  # an activated socket belongs to systemd's socket unit
                 settings.socket.unlink(missing_ok=True)
             tg.cancel_scope.cancel()
@@ -299,11 +325,12 @@ async def _serve(
     listener: anyio.abc.SocketListener,
     core: Core,
     access: server.Access,
+    timeouts: server.Timeouts,
     scope: anyio.CancelScope,
 ) -> None:
     with scope:
         async with listener:
-            await server.serve(listener, core.handle, access)
+            await server.serve(listener, core.handle, access, timeouts)
 
 
 async def _in_scope(func: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
@@ -347,9 +374,10 @@ class Reloader:
     Applied at once: `workers` and the `[queues.NAME]` tables (the dispatcher is woken:
     a higher limit starts waiting jobs now, a lower one lets running jobs finish),
     `log_level`, `kill_grace`, `shutdown_grace`, `snapshot_bytes`, `write_retry_interval`,
-    `retention`, `log_max_bytes` (each read where it is used, from then on), and the
-    Python worker keys (`python`, `pythonpath`, `worker_max_*`: idle workers are replaced).
-    The rest (paths, fsync policy, segment size, `metrics_listen`) is read at start-up
+    `retention`, `log_max_bytes` (each read where it is used, from then on), the hooks
+    (`on_*`, `hook_*`: hooks already running finish), and the Python worker keys
+    (`python`, `pythonpath`, `worker_max_*`: idle workers are replaced). The rest (paths,
+    fsync policy, segment size, `metrics_listen`, `status_file`) is read at start-up
     only; a change to it is logged as needing a restart. A file phxqd cannot accept
     changes nothing: the running settings stay, and the error is logged and shown in
     `systemctl status`. Flags given on the command
@@ -357,10 +385,16 @@ class Reloader:
     """
 
     def __init__(
-        self, opts: Options, cfg: config.Config, core: Core, notifier: systemd.Notifier
+        self,
+        opts: Options,
+        cfg: config.Config,
+        core: Core,
+        hooks: Hooks,
+        notifier: systemd.Notifier,
     ) -> None:
         self.opts = opts
         self.core = core
+        self.hooks = hooks
         self.notifier = notifier
         self.started_with = self._startup_values(cfg)
 
@@ -381,6 +415,7 @@ class Reloader:
         settings.retention = cfg.retention
         settings.log_max_bytes = cfg.log_max_bytes or None
         settings.shutdown_grace = cfg.shutdown_grace
+        self.hooks.configure(hook_settings(cfg))
         # Python workers: the new values apply to workers started from now on; the idle
         # ones are let go so the next call gets a worker of the new kind.
         workers_pool = self.core.workers
@@ -422,9 +457,18 @@ class Reloader:
             "fsync_interval_ms": cfg.fsync_interval_ms,
             "segment_bytes": cfg.segment_bytes,
             "metrics_listen": cfg.metrics_listen,
+            "status_file": cfg.status_file,
             "allow_users": cfg.allow_users,
             "allow_groups": cfg.allow_groups,
+            "client_idle_timeout": cfg.client_idle_timeout,
+            "client_send_timeout": cfg.client_send_timeout,
         }
+
+
+def hook_settings(cfg: config.Config) -> HookSettings:
+    return HookSettings(
+        cfg.on_complete, cfg.on_failure, cfg.on_retry, cfg.hook_timeout, cfg.hook_concurrency
+    )
 
 
 def _queues_text(queues: dict[str, QueueConfig]) -> str:

@@ -159,6 +159,18 @@ class _Collector:
         yield CounterMetricFamily(
             "phxq_python_worker_starts", "Python workers started", value=core.workers.started
         )
+        hooks = CounterMetricFamily(
+            "phxq_hooks", "Event hooks run, by hook and outcome", labels=["hook", "outcome"]
+        )
+        for (hook, outcome), n in sorted(core.stats.hooks.items()):
+            hooks.add_metric([hook, outcome], n)
+        yield hooks
+        yield GaugeMetricFamily(
+            "phxq_event_listeners",
+            "Listeners of the live job feed (watch and streaming wait clients, hooks, "
+            "the status file)",
+            value=core.feed.listeners,
+        )
 
 
 def _buckets(h: Histogram) -> list[tuple[str, float]]:

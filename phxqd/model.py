@@ -7,12 +7,15 @@ step. This module imports nothing but msgspec, because `phxqctl` imports it on s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import msgspec
 
 #: Every status a job can have. `retrying` is a failed attempt waiting out its backoff.
-STATUSES: tuple[str, ...] = ("pending", "running", "retrying", "completed", "failed", "cancelled")
+#: (A Literal: msgspec then decodes every status to one shared string object, where a `str`
+#: field would get a fresh copy per job: with a million jobs, 56 MB of heap fragments.)
+Status = Literal["pending", "running", "retrying", "completed", "failed", "cancelled"]
+STATUSES: tuple[str, ...] = get_args(Status)
 #: Statuses after which nothing happens to a job unless someone asks (retry, clear).
 FINISHED: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 #: Statuses a job is waiting in before it runs.
@@ -89,7 +92,7 @@ class Job(msgspec.Struct, gc=False):
     argv: tuple[str, ...]
     queue: str
     priority: int
-    status: str
+    status: Status
     created_at: float
     run_at: float
     key: str | None = None

@@ -168,9 +168,11 @@ class Err(msgspec.Struct, tag="err"):
     message: str
 
 
-#: What a `JobEvent` can say. `dropped`: this watcher fell behind and `count` events for
-#: it were dropped (the daemon keeps at most a bounded backlog per watcher).
+#: What a `JobEvent` can say. `state`: the job as it is when a streaming `wait` begins;
+#: `dropped`: this listener fell behind and `count` events for it were dropped (the daemon
+#: keeps at most a bounded backlog per listener).
 EVENT_KINDS = (
+    "state",
     "submitted",
     "started",
     "progress",
@@ -225,8 +227,8 @@ ERROR_EXIT = {
 request_decoder: msgspec.msgpack.Decoder[AnyRequest] = msgspec.msgpack.Decoder(AnyRequest)
 reply_decoder: msgspec.msgpack.Decoder[Ok[Any] | Err] = msgspec.msgpack.Decoder(Ok[Any] | Err)
 #: frames of a streaming request: its stream frames, then one `Ok` or `Err`
-stream_decoder: msgspec.msgpack.Decoder[JobEvent | Chunk | Ok[Any] | Err] = (
-    msgspec.msgpack.Decoder(JobEvent | Chunk | Ok[Any] | Err)
+stream_decoder: msgspec.msgpack.Decoder[JobEvent | Chunk | Ok[Any] | Err] = msgspec.msgpack.Decoder(
+    JobEvent | Chunk | Ok[Any] | Err
 )
 
 

@@ -26,7 +26,7 @@ from phxqd.journal import (
     list_segments,
     scan_segment,
 )
-from phxqd.state import State
+from phxqd.state import Sharer, State
 
 log = logging.getLogger("phxqd.recovery")
 
@@ -76,8 +76,8 @@ def recover(journal_dir: Path, cut_torn_tail: bool, now: float | None = None) ->
 
 
 def _recover(journal_dir: Path, cut_torn_tail: bool, now: float | None) -> Recovered:
-    snap = snapshot.load(journal_dir)
-    state = State() if snap is None else State.from_snapshot(snap, now)
+    snap = snapshot.load(journal_dir, Sharer())
+    state = State() if snap is None else State.from_snapshot(snap, now, shared=True)
     snap_lsn = 0 if snap is None else snap.lsn
     out = Recovered(state, snap_lsn + 1, snap_lsn)
     segments = list_segments(journal_dir)

@@ -8,15 +8,16 @@ malformed frame costs its sender an error reply or the connection, never the dae
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import logging
-import math
 import os
 import pwd
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,33 @@ from typing import Any
 import anyio
 import msgspec
 from anyio.abc import SocketStream, UNIXSocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from phxqd import protocol
 from phxqd.state import Refused
 
 log = logging.getLogger("phxqd.server")
 
+#: A handler answers with a value (one `Ok` reply), or with an async generator of frames
+#: (a stream: `JobEvent`/`Chunk` frames, then the final `Ok`, if any).
 Handler = Callable[[protocol.Request], Awaitable[Any]]
-#: a client that sends nothing for this long is disconnected (long requests are exempt)
-IDLE_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    #: a client that sends nothing for this long is disconnected (long requests are exempt)
+    idle: float = 300.0
+    #: a client that takes none of a frame for this long is disconnected: a reader that
+    #: never reads holds at most one frame and the socket's buffers, then it is gone
+    send: float = 60.0
+
+
+#: most bytes taken from a client socket at once
+RECEIVE_SIZE = 65536
+#: seconds between the watchdog's looks at the connections
+WATCH_INTERVAL = 1.0
+#: seconds to wait before accepting again when out of file descriptors
+ACCEPT_RETRY = 0.1
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -135,9 +153,14 @@ def peer(stream: UNIXSocketStream) -> tuple[int, int, int]:
 
 
 async def serve(
-    listener: anyio.abc.SocketListener, handle: Handler, access: Access | None = None
+    listener: anyio.abc.SocketListener,
+    handle: Handler,
+    access: Access | None = None,
+    timeouts: Timeouts | None = None,
 ) -> None:
     access = access or Access()
+    timeouts = timeouts or Timeouts()
+    live: set[Connection] = set()
 
     async def on_connect(stream: SocketStream) -> None:
         assert isinstance(stream, UNIXSocketStream)
@@ -159,29 +182,78 @@ async def serve(
                         )
                     )
                 return
-            await Connection(stream, handle).run()
+            connection = Connection(stream, handle, pid)
+            live.add(connection)
+            try:
+                await connection.run()
+            finally:
+                live.discard(connection)
 
-    await listener.serve(on_connect)
+    async with anyio.create_task_group() as connections:
+        connections.start_soon(_watchdog, live, timeouts)
+        while True:
+            try:
+                stream = await listener.accept()
+            except anyio.BrokenResourceError as e:
+                # Out of descriptors or memory (anyio wraps the OSError): the clients in
+                # the listen backlog wait a little; everyone connected is still served.
+                cause = e.__cause__
+                if not isinstance(cause, OSError) or cause.errno not in OUT_OF_RESOURCES:
+                    raise
+                log.warning("cannot accept a connection now (%s); retrying shortly", cause)
+                await anyio.sleep(ACCEPT_RETRY)
+                continue
+            connections.start_soon(on_connect, stream)
+
+
+async def _watchdog(live: set[Connection], timeouts: Timeouts) -> None:
+    """End the connections whose client keeps them waiting too long.
+
+    One look a second at every connection, instead of a timer per connection moved at
+    every frame: moving an anyio deadline reschedules a loop timer, and doing that four
+    times per request cost over a tenth of the daemon's time under load.
+    """
+    while True:
+        await anyio.sleep(WATCH_INTERVAL)
+        now = time.monotonic()
+        for c in list(live):
+            if c.phase is READING and now - c.since > timeouts.idle:
+                log.debug("closing a connection idle for %gs (pid %d)", timeouts.idle, c.pid)
+                c.scope.cancel()
+            elif c.phase is SENDING and now - c.since > timeouts.send:
+                log.warning(
+                    "disconnecting a client that took no reply for %gs (pid %d)",
+                    timeouts.send,
+                    c.pid,
+                )
+                c.scope.cancel()
+
+
+READING, HANDLING, SENDING = "reading", "handling", "sending"
 
 
 class Connection:
-    def __init__(self, stream: UNIXSocketStream, handle: Handler) -> None:
+    def __init__(self, stream: UNIXSocketStream, handle: Handler, pid: int = 0) -> None:
         self.stream = stream
-        self.reader = BufferedByteReceiveStream(stream)
+        self.pid = pid  # the client's, for log lines
+        #: bytes received and not yet part of a whole frame
+        self._buffer = bytearray()
         self.handle = handle
+        self.scope = anyio.CancelScope()
+        #: what the connection waits for (its client, or phxqd), and since when
+        self.phase = READING
+        self.since = time.monotonic()
 
     async def run(self) -> None:
-        # One scope for the connection's life, its deadline moved per frame: cheaper than a
-        # new timeout scope for every request, which showed up in profiles under load.
-        with anyio.CancelScope() as idle:
+        with self.scope:
             async with self.stream:
                 greeted = False
                 while True:
-                    idle.deadline = anyio.current_time() + IDLE_TIMEOUT
+                    self.phase, self.since = READING, time.monotonic()
                     payload = await self._read_frame()
                     if payload is None:
                         return
-                    idle.deadline = math.inf  # a long request (wait) is not idleness
+                    self.phase = HANDLING  # a long request (wait) is not idleness
                     try:
                         req = protocol.request_decoder.decode(payload)
                     except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -191,32 +263,91 @@ class Connection:
                         await self._send(protocol.Err("upgrade", "the first request must be hello"))
                         return
                     reply = await self._answer(req)
+                    if isinstance(reply, AsyncGenerator):
+                        if not await self._stream(reply):
+                            return
+                        continue
                     await self._send(reply)
                     if not greeted and isinstance(reply, protocol.Err):
                         return  # a client that failed the hello speaks another protocol
                     greeted = True
 
-    async def _read_frame(self) -> bytes | None:
-        """The next payload, or None when the client is gone or broke the framing."""
-        try:
-            header = await self.reader.receive_exactly(protocol.HEADER.size)
-            (length,) = protocol.HEADER.unpack(header)
-            if length > protocol.MAX_FRAME:
-                limit = f"frame of {length} bytes is over the {protocol.MAX_FRAME} limit"
-                await self._send(protocol.Err("usage", limit))
-                return None
-            return await self.reader.receive_exactly(length)
-        except (anyio.IncompleteRead, anyio.EndOfStream):
-            return None
+    async def _stream(self, frames: AsyncGenerator[msgspec.Struct]) -> bool:
+        """Send a stream's frames as they come; False when the client hung up meanwhile.
 
-    async def _answer(self, req: protocol.Request) -> protocol.Ok[Any] | protocol.Err:
+        The client says nothing during a stream, so anything it sends (end of file
+        included) ends the stream at once, not at the next frame, which for a quiet
+        `watch` could be never.
+        """
+        hung_up = False
+        async with contextlib.aclosing(frames), anyio.create_task_group() as tg:
+
+            async def notice_hangup() -> None:
+                nonlocal hung_up
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    await self.stream.receive()
+                hung_up = True
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(notice_hangup)
+            try:
+                async for frame in frames:
+                    await self._send(frame)
+            except Refused as e:
+                await self._send(protocol.Err(e.code, e.message))
+            except Exception:
+                log.exception("internal error in a stream")
+                await self._send(protocol.Err("internal", "internal error in phxqd (see its log)"))
+            tg.cancel_scope.cancel()
+        return not hung_up
+
+    async def _read_frame(self) -> bytes | None:
+        """The next payload, or None when the client is gone or broke the framing.
+
+        One `receive` per request in the common case (a whole frame arrives at once),
+        instead of one per header and one per payload.
+        """
+        buf = self._buffer
+        size = protocol.HEADER.size
+        while True:
+            if len(buf) >= size:
+                (length,) = protocol.HEADER.unpack_from(buf)
+                if length > protocol.MAX_FRAME:
+                    limit = f"frame of {length} bytes is over the {protocol.MAX_FRAME} limit"
+                    await self._send(protocol.Err("usage", limit))
+                    return None
+                if len(buf) >= size + length:
+                    payload = bytes(buf[size : size + length])
+                    del buf[: size + length]
+                    return payload
+            try:
+                data = await self.stream.receive(RECEIVE_SIZE)
+            except anyio.EndOfStream:
+                return None
+            if not buf and len(data) >= size:
+                (length,) = protocol.HEADER.unpack_from(data)
+                if len(data) == size + length:  # exactly one frame: no copy into buf
+                    return data[size:]
+            buf += data
+
+    async def _answer(
+        self, req: protocol.Request
+    ) -> protocol.Ok[Any] | protocol.Err | AsyncGenerator[msgspec.Struct]:
         try:
-            return protocol.Ok(await self.handle(req))
+            result = await self.handle(req)
+            if isinstance(result, AsyncGenerator):
+                return result
+            return protocol.Ok(result)
         except Refused as e:
             return protocol.Err(e.code, e.message)
         except Exception:
             log.exception("internal error answering %s", type(req).__name__)
             return protocol.Err("internal", "internal error in phxqd (see its log)")
 
-    async def _send(self, reply: protocol.Ok[Any] | protocol.Err) -> None:
-        await self.stream.send(protocol.frame(reply))
+    async def _send(self, frame: msgspec.Struct) -> None:
+        """Send one frame; a client that takes none of it for `Timeouts.send` is dropped
+        by the watchdog (which cancels `scope`, ending `run`)."""
+        before = self.phase
+        self.phase, self.since = SENDING, time.monotonic()
+        await self.stream.send(protocol.frame(frame))
+        self.phase = before

@@ -12,7 +12,7 @@ import heapq
 import math
 import random
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -42,6 +42,7 @@ from phxqd.model import (
     WAITING,
     Job,
     JobSpec,
+    Status,
     SubmitResult,
 )
 
@@ -70,7 +71,7 @@ class Snapshot(msgspec.Struct):
     paused: list[str]
     paused_all: bool
     #: waiting jobs in the order they were queued (a retried job goes to the back)
-    order: list[int] = []
+    order: Sequence[int] = []
     limits: dict[str, int] = {}
 
 
@@ -89,18 +90,34 @@ def _pick(first: T | None, second: T | None, last: T) -> T:
     return first if first is not None else second if second is not None else last
 
 
-_STATUS = {s: s for s in STATUSES}
+class Sharer:
+    """Makes decoded jobs share the objects they have in common.
 
-
-def _canonical(job: Job) -> None:
-    """Share one string object for each queue name, status and directory among all jobs.
-
-    Decoded jobs each get their own copies; with a million jobs that is ~150 MB.
+    Every decoded job gets its own copies of its queue name, directory and argv; with a
+    million jobs that is over 100 MB. Queue names and directories are interned; a job's
+    `run_at` that equals its `created_at` becomes the same float; and an argv equal to the
+    previous job's becomes the same tuple, or shares its program name (batches tend to
+    repeat their command with other arguments). Applied
+    to each job right after it is decoded, so the copies it drops leave holes the next
+    decoded jobs fill, instead of a heap full of holes.
     """
-    job.queue = sys.intern(job.queue)
-    job.status = _STATUS[job.status]
-    if job.cwd is not None:
-        job.cwd = sys.intern(job.cwd)
+
+    def __init__(self) -> None:
+        self._argv: tuple[str, ...] = ()
+
+    def __call__(self, job: Job) -> None:
+        job.queue = sys.intern(job.queue)
+        if job.cwd is not None:
+            job.cwd = sys.intern(job.cwd)
+        if job.run_at == job.created_at:
+            job.run_at = job.created_at
+        argv, last = job.argv, self._argv
+        if argv == last:
+            job.argv = last
+            return
+        if argv and last and argv[0] == last[0]:  # the same program, other arguments
+            job.argv = (last[0], *argv[1:])
+        self._argv = job.argv
 
 
 def backoff(
@@ -137,6 +154,11 @@ class State:
     _dependents: dict[int, list[int]] = field(default_factory=dict)
     #: blocked job id -> seq of when it was blocked (a snapshot keeps their order too)
     _blocked: dict[int, int] = field(default_factory=dict)
+    #: shares what decoded jobs have in common (see Sharer)
+    share: Sharer = field(default_factory=Sharer, compare=False, repr=False)
+    #: told of each job cancelled because a job it runs after did not complete: no event
+    #: of its own says so (the live feed needs to know; the state itself does not)
+    on_cascade: Callable[[Job, float], None] | None = field(default=None, compare=False)
 
     # ----------------------------------------------------------------- decisions
 
@@ -389,7 +411,7 @@ class State:
         """Change the state by one event. Replay calls this too: it must stay deterministic."""
         match event:
             case Submitted(job):
-                _canonical(job)
+                self.share(job)
                 self.jobs[job.id] = job
                 self.next_id = max(self.next_id, job.id + 1)
                 self._count(job, +1)
@@ -482,13 +504,14 @@ class State:
         )
 
     @classmethod
-    def from_snapshot(cls, snap: Snapshot, now: float | None = None) -> State:
+    def from_snapshot(cls, snap: Snapshot, now: float | None = None, shared: bool = False) -> State:
         """Rebuild from a snapshot in one pass (a restart with a million jobs waits on it).
 
         Does in bulk what `apply(Submitted(job))` does for each job, and with `now` also
         what `claim_next` would do first: jobs already due go straight onto their ready
         heaps. Each heap is heapified once instead of pushed a million times. Waiting jobs
-        keep the order they were queued in (`snap.order`).
+        keep the order they were queued in (`snap.order`). `shared`: the snapshot's jobs
+        went through a `Sharer` as they were decoded (snapshot.load does that).
         """
         state = cls(
             next_id=snap.next_id,
@@ -497,8 +520,10 @@ class State:
             limits=dict(snap.limits),
         )
         jobs, counts, keys = state.jobs, state.counts, state.keys
+        share = state.share
         for job in snap.jobs:
-            _canonical(job)
+            if not shared:
+                share(job)
             jobs[job.id] = job
             k = (job.queue, job.status)
             counts[k] = counts.get(k, 0) + 1
@@ -506,7 +531,7 @@ class State:
                 keys[job.key] = job.id
         queued, delayed, ready = state._queued, state._delayed, state._ready
         waiting = sum(n for (_, st), n in counts.items() if st in WAITING)
-        in_order = snap.order
+        in_order: Sequence[int] = snap.order
         if len(in_order) != waiting:  # an older snapshot, without the order: by id
             listed = set(in_order)
             in_order = [
@@ -541,12 +566,12 @@ class State:
         k = (job.queue, job.status)
         self.counts[k] = self.counts.get(k, 0) + delta
 
-    def _set_status(self, job: Job, status: str) -> None:
+    def _set_status(self, job: Job, status: Status) -> None:
         self._count(job, -1)
         job.status = status
         self._count(job, +1)
 
-    def _finish(self, job: Job, status: str, at: float) -> None:
+    def _finish(self, job: Job, status: Status, at: float) -> None:
         self._set_status(job, status)
         self._queued.pop(job.id, None)
         self._blocked.pop(job.id, None)
@@ -559,7 +584,12 @@ class State:
         self._seq += 1
         key = self._seq - RETRY_FIRST if job.status == "retrying" else self._seq
         self._queued[job.id] = key
-        heapq.heappush(self._delayed, (job.run_at, key, job.id))
+        if job.run_at <= job.created_at:
+            # Due from the moment it was submitted: no need to pass through the delayed
+            # heap (the same order, one heap operation instead of three, no clock read).
+            heapq.heappush(self._ready.setdefault(job.queue, []), (-job.priority, key, job.id))
+        else:
+            heapq.heappush(self._delayed, (job.run_at, key, job.id))
 
     def _enqueue_or_block(self, job: Job) -> None:
         if self.waits_for(job):
@@ -589,6 +619,8 @@ class State:
             else:
                 self._finish(dependent, "cancelled", at)
                 dependent.error = f"job {job_id}, which it runs after, {job.status}"
+                if self.on_cascade is not None:
+                    self.on_cascade(dependent, at)
                 self._release(dependent_id, at)
 
     def _promote(self, now: float) -> None:

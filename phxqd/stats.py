@@ -47,6 +47,9 @@ class Stats:
     #: (event kind, queue) -> count; kinds: submitted, started, completed, failed,
     #: retried (an attempt failed and will run again), cancelled
     jobs: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: (hook config key, outcome) -> count; outcomes: ok, failed, timeout, unstartable,
+    #: dropped (the hooks fell too far behind)
+    hooks: Counter[tuple[str, str]] = field(default_factory=Counter)
     duration: dict[str, Histogram] = field(default_factory=dict)
     wait: dict[str, Histogram] = field(default_factory=dict)
     fsync: Histogram = field(default_factory=lambda: Histogram(SYNC_BUCKETS))

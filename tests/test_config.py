@@ -40,6 +40,9 @@ def phxqd(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
         ("[queues.img]\nconcurency = 2\n", "unknown key `concurency` in [queues.img]; did"),
         ("[queues.img]\nconcurrency = 0\n", "`queues.img.concurrency` must be an integer of"),
         ("workers = 4\nworkers = 5\n", "not valid TOML: "),
+        ('on_complete = ""\n', '`on_complete` must be a command, not ""'),
+        ("on_failure = []\n", "`on_failure` must be a command, not an array"),
+        ("on_retry = 3\n", "`on_retry` must be a string or an array, not 3"),
     ],
 )
 def test_check_config_names_the_bad_key_and_why(tmp_path: Path, text: str, why: str) -> None:

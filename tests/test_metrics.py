@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -65,3 +66,14 @@ def test_http_endpoint_on_loopback(tmp_path: Path) -> None:
         raise AssertionError("/ should be 404")
     except urllib.error.HTTPError as e:
         assert e.code == 404
+
+
+def test_every_metric_is_documented_and_every_documented_one_exists(daemon: Daemon) -> None:
+    daemon.ctl("wait", str(daemon.submit("true")))
+    exported = {
+        f.name + ("_total" if f.type == "counter" else "")
+        for f in text_string_to_metric_families(daemon.ok("metrics"))
+    }
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    documented = set(re.findall(r"^  \| `(phxq_\w+)` \|", doc, re.MULTILINE))
+    assert exported == documented

@@ -1,0 +1,114 @@
+"""Client start-up: median wall time of `phxqctl status` and `phxqctl submit -- true`
+against `python -c pass`, the floor (issue #6: within 1.5x the floor).
+
+    .venv/bin/python -m bench.bench_client [--runs N] [--fsync always|batch|off]
+
+A real phxqd (2 workers, paused so submitted jobs do not run and take the CPU) in a temp
+dir; each round runs every command once, in turn, so load from elsewhere on the machine
+falls on all of them alike. Commands run through the venv's console script, as a user
+runs them, with PHXQ_SOCKET set. Bytecode is written first (PYTHONDONTWRITEBYTECODE is
+dropped): an installed package has its .pyc files.
+
+Rows for context (not targets): the floor without `site` (python -S: no site-packages, so
+no editable-install path hook either), `phxqctl --help` (no connection), and the same
+status request through the typed Python API (`phxqctl.Client`, msgspec). The cost of
+the editable install's path hook, part of the floor, is printed from -X importtime.
+Prints a JSON summary on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.bench_journal import Daemon
+
+
+def commands(python: str, ctl: str) -> dict[str, list[str]]:
+    return {
+        "python -c pass (floor)": [python, "-c", "pass"],
+        "phxqctl status": [ctl, "status"],
+        "phxqctl submit -- true": [ctl, "submit", "--", "true"],
+        "python -S -c pass": [python, "-S", "-c", "pass"],
+        "phxqctl --help": [ctl, "--help"],
+        "Client().status() (msgspec)": [
+            python,
+            "-c",
+            "from phxqctl import Client; Client().status()",
+        ],
+    }
+
+
+def editable_hook_ms(python: str, env: dict[str, str]) -> float | None:
+    """Cumulative import time of the editable install's finder, as -X importtime says."""
+    r = subprocess.run(
+        [python, "-X", "importtime", "-c", "pass"], env=env, capture_output=True, text=True
+    )
+    hooks = [
+        int(line.split("|")[1]) / 1000
+        for line in r.stderr.splitlines()
+        if line.startswith("import time:") and line.split("|")[2].strip().startswith("__editable__")
+    ]
+    return max(hooks) if hooks else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--fsync", default="always", choices=["always", "batch", "off"])
+    opts = ap.parse_args()
+    python = sys.executable
+    ctl = str(Path(python).parent / "phxqctl")
+    with tempfile.TemporaryDirectory(prefix="phxq-bench-client-") as tmp:
+        d = Daemon(Path(tmp), opts.fsync)
+        d.start()
+        env = {k: v for k, v in d.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        try:
+            subprocess.run([ctl, "pause"], env=env, check=True, stdout=subprocess.DEVNULL)
+            cmds = commands(python, ctl)
+            for argv in cmds.values():  # warm up: .pyc files, page cache
+                subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+            times: dict[str, list[float]] = {name: [] for name in cmds}
+            for _ in range(opts.runs):
+                for name, argv in cmds.items():
+                    t0 = time.perf_counter()
+                    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+                    times[name].append(time.perf_counter() - t0)
+            hook = editable_hook_ms(python, env)
+        finally:
+            d.kill()
+    medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    floor = medians["python -c pass (floor)"]
+    print(
+        f"client start-up, median of {opts.runs} runs each "
+        f"(fsync={opts.fsync}, {os.cpu_count()} CPUs)"
+    )
+    print(f"{'command':32} {'median ms':>10} {'p90 ms':>8} {'x floor':>8}")
+    for name, t in times.items():
+        p90 = statistics.quantiles(t, n=10)[-1] * 1000
+        print(f"{name:32} {medians[name]:10.1f} {p90:8.1f} {medians[name] / floor:8.2f}")
+    if hook is not None:
+        print(f"editable-install path hook (in the floor): {hook:.1f} ms by -X importtime")
+    target = 1.5
+    summary = {
+        "runs": opts.runs,
+        "fsync": opts.fsync,
+        "floor_ms": round(floor, 1),
+        "status_ratio": round(medians["phxqctl status"] / floor, 2),
+        "submit_ratio": round(medians["phxqctl submit -- true"] / floor, 2),
+        "target_ratio": target,
+        "medians_ms": {k: round(v, 1) for k, v in medians.items()},
+        "editable_hook_ms": hook,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The client's errors, each with the phxqctl exit status it stands for (DESIGN.md).
+
+Standard library only: the command line imports this on every start.
+"""
+
+from __future__ import annotations
+
+#: Error codes of the protocol and the exit status each maps to. A copy of
+#: phxqd.protocol.ERROR_EXIT (which imports msgspec); tests/test_wire.py keeps them equal.
+ERROR_EXIT = {
+    "usage": 2,
+    "upgrade": 2,
+    "not_found": 4,
+    "refused": 5,
+    "internal": 1,
+}
+
+
+class PhxqError(Exception):
+    """Base of the client's errors; `exit_status` is what phxqctl exits with."""
+
+    exit_status = 1
+
+
+class DaemonUnreachable(PhxqError):
+    exit_status = 3
+
+
+class RemoteError(PhxqError):
+    """The daemon refused the request; `code` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.exit_status = ERROR_EXIT.get(code, 1)
+
+
+class NotInAJob(PhxqError):
+    exit_status = 2
+
+
+class UsageError(PhxqError):
+    exit_status = 2

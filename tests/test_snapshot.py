@@ -1,0 +1,93 @@
+"""The snapshot file format: chunked jobs, packed order, the first format still read."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from phxqd import snapshot
+from phxqd.journal import Corruption
+from phxqd.model import JobSpec
+from phxqd.state import Sharer, State
+
+
+def filled(n: int) -> State:
+    """n jobs, a few retried to the back of the queue so the order is not the id order."""
+    state = State()
+    specs = [
+        JobSpec(argv=["convert", f"in{i}.jpg"] if i % 3 else ["true"], cwd="/srv", priority=i % 2)
+        for i in range(n)
+    ]
+    events, _ = state.submit(specs, 1000.0)
+    for e in events:
+        state.apply(e)
+    if n >= 17:
+        cancel, _ = state.cancel([5, 17, 2], 1001.0)
+        for e in cancel:
+            state.apply(e)
+        for e in state.retry([17, 5], 1002.0):
+            state.apply(e)
+    return state
+
+
+def claims(state: State, n: int) -> list[int]:
+    """The ids the dispatcher would start next, in order."""
+    out = []
+    for _ in range(n):
+        job = state.claim_next(2000.0)
+        if job is None:
+            break
+        out.append(job.id)
+    return out
+
+
+@pytest.mark.parametrize("n", [0, 1, snapshot.CHUNK, 2 * snapshot.CHUNK + 7])
+def test_a_snapshot_restores_the_same_jobs_and_queue_order(tmp_path: Path, n: int) -> None:
+    state = filled(n)
+    snapshot.write(tmp_path, snapshot.encode(state.snapshot(42)))
+    snap = snapshot.load(tmp_path, Sharer())
+    assert snap is not None and snap.lsn == 42
+    back = State.from_snapshot(snap, 2000.0, shared=True)
+    assert [msgspec.to_builtins(j) for j in back.jobs.values()] == [
+        msgspec.to_builtins(j) for j in state.jobs.values()
+    ]
+    assert back.summary() == state.summary()
+    assert claims(back, 50) == claims(state, 50)
+
+
+def test_jobs_restored_share_what_they_have_in_common(tmp_path: Path) -> None:
+    state = filled(30)
+    assert state.jobs[5].status == "pending"
+    snapshot.write(tmp_path, snapshot.encode(state.snapshot(1)))
+    snap = snapshot.load(tmp_path, Sharer())
+    assert snap is not None
+    jobs = {j.id: j for j in snap.jobs}
+    assert jobs[3].cwd is jobs[30].cwd and jobs[3].queue is jobs[30].queue
+    assert jobs[3].status is jobs[30].status  # a Literal field: one object per value
+    assert jobs[3].run_at is jobs[3].created_at
+    assert jobs[8].argv == ("convert", "in7.jpg") and jobs[8].argv[0] is jobs[9].argv[0]
+
+
+def test_the_first_snapshot_format_is_still_read(tmp_path: Path) -> None:
+    state = filled(20)
+    payload = msgspec.msgpack.encode(state.snapshot(9))
+    (tmp_path / snapshot.FILENAME).write_bytes(
+        snapshot.MAGIC_V1 + snapshot.HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    )
+    snap = snapshot.load(tmp_path, Sharer())
+    assert snap is not None and snap.lsn == 9
+    back = State.from_snapshot(snap, 2000.0, shared=True)
+    assert claims(back, 30) == claims(state, 30)
+
+
+def test_a_damaged_snapshot_is_refused(tmp_path: Path) -> None:
+    snapshot.write(tmp_path, snapshot.encode(filled(20).snapshot(3)))
+    path = tmp_path / snapshot.FILENAME
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(Corruption, match="checksum"):
+        snapshot.load(tmp_path)
