@@ -75,7 +75,7 @@ def render(
         "",
         "`make bench` installs the peers (pip extra `bench`; Debian's redis-server,",
         "task-spooler and nq with apt-get when missing and root), runs every workload and",
-        "writes this file (about 15-20 minutes here). `make bench QUICK=1` (under 2 minutes)",
+        "writes this file (about 11 minutes here). `make bench QUICK=1` (under 2 minutes)",
         "prints the same tables with small counts and does not write. One workload, some",
         "peers: `.venv/bin/python -m bench.run --only enqueue --peers rq huey`.",
         "",

@@ -106,8 +106,8 @@ def render_table(table: Table) -> str:
             if (row.system, row.na or "") in shown:
                 continue
             shown.add((row.system, row.na or ""))
-            if grouped and sum(r.system == row.system for r in measured) == 0:
-                row = msgspec.structs.replace(row, group="all")
+            if grouped:
+                row = msgspec.structs.replace(row, group=na_group(table, row, measured))
         med = row.median
         if med is None:
             figure, runs, vs = f"n/a: {row.na or 'not measured'}", "", ""
@@ -125,6 +125,18 @@ def render_table(table: Table) -> str:
         line = f"| {name} | {row.setting} | {figure} | {runs} | {vs} |"
         lines.append(f"| {row.group} {line}" if grouped else line)
     return "\n".join(lines)
+
+
+def na_group(table: Table, row: Row, measured: list[Row]) -> str:
+    """The group an n/a row shown once stands for: "all" when the system has no figure in
+    the table, else what its n/a groups have in common ("command" of "1,000, command")."""
+    if not any(r.system == row.system for r in measured):
+        return "all"
+    groups = {r.group for r in table.rows if r.system == row.system and r.na == row.na}
+    if len(groups) == 1:
+        return row.group
+    tails = {g.rsplit(", ", 1)[-1] for g in groups}
+    return tails.pop() if len(tails) == 1 else "several"
 
 
 def render_section(table: Table) -> str:

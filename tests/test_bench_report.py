@@ -56,3 +56,14 @@ def test_groups_compare_within_a_group_and_na_rows_show_once() -> None:
     assert text.count("100.00x ahead") == 1 and text.count("500.00x ahead") == 1
     assert text.count("a process per job") == 1
     assert "| all | nq | files | n/a: a process per job |" in text
+
+
+def test_na_row_shown_once_names_what_its_groups_share() -> None:
+    t = Table("status", "ms", higher_is_better=False, group_title="queued, asked from")
+    for n in ("100", "1,000"):
+        t.add(Row("phxq", "always", samples=[1.0], group=f"{n}, command"))
+        t.add(Row("Celery", "AOF", samples=[2.0], group=f"{n}, open client"))
+        t.add(Row("Celery", "AOF", na="no such command", group=f"{n}, command"))
+    text = render(t)
+    assert text.count("no such command") == 1
+    assert "| command | Celery | AOF | n/a: no such command |" in text
