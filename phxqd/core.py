@@ -39,7 +39,7 @@ from phxqd.events import (
     Resumed,
     Retried,
     Started,
-    Submitted,
+    submitted_jobs,
 )
 from phxqd.feed import Feed, describe, job_event
 from phxqd.journal import Journal, JournalError, fsync_dir, list_segments
@@ -146,7 +146,7 @@ class Core:
             return
         try:
             lsn = self.journal.append(events)
-            if any(isinstance(e, Submitted) for e in events):
+            if any(submitted_jobs(e) for e in events):
                 self._last_submit_lsn = lsn  # what the dispatcher waits for (see dispatch)
         except JournalError as e:
             raise Refused(
@@ -158,11 +158,10 @@ class Core:
             await self.journal.durable(lsn)
         except JournalError as e:
             unsaved = [
-                ev.job.id
+                job.id
                 for ev in events
-                if isinstance(ev, Submitted)
-                and ev.job.id in self.state.jobs
-                and ev.job.id not in self._active
+                for job in submitted_jobs(ev)
+                if job.id in self.state.jobs and job.id not in self._active
             ]
             if unsaved:
                 self.state.apply(Cleared(unsaved))

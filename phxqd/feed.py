@@ -26,6 +26,7 @@ from phxqd.events import (
     Retried,
     Started,
     Submitted,
+    SubmittedBatch,
 )
 from phxqd.model import Job
 from phxqd.protocol import JobEvent
@@ -60,6 +61,8 @@ def describe(event: AnyEvent, jobs: dict[int, Job]) -> list[JobEvent]:
     match event:
         case Submitted(job):
             return [job_event("submitted", job, job.created_at)]
+        case SubmittedBatch(new):
+            return [job_event("submitted", job, job.created_at) for job in new]
         case Started(job_id, at):
             kind, ids = "started", [job_id]
         case Completed(job_id, at):

@@ -11,7 +11,15 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
-from phxqd.events import AnyEvent, Cancelled, Completed, Failed, Started, Submitted
+from phxqd.events import (
+    AnyEvent,
+    Cancelled,
+    Completed,
+    Failed,
+    Started,
+    Submitted,
+    SubmittedBatch,
+)
 from phxqd.state import State
 
 JOB_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
@@ -62,6 +70,8 @@ class Stats:
         match event:
             case Submitted(job):
                 self.jobs["submitted", job.queue] += 1
+            case SubmittedBatch(jobs):
+                self.jobs.update(("submitted", job.queue) for job in jobs)
             case Started(job_id, at):
                 job = state.jobs[job_id]
                 self.jobs["started", job.queue] += 1

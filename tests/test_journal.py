@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from phxqd import snapshot
-from phxqd.events import AnyEvent, Paused, Submitted
+from phxqd.events import AnyEvent, Paused, Submitted, SubmittedBatch
 from phxqd.journal import RECORD_HEADER, Corruption, Journal, list_segments
 from phxqd.model import Job
 from phxqd.recovery import recover
@@ -148,6 +148,18 @@ def test_replay_is_exact(tmp_path: Path) -> None:
     assert replayed.jobs == live.jobs and replayed.paused == {"default"}
 
 
+def test_a_batch_record_replays_as_its_jobs_one_by_one(tmp_path: Path) -> None:
+    jobs = [job_event(i).job for i in range(1, 5)]
+    write_journal(tmp_path, [SubmittedBatch(jobs[:3]), Submitted(jobs[3])])
+    one_by_one = State()
+    for job in jobs:
+        one_by_one.apply(Submitted(job))
+    got = recover(tmp_path, cut_torn_tail=False)
+    assert got.next_lsn == 3  # a batch is one record, one LSN
+    assert got.state.jobs == one_by_one.jobs
+    assert got.state.snapshot(0) == one_by_one.snapshot(0)  # same queue order and indexes
+
+
 # --------------------------------------------------------------- real daemon
 
 
@@ -163,6 +175,24 @@ def test_daemon_cuts_a_torn_tail_and_keeps_the_whole_records(tmp_path: Path) -> 
     got = [json.loads(x)["id"] for x in d.ok("--json", "list").splitlines()]
     assert got == ids[:2][::-1]
     assert d.submit("true") == 3  # the torn id was never acknowledged: it may be reused
+    d.kill9()
+
+
+def test_a_torn_batch_record_loses_the_whole_unacknowledged_batch(tmp_path: Path) -> None:
+    d = Daemon(tmp_path).start()
+    d.ok("pause")
+    first = d.submit("true")
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text('{"argv": ["true"]}\n' * 3)
+    d.ok("submit", "--batch", str(batch))
+    d.kill9()
+    _, seg = list_segments(d.state_dir / "journal")[-1]
+    assert len(record_offsets(seg)) == 3  # pause, one job, one batch of three
+    seg.write_bytes(seg.read_bytes()[:-5])
+    d.start()
+    assert "torn tail cut" in d.logtext()
+    got = [json.loads(x)["id"] for x in d.ok("--json", "list").splitlines()]
+    assert got == [first]  # all of the batch or none of it
     d.kill9()
 
 

@@ -38,9 +38,18 @@ from phxqd.events import (
     Resumed,
     Retried,
     Started,
-    Submitted,
+    submitted_jobs,
 )
-from phxqd.model import DEFAULT_RETRIES, FINISHED, NO_RETRY_EXIT, STATUSES, WAITING, Job, JobSpec
+from phxqd.model import (
+    DEFAULT_RETRIES,
+    FINISHED,
+    NO_RETRY_EXIT,
+    STATUSES,
+    WAITING,
+    Call,
+    Job,
+    JobSpec,
+)
 from phxqd.model import Progress as JobProgress
 from phxqd.state import (
     BACKOFF_BASE,
@@ -323,10 +332,60 @@ def test_live_key_returns_existing_job_without_events() -> None:
     assert s.keys == {"k": first.id}
 
 
+def test_every_field_of_a_spec_lands_in_its_job() -> None:
+    s = State()
+    full = JobSpec(
+        argv=["prog", "arg"],
+        queue="q",
+        priority=5,
+        key="k",
+        max_retries=7,
+        backoff=(1.0, 2.0, 0.5),
+        timeout=9.5,
+        delay=3.0,
+        label="lbl",
+        cwd="/d",
+        env={"A": "1"},
+    )
+    call = JobSpec(call=Call("m:f", [1], {"x": 2}))
+    _, results = s.submit([full, call], T0)
+    job, called = (r.job for r in results)
+    assert msgspec.to_builtins(job) == {
+        "id": 1,
+        "argv": ("prog", "arg"),
+        "queue": "q",
+        "priority": 5,
+        "status": "pending",
+        "created_at": T0,
+        "run_at": T0 + 3.0,
+        "key": "k",
+        "label": "lbl",
+        "cwd": "/d",
+        "env": {"A": "1"},
+        "timeout": 9.5,
+        "max_retries": 7,
+        "backoff": (1.0, 2.0, 0.5),
+        "after": None,
+        "attempts": 0,
+        "started_at": None,
+        "finished_at": None,
+        "exit_code": None,
+        "error": None,
+        "pid": None,
+        "pid_started": None,
+        "progress": None,
+        "call": None,
+        "result": None,
+    }
+    assert called.id == 2 and called.call == Call("m:f", [1], {"x": 2}) and called.argv == ()
+    assert called.max_retries == DEFAULT_RETRIES and called.env is None
+
+
 def test_key_deduplicates_within_one_batch() -> None:
     s = State()
     events, results = s.submit([spec(key="a"), spec(key="b"), spec(key="a"), spec()], T0)
-    assert [type(e) for e in events] == [Submitted, Submitted, Submitted]
+    # the new jobs of one request are one event (one journal record)
+    assert [[j.id for j in submitted_jobs(e)] for e in events] == [[1, 2, 3]]
     assert [r.deduplicated for r in results] == [False, False, True, False]
     assert results[2].job is results[0].job
     assert [r.job.id for r in results] == [1, 2, 1, 3]
@@ -1353,8 +1412,8 @@ class QueueMachine(RuleBasedStateMachine):
             new.append(i)
             if sp.key is not None:
                 live[sp.key] = i
-        assert [e.job.id for e in events if isinstance(e, Submitted)] == new
-        assert len(events) == len(new)
+        assert [j.id for e in events for j in submitted_jobs(e)] == new
+        assert len(events) == min(len(new), 1)
         self.apply(events)
         self.enqueue([i for i in new if not self.blocked(i)])
 
