@@ -235,6 +235,7 @@ READING, HANDLING, SENDING = "reading", "handling", "sending"
 class Connection:
     def __init__(self, stream: UNIXSocketStream, handle: Handler, pid: int = 0) -> None:
         self.stream = stream
+        self._socket: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
         self.pid = pid  # the client's, for log lines
         #: bytes received and not yet part of a whole frame
         self._buffer = bytearray()
@@ -346,8 +347,24 @@ class Connection:
 
     async def _send(self, frame: msgspec.Struct) -> None:
         """Send one frame; a client that takes none of it for `Timeouts.send` is dropped
-        by the watchdog (which cancels `scope`, ending `run`)."""
+        by the watchdog (which cancels `scope`, ending `run`).
+
+        A reply almost always fits in the socket's buffer: it is sent at once, straight
+        on the socket, without the trip through the event loop that the stream's `send`
+        makes first (a tenth of the daemon's time per request with 16 clients). Only
+        what does not fit waits for the client, through the stream. The connection still
+        yields to the loop once per request, when it reads the next one.
+        """
+        data = protocol.frame(frame)
+        try:
+            sent = self._socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # the stream's send raises it as anyio's error for a broken stream
+        if sent == len(data):
+            return
         before = self.phase
         self.phase, self.since = SENDING, time.monotonic()
-        await self.stream.send(protocol.frame(frame))
+        await self.stream.send(data[sent:])
         self.phase = before
