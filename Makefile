@@ -41,10 +41,13 @@ shells:
 torture: $(STAMP)
 	PHXQ_TORTURE_CYCLES=500 $(BIN)/python -m pytest -q tests/test_torture.py
 
-# durability benchmark with huey as the peer; QUICK=1 for a short run
+# phxq and its peers side by side (huey, RQ, Celery, task-spooler, nq), not part of `test`:
+# installs them (pip extra `bench`; Debian packages when missing and root), writes
+# docs/benchmarks.md. QUICK=1: small counts, under 2 minutes, prints only. ONLY=enqueue...
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python -m bench.bench_journal $(if $(QUICK),--quick)
+	$(BIN)/python -m bench.run --install $(if $(QUICK),--quick,--write docs/benchmarks.md) \
+		$(if $(ONLY),--only $(ONLY))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

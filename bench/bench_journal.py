@@ -10,14 +10,14 @@ that no job runs, and measures:
   4. `phxqctl submit --batch FILE` of 1000 jobs, whole command wall time;
   5. restart time (SIGKILL, start, until the socket answers) and peak RSS of the daemon
      with N jobs in the state (default 1,000,000).
-Prints a JSON summary on the last line.
+Prints a JSON summary on the last line. phxq alone: `python -m bench.run` (make bench)
+measures it side by side with its peers, through these functions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import signal
 import statistics
@@ -25,9 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.common import proc_status_kib, producers
 from phxqctl import Client
 from phxqd.model import JobSpec
 
@@ -63,29 +65,29 @@ class Daemon:
                 time.sleep(0.002)
 
     def peak_rss_kib(self) -> int:
-        return self._status_kib("VmHWM:")
+        assert self.proc is not None
+        return proc_status_kib(self.proc.pid, "VmHWM:")
 
     def rss_kib(self) -> int:
-        return self._status_kib("VmRSS:")
-
-    def _status_kib(self, field: str) -> int:
-        """A memory figure of the daemon from /proc/PID/status, in KiB."""
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1])
-        return 0
+        return proc_status_kib(self.proc.pid, "VmRSS:")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
         self.proc.wait()
 
+    def close(self) -> None:
+        """Stop it if it still runs (SIGKILL): for `finally` blocks."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
 
-def one_by_one(socket: Path, n: int) -> None:
-    with Client(socket) as c:
-        for _ in range(n):
-            c.submit(["true"])
+
+def submitter(socket: Path) -> Callable[[], object]:
+    """A connected client's one-job submit (for common.producers)."""
+    c = Client(socket)
+    c.status()  # connect before the clock starts
+    return lambda: c.submit(["true"])
 
 
 def rate(n: int, seconds: float) -> float:
@@ -93,20 +95,12 @@ def rate(n: int, seconds: float) -> float:
 
 
 def bench_single(d: Daemon, n: int) -> float:
-    t0 = time.perf_counter()
-    one_by_one(d.socket, n)
-    return rate(n, time.perf_counter() - t0)
+    """One client process, one job per request, each waiting for its acknowledgement."""
+    return producers(lambda: submitter(d.socket), 1, n)
 
 
 def bench_concurrent(d: Daemon, clients: int, per_client: int) -> float:
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=one_by_one, args=(d.socket, per_client)) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    return rate(clients * per_client, time.perf_counter() - t0)
+    return producers(lambda: submitter(d.socket), clients, per_client)
 
 
 def bench_batches(d: Daemon, batches: int, size: int = 1000) -> float:
@@ -150,7 +144,6 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--fsync", default="always", choices=["always", "batch", "off"])
     p.add_argument("--jobs-in-state", type=int, default=None)
-    p.add_argument("--no-peers", action="store_true", help="skip huey")
     args = p.parse_args()
     quick = args.quick
     n_state = args.jobs_in_state or (100_000 if quick else 1_000_000)
@@ -165,16 +158,6 @@ def main() -> None:
         results["clients16_jobs_per_s"] = round(bench_concurrent(d, 16, 200 if quick else 1500))
         results["batch1000_jobs_per_s"] = round(bench_batches(d, 10 if quick else 100))
         results["cli_batch1000_seconds"] = round(bench_cli_batch(d, root, 3 if quick else 9), 4)
-        if not args.no_peers:
-            from bench import peer_huey
-
-            db = root / "huey.db"
-            single = peer_huey.rate(db, 1, 300 if quick else 2000)
-            many = peer_huey.rate(db, 16, 100 if quick else 500)
-            results["huey_single_client_jobs_per_s"] = round(single)
-            results["huey_clients16_jobs_per_s"] = round(many)
-            results["ratio_single_vs_huey"] = round(results["single_client_jobs_per_s"] / single, 2)
-            results["ratio_clients16_vs_huey"] = round(results["clients16_jobs_per_s"] / many, 2)
         with Client(d.socket) as c:
             fsyncs = c.status()["journal"]["fsyncs"]
             results["fsyncs_so_far"] = fsyncs
