@@ -85,8 +85,8 @@ SEEDS: dict[str, bytes] = {
 #: msgpack strings the fuzzer may splice in: every op and field name, and a few values
 WORDS = sorted(
     {
-        *(cls.__struct_config__.tag for cls in p.AnyRequest.__args__),  # type: ignore[attr-defined]
-        *(f for cls in p.AnyRequest.__args__ for f in cls.__struct_fields__),  # type: ignore[attr-defined]
+        *(cls.__struct_config__.tag for cls in p.AnyRequest.__args__),
+        *(f for cls in p.AnyRequest.__args__ for f in cls.__struct_fields__),
         *JobSpec.__struct_fields__,
         *Call.__struct_fields__,
         "op",

@@ -123,7 +123,7 @@ def _decode(path: Path, data: mmap.mmap, share: Callable[[Job], None] | None) ->
                         share(job)
                 return snap
             return _from_file(_file_decoder.decode(payload), share)
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
             raise Corruption(path, start, f"undecodable snapshot ({e})") from e
         finally:
             payload.release()
