@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check phxqd phxqctl tests bench fuzz
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict phxqd phxqctl fuzz
+	$(BIN)/mypy --strict phxqd phxqctl fuzz bench
 
 unit: $(STAMP) shells
 	$(BIN)/python -m pytest -q
