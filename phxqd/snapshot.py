@@ -61,7 +61,8 @@ class _StoredJob(Job, array_like=True, gc=False):
     """A Job read from its array form. msgspec decodes a Struct type from a map or from an
     array, never both, and Job's map form is the protocol's and the contract's; this
     subclass adds no field (the same memory layout), so each decoded object simply becomes
-    a Job (`__class__` assignment: no copy)."""
+    a Job (`__class__` assignment: no copy). Stored by position: a new Job field must go
+    last, with a default, so older snapshots still decode."""
 
 
 _encoder = msgspec.msgpack.Encoder()
