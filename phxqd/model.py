@@ -38,9 +38,15 @@ class Call(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=Fa
     kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class JobSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class JobSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     """What a submitter asks for: a command (`argv`) or a Python callable (`call`).
-    Validated by the daemon before anything is written."""
+    Validated by the daemon before anything is written.
+
+    Not tracked by the cyclic GC (nor are `Job`, `Call` and `SubmitResult`): a batch
+    makes thousands of them, each would count towards the next collection, and none can
+    be part of a reference cycle in practice (that would take a spec inside its own call
+    arguments).
+    """
 
     argv: list[str] = msgspec.field(default_factory=list)
     call: Call | None = None
@@ -142,7 +148,7 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         )
 
 
-class SubmitResult(msgspec.Struct):
+class SubmitResult(msgspec.Struct, gc=False):
     """The answer to one submitted spec: the job, new or (for a live key) the existing one."""
 
     job: Job
