@@ -81,6 +81,26 @@ def test_watch_tells_a_jobs_life_in_order(daemon: Daemon) -> None:
     w.close()
 
 
+def test_a_batch_is_told_job_by_job_and_counted(daemon: Daemon, tmp_path: Path) -> None:
+    """A batch is one journal record (`subs`): watchers and metrics still see each job."""
+    daemon.ok("pause")
+    w = Conn(daemon)
+    w.send(protocol.Watch())
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text('{"argv": ["true"]}\n{"argv": ["true"], "queue": "q"}\n{"argv": ["true"]}\n')
+    ids = [int(x) for x in daemon.ok("submit", "--batch", str(batch)).split()]
+    seen = w.events_until(lambda e: e.id == ids[-1])
+    assert [(e.event, e.id, e.queue) for e in seen] == [
+        ("submitted", ids[0], "default"),
+        ("submitted", ids[1], "q"),
+        ("submitted", ids[2], "default"),
+    ]
+    metrics = daemon.ok("metrics")
+    assert 'phxq_jobs_total{event="submitted",queue="default"} 2.0' in metrics
+    assert 'phxq_jobs_total{event="submitted",queue="q"} 1.0' in metrics
+    w.close()
+
+
 def test_watch_of_some_ids_and_cancel_cascade(daemon: Daemon, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     first = daemon.submit("sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 1")
