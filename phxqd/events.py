@@ -29,7 +29,8 @@ class SubmittedBatch(Event, tag="subs"):
     one checksum, and one pass of `State.apply` with its lookups hoisted. Applying it is
     exactly applying `Submitted(job)` for each job in order; a request's jobs were always
     made durable (and acknowledged) together, so nothing is lost by not being able to
-    recover part of a batch.
+    recover part of a batch. In the journal each job is an array of its fields (see
+    `StoredJob` and journal.py), a third of the bytes of its map form.
     """
 
     jobs: list[Job]

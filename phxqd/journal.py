@@ -27,12 +27,13 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Union, get_args
 
 import anyio
 import msgspec
 
-from phxqd.events import AnyEvent
+from phxqd.events import AnyEvent, Event, SubmittedBatch
+from phxqd.model import StoredJob, as_jobs
 
 log = logging.getLogger("phxqd.journal")
 
@@ -43,8 +44,19 @@ MAX_RECORD = 64 * 1024 * 1024
 
 FsyncPolicy = Literal["always", "batch", "off"]
 
+
+class _StoredBatch(Event, tag="subs"):
+    """How a `SubmittedBatch` is stored: each job an array of its fields (`StoredJob`)."""
+
+    jobs: list[StoredJob]
+
+
+#: every event as stored: `subs` records decode as _StoredBatch (then made SubmittedBatch)
+_STORED: Any = Union[  # noqa: UP007 (a union built at run time)
+    tuple(t if t is not SubmittedBatch else _StoredBatch for t in get_args(AnyEvent))
+]
 _encoder = msgspec.msgpack.Encoder()
-_decoder: msgspec.msgpack.Decoder[AnyEvent] = msgspec.msgpack.Decoder(AnyEvent)
+_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(_STORED)
 
 
 class JournalError(Exception):
@@ -60,8 +72,21 @@ class Corruption(Exception):
 
 
 def encode_record(event: AnyEvent) -> bytes:
-    payload = _encoder.encode(event)
+    if isinstance(event, SubmittedBatch):  # what _StoredBatch decodes
+        payload = _encoder.encode(("subs", [msgspec.structs.astuple(j) for j in event.jobs]))
+    else:
+        payload = _encoder.encode(event)
     return RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def decode_record(payload: bytes) -> AnyEvent:
+    """The event of a record's payload; msgspec.DecodeError (or UnicodeDecodeError) if
+    it is not one."""
+    event = _decoder.decode(payload)
+    if isinstance(event, _StoredBatch):
+        event = SubmittedBatch(as_jobs(event.jobs))
+    stored: AnyEvent = event
+    return stored
 
 
 def segment_path(directory: Path, first_lsn: int) -> Path:
@@ -113,7 +138,7 @@ def scan_segment(path: Path) -> Scan:
         if zlib.crc32(payload) != crc:
             return Scan(events, pos, size, "checksum mismatch")
         try:
-            events.append(_decoder.decode(payload))
+            events.append(decode_record(payload))
         except (msgspec.DecodeError, UnicodeDecodeError) as e:  # the latter: not UTF-8
             return Scan(events, pos, size, f"undecodable record ({e})")
         pos = end

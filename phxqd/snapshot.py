@@ -28,12 +28,11 @@ import zlib
 from array import array
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from phxqd.journal import Corruption, fsync_dir
-from phxqd.model import Job
+from phxqd.model import Job, StoredJob, as_jobs
 from phxqd.state import Snapshot
 
 MAGIC = b"PHXQSNP3"
@@ -57,17 +56,9 @@ class SnapshotFile(msgspec.Struct, array_like=True):
     chunks: list[msgspec.Raw]
 
 
-class _StoredJob(Job, array_like=True, gc=False):
-    """A Job read from its array form. msgspec decodes a Struct type from a map or from an
-    array, never both, and Job's map form is the protocol's and the contract's; this
-    subclass adds no field (the same memory layout), so each decoded object simply becomes
-    a Job (`__class__` assignment: no copy). Stored by position: a new Job field must go
-    last, with a default, so older snapshots still decode."""
-
-
 _encoder = msgspec.msgpack.Encoder()
 _file_decoder = msgspec.msgpack.Decoder(SnapshotFile)
-_chunk_decoder = msgspec.msgpack.Decoder(list[_StoredJob])
+_chunk_decoder = msgspec.msgpack.Decoder(list[StoredJob])
 _v2_chunk_decoder = msgspec.msgpack.Decoder(list[Job])
 _v1_decoder = msgspec.msgpack.Decoder(Snapshot)
 
@@ -150,10 +141,7 @@ def _decode(path: Path, data: mmap.mmap, share: Callable[[Job], None] | None) ->
 
 
 def _jobs_from_arrays(chunk: msgspec.Raw) -> list[Job]:
-    jobs: list[Any] = _chunk_decoder.decode(chunk)
-    for job in jobs:
-        job.__class__ = Job  # see _StoredJob
-    return jobs
+    return as_jobs(_chunk_decoder.decode(chunk))
 
 
 def _from_file(

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 
 from phxqd import snapshot
@@ -157,7 +158,13 @@ def test_a_batch_record_replays_as_its_jobs_one_by_one(tmp_path: Path) -> None:
     got = recover(tmp_path, cut_torn_tail=False)
     assert got.next_lsn == 3  # a batch is one record, one LSN
     assert got.state.jobs == one_by_one.jobs
+    assert all(type(job) is Job for job in got.state.jobs.values())  # replies are maps
     assert got.state.snapshot(0) == one_by_one.snapshot(0)  # same queue order and indexes
+    # stored compactly: each job of the batch an array of its fields, in Job's field order
+    data = list_segments(tmp_path)[0][1].read_bytes()
+    length, _ = RECORD_HEADER.unpack_from(data)
+    tag, stored = msgspec.msgpack.decode(data[RECORD_HEADER.size : RECORD_HEADER.size + length])
+    assert tag == "subs" and stored[0][:5] == [1, ["echo", "1"], "default", 0, "pending"]
 
 
 # --------------------------------------------------------------- real daemon
