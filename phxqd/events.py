@@ -19,11 +19,13 @@ class Event(msgspec.Struct, tag_field="e", array_like=True, gc=False):
 
 
 class Submitted(Event, tag="sub"):
+    """One new job, as journals written before `SubmittedBatch` hold them (still read)."""
+
     job: Job
 
 
 class SubmittedBatch(Event, tag="subs"):
-    """The new jobs of one request that submitted several, in one record.
+    """The new jobs of one request, in one record.
 
     One record instead of one per job: a batch of 1,000 is then one msgpack encoding and
     one checksum, and one pass of `State.apply` with its lookups hoisted. Applying it is

@@ -198,9 +198,7 @@ class State:
                 batch_keys[spec.key] = job
             new.append(job)
             results.append(SubmitResult(job, False))
-        if len(new) > 1:
-            return [SubmittedBatch(new)], results
-        return [Submitted(job) for job in new], results
+        return ([SubmittedBatch(new)] if new else []), results
 
     @staticmethod
     def _new_job(
