@@ -10,8 +10,10 @@ that no job runs, and measures:
   4. `phxqctl submit --batch FILE` of 1000 jobs, whole command wall time;
   5. restart time (SIGKILL, start, until the socket answers) and peak RSS of the daemon
      with N jobs in the state (default 1,000,000).
-Prints a JSON summary on the last line. phxq alone: `python -m bench.run` (make bench)
-measures it side by side with its peers, through these functions.
+Prints a JSON summary on the last line. `--batch-only`: only 3 on a fresh daemon, three
+runs of 30 batches, each with the daemon's CPU time per job (user + system, /proc).
+phxq alone: `python -m bench.run` (make bench) measures it side by side with its peers,
+through these functions.
 """
 
 from __future__ import annotations
@@ -112,6 +114,37 @@ def bench_batches(d: Daemon, batches: int, size: int = 1000) -> float:
         return rate(batches * size, time.perf_counter() - t0)
 
 
+def daemon_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batch_only(fsync: str, runs: int = 3, batches: int = 30) -> list[dict[str, float]]:
+    """Batches of 1,000 on a fresh paused daemon: jobs/s and daemon CPU µs per job."""
+    out = []
+    with tempfile.TemporaryDirectory(prefix="phxq-bench-") as tmp:
+        d = Daemon(Path(tmp), fsync)
+        try:
+            d.start()
+            assert d.proc is not None
+            with Client(d.socket) as c:
+                c.pause()
+            for _ in range(runs):
+                cpu = daemon_cpu_seconds(d.proc.pid)
+                jobs_per_s = bench_batches(d, batches)
+                cpu = daemon_cpu_seconds(d.proc.pid) - cpu
+                out.append(
+                    {
+                        "jobs_per_s": round(jobs_per_s),
+                        "daemon_us_per_job": round(cpu / (batches * 1000) * 1e6, 1),
+                    }
+                )
+        finally:
+            d.close()
+    return out
+
+
 def bench_cli_batch(d: Daemon, root: Path, runs: int) -> float:
     f = root / "batch.jsonl"
     f.write_text("".join('{"argv": ["true"]}\n' for _ in range(1000)))
@@ -144,7 +177,11 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--fsync", default="always", choices=["always", "batch", "off"])
     p.add_argument("--jobs-in-state", type=int, default=None)
+    p.add_argument("--batch-only", action="store_true")
     args = p.parse_args()
+    if args.batch_only:
+        print(json.dumps(batch_only(args.fsync)))
+        return
     quick = args.quick
     n_state = args.jobs_in_state or (100_000 if quick else 1_000_000)
     results: dict[str, Any] = {"fsync": args.fsync, "cores": os.cpu_count()}
