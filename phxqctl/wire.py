@@ -12,6 +12,7 @@ Framing (docs/protocol.md): `u32 big-endian length | msgpack payload`, at most M
 from __future__ import annotations
 
 import _socket  # not `socket`: its import, mostly turning constants into enums, costs 5 ms
+import contextlib
 import struct
 
 from phxqctl import mpack
@@ -62,6 +63,10 @@ class Connection:
     def open(self, first: bytes) -> None:
         """Connect, then send hello and the first request in one write (one round trip),
         and check the hello reply."""
+        self.connect()
+        self.greet(first)
+
+    def connect(self) -> None:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -77,8 +82,13 @@ class Connection:
             sock.close()
             raise DaemonUnreachable(f"no permission to connect to {self.path}") from None
         self._sock = sock
+
+    def greet(self, first: bytes) -> None:
+        assert self._sock is not None
         hello = {"op": "hello", "proto": PROTOCOL_VERSION, "client": "phxqctl"}
-        self.send(frame(mpack.packb(hello)) + frame(first))
+        # phxqd may hang up before reading (a refused user): its reason is still to read
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._sock.sendall(frame(mpack.packb(hello)) + frame(first))
         try:
             reply = result_of(decode(self.recv()))
         except mpack.DecodeError as e:

@@ -6,8 +6,10 @@ it connects; skipped where the tests do not run as root.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import select
 import shutil
 import socket
 import stat
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from phxqctl.errors import RemoteError
+from phxqctl.wire import Connection
 from phxqd import protocol
 from tests.conftest import Daemon
 
@@ -24,7 +28,11 @@ pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as a
 
 
 def status_as(user: str, sock: Path) -> protocol.Ok[object] | protocol.Err:
-    """Connect as `user` from a forked child; the reply to hello + status."""
+    """Connect as `user` from a forked child; the reply to hello + status.
+
+    The child sends only once phxqd's first reply has arrived: for a refused user phxqd
+    has then hung up, so the send meets a closed socket (EPIPE) every time, not by chance,
+    and the refusal must still be readable."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: drop to the user, ask, report through the pipe
@@ -35,10 +43,10 @@ def status_as(user: str, sock: Path) -> protocol.Ok[object] | protocol.Err:
             os.setuid(entry.pw_uid)
             s = socket.socket(socket.AF_UNIX)
             s.connect(str(sock))
-            s.sendall(
-                protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION))
-                + protocol.frame(protocol.Status())
-            )
+            s.sendall(protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION)))
+            select.select([s], [], [])  # the hello's answer (or the refusal) has come
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                s.sendall(protocol.frame(protocol.Status()))
             data = b""
             while len(data) < 4 or len(data) < 4 + protocol.HEADER.unpack(data[:4])[0]:
                 chunk = s.recv(65536)
@@ -62,6 +70,35 @@ def status_as(user: str, sock: Path) -> protocol.Ok[object] | protocol.Err:
         raise AssertionError(data) from None
 
 
+def phxqctl_as(user: str, sock: Path) -> str:
+    """phxqctl's client connecting as `user`, its hello sent only after phxqd hung up:
+    the error it raises (its code when phxqd said why)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            entry = pwd.getpwnam(user)
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            wire = Connection(str(sock), timeout=30)
+            wire.connect()
+            select.select([wire.fileno()], [], [])  # refused: phxqd has written and closed
+            wire.greet(b"\x81\xa2op\xa6status")
+            os.write(w, b"no error")
+        except RemoteError as e:
+            os.write(w, e.code.encode())
+        except BaseException as e:
+            os.write(w, repr(e).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return data.decode()
+
+
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
     """A socket directory outside pytest's private tmp tree, so others can reach it."""
@@ -83,6 +120,7 @@ def test_other_users_are_refused_unless_allowed(tmp_path: Path, shared_dir: Path
     assert isinstance(reply, protocol.Err) and reply.code == "refused"
     assert "uid" in reply.message
     assert "refused a connection from uid" in d.logtext()
+    assert phxqctl_as("nobody", sock) == "refused"
     d.stop()
 
     d.config.write_text('allow_users = ["nobody"]\n')
