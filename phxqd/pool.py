@@ -24,6 +24,7 @@ import anyio
 import psutil
 
 from phxqd.model import Job
+from phxqd.scratch import PUBLISH_AFTER, Output, Scratches
 
 
 @dataclass
@@ -110,6 +111,7 @@ def find_program(name: str, env: dict[str, str], cwd: str | None) -> str | None:
 async def run_command(
     job: Job,
     log_path: Path,
+    scratches: Scratches,
     socket: Path,
     grace: float,
     stop: Stop,
@@ -120,21 +122,21 @@ async def run_command(
 
     `started` is awaited once the process exists (or failed to), so the journal records the
     pid before the job can finish. If the caller itself is cancelled (daemon shutdown), the
-    process tree is killed before the cancellation propagates. With `log_cap`, the log is
-    trimmed to about that size every second while the job runs and once more at its end.
+    process tree is killed before the cancellation propagates. Output goes to the job's log,
+    or a scratch file that becomes it (see `scratch`). With `log_cap`, the log is trimmed to
+    about that size every second while the job runs and once more at its end.
     """
     env = job_env(job, socket)
+    out: Output | None = None
     try:
-        with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
-            program = find_program(job.argv[0], env, job.cwd)
-            try:
-                proc = _spawn(job, program, log, env)
-            except FileNotFoundError:
-                if program is None:
-                    raise
-                _found.clear()  # it moved: look again
-                proc = _spawn(job, None, log, env)
+        out = Output(log_path, scratches)
+        try:
+            proc = _spawn(job, out.fd, env)
+        finally:
+            os.close(out.fd)
     except OSError as e:
+        if out is not None:
+            out.end()
         await started(None, None)
         where = f" (cwd {job.cwd})" if job.cwd else ""
         return Outcome(None, f"cannot start {job.argv[0]!r}{where}: {e.strerror}", retryable=False)
@@ -144,26 +146,20 @@ async def run_command(
         await started(proc.pid, create_time(proc.pid))
         timeout = job.timeout if job.timeout is not None else float("inf")
         with anyio.move_on_after(timeout) as timer, stop.scope:
-            if log_cap is None:
-                await anyio.wait_readable(pidfd)
-            else:
-                while True:
-                    with anyio.move_on_after(TRIM_EVERY):
-                        await anyio.wait_readable(pidfd)
-                        break
-                    await trim_log_soon(log_path, log_cap)
+            await _wait_exit(pidfd, out, log_cap)
         if timer.cancelled_caught or stop.scope.cancelled_caught:
             with anyio.CancelScope(shield=True):
                 await kill_tree(proc, pidfd, grace, (job.id, socket))
         code = proc.wait()
-        if log_cap is not None:
-            await trim_log_soon(log_path, log_cap)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await kill_tree(proc, pidfd, grace, (job.id, socket))
         raise
     finally:
         os.close(pidfd)
+        logged = out.end()
+    if log_cap is not None and logged:
+        await trim_log_soon(log_path, log_cap)
 
     if stop.reason is not None:
         return Outcome(code, f"{stop.reason} ({describe(code)})", cancelled=True)
@@ -172,18 +168,50 @@ async def run_command(
     return Outcome(code, None if code == 0 else describe(code))
 
 
-def _spawn(job: Job, program: str | None, log: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn(job: Job, log_fd: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Spawn the job's program, found in PATH by phxqd (looked up again if it moved)."""
+    program = find_program(job.argv[0], env, job.cwd)
+    try:
+        return _popen(job, program, log_fd, env)
+    except FileNotFoundError:
+        if program is None:
+            raise
+        _found.clear()  # it moved: look again
+        return _popen(job, None, log_fd, env)
+
+
+def _popen(
+    job: Job, program: str | None, log_fd: int, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         job.argv,
         executable=program,
         stdin=subprocess.DEVNULL,
-        stdout=log,
+        stdout=log_fd,
         stderr=subprocess.STDOUT,
         cwd=job.cwd,
         env=env,
         start_new_session=True,
         close_fds=True,
     )
+
+
+async def _wait_exit(pidfd: int, out: Output, log_cap: int | None) -> None:
+    """Until the job's process exits: its scratch output is published once it has run
+    PUBLISH_AFTER, and with `log_cap` its log is trimmed every TRIM_EVERY seconds."""
+    if out.scratch is not None:
+        with anyio.move_on_after(PUBLISH_AFTER):
+            await anyio.wait_readable(pidfd)
+            return
+        out.publish()
+    if log_cap is None:
+        await anyio.wait_readable(pidfd)
+        return
+    while True:
+        with anyio.move_on_after(TRIM_EVERY):
+            await anyio.wait_readable(pidfd)
+            return
+        await trim_log_soon(out.log_path, log_cap)
 
 
 #: seconds between two looks at a running job's log size
