@@ -111,21 +111,22 @@ class Scratches:
 
 class Output:
     """Where one attempt of a command writes: its log if that exists (an earlier attempt
-    wrote it), else a scratch file. `fd` is the job's, to be closed once it is spawned."""
+    wrote it), else a scratch file. `fd` is the job's, to be closed once it is spawned.
+    A job that never ran (`ran_before` false) has no log: the look for it is skipped."""
 
-    def __init__(self, log_path: Path, scratches: Scratches) -> None:
+    def __init__(self, log_path: Path, scratches: Scratches, ran_before: bool = True) -> None:
         self.log_path = log_path
         self._scratches = scratches
         self.scratch: Scratch | None = None
-        try:
-            self.fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
-        except FileNotFoundError:
+        fd = _open_existing(log_path) if ran_before else None
+        if fd is None:
             self.scratch = scratches.take()
             try:
-                self.fd = self.scratch.open_for_job()
+                fd = self.scratch.open_for_job()
             except OSError:
                 scratches.give_back(self.scratch, log_path)
                 raise
+        self.fd = fd
 
     def publish(self) -> None:
         """Give the output its real name now (the job runs on)."""
@@ -139,6 +140,13 @@ class Output:
             return True
         scratch, self.scratch = self.scratch, None
         return self._scratches.give_back(scratch, self.log_path)
+
+
+def _open_existing(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND)
+    except FileNotFoundError:
+        return None
 
 
 def remove_leftovers(directory: Path) -> int:
