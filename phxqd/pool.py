@@ -18,13 +18,22 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import psutil
 
+from phxqd import spawn
 from phxqd.model import Job
 from phxqd.scratch import PUBLISH_AFTER, Output, Scratches
+
+
+class Child(Protocol):
+    """A job's process: a Popen, or a `spawn.Spawned`."""
+
+    pid: int
+
+    def wait(self) -> int: ...
 
 
 @dataclass
@@ -170,16 +179,25 @@ async def run_command(
     return Outcome(code, None if code == 0 else describe(code))
 
 
-def _spawn(job: Job, log_fd: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn(job: Job, log_fd: int, env: dict[str, str]) -> Child:
     """Spawn the job's program, found in PATH by phxqd (looked up again if it moved)."""
     program = find_program(job.argv[0], env, job.cwd)
     try:
-        return _popen(job, program, log_fd, env)
+        return _start(job, program, log_fd, env)
     except FileNotFoundError:
         if program is None:
             raise
         _found.clear()  # it moved: look again
-        return _popen(job, None, log_fd, env)
+        return _start(job, None, log_fd, env)
+
+
+def _start(job: Job, program: str | None, log_fd: int, env: dict[str, str]) -> Child:
+    """glibc's posix_spawn (see spawn.py), else Popen: for a program not found in PATH,
+    Popen's own search and its error are kept."""
+    path = program if program is not None else (job.argv[0] if "/" in job.argv[0] else None)
+    if spawn.AVAILABLE and path is not None:
+        return spawn.Spawned(spawn.spawn(path, job.argv, job.cwd, log_fd, env))
+    return _popen(job, program, log_fd, env)
 
 
 def _popen(
@@ -267,9 +285,7 @@ def describe(code: int) -> str:
     return f"exited with status {code}"
 
 
-async def kill_tree(
-    proc: subprocess.Popen[bytes], pidfd: int, grace: float, mark: Mark | None = None
-) -> None:
+async def kill_tree(proc: Child, pidfd: int, grace: float, mark: Mark | None = None) -> None:
     """SIGTERM the job's process group and its descendants; SIGKILL what is left after grace.
 
     Descendants are found twice over: by parentage (a child that left the group with
