@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit shells torture bench clean
+.PHONY: run test lint typecheck unit shells torture fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,11 @@ run: $(STAMP)
 test: $(STAMP) lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check phxqd phxqctl tests bench
-	$(BIN)/ruff format --check phxqd phxqctl tests bench
+	$(BIN)/ruff check phxqd phxqctl tests bench fuzz
+	$(BIN)/ruff format --check phxqd phxqctl tests bench fuzz
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict phxqd phxqctl
+	$(BIN)/mypy --strict phxqd phxqctl fuzz bench
 
 unit: $(STAMP) shells
 	$(BIN)/python -m pytest -q
@@ -41,6 +41,18 @@ shells:
 torture: $(STAMP)
 	PHXQ_TORTURE_CYCLES=500 $(BIN)/python -m pytest -q tests/test_torture.py
 
+# coverage-guided fuzzing of the request path (atheris, pip extra `fuzz`), not part of
+# `test` (which replays the seeds and fuzz/regressions/). FUZZ_SECONDS=60 by default; a
+# crash is written to .fuzz/artifacts/: replay it with `$(BIN)/python fuzz/fuzz_requests.py FILE`
+# and, once fixed, copy it into fuzz/regressions/.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,fuzz]'
+	@mkdir -p .fuzz/corpus .fuzz/artifacts
+	$(BIN)/python fuzz/fuzz_requests.py -max_total_time=$(FUZZ_SECONDS) \
+		-dict=fuzz/requests.dict -artifact_prefix=.fuzz/artifacts/ \
+		.fuzz/corpus fuzz/corpus fuzz/regressions
+
 # phxq and its peers side by side (huey, RQ, Celery, task-spooler, nq), not part of `test`:
 # installs them (pip extra `bench`; Debian packages when missing and root), writes
 # docs/benchmarks.md. QUICK=1: small counts, under 2 minutes, prints only. ONLY=enqueue...
@@ -50,4 +62,4 @@ bench: $(STAMP)
 		$(if $(ONLY),--only $(ONLY))
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .fuzz

@@ -164,8 +164,8 @@ def main() -> None:
         d.kill()
 
         # restart and memory with n_state jobs in the state
-        big = Daemon(root / "big", args.fsync) if (root / "big").mkdir() is None else None
-        assert big is not None
+        (root / "big").mkdir()
+        big = Daemon(root / "big", args.fsync)
         big.start()
         base_rss = big.rss_kib()
         fill(big, n_state)

@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -89,7 +90,7 @@ paused). The clock starts once every producer has connected.
     for i in range(s.enqueue_repeats):
         for row, p, v, producers in runs:
             log(f"enqueue {p.SYSTEM} {v.setting} x{producers} run {i + 1}")
-            rate = attempt(row, lambda p=p, v=v, k=producers: p.enqueue(ctx, v, s.enqueue_jobs, k))
+            rate = attempt(row, partial(p.enqueue, ctx, v, s.enqueue_jobs, producers))
             if rate is not None:
                 row.samples.append(rate)
     t.rows.sort(key=lambda r: (r.group == "", int(r.group or 0)))
@@ -132,7 +133,7 @@ connections). Durability as each system's default in this bench (phxq `always`, 
         for row, p, kind in runs:
             n = s.slow_jobs if p.SYSTEM == "RQ" else s.throughput_jobs
             log(f"throughput {p.SYSTEM} {kind} ({n} jobs) run {i + 1}")
-            rate = attempt(row, lambda p=p, kind=kind, n=n: p.throughput(ctx, kind, n))
+            rate = attempt(row, partial(p.throughput, ctx, kind, n))
             if rate is not None:
                 row.samples.append(rate)
     return t
@@ -158,7 +159,7 @@ and Celery have their own (`rq enqueue`, `celery call`), which import the librar
         row = t.add(Row(p.SYSTEM, v.setting, v.durability, note=f"`{shell}`"))
         for i in range(s.throughput_repeats):
             log(f"shell submit {p.SYSTEM} round {i + 1}")
-            times = attempt(row, lambda p=p: p.shell_submit(ctx, s.shell_runs))
+            times = attempt(row, partial(p.shell_submit, ctx, s.shell_runs))
             if times:
                 row.samples.append(statistics.median(times) * 1e3)
     return t
@@ -177,7 +178,7 @@ def backlog(ctx: Ctx, peers: list[ModuleType], s: Settings) -> list[Table]:
             continue
         log(f"backlog {p.SYSTEM} ({', '.join(f'{n:,}' for n in sizes)} jobs)")
         results[p.SYSTEM] = attempt(
-            rows[p.SYSTEM], lambda p=p: p.backlog(ctx, sizes, s.restarts, s.cli_runs)
+            rows[p.SYSTEM], partial(p.backlog, ctx, sizes, s.restarts, s.cli_runs)
         )
     big = f"{max(sizes):,}"
 

@@ -169,7 +169,15 @@ class Core:
             ]
             if unsaved:
                 self.state.apply(Cleared(unsaved))
-            raise Refused("refused", f"{e}; not saved") from e
+            if all(isinstance(ev, Submitted) for ev in events):
+                raise Refused("refused", f"{e}; not saved") from e
+            # A cancel, retry or pause is in effect already (a process may have been
+            # signalled): it cannot be taken back, so say so rather than "not saved". The
+            # snapshot that reopens the journal saves it with the rest of the state.
+            raise Refused(
+                "refused",
+                f"{e}; done but not yet on disk: saved when phxqd can write again",
+            ) from e
         self._finished_durably(events)
 
     async def record(self, events: list[AnyEvent]) -> None:

@@ -114,7 +114,7 @@ def scan_segment(path: Path) -> Scan:
             return Scan(events, pos, size, "checksum mismatch")
         try:
             events.append(_decoder.decode(payload))
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:  # the latter: not UTF-8
             return Scan(events, pos, size, f"undecodable record ({e})")
         pos = end
     return Scan(events, pos, size, None)

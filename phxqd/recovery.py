@@ -136,7 +136,7 @@ def _whole_record_after(path: Path, scan: Scan) -> bool:
             if zlib.crc32(payload) == crc:
                 try:
                     decoder.decode(payload)
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, UnicodeDecodeError):
                     continue
                 return True
     return False

@@ -256,7 +256,9 @@ class Connection:
                     self.phase = HANDLING  # a long request (wait) is not idleness
                     try:
                         req = protocol.request_decoder.decode(payload)
-                    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    # msgspec raises UnicodeDecodeError, not DecodeError, for a string that
+                    # is not UTF-8 (found by fuzz/fuzz_requests.py: it ended the daemon)
+                    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
                         await self._send(protocol.Err("usage", f"malformed request: {e}"))
                         continue
                     if not greeted and not isinstance(req, protocol.Hello):

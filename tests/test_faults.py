@@ -162,3 +162,31 @@ def test_fsync_eio_never_acks_never_reuses_the_segment_and_recovers(
     got = ids_of(d)
     assert got == [*before, after]
     assert after == before[-1] + 2, "the refused job's id is not reused"
+
+
+def test_a_cancel_whose_fsync_fails_says_it_took_effect_and_is_saved_later(
+    tmp_path: Path, fsync_shim: Path
+) -> None:
+    # A submit whose fdatasync fails is taken back; a cancel cannot be (its job may have
+    # been signalled already): the refusal says it is done, and the healing snapshot keeps it.
+    flag = tmp_path / "fail-now"
+    d = Daemon(tmp_path)
+    d.env.update(LD_PRELOAD=str(fsync_shim), FAULT_FLAG=str(flag))
+    d.config.write_text("write_retry_interval = 0.05\n")
+    d.start()
+    d.ok("pause")
+    first, second = d.submit("true"), d.submit("true")
+
+    flag.touch()
+    r = d.ctl("cancel", str(first))
+    assert r.returncode == 5 and "done but not yet on disk" in r.stderr, r.stderr
+    assert d.json("show", str(first))["status"] == "cancelled"
+    r = d.ctl("cancel", str(second))  # the journal is known broken: refused, nothing done
+    assert r.returncode == 5 and "accepts no changes" in r.stderr, r.stderr
+    assert d.json("show", str(second))["status"] == "pending"
+
+    flag.unlink()
+    until(lambda: d.json("status")["writable"], what="writes to resume")
+    d.kill9()
+    d.start()
+    assert [d.json("show", str(i))["status"] for i in (first, second)] == ["cancelled", "pending"]

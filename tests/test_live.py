@@ -122,8 +122,10 @@ def test_watch_full_screen_in_tmux(daemon: Daemon, tmp_path: Path, tmux_server: 
     assert tmux(tmux_server, "display", "-p", "#{alternate_on}").strip() == "1"
     running = gated_progress_job(daemon, go, 40, "resizing")
     failing = daemon.submit("sh", "-c", "echo boom; exit 3", opts=("--retries", "0"))
+    # "40%", not "resizing": the job's row shows its command line, which holds the step
+    # word before the job has reported anything
     until(
-        lambda: "resizing" in screen() and "RECENT FAILURES" in screen(),
+        lambda: "40%" in screen() and "RECENT FAILURES" in screen(),
         what="the running job's progress and the failure on screen",
     )
     text = screen()

@@ -66,6 +66,26 @@ def test_malformed_payloads_get_errors_and_the_connection_goes_on(daemon: Daemon
     assert isinstance(got[-1], protocol.Ok)
 
 
+def test_strings_that_are_not_utf8_get_usage_errors(daemon: Daemon) -> None:
+    # msgspec raises UnicodeDecodeError (not DecodeError) for these: it used to escape the
+    # connection and end the daemon (found by fuzz/fuzz_requests.py)
+    bad = [
+        b"\x81\xa2op\xa4sh\xffw",  # in the op tag
+        b"\x82\xa2op\xa4show\xa2i\xff\x01",  # in a field name
+        b"\x82\xa2op\xa6submit\xa4jobs\x91\x81\xa4argv\x91\xa2\xff\xfe",  # in a value
+    ]
+    for first in (False, True):  # before hello, and after it
+        data = b"" if first else HELLO
+        data += b"".join(struct.pack(">I", len(b)) + b for b in bad) + HELLO
+        data += protocol.frame(protocol.Status())
+        got = replies(raw(daemon, data))
+        assert [r.code for r in got if isinstance(r, protocol.Err)] == ["usage"] * 3
+        assert all("malformed" in r.message for r in got if isinstance(r, protocol.Err))
+        assert len(got) == (5 if first else 6) and isinstance(got[-1], protocol.Ok)
+    still_serves(daemon)
+    assert daemon.json("status")["total"] == 0
+
+
 def test_huge_length_prefix_and_truncated_frames(daemon: Daemon) -> None:
     [err] = replies(raw(daemon, struct.pack(">I", 0xFFFFFFFF)))
     assert isinstance(err, protocol.Err) and "limit" in err.message

@@ -1,4 +1,4 @@
-"""The snapshot file format: chunked jobs, packed order, the first format still read."""
+"""The snapshot file format: chunked jobs as arrays, packed order, older formats still read."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from phxqd import snapshot
 from phxqd.journal import Corruption
-from phxqd.model import JobSpec
+from phxqd.model import Call, Job, JobSpec, Progress
 from phxqd.state import Sharer, State
 
 
@@ -91,3 +91,47 @@ def test_a_damaged_snapshot_is_refused(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(Corruption, match="checksum"):
         snapshot.load(tmp_path)
+
+
+def test_every_field_of_a_job_comes_back_and_jobs_are_plain_jobs(tmp_path: Path) -> None:
+    state = filled(3)
+    full = state.jobs[2]
+    full.env, full.backoff, full.after = {"A": "1"}, (1.0, 8.0, 0.5), (1,)
+    full.progress = Progress(updated_at=5.0, percent=50.0, step="half", done=1, total=2)
+    full.call, full.result = Call("pkg.mod:f", [1, "x"], {"k": None}), {"out": [1, 2]}
+    full.key, full.label, full.timeout, full.error = "k", "l", 9.5, "boom"
+    snapshot.write(tmp_path, snapshot.encode(state.snapshot(7)))
+    snap = snapshot.load(tmp_path, Sharer())
+    assert snap is not None
+    assert [msgspec.to_builtins(j) for j in snap.jobs] == [
+        msgspec.to_builtins(j) for j in state.jobs.values()
+    ]
+    # stored as arrays, but what comes back is Job itself: on the wire a map, as ever
+    assert all(type(j) is Job for j in snap.jobs)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(snap.jobs[1]))["env"] == {"A": "1"}
+
+
+def test_the_second_snapshot_format_is_still_read(tmp_path: Path) -> None:
+    # format 2: the same file, but each chunk a msgpack array of jobs as maps
+    state = filled(25)
+    snap = state.snapshot(4)
+    enc = msgspec.msgpack.encode
+    payload = enc(
+        snapshot.SnapshotFile(
+            snap.lsn,
+            snap.next_id,
+            snap.paused,
+            snap.paused_all,
+            snap.limits,
+            b"".join(i.to_bytes(8, "little") for i in snap.order),
+            [msgspec.Raw(enc(snap.jobs[:10])), msgspec.Raw(enc(snap.jobs[10:]))],
+        )
+    )
+    (tmp_path / snapshot.FILENAME).write_bytes(
+        snapshot.MAGIC_V2 + snapshot.HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    )
+    got = snapshot.load(tmp_path, Sharer())
+    assert got is not None and got.lsn == 4
+    back = State.from_snapshot(got, 2000.0, shared=True)
+    assert back.summary() == state.summary()
+    assert claims(back, 30) == claims(state, 30)

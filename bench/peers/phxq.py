@@ -62,7 +62,7 @@ def enqueue(ctx: Ctx, v: Variant, n: int, producers: int) -> float:
 def throughput(ctx: Ctx, kind: str, n: int) -> float:
     """Submitted paused in batches, then resumed: resume to the last job completed."""
     spec = JobSpec(argv=["true"]) if kind == "true" else JobSpec(call=Call("os:getpid"))
-    return bench_pool.run(ctx.tmpdir("phxq-pool") / "d", [spec] * n)
+    return bench_pool.run(ctx.tmpdir("phxq-pool") / "d", [spec] * n).per_s
 
 
 def shell_submit(ctx: Ctx, runs: int) -> list[float]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from functools import partial
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ def backlog(ctx: Ctx, sizes: list[int], restarts: int, cli_runs: int) -> Backlog
         fill(server, n)
         q = _queue(server.url)
         assert q.count == n, (q.count, n)
-        b.status_api[n] = call_times(lambda q=q: q.count, 50)
+        b.status_api[n] = call_times(partial(getattr, q, "count"), 50)
         b.status_cli[n] = wall_times(info, cli_runs)
     b.disk_apparent, b.disk_allocated = server.disk_bytes()
     for _ in range(restarts):
