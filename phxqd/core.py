@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from phxqd import metrics, pool, protocol, snapshot, statusfile
+from phxqd import metrics, pool, protocol, scratch, snapshot, statusfile
 from phxqd.events import (
     AnyEvent,
     Cancelled,
@@ -45,6 +45,7 @@ from phxqd.feed import Feed, describe, job_event
 from phxqd.journal import Journal, JournalError, fsync_dir, list_segments
 from phxqd.model import FINISHED, STATUSES, Job, Progress, QueueConfig, validate_spec
 from phxqd.protocol import PROTOCOL_VERSION
+from phxqd.scratch import Scratches
 from phxqd.state import QueueDefaults, Refused, State
 from phxqd.stats import Stats
 from phxqd.workers import Ended, Report, Start, WorkerPool
@@ -100,6 +101,8 @@ class Core:
         self._next_sweep = 0.0
         self.stats = Stats()
         journal.on_sync = self.stats.fsync.observe
+        #: the scratch files command jobs write to until they have a log (see scratch.py)
+        self.scratches = Scratches(settings.logs_dir)
         self.workers = WorkerPool(
             settings.python,
             settings.pythonpath,
@@ -685,6 +688,7 @@ class Core:
             settling.cancel_scope.cancel()
         await self._settle_all()
         self.workers.close()
+        self.scratches.close()
 
     def _fill(self, runners: anyio.abc.TaskGroup, durable_below: int) -> None:
         """Hand ready jobs to free slots and to lanes with room, in the state's order."""
@@ -858,6 +862,7 @@ class Core:
                 outcome = await pool.run_command(
                     job,
                     self.log_path(job.id),
+                    self.scratches,
                     self.settings.socket,
                     self.settings.kill_grace,
                     stop,
@@ -883,7 +888,9 @@ class Core:
 
     async def reap(self) -> None:
         """Jobs that were running when the daemon last died: kill leftovers, then fail the
-        attempt (retrying by the job's policy): their work may be half done."""
+        attempt (retrying by the job's policy): their work may be half done. Scratch
+        files of dead daemons go too."""
+        scratch.remove_leftovers(self.settings.logs_dir)
         now = time.time()
         events: list[AnyEvent] = []
         for job in list(self.state.by_status("running")):

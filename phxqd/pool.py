@@ -18,12 +18,22 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import psutil
 
+from phxqd import spawn
 from phxqd.model import Job
+from phxqd.scratch import PUBLISH_AFTER, Output, Scratches
+
+
+class Child(Protocol):
+    """A job's process: a Popen, or a `spawn.Spawned`."""
+
+    pid: int
+
+    def wait(self) -> int: ...
 
 
 @dataclass
@@ -110,6 +120,7 @@ def find_program(name: str, env: dict[str, str], cwd: str | None) -> str | None:
 async def run_command(
     job: Job,
     log_path: Path,
+    scratches: Scratches,
     socket: Path,
     grace: float,
     stop: Stop,
@@ -120,50 +131,46 @@ async def run_command(
 
     `started` is awaited once the process exists (or failed to), so the journal records the
     pid before the job can finish. If the caller itself is cancelled (daemon shutdown), the
-    process tree is killed before the cancellation propagates. With `log_cap`, the log is
-    trimmed to about that size every second while the job runs and once more at its end.
+    process tree is killed before the cancellation propagates. Output goes to the job's log,
+    or a scratch file that becomes it (see `scratch`). With `log_cap`, the log is trimmed to
+    about that size every second while the job runs and once more at its end.
     """
     env = job_env(job, socket)
+    out: Output | None = None
     try:
-        with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
-            program = find_program(job.argv[0], env, job.cwd)
-            try:
-                proc = _spawn(job, program, log, env)
-            except FileNotFoundError:
-                if program is None:
-                    raise
-                _found.clear()  # it moved: look again
-                proc = _spawn(job, None, log, env)
+        out = Output(log_path, scratches, ran_before=job.started_at is not None)
+        try:
+            before = boot_ticks()
+            proc = _spawn(job, out.fd, env)
+            ticks = before if boot_ticks() == before else None
+        finally:
+            os.close(out.fd)
     except OSError as e:
+        if out is not None:
+            out.end()
         await started(None, None)
         where = f" (cwd {job.cwd})" if job.cwd else ""
         return Outcome(None, f"cannot start {job.argv[0]!r}{where}: {e.strerror}", retryable=False)
 
     pidfd = os.pidfd_open(proc.pid)
     try:
-        await started(proc.pid, create_time(proc.pid))
+        await started(proc.pid, create_time(proc.pid, ticks))
         timeout = job.timeout if job.timeout is not None else float("inf")
         with anyio.move_on_after(timeout) as timer, stop.scope:
-            if log_cap is None:
-                await anyio.wait_readable(pidfd)
-            else:
-                while True:
-                    with anyio.move_on_after(TRIM_EVERY):
-                        await anyio.wait_readable(pidfd)
-                        break
-                    await trim_log_soon(log_path, log_cap)
+            await _wait_exit(pidfd, out, log_cap)
         if timer.cancelled_caught or stop.scope.cancelled_caught:
             with anyio.CancelScope(shield=True):
                 await kill_tree(proc, pidfd, grace, (job.id, socket))
         code = proc.wait()
-        if log_cap is not None:
-            await trim_log_soon(log_path, log_cap)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await kill_tree(proc, pidfd, grace, (job.id, socket))
         raise
     finally:
         os.close(pidfd)
+        logged = out.end()
+    if log_cap is not None and logged:
+        await trim_log_soon(log_path, log_cap)
 
     if stop.reason is not None:
         return Outcome(code, f"{stop.reason} ({describe(code)})", cancelled=True)
@@ -172,18 +179,59 @@ async def run_command(
     return Outcome(code, None if code == 0 else describe(code))
 
 
-def _spawn(job: Job, program: str | None, log: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn(job: Job, log_fd: int, env: dict[str, str]) -> Child:
+    """Spawn the job's program, found in PATH by phxqd (looked up again if it moved)."""
+    program = find_program(job.argv[0], env, job.cwd)
+    try:
+        return _start(job, program, log_fd, env)
+    except FileNotFoundError:
+        if program is None:
+            raise
+        _found.clear()  # it moved: look again
+        return _start(job, None, log_fd, env)
+
+
+def _start(job: Job, program: str | None, log_fd: int, env: dict[str, str]) -> Child:
+    """glibc's posix_spawn (see spawn.py), else Popen: for a program not found in PATH,
+    Popen's own search and its error are kept."""
+    path = program if program is not None else (job.argv[0] if "/" in job.argv[0] else None)
+    if spawn.AVAILABLE and path is not None:
+        return spawn.Spawned(spawn.spawn(path, job.argv, job.cwd, log_fd, env))
+    return _popen(job, program, log_fd, env)
+
+
+def _popen(
+    job: Job, program: str | None, log_fd: int, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         job.argv,
         executable=program,
         stdin=subprocess.DEVNULL,
-        stdout=log,
+        stdout=log_fd,
         stderr=subprocess.STDOUT,
         cwd=job.cwd,
         env=env,
         start_new_session=True,
         close_fds=True,
     )
+
+
+async def _wait_exit(pidfd: int, out: Output, log_cap: int | None) -> None:
+    """Until the job's process exits: its scratch output is published once it has run
+    PUBLISH_AFTER, and with `log_cap` its log is trimmed every TRIM_EVERY seconds."""
+    if out.scratch is not None:
+        with anyio.move_on_after(PUBLISH_AFTER):
+            await anyio.wait_readable(pidfd)
+            return
+        out.publish()
+    if log_cap is None:
+        await anyio.wait_readable(pidfd)
+        return
+    while True:
+        with anyio.move_on_after(TRIM_EVERY):
+            await anyio.wait_readable(pidfd)
+            return
+        await trim_log_soon(out.log_path, log_cap)
 
 
 #: seconds between two looks at a running job's log size
@@ -237,9 +285,7 @@ def describe(code: int) -> str:
     return f"exited with status {code}"
 
 
-async def kill_tree(
-    proc: subprocess.Popen[bytes], pidfd: int, grace: float, mark: Mark | None = None
-) -> None:
+async def kill_tree(proc: Child, pidfd: int, grace: float, mark: Mark | None = None) -> None:
     """SIGTERM the job's process group and its descendants; SIGKILL what is left after grace.
 
     Descendants are found twice over: by parentage (a child that left the group with
@@ -316,19 +362,29 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _boot_time = (0.0, -math.inf)  # (boot time, monotonic time it was read)
 
 
-def create_time(pid: int) -> float | None:
+def create_time(pid: int, start_ticks: int | None = None) -> float | None:
     """The start time of process `pid` as psutil computes it (seconds since the epoch),
     read straight from /proc: psutil.Process() reads more files than this needs, and it
-    is paid for every job started."""
+    is paid for every job started. `start_ticks`, when the caller knows them (see
+    `boot_ticks`), spare the read."""
     global _boot_time
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        start_ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    if start_ticks is None:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            start_ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
+        except (OSError, ValueError, IndexError):
+            return None
     boot, read_at = _boot_time
     if time.monotonic() - read_at > 10:  # the boot time moves with the wall clock
         boot = float(psutil.boot_time())
         _boot_time = (boot, time.monotonic())
     return start_ticks / _CLOCK_TICKS + boot
+
+
+def boot_ticks() -> int:
+    """CLOCK_BOOTTIME in clock ticks: the clock and unit of a process's start time in
+    /proc/PID/stat. Read before and after a spawn: if both agree, the child (made in
+    between) started in that tick. Reading /proc/PID/stat of a child that is still in
+    its exec waits for the exec: it cost a third of a command's spawn."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // (1_000_000_000 // _CLOCK_TICKS)

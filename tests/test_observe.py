@@ -64,7 +64,8 @@ def test_status_file_shows_live_progress_and_is_never_torn(tmp_path: Path) -> No
     for _ in range(20):
         d.submit("true")
     doc = until(
-        lambda: (s := read_status(path)) and s["jobs"] and s["jobs"][0]["step"] and s,
+        # (a `true` may still be running beside it when the file is written: wait it out)
+        lambda: (s := read_status(path)) and len(s["jobs"]) == 1 and s["jobs"][0]["step"] and s,
         what="the job's progress in the status file",
     )
     [live] = doc["jobs"]

@@ -1,0 +1,55 @@
+"""What a command job's process gets (phxqd/spawn.py): the same as Popen gave it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from phxqd import spawn
+from tests.conftest import Daemon
+
+SHOW = (
+    "import os, sys\n"
+    "fds = []\n"
+    "for fd in range(3, 256):\n"
+    "    try:\n"
+    "        os.fstat(fd)\n"
+    "        fds.append(fd)\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "print(fds, os.getcwd(), os.environ['MINE'], os.path.realpath('/proc/self/fd/0'),\n"
+    "      os.getsid(0) == os.getppid())\n"
+)
+
+
+def test_spawn_path_is_used_here() -> None:
+    assert spawn.AVAILABLE, "glibc with posix_spawn chdir and closefrom actions expected"
+
+
+def test_a_job_gets_cwd_env_dev_null_own_session_default_signals_no_other_fds(
+    tmp_path: Path,
+) -> None:
+    r, w = os.pipe()  # a descriptor phxqd inherits and must not pass on
+    os.set_inheritable(w, True)
+    d = Daemon(tmp_path / "d").start(pass_fds=(w,))
+    os.close(r)
+    os.close(w)
+    work = tmp_path / "work"
+    work.mkdir()
+    # the shell's signal dispositions are the spawn's (Python ignores SIGPIPE itself)
+    script = f'grep SigIgn /proc/$$/status; "{sys.executable}" -c "$0"'
+    job = d.submit("sh", "-c", script, SHOW, opts=("--cwd", str(work), "--env", "MINE=yes"))
+    d.ok("wait", str(job))
+    ignored, shown = d.ok("logs", str(job)).splitlines()
+    assert int(ignored.split()[1], 16) & (1 << 12 | 1 << 24) == 0, "SIGPIPE, SIGXFSZ ignored"
+    assert shown == f"[] {work} yes /dev/null True"
+
+
+def test_a_relative_program_is_found_in_the_jobs_cwd(tmp_path: Path, daemon: Daemon) -> None:
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\necho ran in $(pwd)\n")
+    script.chmod(0o755)
+    job = daemon.submit("./run.sh", opts=("--cwd", str(tmp_path)))
+    daemon.ok("wait", str(job))
+    assert daemon.ok("logs", str(job)) == f"ran in {tmp_path}\n"
