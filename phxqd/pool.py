@@ -10,7 +10,7 @@ How many jobs run at once is the dispatcher's business, not this module's.
 from __future__ import annotations
 
 import contextlib
-import math
+import functools
 import os
 import signal
 import subprocess
@@ -359,7 +359,15 @@ def signal_tree(pgid: int | None, others: list[psutil.Process], sig: signal.Sign
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_boot_time = (0.0, -math.inf)  # (boot time, monotonic time it was read)
+#: seconds a boot time read is used for: it moves with the wall clock
+_BOOT_TIME_TTL = 10.0
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_time(period: int) -> float:
+    """psutil's boot time, read once per `_BOOT_TIME_TTL` period of the monotonic clock
+    (the period is the cache key, so a new period reads it again)."""
+    return float(psutil.boot_time())
 
 
 def create_time(pid: int, start_ticks: int | None = None) -> float | None:
@@ -367,7 +375,6 @@ def create_time(pid: int, start_ticks: int | None = None) -> float | None:
     read straight from /proc: psutil.Process() reads more files than this needs, and it
     is paid for every job started. `start_ticks`, when the caller knows them (see
     `boot_ticks`), spare the read."""
-    global _boot_time
     if start_ticks is None:
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
@@ -375,10 +382,7 @@ def create_time(pid: int, start_ticks: int | None = None) -> float | None:
             start_ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
         except (OSError, ValueError, IndexError):
             return None
-    boot, read_at = _boot_time
-    if time.monotonic() - read_at > 10:  # the boot time moves with the wall clock
-        boot = float(psutil.boot_time())
-        _boot_time = (boot, time.monotonic())
+    boot = _boot_time(int(time.monotonic() // _BOOT_TIME_TTL))
     return start_ticks / _CLOCK_TICKS + boot
 
 
