@@ -41,9 +41,10 @@ import msgspec
 from anyio.abc import UNIXSocketStream
 
 from phxqd import protocol, server
-from phxqd.core import Core, Settings
+from phxqd.core import Core
 from phxqd.journal import Journal
 from phxqd.recovery import recover
+from phxqd.settings import Settings
 from phxqd.state import State
 
 #: Flags in the first byte of an input (see `parse`).
@@ -249,14 +250,14 @@ async def _send(client: UNIXSocketStream, data: bytes, chunk: int | None) -> Non
 
 async def _unblock(core: Core, scope: anyio.CancelScope) -> None:
     """Cancel the jobs a request waits for: none will ever run here, so a `wait` for them
-    would last until its timeout, or for ever. (Peeks at `Core._finished`, the events of
+    would last until its timeout, or for ever. (Peeks at `Core.recorder.waiters`, the events of
     jobs someone waits on: the one place a request blocks on jobs and not on its client.)"""
     with scope:
         while True:
             await anyio.sleep(UNBLOCK_INTERVAL)
             waited = [
                 i
-                for i in list(core._finished)
+                for i in list(core.recorder.waiters)
                 if i in core.state.jobs and not core.state.jobs[i].finished
             ]
             if waited:

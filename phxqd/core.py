@@ -10,28 +10,23 @@ group, so stopping the daemon stops (and requeues) every one of them.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import random
-import sys
 import time
 from collections import Counter, deque
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 
-from phxqd import metrics, pool, protocol, scratch, snapshot, statusfile
+from phxqd import metrics, pool, protocol, scratch, statusfile
 from phxqd.events import (
     AnyEvent,
     Cancelled,
     Cleared,
-    Completed,
-    Failed,
     Paused,
     ProgressSaved,
     QueueSet,
@@ -39,13 +34,14 @@ from phxqd.events import (
     Resumed,
     Retried,
     Started,
-    submitted_jobs,
 )
-from phxqd.feed import Feed, describe, job_event
-from phxqd.journal import Journal, JournalError, fsync_dir, list_segments
+from phxqd.feed import Feed, job_event
+from phxqd.journal import Journal, JournalError, list_segments
 from phxqd.model import FINISHED, STATUSES, Job, Progress, QueueConfig, validate_spec
 from phxqd.protocol import PROTOCOL_VERSION
+from phxqd.recorder import Recorder
 from phxqd.scratch import Scratches
+from phxqd.settings import Settings
 from phxqd.state import QueueDefaults, Refused, State
 from phxqd.stats import Stats
 from phxqd.workers import Ended, Report, Start, WorkerPool
@@ -56,31 +52,6 @@ log = logging.getLogger("phxqd")
 SHUTDOWN = "daemon shutting down"
 #: seconds between looks at a followed log (`logs --follow`) while its job runs
 LOG_POLL = 0.1
-
-
-@dataclass
-class Settings:
-    workers: int
-    kill_grace: float
-    snapshot_bytes: int
-    journal_dir: Path
-    logs_dir: Path
-    socket: Path
-    retry_interval: float = 1.0
-    #: `[queues.NAME]` of the config
-    queues: dict[str, QueueConfig] = field(default_factory=dict)
-    #: finished jobs are forgotten this many seconds after they finished
-    retention: float = 7 * 86400.0
-    #: a job's log is cut back to about this many bytes (head and tail kept); None: no cap
-    log_max_bytes: int | None = 10 * 1024 * 1024
-    #: on a graceful stop, seconds running jobs get to finish before they are stopped
-    shutdown_grace: float = 0.0
-    #: the interpreter and extra import paths of the Python workers (callable jobs)
-    python: str = sys.executable
-    pythonpath: list[str] = field(default_factory=list)
-    #: a worker is replaced after this many calls, or once its RSS is above worker_max_rss
-    worker_max_jobs: int = 1000
-    worker_max_rss: int | None = None
 
 
 class Core:
@@ -96,8 +67,6 @@ class Core:
         self._active: dict[int, pool.Stop] = {}
         #: how many of `_active` each queue has, for its concurrency limit
         self._busy: Counter[str] = Counter()
-        #: (finished_at, seconds it ran) of attempts ended in the last minute, for status
-        self._recent: deque[tuple[float, float]] = deque()
         self._next_sweep = 0.0
         self.stats = Stats()
         journal.on_sync = self.stats.fsync.observe
@@ -121,188 +90,22 @@ class Core:
         #: noted job ends whose waiters are told once durable (see `_settler`)
         self._unsettled: deque[tuple[int | None, list[AnyEvent]]] = deque()
         self._settle_wake = anyio.Event()
-        self._finished: dict[int, anyio.Event] = {}
         self._wake = anyio.Event()
         self._stopping = False
-        self._snapshot_due = anyio.Event()
-        self._snapshot_size = 0
-        self._last_submit_lsn = 0
         #: when each running job's progress was last journaled, and who has newer since
         self._progress_saved: dict[int, float] = {}
         self._progress_dirty: set[int] = set()
-        #: facts applied while the journal could not take them (see `record`)
-        self._unjournaled = 0
         #: job events for whoever listens (watch, streaming wait, hooks, the status file)
         self.feed = Feed()
-        state.on_cascade = self._cascaded
+        self.recorder = Recorder(state, journal, settings, self.stats, self.feed, self._active)
+        self.recorder.on_change = self.wake
+        self.snapshot = self.recorder.snapshot
+        self.snapshotter = self.recorder.snapshotter
+        self.heal = self.recorder.heal
 
-    # ------------------------------------------------------------------ commit
-
-    async def commit(self, events: list[AnyEvent]) -> None:
-        """Apply and persist a request's events; return once durable.
-
-        Raises Refused when the journal cannot take them. Jobs it was submitting are then
-        taken back out of memory (nobody was told they exist, and none has started: the
-        dispatcher only starts durable jobs), so they do not reappear when writes resume.
-        """
-        if not events:
-            return
-        try:
-            lsn = self.journal.append(events)
-            if any(submitted_jobs(e) for e in events):
-                self._last_submit_lsn = lsn  # what the dispatcher waits for (see dispatch)
-        except JournalError as e:
-            raise Refused(
-                "refused",
-                f"{e}; phxqd accepts no changes until it can write again (reads still work)",
-            ) from e
-        self._apply(events)
-        try:
-            await self.journal.durable(lsn)
-        except JournalError as e:
-            unsaved = [
-                job.id
-                for ev in events
-                for job in submitted_jobs(ev)
-                if job.id in self.state.jobs and job.id not in self._active
-            ]
-            if unsaved:
-                self.state.apply(Cleared(unsaved))
-            if all(submitted_jobs(ev) for ev in events):
-                raise Refused("refused", f"{e}; not saved") from e
-            # A cancel, retry or pause is in effect already (a process may have been
-            # signalled): it cannot be taken back, so say so rather than "not saved". The
-            # snapshot that reopens the journal saves it with the rest of the state.
-            raise Refused(
-                "refused",
-                f"{e}; done but not yet on disk: saved when phxqd can write again",
-            ) from e
-        self._finished_durably(events)
-
-    async def record(self, events: list[AnyEvent]) -> None:
-        """Apply and persist what already happened (a job started or ended); return once
-        durable, and tell the waiters then."""
-        await self.settle(self.note(events), events)
-
-    def note(self, events: list[AnyEvent]) -> int | None:
-        """Apply a fact and queue it for the journal, without waiting; its LSN, or None if
-        the journal cannot take it now.
-
-        Unlike a request, a fact cannot be refused: if the journal cannot take it, it stays
-        in memory and the snapshot that reopens the journal makes it durable. Nobody needs
-        to wait for a job's start to be on disk (the journal keeps its order before the
-        job's end); a job's end is waited for by `settle`, after its worker slot is free.
-        """
-        try:
-            lsn: int | None = self.journal.append(events)
-        except JournalError:
-            lsn = None
-            self._unjournaled += len(events)
-        self._apply(events)
-        return lsn
-
-    async def settle(self, lsn: int | None, events: list[AnyEvent]) -> None:
-        """Wait until noted events are durable (if they can be), then wake their waiters."""
-        if lsn is not None:
-            with contextlib.suppress(JournalError):
-                await self.journal.durable(lsn)
-        self._finished_durably(events)
-
-    def _apply(self, events: list[AnyEvent]) -> None:
-        for event in events:
-            self.state.apply(event)
-            self.stats.count(event, self.state)
-            if self.feed.active:
-                self.feed.publish(describe(event, self.state.jobs))
+    def wake(self) -> None:
+        """Look again at once: something changed (an event applied, a slot freed)."""
         self._wake.set()
-        # At least snapshot_bytes, and at least twice the last snapshot: disk use stays
-        # within ~3x the live state, and the cost of snapshots stays proportional to the
-        # events written, however large the state.
-        due = max(self.settings.snapshot_bytes, 2 * self._snapshot_size)
-        if self.journal.bytes_since_snapshot >= due:
-            self._snapshot_due.set()
-
-    def _cascaded(self, job: Job, at: float) -> None:
-        if self.feed.active:
-            self.feed.publish([job_event("cancelled", job, at)])
-
-    def _finished_durably(self, events: list[AnyEvent]) -> None:
-        """Wake the waiters of every job that is now finished: those the events name, and
-        those cancelled with them because they were to run after them."""
-        for event in events:
-            if isinstance(event, Completed) or (
-                isinstance(event, Failed) and event.retry_at is None
-            ):
-                job = self.state.jobs.get(event.id)
-                if job is not None and job.started_at is not None:
-                    self._recent.append((event.at, max(event.at - job.started_at, 0.0)))
-        for job_id in [
-            i for i in self._finished if i not in self.state.jobs or self.state.jobs[i].finished
-        ]:
-            self._finished.pop(job_id).set()
-
-    async def heal(self) -> None:
-        """After a write failure, retry until the whole state can be written again.
-
-        Resuming means: a snapshot of the state in memory (facts recorded meanwhile
-        included), then the old segments removed, then a new segment. Until then every
-        change request is refused and reads go on.
-        """
-        while True:
-            await self.journal.failure.wait()
-            log.error("journal failed; retrying every %gs", self.settings.retry_interval)
-            while self.journal.failed is not None:
-                await anyio.sleep(self.settings.retry_interval)
-                try:
-                    await self._resume_writes()
-                except OSError as e:
-                    log.warning("still cannot write the state: %s", e.strerror or e)
-
-    async def _resume_writes(self) -> None:
-        while True:
-            seen = self._unjournaled
-            lsn = self.journal.last_lsn
-            data = snapshot.encode(self.state.snapshot(lsn))
-            await anyio.to_thread.run_sync(snapshot.write, self.settings.journal_dir, data)
-            if seen == self._unjournaled:  # nothing happened while it was being written
-                break
-        for _, path in list_segments(self.settings.journal_dir):
-            path.unlink(missing_ok=True)  # all covered by the snapshot: replay skips them
-        await anyio.to_thread.run_sync(fsync_dir, self.settings.journal_dir)
-        self.journal.restart(lsn + 1)
-        self._unjournaled = 0
-        self._wake.set()
-        log.warning("journal writable again: state saved in a snapshot at record %d", lsn)
-
-    async def snapshotter(self) -> None:
-        """Take snapshots in the background when the journal has grown enough."""
-        while True:
-            await self._snapshot_due.wait()
-            self._snapshot_due = anyio.Event()
-            try:
-                await self.snapshot()
-            except (OSError, JournalError) as e:
-                log.error("snapshot failed, the journal keeps growing until one succeeds: %s", e)
-
-    async def snapshot(self) -> None:
-        """Write the whole state, then drop the segments it makes redundant.
-
-        The state is encoded on the event loop, so it matches exactly the records up to
-        `lsn`; records appended after that stay in the journal and replay on top of it.
-        """
-        t0 = time.perf_counter()
-        lsn = self.journal.last_lsn
-        data = snapshot.encode(self.state.snapshot(lsn))
-        await self.journal.rotate()
-        await anyio.to_thread.run_sync(snapshot.write, self.settings.journal_dir, data)
-        self.journal.bytes_since_snapshot = 0
-        self._snapshot_size = len(data)
-        segments = list_segments(self.settings.journal_dir)
-        for (_, path), (next_first, _) in itertools.pairwise(segments):
-            if next_first - 1 <= lsn:
-                path.unlink(missing_ok=True)
-        self.stats.snapshot.observe(time.perf_counter() - t0)
-        log.info("snapshot at record %d: %d jobs, %d bytes", lsn, len(self.state.jobs), len(data))
 
     # ---------------------------------------------------------------- requests
 
@@ -323,7 +126,7 @@ class Core:
                         where = f"job {i + 1}: " if len(specs) > 1 else ""
                         raise Refused("usage", where + why)
                 events, results = state.submit(specs, now, self._queue_defaults())
-                await self.commit(events)
+                await self.recorder.commit(events)
                 return results
             case protocol.Status():
                 return self.status()
@@ -338,7 +141,7 @@ class Core:
             case protocol.Wait(ids, timeout, stream):
                 if stream:
                     return self.wait_stream(ids, timeout)
-                return await self.wait(ids, timeout)
+                return await self.recorder.wait(ids, timeout)
             case protocol.Logs(job_id, offset, limit, follow):
                 state.get(job_id)
                 if follow:
@@ -352,22 +155,22 @@ class Core:
                 return await self.cancel(ids, now)
             case protocol.Retry(ids):
                 events = state.retry(ids, now)
-                await self.commit(events)
+                await self.recorder.commit(events)
                 return [state.jobs[i] for i in ids]
             case protocol.RetryFailed(queue):
                 events = state.retry_failed(queue, now)
-                await self.commit(events)
+                await self.recorder.commit(events)
                 return {"retried": sum(len(e.ids) for e in events if isinstance(e, Retried))}
             case protocol.Clear(status, queue):
                 events = state.clear(status, queue)
-                await self.commit(events)
+                await self.recorder.commit(events)
                 ids = [i for e in events if isinstance(e, Cleared) for i in e.ids]
                 await anyio.to_thread.run_sync(self._remove_logs, ids)
                 return {"cleared": len(ids)}
             case protocol.SetQueue(queue, concurrency):
                 if concurrency is not None and concurrency < 1:
                     raise Refused("usage", "--concurrency must be 1 or more")
-                await self.commit([QueueSet(queue, concurrency)])
+                await self.recorder.commit([QueueSet(queue, concurrency)])
                 return self.queues()
             case protocol.Queues():
                 return self.queues()
@@ -377,10 +180,10 @@ class Core:
             case protocol.ReportProgress():
                 return self.report_progress(req, now)
             case protocol.Pause(queue):
-                await self.commit([Paused(queue)])
+                await self.recorder.commit([Paused(queue)])
                 return self.status()
             case protocol.Resume(queue):
-                await self.commit([Resumed(queue)])
+                await self.recorder.commit([Resumed(queue)])
                 return self.status()
             case protocol.Hello(proto):
                 if proto != PROTOCOL_VERSION:
@@ -399,7 +202,7 @@ class Core:
         running = [self.state.jobs[i] for i in self._active if i in self.state.jobs]
         running = [j for j in running if j.status == "running"]
         self._forget_old(now)
-        ended = len(self._recent)
+        ended = len(self.recorder.recent)
         counts = summary["counts"]
         assert isinstance(counts, dict)
         backlog = counts["pending"] + counts["retrying"] + counts["running"]
@@ -418,7 +221,7 @@ class Core:
                 for j in running
             ],
             throughput_per_minute=ended,
-            average_seconds=sum(d for _, d in self._recent) / ended if ended else None,
+            average_seconds=sum(d for _, d in self.recorder.recent) / ended if ended else None,
             eta_seconds=backlog / per_second if per_second and backlog else None,
             fsync=self.journal.policy,
             journal={"records": self.journal.last_lsn, "fsyncs": self.journal.fsyncs},
@@ -476,8 +279,8 @@ class Core:
         return {q: QueueDefaults(c.retries, c.backoff()) for q, c in self.settings.queues.items()}
 
     def _forget_old(self, now: float) -> None:
-        while self._recent and self._recent[0][0] < now - 60:
-            self._recent.popleft()
+        while self.recorder.recent and self.recorder.recent[0][0] < now - 60:
+            self.recorder.recent.popleft()
 
     async def _sweep_expired(self) -> None:
         """Forget finished jobs older than the retention (and their logs), once a minute."""
@@ -494,7 +297,7 @@ class Core:
         ]
         if ids:
             with contextlib.suppress(Refused):
-                await self.commit([Cleared(ids)])
+                await self.recorder.commit([Cleared(ids)])
                 await anyio.to_thread.run_sync(self._remove_logs, ids)
                 log.info(
                     "retention: forgot %d jobs finished before %s",
@@ -513,17 +316,6 @@ class Core:
         else:
             line += "; journal ok"
         return ("stopping: " if self._stopping else "") + line
-
-    async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
-        for job_id in ids:
-            self.state.get(job_id)
-        with anyio.move_on_after(timeout if timeout is not None else float("inf")):
-            for job_id in ids:
-                job = self.state.jobs.get(job_id)
-                while job is not None and not job.finished:
-                    await self._finished.setdefault(job_id, anyio.Event()).wait()
-                    job = self.state.jobs.get(job_id)
-        return [self.state.jobs[i] for i in ids if i in self.state.jobs]
 
     # ----------------------------------------------------------------- streams
     # Each returns an async generator of frames; the server sends them as they come.
@@ -553,7 +345,9 @@ class Core:
                     yield event
         # Finished in memory; the reply waits, like `wait`, until that is durable.
         remaining = max(deadline - anyio.current_time(), 0.0)
-        yield protocol.Ok(await self.wait(ids, None if math.isinf(remaining) else remaining))
+        yield protocol.Ok(
+            await self.recorder.wait(ids, None if math.isinf(remaining) else remaining)
+        )
 
     async def follow_log(
         self, job_id: int, offset: int, limit: int
@@ -573,17 +367,17 @@ class Core:
             if part["finished"]:
                 yield protocol.Ok({"data": b"", "offset": offset, "finished": True})
                 return
-            ended = self._finished.setdefault(job_id, anyio.Event())
+            ended = self.recorder.waiters.setdefault(job_id, anyio.Event())
             with anyio.move_on_after(LOG_POLL):
                 await ended.wait()
 
     async def cancel(self, ids: list[int], now: float) -> list[Job]:
         active = [i for i in ids if i in self._active]
         events, running = self.state.cancel([i for i in ids if i not in self._active], now)
-        await self.commit(events)
+        await self.recorder.commit(events)
         for job_id in (*running, *active):
             self._active[job_id].request("cancelled")
-        await self.wait(running + active, None)
+        await self.recorder.wait(running + active, None)
         return [self.state.jobs[i] for i in ids]
 
     def report_progress(self, req: protocol.ReportProgress, now: float) -> dict[str, bool]:
@@ -673,7 +467,7 @@ class Core:
                     # could still take back must never have run.
                     durable_below = self.state.next_id
                     try:
-                        await self.journal.durable(self._last_submit_lsn)
+                        await self.journal.durable(self.recorder.last_submit_lsn)
                     except JournalError:
                         durable_below = 0
                     self._fill(runners, durable_below)
@@ -820,7 +614,7 @@ class Core:
                     events.append(Cancelled(r.job.id, time.time(), r.stop.reason))
                 ended.append(r.job)
         if events:
-            self._settle_later(self.note(events), events)
+            self._settle_later(self.recorder.note(events), events)
         for job in ended:
             self._free(job)
 
@@ -845,7 +639,7 @@ class Core:
                 await self.journal.durable(top)
         for _ in batch:
             self._unsettled.popleft()
-        self._finished_durably([e for _, events in batch for e in events])
+        self.recorder.finished_durably([e for _, events in batch for e in events])
 
     async def _run(self, job: Job) -> None:
         """One command job, start to end (callables go to worker lanes instead)."""
@@ -856,7 +650,7 @@ class Core:
                 return
 
             async def started(pid: int | None, create_time: float | None) -> None:
-                self.note([Started(job.id, time.time(), pid, create_time)])
+                self.recorder.note([Started(job.id, time.time(), pid, create_time)])
 
             try:
                 outcome = await pool.run_command(
@@ -903,4 +697,4 @@ class Core:
             )
         if events:
             log.warning("%d job(s) were running when phxqd last stopped", len(events))
-            await self.record(events)
+            await self.recorder.record(events)

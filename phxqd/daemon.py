@@ -28,11 +28,12 @@ import anyio
 import msgspec
 
 from phxqd import config, logsetup, metrics, paths, server, statusfile, systemd
-from phxqd.core import Core, Settings
+from phxqd.core import Core
 from phxqd.hooks import Hooks, HookSettings
 from phxqd.journal import Corruption, FsyncPolicy, Journal, JournalError
 from phxqd.model import QueueConfig
 from phxqd.recovery import StateDirBusy, lock_state_dir, recover
+from phxqd.settings import Settings
 
 log = logging.getLogger("phxqd")
 
