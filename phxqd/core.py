@@ -16,7 +16,6 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import AsyncGenerator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,7 +27,6 @@ from phxqd.events import (
     Cancelled,
     Cleared,
     Paused,
-    ProgressSaved,
     QueueSet,
     Requeued,
     Resumed,
@@ -36,8 +34,10 @@ from phxqd.events import (
     Started,
 )
 from phxqd.feed import Feed, job_event
+from phxqd.joblogs import JobLogs
 from phxqd.journal import Journal, JournalError, list_segments
-from phxqd.model import FINISHED, STATUSES, Job, Progress, QueueConfig, validate_spec
+from phxqd.model import FINISHED, STATUSES, Job, QueueConfig, validate_spec
+from phxqd.progress import ProgressReports
 from phxqd.protocol import PROTOCOL_VERSION
 from phxqd.recorder import Recorder
 from phxqd.scratch import Scratches
@@ -92,13 +92,12 @@ class Core:
         self._settle_wake = anyio.Event()
         self._wake = anyio.Event()
         self._stopping = False
-        #: when each running job's progress was last journaled, and who has newer since
-        self._progress_saved: dict[int, float] = {}
-        self._progress_dirty: set[int] = set()
         #: job events for whoever listens (watch, streaming wait, hooks, the status file)
         self.feed = Feed()
         self.recorder = Recorder(state, journal, settings, self.stats, self.feed, self._active)
         self.recorder.on_change = self.wake
+        self.logs = JobLogs(state, settings)
+        self.progress = ProgressReports(state, journal, self.feed)
         self.snapshot = self.recorder.snapshot
         self.snapshotter = self.recorder.snapshotter
         self.heal = self.recorder.heal
@@ -146,7 +145,7 @@ class Core:
                 state.get(job_id)
                 if follow:
                     return self.follow_log(job_id, offset, limit)
-                return await self.read_log(job_id, offset, limit)
+                return await self.logs.read(job_id, offset, limit)
             case protocol.Watch(ids):
                 for job_id in ids or ():
                     state.get(job_id)
@@ -165,7 +164,7 @@ class Core:
                 events = state.clear(status, queue)
                 await self.recorder.commit(events)
                 ids = [i for e in events if isinstance(e, Cleared) for i in e.ids]
-                await anyio.to_thread.run_sync(self._remove_logs, ids)
+                await anyio.to_thread.run_sync(self.logs.remove, ids)
                 return {"cleared": len(ids)}
             case protocol.SetQueue(queue, concurrency):
                 if concurrency is not None and concurrency < 1:
@@ -178,7 +177,7 @@ class Core:
                 await metrics.load_library()
                 return metrics.render(self)
             case protocol.ReportProgress():
-                return self.report_progress(req, now)
+                return self.progress.report(req, now)
             case protocol.Pause(queue):
                 await self.recorder.commit([Paused(queue)])
                 return self.status()
@@ -298,7 +297,7 @@ class Core:
         if ids:
             with contextlib.suppress(Refused):
                 await self.recorder.commit([Cleared(ids)])
-                await anyio.to_thread.run_sync(self._remove_logs, ids)
+                await anyio.to_thread.run_sync(self.logs.remove, ids)
                 log.info(
                     "retention: forgot %d jobs finished before %s",
                     len(ids),
@@ -359,7 +358,7 @@ class Core:
         when the job ends.
         """
         while True:
-            part = await self.read_log(job_id, offset, limit)
+            part = await self.logs.read(job_id, offset, limit)
             if part["data"]:
                 offset = part["offset"]
                 yield protocol.Chunk(part["data"], offset)
@@ -379,76 +378,6 @@ class Core:
             self._active[job_id].request("cancelled")
         await self.recorder.wait(running + active, None)
         return [self.state.jobs[i] for i in ids]
-
-    def report_progress(self, req: protocol.ReportProgress, now: float) -> dict[str, bool]:
-        """Show a running job's progress at once; journal it at most once a second per job.
-
-        Progress is applied in memory right away (so `show`, `status` and `wait` see it),
-        but written only when the job's last checkpoint is a second old, and with the job's
-        outcome: a job reporting thousands of times a second costs no fsync storm. A crash
-        loses at most the last second of progress, never a job.
-        """
-        job = self.state.get(req.id)
-        if req.percent is not None and not 0 <= req.percent <= 100:
-            raise Refused("usage", "--percent must be between 0 and 100")
-        if any(n is not None and n < 0 for n in (req.done, req.total)):
-            raise Refused("usage", "--done and --total must be 0 or more")
-        if req.step is not None and len(req.step) > 500:
-            raise Refused("usage", "--step is at most 500 characters")
-        if job.status != "running" or job.attempts != req.attempt:
-            return {"accepted": False}  # a late report from an attempt that has ended
-        old = job.progress or Progress(now)
-        new = Progress(
-            now,
-            req.percent if req.percent is not None else old.percent,
-            req.step if req.step is not None else old.step,
-            req.done if req.done is not None else old.done,
-            req.total if req.total is not None else old.total,
-        )
-        event = ProgressSaved(job.id, new)
-        self.state.apply(event)
-        if self.feed.active:
-            self.feed.publish([job_event("progress", job, now)])
-        if now - self._progress_saved.get(job.id, 0.0) >= 1.0:
-            self._progress_saved[job.id] = now
-            with contextlib.suppress(JournalError):
-                self.journal.append([event])  # not awaited: nobody waits for progress
-        else:
-            self._progress_dirty.add(job.id)
-        return {"accepted": True}
-
-    def _unsaved_progress(self, job_id: int) -> list[AnyEvent]:
-        """The checkpoint a finishing job still owes the journal, if any."""
-        self._progress_saved.pop(job_id, None)
-        job = self.state.jobs.get(job_id)
-        if job_id in self._progress_dirty and job is not None and job.progress is not None:
-            self._progress_dirty.discard(job_id)
-            return [ProgressSaved(job_id, job.progress)]
-        return []
-
-    async def read_log(self, job_id: int, offset: int, limit: int) -> dict[str, Any]:
-        path = self.log_path(job_id)
-        # Looked at before reading: a job that ends during the read still gets one more call.
-        job = self.state.jobs.get(job_id)
-        finished = job is None or job.finished  # (None: cleared while someone followed)
-
-        def read() -> tuple[bytes, int]:
-            try:
-                with open(path, "rb") as f:
-                    f.seek(max(offset, 0))
-                    return f.read(max(0, min(limit, protocol.MAX_FRAME // 2))), f.tell()
-            except FileNotFoundError:
-                return b"", offset
-
-        data, end = await anyio.to_thread.run_sync(read)
-        return {"data": data, "offset": end, "finished": finished}
-
-    def log_path(self, job_id: int) -> Path:
-        return self.settings.logs_dir / f"{job_id}.log"
-
-    def _remove_logs(self, ids: list[int]) -> None:
-        for job_id in ids:
-            self.log_path(job_id).unlink(missing_ok=True)
 
     # -------------------------------------------------------------- dispatcher
 
@@ -505,7 +434,7 @@ class Core:
                 self._commands += 1
                 runners.start_soon(self._run, job)
                 continue
-            ticket = self.workers.ticket(job, stop, self.log_path(job.id))
+            ticket = self.workers.ticket(job, stop, self.logs.path(job.id))
             if lane is None:
                 try:
                     lane = self.workers.new_lane(ticket.log_path)
@@ -603,7 +532,7 @@ class Core:
             if isinstance(r, Start):
                 events.append(Started(r.job.id, time.time(), r.pid, r.create_time))
             elif r.started:
-                events += self._unsaved_progress(r.job.id)
+                events += self.progress.unsaved(r.job.id)
                 events.append(self._end_event(r.job, r.stop, r.outcome))
                 ended.append(r.job)
             elif r.stop.reason is None:  # never ran: it goes to another worker
@@ -655,7 +584,7 @@ class Core:
             try:
                 outcome = await pool.run_command(
                     job,
-                    self.log_path(job.id),
+                    self.logs.path(job.id),
                     self.scratches,
                     self.settings.socket,
                     self.settings.kill_grace,
