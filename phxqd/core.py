@@ -15,7 +15,6 @@ import math
 import random
 import time
 from collections import Counter, deque
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
@@ -33,7 +32,7 @@ from phxqd.events import (
     Retried,
     Started,
 )
-from phxqd.feed import Feed, job_event
+from phxqd.feed import Feed
 from phxqd.joblogs import JobLogs
 from phxqd.journal import Journal, JournalError, list_segments
 from phxqd.model import FINISHED, STATUSES, Job, QueueConfig, validate_spec
@@ -44,14 +43,13 @@ from phxqd.scratch import Scratches
 from phxqd.settings import Settings
 from phxqd.state import QueueDefaults, Refused, State
 from phxqd.stats import Stats
+from phxqd.streams import Streams
 from phxqd.workers import Ended, Report, Start, WorkerPool
 
 log = logging.getLogger("phxqd")
 
 #: Stop reason of jobs stopped because the daemon is stopping: requeued, attempt not spent.
 SHUTDOWN = "daemon shutting down"
-#: seconds between looks at a followed log (`logs --follow`) while its job runs
-LOG_POLL = 0.1
 
 
 class Core:
@@ -98,6 +96,7 @@ class Core:
         self.recorder.on_change = self.wake
         self.logs = JobLogs(state, settings)
         self.progress = ProgressReports(state, journal, self.feed)
+        self.streams = Streams(state, self.feed, self.recorder, self.logs)
         self.snapshot = self.recorder.snapshot
         self.snapshotter = self.recorder.snapshotter
         self.heal = self.recorder.heal
@@ -139,17 +138,17 @@ class Core:
                 return state.get(job_id)
             case protocol.Wait(ids, timeout, stream):
                 if stream:
-                    return self.wait_stream(ids, timeout)
+                    return self.streams.wait_stream(ids, timeout)
                 return await self.recorder.wait(ids, timeout)
             case protocol.Logs(job_id, offset, limit, follow):
                 state.get(job_id)
                 if follow:
-                    return self.follow_log(job_id, offset, limit)
+                    return self.streams.follow_log(job_id, offset, limit)
                 return await self.logs.read(job_id, offset, limit)
             case protocol.Watch(ids):
                 for job_id in ids or ():
                     state.get(job_id)
-                return self.watch(ids)
+                return self.streams.watch(ids)
             case protocol.Cancel(ids):
                 return await self.cancel(ids, now)
             case protocol.Retry(ids):
@@ -315,60 +314,6 @@ class Core:
         else:
             line += "; journal ok"
         return ("stopping: " if self._stopping else "") + line
-
-    # ----------------------------------------------------------------- streams
-    # Each returns an async generator of frames; the server sends them as they come.
-
-    async def watch(self, ids: list[int] | None) -> AsyncGenerator[protocol.JobEvent]:
-        with self.feed.listen(frozenset(ids) if ids is not None else None) as listener:
-            while True:
-                for event in await listener.take():
-                    yield event
-
-    async def wait_stream(
-        self, ids: list[int], timeout: float | None
-    ) -> AsyncGenerator[protocol.JobEvent | protocol.Ok[list[Job]]]:
-        """`wait` that tells as it goes: a `state` frame per job, then their events."""
-        jobs = [self.state.get(i) for i in ids]
-        deadline = anyio.current_time() + (timeout if timeout is not None else math.inf)
-        with self.feed.listen(frozenset(ids)) as listener:
-            for job in jobs:
-                yield job_event("state", job, time.time())
-            while not all(self.state.jobs[i].finished for i in ids if i in self.state.jobs):
-                taken: list[protocol.JobEvent] = []
-                with anyio.move_on_after(deadline - anyio.current_time()):
-                    taken = await listener.take()
-                if not taken:
-                    break  # the timeout
-                for event in taken:
-                    yield event
-        # Finished in memory; the reply waits, like `wait`, until that is durable.
-        remaining = max(deadline - anyio.current_time(), 0.0)
-        yield protocol.Ok(
-            await self.recorder.wait(ids, None if math.isinf(remaining) else remaining)
-        )
-
-    async def follow_log(
-        self, job_id: int, offset: int, limit: int
-    ) -> AsyncGenerator[protocol.Chunk | protocol.Ok[dict[str, Any]]]:
-        """The log as it grows, until the job has finished and the log is read to its end.
-
-        Jobs write their logs themselves (no pipe through phxqd), so growth is not an event:
-        the file is looked at every LOG_POLL seconds while someone follows it, and at once
-        when the job ends.
-        """
-        while True:
-            part = await self.logs.read(job_id, offset, limit)
-            if part["data"]:
-                offset = part["offset"]
-                yield protocol.Chunk(part["data"], offset)
-                continue
-            if part["finished"]:
-                yield protocol.Ok({"data": b"", "offset": offset, "finished": True})
-                return
-            ended = self.recorder.waiters.setdefault(job_id, anyio.Event())
-            with anyio.move_on_after(LOG_POLL):
-                await ended.wait()
 
     async def cancel(self, ids: list[int], now: float) -> list[Job]:
         active = [i for i in ids if i in self._active]
