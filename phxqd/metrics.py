@@ -115,7 +115,9 @@ class _Collector:
             if status in STATUSES:
                 depth.add_metric([queue, status], n)
         yield depth
-        yield GaugeMetricFamily("phxq_running_jobs", "Jobs running now", value=len(core._active))
+        yield GaugeMetricFamily(
+            "phxq_running_jobs", "Jobs running now", value=len(core.dispatcher.active)
+        )
         yield GaugeMetricFamily(
             "phxq_workers", "Most jobs running at once", value=core.settings.workers
         )

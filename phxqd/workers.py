@@ -16,8 +16,8 @@ or a cancel concerns:
 - jobs sent ahead that had not started go to a fresh worker, their attempt not spent; a
   cancelled one is asked back (`Skip`) and ends without having run.
 
-The lane reports starts and ends to its owner (`Core`) in batches, one call per batch of
-replies, so their journal records go in one append.
+The lane reports starts and ends to its owner (the `Dispatcher`) in batches, one call per
+batch of replies, so their journal records go in one append.
 """
 
 from __future__ import annotations
