@@ -157,7 +157,7 @@ class Dispatcher:
 
     def _next_job(self, now: float, durable_below: int) -> Job | None:
         """The job held back for a slot, else one given back by a lane, else the state's
-        next; it is in `_active` when returned."""
+        next; it is in `active` when returned."""
         paused = self.state.paused
         if self._held is not None:
             job, self._held = self._held, None

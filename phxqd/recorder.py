@@ -74,7 +74,7 @@ class Recorder:
         try:
             lsn = self.journal.append(events)
             if any(submitted_jobs(e) for e in events):
-                self.last_submit_lsn = lsn  # what the dispatcher waits for (see dispatch)
+                self.last_submit_lsn = lsn  # the dispatcher waits for it (see Dispatcher.dispatch)
         except JournalError as e:
             raise Refused(
                 "refused",
