@@ -187,6 +187,13 @@ def validate_spec(spec: JobSpec) -> str | None:
         return "a command job needs a command: phxqctl submit -- CMD ARG..."
     if any("\0" in a for a in spec.argv):
         return "command arguments may not contain NUL bytes"
+    # exec takes C strings: a NUL would cut a value short, and a name with "=" would set
+    # another variable than the one asked for
+    if spec.cwd is not None and (not spec.cwd or "\0" in spec.cwd):
+        return "--cwd must be a directory path without NUL bytes"
+    for name, value in (spec.env or {}).items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            return f"--env {name!r}: names are non-empty without '=', and nothing has NUL bytes"
     if not spec.queue or len(spec.queue) > 200:
         return "queue names are 1 to 200 characters"
     if spec.max_retries is not None and spec.max_retries < 0:

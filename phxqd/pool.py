@@ -145,12 +145,14 @@ async def run_command(
             ticks = before if boot_ticks() == before else None
         finally:
             os.close(out.fd)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte (jobs journaled before
+        # submit refused them)
         if out is not None:
             out.end()
         await started(None, None)
         where = f" (cwd {job.cwd})" if job.cwd else ""
-        return Outcome(None, f"cannot start {job.argv[0]!r}{where}: {e.strerror}", retryable=False)
+        why = e.strerror if isinstance(e, OSError) else str(e)
+        return Outcome(None, f"cannot start {job.argv[0]!r}{where}: {why}", retryable=False)
 
     pidfd = os.pidfd_open(proc.pid)
     try:

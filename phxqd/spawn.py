@@ -68,7 +68,16 @@ def _attributes() -> ctypes.Array[ctypes.c_char]:
 @functools.lru_cache(maxsize=1024)
 def _variable(name: str, value: str) -> bytes:
     """`NAME=value` as exec wants it; the daemon's own variables are the same every job."""
-    return os.fsencode(f"{name}={value}")
+    return _c_string(f"{name}={value}")
+
+
+def _c_string(text: str) -> bytes:
+    """`text` for a C call; ValueError for a NUL byte, which would cut it short silently
+    (Popen raised the same)."""
+    data = os.fsencode(text)
+    if b"\0" in data:
+        raise ValueError("embedded null byte")
+    return data
 
 
 def _strings(items: list[bytes]) -> ctypes.Array[ctypes.c_char_p]:
@@ -89,16 +98,16 @@ def spawn(
         _check(_lib.posix_spawn_file_actions_adddup2(actions, log_fd, 1))
         _check(_lib.posix_spawn_file_actions_adddup2(actions, log_fd, 2))
         if cwd is not None:
-            _check(_lib.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd)))
+            _check(_lib.posix_spawn_file_actions_addchdir_np(actions, _c_string(cwd)))
         _check(_lib.posix_spawn_file_actions_addclosefrom_np(actions, 3))
         pid = ctypes.c_int()
         _check(
             _lib.posix_spawn(
                 ctypes.byref(pid),
-                os.fsencode(path),
+                _c_string(path),
                 actions,
                 _attributes(),
-                _strings([os.fsencode(a) for a in argv]),
+                _strings([_c_string(a) for a in argv]),
                 _strings([_variable(k, v) for k, v in env.items()]),
             )
         )

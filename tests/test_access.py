@@ -14,7 +14,7 @@ import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,33 +27,18 @@ from tests.conftest import Daemon
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
 
 
-def status_as(user: str, sock: Path) -> protocol.Ok[object] | protocol.Err:
-    """Connect as `user` from a forked child; the reply to hello + status.
-
-    The child sends only once phxqd's first reply has arrived: for a refused user phxqd
-    has then hung up, so the send meets a closed socket (EPIPE) every time, not by chance,
-    and the refusal must still be readable."""
+def as_user(user: str, act: Callable[[], bytes]) -> bytes:
+    """What `act` returns, run in a forked child that has become `user` (or the repr of
+    what it raised)."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: drop to the user, ask, report through the pipe
+    if pid == 0:  # the child: drop to the user, act, report through the pipe
         try:
             entry = pwd.getpwnam(user)
             os.setgroups([])
             os.setgid(entry.pw_gid)
             os.setuid(entry.pw_uid)
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(str(sock))
-            s.sendall(protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION)))
-            select.select([s], [], [])  # the hello's answer (or the refusal) has come
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                s.sendall(protocol.frame(protocol.Status()))
-            data = b""
-            while len(data) < 4 or len(data) < 4 + protocol.HEADER.unpack(data[:4])[0]:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            os.write(w, data)
+            os.write(w, act())
         except BaseException as e:  # reported to the parent
             os.write(w, repr(e).encode())
         finally:
@@ -62,6 +47,32 @@ def status_as(user: str, sock: Path) -> protocol.Ok[object] | protocol.Err:
     with os.fdopen(r, "rb") as f:
         data = f.read()
     os.waitpid(pid, 0)
+    return data
+
+
+def status_as(user: str, sock: Path) -> protocol.Ok[object] | protocol.Err:
+    """Connect as `user`; the reply to hello + status.
+
+    The child sends only once phxqd's first reply has arrived: for a refused user phxqd
+    has then hung up, so the send meets a closed socket (EPIPE) every time, not by chance,
+    and the refusal must still be readable."""
+
+    def ask() -> bytes:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(sock))
+        s.sendall(protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION)))
+        select.select([s], [], [])  # the hello's answer (or the refusal) has come
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(protocol.frame(protocol.Status()))
+        data = b""
+        while len(data) < 4 or len(data) < 4 + protocol.HEADER.unpack(data[:4])[0]:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    data = as_user(user, ask)
     assert data[:4] != b"", "the child got nothing"
     try:
         # the first reply only: the second (Status) may have come in the same read
@@ -73,30 +84,18 @@ def status_as(user: str, sock: Path) -> protocol.Ok[object] | protocol.Err:
 def phxqctl_as(user: str, sock: Path) -> str:
     """phxqctl's client connecting as `user`, its hello sent only after phxqd hung up:
     the error it raises (its code when phxqd said why)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+
+    def connect() -> bytes:
+        wire = Connection(str(sock), timeout=30)
+        wire.connect()
+        select.select([wire.fileno()], [], [])  # refused: phxqd has written and closed
         try:
-            entry = pwd.getpwnam(user)
-            os.setgroups([])
-            os.setgid(entry.pw_gid)
-            os.setuid(entry.pw_uid)
-            wire = Connection(str(sock), timeout=30)
-            wire.connect()
-            select.select([wire.fileno()], [], [])  # refused: phxqd has written and closed
             wire.greet(b"\x81\xa2op\xa6status")
-            os.write(w, b"no error")
         except RemoteError as e:
-            os.write(w, e.code.encode())
-        except BaseException as e:
-            os.write(w, repr(e).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return data.decode()
+            return e.code.encode()
+        return b"no error"
+
+    return as_user(user, connect).decode()
 
 
 @pytest.fixture

@@ -95,7 +95,15 @@ def test_huge_length_prefix_and_truncated_frames(daemon: Daemon) -> None:
 
 
 def test_invalid_requests_are_refused_not_queued(daemon: Daemon) -> None:
-    specs = [{"argv": []}, {"argv": ["x"], "max_retries": -2}, {"argv": ["a\0b"]}]
+    specs = [
+        {"argv": []},
+        {"argv": ["x"], "max_retries": -2},
+        {"argv": ["a\0b"]},
+        {"argv": ["x"], "cwd": "/tmp\0/etc"},
+        {"argv": ["x"], "env": {"A": "1\0B=2"}},
+        {"argv": ["x"], "env": {"A=B": "1"}},
+        {"argv": ["x"], "env": {"": "1"}},
+    ]
     for spec in specs:
         req = msgspec.msgpack.encode({"op": "submit", "jobs": [spec]})
         got = replies(raw(daemon, HELLO + struct.pack(">I", len(req)) + req))

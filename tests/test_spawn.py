@@ -53,3 +53,22 @@ def test_a_relative_program_is_found_in_the_jobs_cwd(tmp_path: Path, daemon: Dae
     job = daemon.submit("./run.sh", opts=("--cwd", str(tmp_path)))
     daemon.ok("wait", str(job))
     assert daemon.ok("logs", str(job)) == f"ran in {tmp_path}\n"
+
+
+def test_a_nul_byte_is_refused_not_cut_short(tmp_path: Path) -> None:
+    # c_char_p stops at a NUL: "/tmp\0/etc" would become "/tmp" without this check
+    log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for cwd, argv, env in [
+            ("/tmp\0/etc", ("/bin/true",), {}),
+            (None, ("/bin/true", "a\0b"), {}),
+            (None, ("/bin/true",), {"A": "1\0B=2"}),
+        ]:
+            try:
+                spawn.spawn("/bin/true", argv, cwd, log, env)
+            except ValueError as e:
+                assert "null byte" in str(e)
+            else:
+                raise AssertionError(f"spawned with a NUL in {cwd!r} {argv!r} {env!r}")
+    finally:
+        os.close(log)
