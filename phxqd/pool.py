@@ -67,16 +67,16 @@ class Stop:
             self.on_request()
 
 
-_base_env: dict[str, str] | None = None
+@functools.cache
+def _daemon_env() -> dict[str, str]:
+    """The daemon's environment, copied once: it does not change while phxqd runs, and
+    decoding it again costs more than a job's spawn is worth. Never changed: copied."""
+    return dict(os.environ)
 
 
 def job_env(job: Job, socket: Path) -> dict[str, str]:
-    """The daemon's environment (copied once: it does not change while phxqd runs, and
-    decoding it again costs more than a job's spawn is worth), the job's, and PHXQ_*."""
-    global _base_env
-    if _base_env is None:
-        _base_env = dict(os.environ)
-    env = _base_env.copy()
+    """The daemon's environment, the job's, and PHXQ_*."""
+    env = _daemon_env().copy()
     env.update(job.env or {})
     env["PHXQ_JOB_ID"] = str(job.id)
     env["PHXQ_ATTEMPT"] = str(job.attempts + 1)
