@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,3 +166,15 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     yield d
     if d.proc is not None and d.proc.poll() is None:
         d.stop(signal.SIGKILL)
+
+
+def need(tool: str) -> str:
+    """The path of a program the test needs (zsh, fish, tmux): `make test` installs them
+    as root with apt-get; without them the test skips, except under CI=1, where it fails."""
+    path = shutil.which(tool)
+    if path is None:
+        why = f"{tool} is not installed (make test installs it as root with apt-get)"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return path

@@ -11,25 +11,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import Daemon
+from tests.conftest import Daemon, need
 
 BIN = str(Path(sys.executable).parent)
-
-
-def shell(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed (make test installs it as root with apt-get)")
-        pytest.skip(f"{name} is not installed (make test installs it as root with apt-get)")
-    return path
 
 
 def script(name: str, env: dict[str, str] | None = None) -> str:
@@ -59,7 +47,7 @@ def bash_complete(line: str, env: dict[str, str]) -> list[str]:
         'printf "%s\\n" "${COMPREPLY[@]}"\n'
     )
     r = subprocess.run(
-        [shell("bash"), "--norc", "-c", code], capture_output=True, text=True, env=env
+        [need("bash"), "--norc", "-c", code], capture_output=True, text=True, env=env
     )
     assert r.returncode == 0, r.stderr
     return [w for w in r.stdout.splitlines() if w]
@@ -89,7 +77,7 @@ def test_bash_completes_commands_options_statuses_and_queues(daemon: Daemon) -> 
 
 
 def test_zsh_script_parses_and_completes() -> None:
-    zsh = shell("zsh")
+    zsh = need("zsh")
     text = script("zsh")
     assert text.startswith("#compdef phxqctl\n")
     path_ok = subprocess.run([zsh, "-n", "-c", text], capture_output=True, text=True)
@@ -120,7 +108,7 @@ def test_zsh_script_parses_and_completes() -> None:
 
 
 def test_fish_script_parses_and_completes(daemon: Daemon) -> None:
-    fish = shell("fish")
+    fish = need("fish")
     text = script("fish")
     parsed = subprocess.run([fish, "-n", "-c", text], capture_output=True, text=True)
     assert parsed.returncode == 0, parsed.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import threading
@@ -18,19 +17,10 @@ import pytest
 
 from phxqctl import Client
 from phxqd import protocol
-from tests.conftest import Daemon, until
+from tests.conftest import Daemon, need, until
 
 CTL = f"{shlex.quote(sys.executable)} -m phxqctl"
 ESC = "\033["
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is not installed (make test installs it as root with apt-get)")
-        pytest.skip(f"{tool} is not installed")
-    return path
 
 
 class Output:
