@@ -84,7 +84,15 @@ class Dispatcher:
         self.stopping = False
 
     def wake(self) -> None:
-        """Look again at once: something changed (an event applied, a slot freed)."""
+        """Look again at once: something changed (an event applied, a slot freed).
+
+        While everything is paused no job can start, so a change (a submit, say) is no
+        reason to look: a paused daemon taking submits from many clients otherwise ran a
+        whole dispatch round per request. The resume is itself a change and wakes it, a
+        freed slot still does (a stop waits for the running jobs), and so does a stop.
+        """
+        if self.state.paused_all and not self.stopping:
+            return
         self._wake.set()
 
     async def dispatch(self) -> None:
