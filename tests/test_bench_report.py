@@ -1,10 +1,17 @@
-"""The benchmark tables' arithmetic: which phxq row a peer is compared with, which way a
-ratio points, and how n/a rows show. (The figures themselves live in bench/, never here.)"""
+"""The benchmark tables' arithmetic (which phxq row a peer is compared with, which way a
+ratio points, how n/a rows show) and bench_ceiling's stand-in servers. The figures
+themselves live in bench/, never here."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+from pathlib import Path
+
+from bench import bench_ceiling
 from bench.report import FSYNC, INTERVAL, NONE, Row, Table, comparisons, fmt_ratio, ratio
 from bench.report import render_table as render
+from phxqctl import Client
+from phxqd.journal import scan_segment
 
 
 def enqueue_table() -> Table:
@@ -67,3 +74,26 @@ def test_na_row_shown_once_names_what_its_groups_share() -> None:
     text = render(t)
     assert text.count("no such command") == 1
     assert "| command | Celery | AOF | n/a: no such command |" in text
+
+
+def test_the_ceiling_stand_ins_take_real_submits_and_journal_them(tmp_path: Path) -> None:
+    """bench_ceiling's stand-in servers must speak phxq's protocol to the real client and
+    (ideal, inline) write one journal record per job, or its ceiling means nothing."""
+    ctx = mp.get_context("fork")
+    for kind in ("floor", "ideal", "inline"):
+        root = tmp_path / kind
+        root.mkdir()
+        ready = ctx.Event()
+        server = ctx.Process(target=bench_ceiling.stand_in, args=(kind, root, ready))
+        server.start()
+        try:
+            assert ready.wait(30)
+            with Client(root / "sock") as c:
+                jobs = [c.submit(["true"]) for _ in range(5)]
+            assert all(j.status == "pending" for j in jobs)
+            scan = scan_segment(root / "journal")
+            assert scan.tail_problem is None
+            assert len(scan.events) == (0 if kind == "floor" else 5)
+        finally:
+            server.kill()
+            server.join()
