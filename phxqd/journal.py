@@ -19,6 +19,8 @@ new segment.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import struct
@@ -179,6 +181,9 @@ class Journal:
         self._pending: list[bytes] = []
         self._wake = anyio.Event()
         self._progress = anyio.Event()
+        #: (lsn, order, event) of those waiting in `durable`, the smallest LSN first
+        self._durable_waiters: list[tuple[int, int, anyio.Event]] = []
+        self._waiter_order = itertools.count()
         self._rotate = False
         self._closing = False
         self._fd = -1
@@ -206,11 +211,18 @@ class Journal:
         return self.last_lsn
 
     async def durable(self, lsn: int) -> None:
-        """Return once record `lsn` is safe by the fsync policy; raise if it never will be."""
+        """Return once record `lsn` is safe by the fsync policy; raise if it never will be.
+
+        Each waiter is woken once, when its own record is safe (or writes failed), not at
+        every batch: with many clients a request arrives while the batch before it is
+        being synced, and waking it then only to wait again cost a trip through the loop.
+        """
         while self.durable_lsn < lsn:
             if self.failed is not None:
                 raise self.failed
-            await self._progress.wait()
+            woken = anyio.Event()
+            heapq.heappush(self._durable_waiters, (lsn, next(self._waiter_order), woken))
+            await woken.wait()
         if self.failed is not None and self.durable_lsn < lsn:
             raise self.failed
 
@@ -324,6 +336,13 @@ class Journal:
     def _signal(self) -> None:
         self._progress.set()
         self._progress = anyio.Event()
+        waiters = self._durable_waiters
+        if self.failed is not None:
+            for _, _, woken in waiters:
+                woken.set()
+            waiters.clear()
+        while waiters and waiters[0][0] <= self.durable_lsn:
+            heapq.heappop(waiters)[2].set()
 
     def _fail(self, error: OSError) -> None:
         msg = f"journal write failed: {os.strerror(error.errno) if error.errno else error}"

@@ -60,7 +60,9 @@ def status_as(user: str, sock: Path) -> protocol.Ok[object] | protocol.Err:
     def ask() -> bytes:
         s = socket.socket(socket.AF_UNIX)
         s.connect(str(sock))
-        s.sendall(protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION)))
+        # phxqd may refuse and hang up before even the hello is sent
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION)))
         select.select([s], [], [])  # the hello's answer (or the refusal) has come
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             s.sendall(protocol.frame(protocol.Status()))
