@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib.util
 import logging
 import os
 import resource
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     raise_open_files_limit()
     try:
-        anyio.run(run, settings, cfg, opts, sd, activated, backend_options=loop_options())
+        anyio.run(run, settings, cfg, opts, sd, activated)
     except Corruption as e:
         logsetup.fatal(
             f"phxqd: refusing to start: {e}\n"
@@ -214,17 +213,6 @@ def check_config(flag: str | None) -> int:
             )
     print(f"{path}: ok" + (f" ({', '.join(changed)}; the rest default)" if changed else ""))
     return 0
-
-
-def loop_options() -> dict[str, Any]:
-    """asyncio with uvloop's event loop where it is installed (a dependency on CPython).
-
-    Every request crosses the event loop several times (a read, the journal's commit, the
-    reply); uvloop's loop, written in C, made the daemon's CPU per submit about a sixth
-    smaller with 16 clients (docs/benchmarks.md). Without it (PyPy, a platform with no
-    wheel) the standard loop does the same work, more slowly.
-    """
-    return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
 async def run(

@@ -151,11 +151,3 @@ def test_idle_and_non_reading_clients_are_disconnected(tmp_path: Path) -> None:
     (n,) = struct.unpack(">I", watcher.recv(4, socket.MSG_WAITALL))
     event = protocol.stream_decoder.decode(watcher.recv(n, socket.MSG_WAITALL))
     assert isinstance(event, protocol.JobEvent) and event.event == "submitted"
-
-
-def test_the_daemon_runs_on_uvloops_event_loop(daemon: Daemon) -> None:
-    """uvloop is a dependency for speed (docs/benchmarks.md); a daemon quietly back on
-    asyncio's own loop would lose that without any test noticing."""
-    assert daemon.proc is not None
-    maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
-    assert "uvloop/loop." in maps, "phxqd did not load uvloop's event loop"
