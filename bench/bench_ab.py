@@ -16,9 +16,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.bench_ceiling import Run, clients_cpu
-from bench.bench_journal import Daemon, daemon_cpu_seconds, submitter
-from bench.common import producers
+from bench.bench_ceiling import Run, timed_submits
+from bench.bench_journal import Daemon
 from phxqctl import Client
 
 HERE = Path(__file__).resolve().parent.parent
@@ -33,11 +32,7 @@ def measure(tree: Path, clients: int, per: int) -> Run:
             assert d.proc is not None
             with Client(d.socket) as c:
                 c.pause()
-            server0, clients0 = daemon_cpu_seconds(d.proc.pid), clients_cpu()
-            rate = producers(lambda: submitter(d.socket), clients, per)
-            jobs = clients * per
-            server = daemon_cpu_seconds(d.proc.pid) - server0
-            return Run(rate, server / jobs * 1e6, (clients_cpu() - clients0) / jobs * 1e6)
+            return timed_submits(d.proc.pid, d.socket, clients, per)
         finally:
             d.close()
 
@@ -57,11 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, tree in trees.items():
             run = measure(tree, args.clients, args.per)
             runs[name].append(run)
-            print(
-                f"round {r + 1} {name} {run.jobs_per_s:8.0f} jobs/s  daemon "
-                f"{run.server_us:5.1f} µs/job  clients {run.clients_us:5.1f} µs/job",
-                flush=True,
-            )
+            print(f"round {r + 1} {name} {run.line()}", flush=True)
     for name, rs in runs.items():
         print(
             f"{name} ({trees[name]}): median {statistics.median(r.jobs_per_s for r in rs):,.0f}"

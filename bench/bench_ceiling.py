@@ -184,6 +184,21 @@ class Run:
     server_us: float
     clients_us: float
 
+    def line(self) -> str:
+        return (
+            f"{self.jobs_per_s:8.0f} jobs/s  server {self.server_us:5.1f} µs/job  "
+            f"clients {self.clients_us:5.1f} µs/job"
+        )
+
+
+def timed_submits(server_pid: int, sock: Path, clients: int, per: int) -> Run:
+    """`clients` processes submit `per` one-job requests each; CPU of both sides."""
+    server0, clients0 = daemon_cpu_seconds(server_pid), clients_cpu()
+    rate = producers(lambda: submitter(sock), clients, per)
+    jobs = clients * per
+    server = daemon_cpu_seconds(server_pid) - server0
+    return Run(rate, server / jobs * 1e6, (clients_cpu() - clients0) / jobs * 1e6)
+
 
 def clients_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -210,11 +225,7 @@ def measure(kind: str, clients: int, per: int) -> Run:
                 raise SystemExit(f"the {kind} server did not start")
             sock = root / "sock"
         try:
-            server0, clients0 = daemon_cpu_seconds(proc.pid), clients_cpu()
-            rate = producers(lambda: submitter(sock), clients, per)
-            jobs = clients * per
-            server = daemon_cpu_seconds(proc.pid) - server0
-            return Run(rate, server / jobs * 1e6, (clients_cpu() - clients0) / jobs * 1e6)
+            return timed_submits(proc.pid, sock, clients, per)
         finally:
             proc.kill()
             if kind != "phxqd":
@@ -237,11 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         for kind in SERVERS:
             run = measure(kind, args.clients, args.per)
             runs[kind].append(run)
-            print(
-                f"round {r + 1} {kind:6} {run.jobs_per_s:8.0f} jobs/s  server "
-                f"{run.server_us:5.1f} µs/job  clients {run.clients_us:5.1f} µs/job",
-                flush=True,
-            )
+            print(f"round {r + 1} {kind:6} {run.line()}", flush=True)
     summary: dict[str, dict[str, Any]] = {}
     for kind, rs in runs.items():
         rates = [r.jobs_per_s for r in rs]
