@@ -27,6 +27,7 @@ def measure(tree: Path, clients: int, per: int) -> Run:
     with tempfile.TemporaryDirectory(prefix="phxq-ab-") as tmp:
         d = Daemon(Path(tmp), "always")
         d.env["PYTHONPATH"] = str(tree)
+        d.cwd = tree  # `python -m` puts its directory first in sys.path, before PYTHONPATH
         try:
             d.start()
             assert d.proc is not None

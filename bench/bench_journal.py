@@ -48,6 +48,8 @@ class Daemon:
         }
         (root / "c.toml").write_text(f'fsync = "{fsync}"\n')
         self.proc: subprocess.Popen[bytes] | None = None
+        #: where phxqd starts; `python -m phxqd` imports the phxqd of this directory first
+        self.cwd: Path | None = None
 
     def start(self) -> float:
         """Start and return seconds until the socket answered a status request."""
@@ -55,6 +57,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "phxqd", "--workers", "2", "--log-level", "warning"],
             env=self.env,
+            cwd=self.cwd,
         )
         while True:
             try:

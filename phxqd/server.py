@@ -307,23 +307,11 @@ class Connection:
     async def _read_frame(self) -> bytes | None:
         """The next payload, or None when the client is gone or broke the framing.
 
-        One `recv` per request in the common case (a whole frame arrives at once),
-        instead of one per header and one per payload. Straight on the socket: the
-        stream's `receive` yields to the event loop before every read, a whole extra trip
-        through the loop per request. Here the connection yields only when it has to
-        wait for its client anyway, or, for a client whose requests are already there (one
-        that pipelines), once per request, so that it cannot starve the others.
+        One `receive` per request in the common case (a whole frame arrives at once),
+        instead of one per header and one per payload.
         """
-        frame = await self._next_frame()
-        if frame is not None and not frame[1]:
-            await anyio.lowlevel.checkpoint()
-        return None if frame is None else frame[0]
-
-    async def _next_frame(self) -> tuple[bytes, bool] | None:
-        """(payload, whether it had to wait for the client), or None as for _read_frame."""
         buf = self._buffer
         size = protocol.HEADER.size
-        waited = False
         while True:
             if len(buf) >= size:
                 (length,) = protocol.HEADER.unpack_from(buf)
@@ -334,21 +322,15 @@ class Connection:
                 if len(buf) >= size + length:
                     payload = bytes(buf[size : size + length])
                     del buf[: size + length]
-                    return payload, waited
+                    return payload
             try:
-                data = self._socket.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                await anyio.wait_readable(self._socket)
-                waited = True
-                continue
-            except OSError:  # reset by the client: as good as gone
-                return None
-            if not data:
+                data = await self.stream.receive(RECEIVE_SIZE)
+            except anyio.EndOfStream:
                 return None
             if not buf and len(data) >= size:
                 (length,) = protocol.HEADER.unpack_from(data)
                 if len(data) == size + length:  # exactly one frame: no copy into buf
-                    return data[size:], waited
+                    return data[size:]
             buf += data
 
     async def _answer(
