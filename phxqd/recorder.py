@@ -19,7 +19,7 @@ from collections.abc import Callable, Container
 
 import anyio
 
-from phxqd import snapshot
+from phxqd import forked, snapshot
 from phxqd.events import AnyEvent, Cleared, Completed, Failed, submitted_jobs
 from phxqd.feed import Feed, describe, job_event
 from phxqd.journal import Journal, JournalError, fsync_dir, list_segments
@@ -223,19 +223,29 @@ class Recorder:
     async def snapshot(self) -> None:
         """Write the whole state, then drop the segments it makes redundant.
 
-        The state is encoded on the event loop, so it matches exactly the records up to
-        `lsn`; records appended after that stay in the journal and replay on top of it.
+        The state is taken at one instant, so it matches exactly the records up to `lsn`;
+        records appended after that stay in the journal and replay on top of it. A forked
+        child encodes and writes it (see forked.py) while the loop goes on; if fork fails,
+        the loop encodes it itself.
         """
         t0 = time.perf_counter()
         lsn = self.journal.last_lsn
-        data = snapshot.encode(self.state.snapshot(lsn))
+        directory = self.settings.journal_dir
+        child = forked.start(directory, lambda: self.state.snapshot(lsn))
+        if child is None:
+            log.warning("cannot fork to take a snapshot; taking it in the event loop")
+            data = snapshot.encode(self.state.snapshot(lsn))
         await self.journal.rotate()
-        await anyio.to_thread.run_sync(snapshot.write, self.settings.journal_dir, data)
+        if child is None:
+            await anyio.to_thread.run_sync(snapshot.write_temporary, directory, data)
+        else:
+            await anyio.to_thread.run_sync(forked.wait, child)
+        size = await anyio.to_thread.run_sync(snapshot.publish, directory)
         self.journal.bytes_since_snapshot = 0
-        self._snapshot_size = len(data)
+        self._snapshot_size = size
         segments = list_segments(self.settings.journal_dir)
         for (_, path), (next_first, _) in itertools.pairwise(segments):
             if next_first - 1 <= lsn:
                 path.unlink(missing_ok=True)
         self.stats.snapshot.observe(time.perf_counter() - t0)
-        log.info("snapshot at record %d: %d jobs, %d bytes", lsn, len(self.state.jobs), len(data))
+        log.info("snapshot at record %d: %d bytes", lsn, size)

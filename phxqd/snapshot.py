@@ -40,6 +40,7 @@ MAGIC = b"PHXQSNP3"
 MAGIC_V1, MAGIC_V2 = b"PHXQSNP1", b"PHXQSNP2"
 HEADER = struct.Struct("<II")
 FILENAME = "snapshot"
+TEMPORARY = FILENAME + ".tmp"
 #: jobs per chunk: big enough that chunk overhead is nil, small enough to decode in ~10 ms
 CHUNK = 10_000
 
@@ -89,8 +90,13 @@ def _encode_chunk(jobs: list[Job]) -> bytes:
 
 def write(directory: Path, data: bytes) -> None:
     """Atomically replace the snapshot (blocking: run it in a thread)."""
-    tmp = directory / (FILENAME + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    write_temporary(directory, data)
+    publish(directory)
+
+
+def write_temporary(directory: Path, data: bytes) -> None:
+    """The new snapshot, whole and fsync'd, beside the old one (which still counts)."""
+    fd = os.open(directory / TEMPORARY, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:
@@ -98,8 +104,14 @@ def write(directory: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, directory / FILENAME)
+
+
+def publish(directory: Path) -> int:
+    """Put the written temporary snapshot in the old one's place; its size in bytes."""
+    size = (directory / TEMPORARY).stat().st_size
+    os.replace(directory / TEMPORARY, directory / FILENAME)
     fsync_dir(directory)
+    return size
 
 
 def load(directory: Path, share: Callable[[Job], None] | None = None) -> Snapshot | None:

@@ -1,0 +1,98 @@
+"""Snapshots encoded by a forked child, so that the event loop never stops for them.
+
+Encoding a million jobs takes over a second (most of it turning each job into an array of
+its fields), and every client waited that long: `bench/bench_stall.py` saw a status
+request take 1.3 s. fork() gives a child a frozen copy of the daemon's memory in a few
+milliseconds; the child encodes that copy, exactly the state of the moment, and writes it
+to the temporary snapshot file while the parent goes on serving. Renaming the file into
+place stays the parent's job, once the child has exited cleanly: a child outliving its
+daemon could otherwise replace a newer snapshot with its older one. It cannot outlive it
+anyway: it is killed when its parent dies (PR_SET_PDEATHSIG).
+
+The price is memory: the pages the child touches are copied while it runs, and with
+reference counts that is most of the heap of jobs (Redis's BGSAVE makes the same trade).
+Where fork fails (out of memory), the caller encodes in the loop as before.
+
+The child has one thread, and the other threads' locks are as fork found them: it takes
+none (no logging, no imports, no `sys.stderr`), only msgspec and the os module, and ends
+with `os._exit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import gc
+import os
+import signal
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from phxqd import snapshot
+from phxqd.state import Snapshot
+
+PR_SET_PDEATHSIG = 1
+#: what the daemon handles itself; in the child they must do their default (end it)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: the child yields the CPU to the event loop it was forked from
+CHILD_NICENESS = 10
+
+
+def start(directory: Path, take: Callable[[], Snapshot]) -> int | None:
+    """Fork a child that writes `take()` as the temporary snapshot in `directory`; its
+    pid, or None when the system cannot fork now."""
+    parent = os.getpid()
+    prctl = _prctl()  # looked up before the fork: the child calls no dynamic loader
+    try:
+        with warnings.catch_warnings():  # 3.12+ warns of fork in a process with threads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:
+        return None
+    if pid == 0:
+        _child(parent, prctl, directory, take)
+    return pid
+
+
+def wait(pid: int) -> None:
+    """Wait for the child (blocking: run it in a thread); OSError if it failed."""
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise OSError(f"the snapshot process ended with status {code} (phxqd's log says why)")
+
+
+def _child(
+    parent: int, prctl: Callable[..., int], directory: Path, take: Callable[[], Snapshot]
+) -> NoReturn:
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)  # the parent's: a signal here must not reach its loop
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # it died before prctl took effect
+            os._exit(1)
+        # Client connections, the listening socket, the journal, the state directory's
+        # lock: none of them the child's to hold, and a client must see its connection
+        # end when the parent closes it.
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        gc.disable()  # a collection would touch (and copy) every object for nothing
+        os.nice(CHILD_NICENESS)
+        snapshot.write_temporary(directory, snapshot.encode(take()))
+        code = 0
+    except BaseException as e:
+        message = f"phxqd: the snapshot process failed: {e!r}\n"
+        with contextlib.suppress(OSError):
+            os.write(2, message.encode(errors="replace"))
+    finally:
+        os._exit(code)
+
+
+@functools.cache
+def _prctl() -> Callable[..., int]:
+    prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return prctl

@@ -1,0 +1,99 @@
+"""Snapshots written by a forked child (phxqd/forked.py), with real fork, files and kills."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from phxqd import forked, snapshot
+from phxqd.state import Snapshot
+from tests.conftest import until
+from tests.test_snapshot import claims, filled
+
+
+def test_the_child_writes_the_state_of_the_fork_and_the_parent_publishes_it(
+    tmp_path: Path,
+) -> None:
+    state = filled(50)
+    child = forked.start(tmp_path, lambda: state.snapshot(7))
+    assert child is not None
+    for event in state.cancel([1, 3, 4], 2000.0)[0]:  # after the fork: not in the file
+        state.apply(event)
+    forked.wait(child)
+    assert not (tmp_path / snapshot.FILENAME).exists(), "only the parent puts it in place"
+    size = snapshot.publish(tmp_path)
+    assert size == (tmp_path / snapshot.FILENAME).stat().st_size
+    loaded = snapshot.load(tmp_path)
+    assert loaded is not None and loaded.lsn == 7
+    status = {j.id: j.status for j in loaded.jobs}
+    assert [status[1], status[3], status[4]] == ["pending"] * 3
+    assert state.jobs[1].status == "cancelled"
+    assert claims(type(state).from_snapshot(loaded), 50) == claims(filled(50), 50)
+
+
+def test_a_failed_child_is_an_error_and_leaves_the_old_snapshot(tmp_path: Path) -> None:
+    snapshot.write(tmp_path, snapshot.encode(filled(3).snapshot(1)))
+
+    def broken() -> Snapshot:
+        raise RuntimeError("no state today")
+
+    child = forked.start(tmp_path, broken)
+    assert child is not None
+    with pytest.raises(OSError, match="ended with status 1"):
+        forked.wait(child)
+    loaded = snapshot.load(tmp_path)
+    assert loaded is not None and loaded.lsn == 1
+
+
+PARENT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from phxqd import forked
+
+    def forever():
+        time.sleep(3600)
+
+    print(forked.start(Path(sys.argv[1]), forever), flush=True)
+    time.sleep(3600)
+    """
+)
+
+
+def test_the_child_holds_no_descriptor_and_dies_with_its_parent(tmp_path: Path) -> None:
+    """A child left behind would hold the state directory's lock and client connections,
+    and could write a stale snapshot: it must go when the daemon is killed."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        pass_fds=(os.open(tmp_path, os.O_RDONLY),),  # a descriptor the child must not keep
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        child = psutil.Process(int(parent.stdout.readline()))
+        until(
+            lambda: sorted(int(fd) for fd in os.listdir(f"/proc/{child.pid}/fd")) == [0, 1, 2],
+            what="the child to close what it inherited",
+        )
+        assert child.nice() == forked.CHILD_NICENESS
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+        def gone() -> bool:
+            try:
+                return child.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        until(gone, what="the child to die with its parent")
+    finally:
+        parent.kill()
+        parent.wait()
