@@ -1,13 +1,14 @@
 """How long phxqd stops answering while it takes background snapshots of a big state.
 
-    .venv/bin/python -m bench.bench_stall [--jobs 1000000]
+    .venv/bin/python -m bench.bench_stall [--jobs 1000000] [--tree OTHER_CHECKOUT]
 
 A real phxqd (paused, fsync = "always", default snapshot_bytes) takes `--jobs` jobs in
-batches of 10,000 while another client asks for `status` over and over. The journal grows
+batches of 1,000 while another client asks for `status` over and over. The journal grows
 past the snapshot thresholds on the way (16 MiB, then twice each snapshot), so the daemon
 takes a few snapshots of a growing state meanwhile. Reported: the longest and the 99.9th
 percentile status round trip during the fill, and how many snapshots were taken (the
-daemon's own `phxq_snapshot_seconds` count). Prints a JSON line.
+daemon's own `phxq_snapshot_seconds` count). `--tree`: run the phxqd of another source
+tree (a git worktree), to compare versions. Prints a JSON line.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ def snapshots_taken(c: Client) -> int:
     raise SystemExit("phxqd's metrics have no phxq_snapshot_seconds_count")
 
 
-def run(jobs: int) -> dict[str, float]:
+def run(jobs: int, tree: Path | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="phxq-stall-") as tmp:
         d = Daemon(Path(tmp), "always")
+        if tree is not None:
+            d.env["PYTHONPATH"] = str(tree)
+            d.cwd = tree
         try:
             d.start()
             with Client(d.socket) as c:
@@ -53,7 +57,7 @@ def run(jobs: int) -> dict[str, float]:
 
             prober = threading.Thread(target=probe)
             prober.start()
-            batch = [JobSpec(argv=["true"]) for _ in range(10_000)]
+            batch = [JobSpec(argv=["true"]) for _ in range(1_000)]
             t0 = time.perf_counter()
             with Client(d.socket) as c:
                 for _ in range(jobs // len(batch)):
@@ -79,8 +83,9 @@ def run(jobs: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.bench_stall", description=__doc__)
     p.add_argument("--jobs", type=int, default=1_000_000)
+    p.add_argument("--tree", type=Path, help="the source tree whose phxqd to run")
     args = p.parse_args(argv)
-    print(json.dumps(run(args.jobs)))
+    print(json.dumps(run(args.jobs, args.tree)))
 
 
 if __name__ == "__main__":
