@@ -7,19 +7,24 @@ batches of 1,000 while another client asks for `status` over and over. The journ
 past the snapshot thresholds on the way (16 MiB, then twice each snapshot), so the daemon
 takes a few snapshots of a growing state meanwhile. Reported: the longest and the 99.9th
 percentile status round trip during the fill, and how many snapshots were taken (the
-daemon's own `phxq_snapshot_seconds` count). `--tree`: run the phxqd of another source
-tree (a git worktree), to compare versions. Prints a JSON line.
+daemon's own `phxq_snapshot_seconds` count), the most memory a snapshot child held of its
+own (USS: the pages the fork had to copy for it) and the daemon's RSS at the end.
+`--tree`: run the phxqd of another source tree (a git worktree), to compare versions.
+Prints a JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from bench.bench_journal import Daemon
 from phxqctl import Client
@@ -55,8 +60,21 @@ def run(jobs: int, tree: Path | None = None) -> dict[str, float]:
                         latencies.append(time.perf_counter() - t0)
                         time.sleep(0.001)
 
+            child_uss: list[int] = [0]
+
+            def sample_children() -> None:  # smaps is slow to read: not in the prober
+                daemon = psutil.Process(d.proc.pid if d.proc else 0)
+                while not done.is_set():
+                    for child in daemon.children():
+                        with contextlib.suppress(psutil.Error):
+                            uss = child.memory_full_info().uss
+                            child_uss[0] = max(child_uss[0], uss)
+                    time.sleep(0.05)
+
             prober = threading.Thread(target=probe)
+            sampler = threading.Thread(target=sample_children)
             prober.start()
+            sampler.start()
             batch = [JobSpec(argv=["true"]) for _ in range(1_000)]
             t0 = time.perf_counter()
             with Client(d.socket) as c:
@@ -65,7 +83,9 @@ def run(jobs: int, tree: Path | None = None) -> dict[str, float]:
                 fill = time.perf_counter() - t0
                 done.set()
                 prober.join()
+                sampler.join()
                 taken = snapshots_taken(c) - before
+                daemon_rss = psutil.Process(d.proc.pid if d.proc else 0).memory_info().rss
         finally:
             d.close()
     latencies.sort()
@@ -77,6 +97,8 @@ def run(jobs: int, tree: Path | None = None) -> dict[str, float]:
         "status_max_ms": round(latencies[-1] * 1e3, 1),
         "status_p999_ms": round(latencies[int(len(latencies) * 0.999)] * 1e3, 1),
         "status_median_ms": round(statistics.median(latencies) * 1e3, 2),
+        "child_uss_max_mib": round(child_uss[0] / 2**20),
+        "daemon_rss_mib": round(daemon_rss / 2**20),
     }
 
 

@@ -69,7 +69,8 @@ PARENT = textwrap.dedent(
 
 def test_the_child_holds_no_descriptor_and_dies_with_its_parent(tmp_path: Path) -> None:
     """A child left behind would hold the state directory's lock and client connections,
-    and could write a stale snapshot: it must go when the daemon is killed."""
+    and could write a stale snapshot: it must go when the daemon is killed. It also
+    yields the CPU and is the OOM killer's first choice."""
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT, str(tmp_path)],
         stdout=subprocess.PIPE,
@@ -84,6 +85,8 @@ def test_the_child_holds_no_descriptor_and_dies_with_its_parent(tmp_path: Path) 
             what="the child to close what it inherited",
         )
         assert child.nice() == forked.CHILD_NICENESS
+        oom = Path(f"/proc/{child.pid}/oom_score_adj").read_text()
+        assert int(oom) == forked.OOM_SCORE_ADJ, "out of memory, the child must go first"
         parent.send_signal(signal.SIGKILL)
         parent.wait()
 
