@@ -70,6 +70,14 @@ def wait(pid: int) -> None:
         raise OSError(f"the snapshot process ended with status {code} (phxqd's log says why)")
 
 
+def kill(pid: int) -> None:
+    """End a child that is no longer wanted, and reap it (a moment: SIGKILL is at once)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
 def _child(
     parent: int, prctl: Callable[..., int], directory: Path, take: Callable[[], Snapshot]
 ) -> NoReturn:

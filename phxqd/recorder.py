@@ -60,6 +60,10 @@ class Recorder:
         self._unjournaled = 0
         self._snapshot_due = anyio.Event()
         self._snapshot_size = 0
+        #: one snapshot at a time: they share the temporary file, and an older one put in
+        #: place after a newer one (whose segments are gone) would lose records. A stop
+        #: cancels the background snapshot but does not wait for it: this lock does.
+        self._snapshotting = anyio.Lock()
         state.on_cascade = self._cascaded
 
     async def commit(self, events: list[AnyEvent]) -> None:
@@ -195,6 +199,10 @@ class Recorder:
                     log.warning("still cannot write the state: %s", e.strerror or e)
 
     async def _resume_writes(self) -> None:
+        async with self._snapshotting:
+            await self._snapshot_all_and_restart()
+
+    async def _snapshot_all_and_restart(self) -> None:
         while True:
             seen = self._unjournaled
             lsn = self.journal.last_lsn
@@ -228,18 +236,31 @@ class Recorder:
         child encodes and writes it (see forked.py) while the loop goes on; if fork fails,
         the loop encodes it itself.
         """
+        async with self._snapshotting:
+            await self._snapshot()
+
+    async def _snapshot(self) -> None:
         t0 = time.perf_counter()
         lsn = self.journal.last_lsn
         directory = self.settings.journal_dir
         child = forked.start(directory, lambda: self.state.snapshot(lsn))
-        if child is None:
-            log.warning("cannot fork to take a snapshot; taking it in the event loop")
-            data = snapshot.encode(self.state.snapshot(lsn))
-        await self.journal.rotate()
-        if child is None:
-            await anyio.to_thread.run_sync(snapshot.write_temporary, directory, data)
-        else:
-            await anyio.to_thread.run_sync(forked.wait, child)
+        try:
+            if child is None:
+                log.warning("cannot fork to take a snapshot; taking it in the event loop")
+                data = snapshot.encode(self.state.snapshot(lsn))
+            await self.journal.rotate()
+            if child is None:
+                await anyio.to_thread.run_sync(snapshot.write_temporary, directory, data)
+            else:  # once waited for (even on failure) it is reaped: never to be killed
+                reaped, child = child, None
+                await anyio.to_thread.run_sync(forked.wait, reaped)
+        finally:
+            # Cancelled (a stop) or failed before the child was waited for: it must not
+            # go on writing the temporary file while the next snapshot writes it too.
+            # (Shielded, in a thread: a child in the middle of an fsync dies only after it.)
+            if child is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(forked.kill, child)
         size = await anyio.to_thread.run_sync(snapshot.publish, directory)
         self.journal.bytes_since_snapshot = 0
         self._snapshot_size = size

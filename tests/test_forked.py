@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from phxqctl import Client
+from phxqctl.errors import PhxqError
 from phxqd import forked, snapshot
+from phxqd.model import JobSpec
 from phxqd.state import Snapshot
-from tests.conftest import until
+from tests.conftest import Daemon, until
 from tests.test_snapshot import claims, filled
 
 
@@ -100,3 +106,67 @@ def test_the_child_holds_no_descriptor_and_dies_with_its_parent(tmp_path: Path) 
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_a_child_no_longer_wanted_is_killed_and_reaped(tmp_path: Path) -> None:
+    """A snapshot cancelled by a stop must not leave its child writing the temporary file
+    that the shutdown snapshot writes next."""
+
+    def forever() -> Snapshot:
+        time.sleep(3600)
+        raise AssertionError("unreachable")
+
+    child = forked.start(tmp_path, forever)
+    assert child is not None
+    forked.kill(child)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child, os.WNOHANG)  # already reaped: no zombie left
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+def test_a_daemon_stopped_while_its_snapshot_child_runs_loses_nothing(tmp_path: Path) -> None:
+    """SIGTERM while a forked snapshot is being written (the child is held with SIGSTOP so
+    that it surely is): the stop waits for or kills the child before its own snapshot,
+    and the restarted daemon has every acknowledged job."""
+    d = Daemon(tmp_path, workers=1)
+    d.config.write_text("snapshot_bytes = 1048576\n")  # one every ~13,000 jobs at first
+    d.start()
+    d.ok("pause")  # no job runs: the only child phxqd has is a snapshot's
+    assert d.proc is not None
+    daemon = psutil.Process(d.proc.pid)
+    acknowledged = 0
+    stopped = threading.Event()
+
+    def submit_until_refused() -> None:
+        nonlocal acknowledged
+        batch = [JobSpec(argv=["true"]) for _ in range(2_000)]
+        with contextlib.suppress(PhxqError), Client(d.socket) as c:
+            while not stopped.is_set():
+                c.submit_batch(batch)
+                acknowledged += len(batch)
+
+    submitter = threading.Thread(target=submit_until_refused)
+    submitter.start()
+    try:
+
+        def hold_a_snapshot_child() -> psutil.Process | None:
+            for child in daemon.children():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.send_signal(signal.SIGSTOP)
+                    if child.status() == psutil.STATUS_STOPPED:  # not ended meanwhile
+                        return child
+            return None
+
+        child = until(hold_a_snapshot_child, what="a snapshot child, held")
+        d.proc.send_signal(signal.SIGTERM)
+        until(lambda: "stopping" in d.logtext(), what="the stop to begin")
+        child.send_signal(signal.SIGCONT)
+        assert d.proc.wait(60) == 0
+    finally:
+        stopped.set()
+        submitter.join()
+    d.start()
+    total = sum(d.json("status")["counts"].values())
+    # every acknowledged job, and at most the one batch in flight when it stopped
+    assert acknowledged <= total <= acknowledged + 2_000
