@@ -89,7 +89,8 @@ def _child(
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # it died before prctl took effect
             os._exit(1)
-        _first_to_go_when_memory_runs_out()
+        with contextlib.suppress(OSError):  # a sandbox may forbid it: snapshot anyway
+            _first_to_go_when_memory_runs_out()
         # Client connections, the listening socket, the journal, the state directory's
         # lock: none of them the child's to hold, and a client must see its connection
         # end when the parent closes it.
