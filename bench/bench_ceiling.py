@@ -48,9 +48,9 @@ from bench.bench_journal import Daemon, daemon_cpu_seconds, submitter
 from bench.common import producers
 from phxqctl import Client
 from phxqd import protocol
-from phxqd.journal import encode_record
+from phxqd.local.journal import encode_record
+from phxqd.local.state import State
 from phxqd.model import JobSpec
-from phxqd.state import State
 
 SERVERS = ("floor", "ideal", "inline", "phxqd")
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from bench.bench_journal import Daemon, fill
 from phxqctl import Client
+from phxqd.local.state import State
 from phxqd.model import JobSpec
-from phxqd.state import State
 
 
 def in_process(n: int) -> dict[str, float]:

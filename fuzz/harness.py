@@ -42,10 +42,10 @@ from anyio.abc import UNIXSocketStream
 
 from phxqd import protocol, server
 from phxqd.core import Core
-from phxqd.journal import Journal
-from phxqd.recovery import recover
+from phxqd.local.journal import Journal
+from phxqd.local.recovery import recover
+from phxqd.local.state import State
 from phxqd.settings import Settings
-from phxqd.state import State
 
 #: Flags in the first byte of an input (see `parse`).
 HELLO = 0x01  # put a valid hello frame first: the fuzzer need not rediscover it

@@ -23,11 +23,11 @@ from phxqd.dispatcher import Dispatcher
 from phxqd.feed import Feed
 from phxqd.handlers import Handlers
 from phxqd.joblogs import JobLogs
-from phxqd.journal import Journal
-from phxqd.progress import ProgressReports
-from phxqd.recorder import Recorder
+from phxqd.local.journal import Journal
+from phxqd.local.progress import ProgressReports
+from phxqd.local.recorder import Recorder
+from phxqd.local.state import State
 from phxqd.settings import Settings
-from phxqd.state import State
 from phxqd.stats import Stats
 from phxqd.streams import Streams
 

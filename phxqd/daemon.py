@@ -30,9 +30,9 @@ import msgspec
 from phxqd import config, logsetup, metrics, paths, server, statusfile, systemd
 from phxqd.core import Core
 from phxqd.hooks import Hooks, HookSettings
-from phxqd.journal import Corruption, FsyncPolicy, Journal, JournalError
+from phxqd.local.journal import Corruption, FsyncPolicy, Journal, JournalError
+from phxqd.local.recovery import StateDirBusy, lock_state_dir, recover
 from phxqd.model import QueueConfig
-from phxqd.recovery import StateDirBusy, lock_state_dir, recover
 from phxqd.settings import Settings
 
 log = logging.getLogger("phxqd")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:
         logsetup.fatal(f"phxqd: cannot use state dir {state_dir}: {e.strerror}")
     if args.command == "journal":
-        from phxqd import repair
+        from phxqd.local import repair
 
         action = repair.verify if args.action == "verify" else repair.repair
         sys.exit(action(state_dir / "journal"))

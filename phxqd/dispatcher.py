@@ -21,13 +21,13 @@ import anyio.abc
 from phxqd import pool, scratch
 from phxqd.events import AnyEvent, Cancelled, Cleared, Requeued, Started
 from phxqd.joblogs import JobLogs
-from phxqd.journal import Journal, JournalError
+from phxqd.local.journal import Journal, JournalError
+from phxqd.local.progress import ProgressReports
+from phxqd.local.recorder import Recorder
+from phxqd.local.state import Refused, State
 from phxqd.model import FINISHED, Job
-from phxqd.progress import ProgressReports
-from phxqd.recorder import Recorder
 from phxqd.scratch import Scratches
 from phxqd.settings import Settings
-from phxqd.state import Refused, State
 from phxqd.workers import Ended, Report, Start, WorkerPool
 
 log = logging.getLogger("phxqd")

@@ -14,13 +14,13 @@ from phxqd import metrics, protocol, statusfile
 from phxqd.dispatcher import Dispatcher
 from phxqd.events import Cleared, Paused, QueueSet, Resumed, Retried
 from phxqd.joblogs import JobLogs
-from phxqd.journal import Journal, list_segments
+from phxqd.local.journal import Journal, list_segments
+from phxqd.local.progress import ProgressReports
+from phxqd.local.recorder import Recorder
+from phxqd.local.state import QueueDefaults, Refused, State
 from phxqd.model import STATUSES, Job, QueueConfig, validate_spec
-from phxqd.progress import ProgressReports
 from phxqd.protocol import PROTOCOL_VERSION
-from phxqd.recorder import Recorder
 from phxqd.settings import Settings
-from phxqd.state import QueueDefaults, Refused, State
 from phxqd.streams import Streams
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import anyio
 
 from phxqd import protocol
+from phxqd.local.state import State
 from phxqd.settings import Settings
-from phxqd.state import State
 
 
 class JobLogs:

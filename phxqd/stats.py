@@ -20,7 +20,7 @@ from phxqd.events import (
     Submitted,
     SubmittedBatch,
 )
-from phxqd.state import State
+from phxqd.local.state import State
 
 JOB_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)

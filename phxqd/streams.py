@@ -14,9 +14,9 @@ import anyio
 from phxqd import protocol
 from phxqd.feed import Feed, job_event
 from phxqd.joblogs import JobLogs
+from phxqd.local.recorder import Recorder
+from phxqd.local.state import State
 from phxqd.model import Job
-from phxqd.recorder import Recorder
-from phxqd.state import State
 
 #: seconds between looks at a followed log (`logs --follow`) while its job runs
 LOG_POLL = 0.1

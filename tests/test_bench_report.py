@@ -11,7 +11,7 @@ from bench import bench_ceiling
 from bench.report import FSYNC, INTERVAL, NONE, Row, Table, comparisons, fmt_ratio, ratio
 from bench.report import render_table as render
 from phxqctl import Client
-from phxqd.journal import scan_segment
+from phxqd.local.journal import scan_segment
 
 
 def enqueue_table() -> Table:

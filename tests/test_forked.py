@@ -17,9 +17,9 @@ import pytest
 
 from phxqctl import Client
 from phxqctl.errors import PhxqError
-from phxqd import forked, snapshot
+from phxqd.local import forked, snapshot
+from phxqd.local.state import Snapshot
 from phxqd.model import JobSpec
-from phxqd.state import Snapshot
 from tests.conftest import Daemon, until
 from tests.test_snapshot import claims, filled
 
@@ -62,7 +62,7 @@ PARENT = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from phxqd import forked
+    from phxqd.local import forked
 
     def forever():
         time.sleep(3600)

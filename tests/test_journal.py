@@ -14,12 +14,12 @@ import anyio
 import msgspec
 import pytest
 
-from phxqd import snapshot
 from phxqd.events import AnyEvent, Paused, Submitted, SubmittedBatch
-from phxqd.journal import RECORD_HEADER, Corruption, Journal, list_segments
+from phxqd.local import snapshot
+from phxqd.local.journal import RECORD_HEADER, Corruption, Journal, list_segments
+from phxqd.local.recovery import recover
+from phxqd.local.state import State
 from phxqd.model import Job
-from phxqd.recovery import recover
-from phxqd.state import State
 from tests.conftest import Daemon, until
 
 

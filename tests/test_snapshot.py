@@ -8,10 +8,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from phxqd import snapshot
-from phxqd.journal import Corruption
+from phxqd.local import snapshot
+from phxqd.local.journal import Corruption
+from phxqd.local.state import Sharer, State
 from phxqd.model import Call, Job, JobSpec, Progress
-from phxqd.state import Sharer, State
 
 
 def filled(n: int) -> State:

@@ -1,4 +1,4 @@
-"""The in-memory queue (`phxqd.state.State`): unit tests, snapshot round trips, and a
+"""The in-memory queue (`phxqd.local.state.State`): unit tests, snapshot round trips, and a
 hypothesis state machine that drives the decisions and `apply` against a reference model.
 
 Everything here is pure: no daemon, no clock, no disk. Times are plain numbers.
@@ -40,6 +40,15 @@ from phxqd.events import (
     Started,
     submitted_jobs,
 )
+from phxqd.local.state import (
+    BACKOFF_BASE,
+    BACKOFF_JITTER,
+    BACKOFF_MAX,
+    QueueDefaults,
+    Refused,
+    Snapshot,
+    State,
+)
 from phxqd.model import (
     DEFAULT_RETRIES,
     FINISHED,
@@ -51,15 +60,6 @@ from phxqd.model import (
     JobSpec,
 )
 from phxqd.model import Progress as JobProgress
-from phxqd.state import (
-    BACKOFF_BASE,
-    BACKOFF_JITTER,
-    BACKOFF_MAX,
-    QueueDefaults,
-    Refused,
-    Snapshot,
-    State,
-)
 
 T0 = 1000.0
 

@@ -34,8 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from phxqd import snapshot
-from phxqd.state import Snapshot
+from phxqd.local import snapshot
+from phxqd.local.state import Snapshot
 
 PR_SET_PDEATHSIG = 1
 #: what the daemon handles itself; in the child they must do their default (end it)

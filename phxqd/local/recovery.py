@@ -17,8 +17,8 @@ from pathlib import Path
 
 import msgspec
 
-from phxqd import snapshot
-from phxqd.journal import (
+from phxqd.local import snapshot
+from phxqd.local.journal import (
     MAX_RECORD,
     RECORD_HEADER,
     Corruption,
@@ -26,9 +26,9 @@ from phxqd.journal import (
     list_segments,
     scan_segment,
 )
-from phxqd.state import Sharer, State
+from phxqd.local.state import Sharer, State
 
-log = logging.getLogger("phxqd.recovery")
+log = logging.getLogger("phxqd.local.recovery")
 
 
 @dataclass

@@ -37,7 +37,7 @@ import msgspec
 from phxqd.events import AnyEvent, Event, SubmittedBatch
 from phxqd.model import StoredJob, as_jobs
 
-log = logging.getLogger("phxqd.journal")
+log = logging.getLogger("phxqd.local.journal")
 
 RECORD_HEADER = struct.Struct("<II")
 SEGMENT_SUFFIX = ".seg"

@@ -8,9 +8,9 @@ import contextlib
 from phxqd import protocol
 from phxqd.events import AnyEvent, ProgressSaved
 from phxqd.feed import Feed, job_event
-from phxqd.journal import Journal, JournalError
+from phxqd.local.journal import Journal, JournalError
+from phxqd.local.state import Refused, State
 from phxqd.model import Progress
-from phxqd.state import Refused, State
 
 
 class ProgressReports:

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import msgspec
 
-from phxqd.journal import Corruption, fsync_dir
+from phxqd.local.journal import Corruption, fsync_dir
+from phxqd.local.state import Snapshot
 from phxqd.model import Job, StoredJob, as_jobs
-from phxqd.state import Snapshot
 
 MAGIC = b"PHXQSNP3"
 #: older formats, read and never written: one msgpack `Snapshot`; chunks of jobs as maps

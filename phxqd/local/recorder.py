@@ -19,13 +19,13 @@ from collections.abc import Callable, Container
 
 import anyio
 
-from phxqd import forked, snapshot
 from phxqd.events import AnyEvent, Cleared, Completed, Failed, submitted_jobs
 from phxqd.feed import Feed, describe, job_event
-from phxqd.journal import Journal, JournalError, fsync_dir, list_segments
+from phxqd.local import forked, snapshot
+from phxqd.local.journal import Journal, JournalError, fsync_dir, list_segments
+from phxqd.local.state import Refused, State
 from phxqd.model import Job
 from phxqd.settings import Settings
-from phxqd.state import Refused, State
 from phxqd.stats import Stats
 
 log = logging.getLogger("phxqd")

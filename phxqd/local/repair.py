@@ -13,9 +13,9 @@ import shutil
 import time
 from pathlib import Path
 
-from phxqd.journal import Corruption, fsync_dir, list_segments
-from phxqd.recovery import Recovered, recover
-from phxqd.snapshot import FILENAME as SNAPSHOT
+from phxqd.local.journal import Corruption, fsync_dir, list_segments
+from phxqd.local.recovery import Recovered, recover
+from phxqd.local.snapshot import FILENAME as SNAPSHOT
 
 
 def verify(journal_dir: Path) -> int:

@@ -1,0 +1,170 @@
+"""The seam between what the queue *is* and how it is *kept*: the `Backend` interface.
+
+Everything above this line (the request handlers, the dispatcher, the streams, the status
+views, metrics, the status file) talks to a `Backend` and to nothing below it. A backend
+decides (priorities, FIFO, keys, limits, retries, which job starts next), persists, and
+returns only once a change is durable; the daemon around it runs processes and answers
+clients. `phxqd/local/` is the embedded backend (pure `State` + journal + snapshots). A
+backend for many hosts (PostgreSQL) stands behind the same methods: claims are decided by
+the backend, never by a heap the dispatcher reaches into, and every fact about a job
+(started, ended, progress) is reported to it, so it can fence and count them cluster-wide.
+
+Rules every backend keeps (tests/test_backend.py checks them on the local one):
+- A request method returns once its change is durable, or raises `Refused` having changed
+  nothing a client can see (or says in the message that it is in effect but not yet saved).
+- `claim` hands out only jobs whose submission is durable, in dispatch order (priority,
+  then FIFO, retries first), honouring pauses and each queue's concurrency limit counted
+  over the jobs it has handed out and not yet seen end or given back.
+- A fact (`started`, `finish`, `progress`) is never refused: it already happened.
+- Every change is told to `feed` listeners after it is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import anyio
+import msgspec
+
+from phxqd.feed import Feed
+from phxqd.model import Job, JobSpec, Progress, SubmitResult
+from phxqd.stats import Stats
+
+
+class Ending(msgspec.Struct):
+    """How one claimed job's attempt ended, as the dispatcher saw it.
+
+    `started`: the attempt began (it counts against the job's retries). `stop_reason`:
+    why someone stopped it (None: it ended by itself). Without `started`, a job with no
+    `stop_reason` was given back unstarted (to be claimed again before any other), and
+    one with a stop reason ends without having run.
+    """
+
+    job: Job
+    started: bool
+    stop_reason: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    retryable: bool = True
+    result: Any = None
+
+
+class Summary(msgspec.Struct):
+    """Counts of the whole queue: per status, per queue and status, and queue settings."""
+
+    counts: dict[str, int]
+    queues: dict[str, dict[str, int]]
+    total: int
+    paused: list[str]
+    paused_all: bool
+    #: concurrency limits set at run time (`queue set`), by queue
+    limits: dict[str, int]
+
+
+class Health(msgspec.Struct):
+    """How the store is doing, for `status`, metrics, the status line and `/health`."""
+
+    kind: str
+    writable: bool
+    error: str | None
+    #: the fsync policy (local) or the commit mode (shared stores)
+    durability: str
+    records: int
+    fsyncs: int
+    written_bytes: int
+    segments: int
+
+
+#: Stop reason of jobs stopped because the daemon is stopping: requeued, attempt not spent.
+SHUTDOWN = "daemon shutting down"
+
+
+class Backend(Protocol):
+    """See the module docstring for the rules; each method says what it promises."""
+
+    #: job events for whoever listens (watch, streaming wait, hooks, the status file)
+    feed: Feed
+    #: counters and histograms since this daemon started (metrics)
+    stats: Stats
+
+    # ------------------------------------------------------------------ life
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """The backend's own tasks (writer, snapshots, healing, ...) until cancelled;
+        ready once `task_status.started()` is called."""
+
+    async def recover_host(self, kill_leftover: Callable[[Job], bool]) -> int:
+        """Jobs this host was running when its daemon died: `kill_leftover(job)` kills
+        what is left of each (True if something was), then each attempt fails (retried
+        by its policy). Returns how many there were."""
+
+    async def close(self) -> None:
+        """A last durable save at a clean stop (the local backend's snapshot)."""
+
+    # -------------------------------------------------------------- requests
+    async def submit(self, specs: list[JobSpec], now: float) -> list[SubmitResult]: ...
+
+    async def cancel(self, ids: list[int], now: float) -> list[int]:
+        """Cancel the waiting jobs among `ids`; return those that are claimed or running,
+        which whoever runs them must stop (`Refused` if one is finished or unknown)."""
+
+    async def retry(self, ids: list[int], now: float) -> list[Job]: ...
+
+    async def retry_failed(self, queue: str | None, now: float) -> int: ...
+
+    async def clear(self, status: str | None, queue: str | None) -> list[int]:
+        """Forget finished jobs; the ids forgotten (their logs are the caller's)."""
+
+    async def forget_finished_before(self, cutoff: float) -> list[int]:
+        """Retention: forget jobs that finished before `cutoff`; the ids forgotten."""
+
+    async def set_limit(self, queue: str, concurrency: int | None) -> None: ...
+
+    async def pause(self, queue: str | None) -> None: ...
+
+    async def resume(self, queue: str | None) -> None: ...
+
+    # --------------------------------------------------------------- running
+    async def claimable(self) -> None:
+        """Wait until the jobs submitted so far may be claimed (their submission is durable)."""
+
+    def claim(self, now: float) -> Job | None:
+        """The next job to start on this node, claimed for it, or None."""
+
+    def next_wakeup(self) -> float | None:
+        """When a job that is not ready now becomes ready (the dispatcher's sleep)."""
+
+    def started(self, job: Job, at: float, pid: int | None, pid_started: float | None) -> None:
+        """A claimed job's attempt began (its process is `pid`, started at `pid_started`)."""
+
+    def finish(self, endings: list[Ending]) -> Awaitable[None]:
+        """Claimed jobs ended (or were given back): their slots are free at once; the
+        returned awaitable completes once the ends are durable and their waiters told."""
+
+    def progress(
+        self, job_id: int, attempt: int, progress: Callable[[Progress | None], Progress]
+    ) -> bool:
+        """A running attempt's progress: `progress(old)` makes the new one. False if
+        that attempt has ended (a late report)."""
+
+    # --------------------------------------------------------------- queries
+    def get(self, job_id: int) -> Job:
+        """The job (`Refused("not_found")` if there is none)."""
+
+    def find(self, job_id: int) -> Job | None: ...
+
+    def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
+        """Jobs newest first, filtered."""
+
+    def summary(self) -> Summary: ...
+
+    def busy(self, queue: str) -> int:
+        """Jobs of `queue` claimed and not yet ended (what its limit counts)."""
+
+    def health(self) -> Health: ...
+
+    async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
+        """The jobs once each has finished durably, or as they are at the timeout."""
+
+    def ended(self, job_id: int) -> anyio.Event:
+        """Set once the job has finished durably (or is gone)."""
