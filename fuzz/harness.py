@@ -174,9 +174,10 @@ class Target:
 
 async def _session(settings: Settings, sent: bytes, chunk: int | None) -> Exchange:
     journal = Journal(settings.journal_dir, 1, "off")
-    core = Core(State(), journal, settings)
+    state = State()
+    core = Core(state, journal, settings)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(journal.run)
+        await tg.start(core.backend.run)
         await core.handle(protocol.Pause(None))  # as the shared test daemon; belt and braces
         with anyio.move_on_after(INPUT_TIMEOUT) as timer:
             got = await exchange(core, sent, chunk)
@@ -191,22 +192,22 @@ async def _session(settings: Settings, sent: bytes, chunk: int | None) -> Exchan
             raise Finding(f"hello+status on a fresh connection got {after.frames!r}")
         await journal.close()
         tg.cancel_scope.cancel()
-    _check_replay(core, settings.journal_dir)
+    _check_replay(state, journal, settings.journal_dir)
     return got
 
 
-def _check_replay(core: Core, journal_dir: Path) -> None:
+def _check_replay(state: State, journal: Journal, journal_dir: Path) -> None:
     """The journal must rebuild the state in memory exactly (what a restart would see)."""
     recovered = recover(journal_dir, cut_torn_tail=False, now=time.time())
     if recovered.torn is not None:
         raise Finding(f"the journal has a torn tail after a clean close: {recovered.torn}")
-    lsn = core.journal.last_lsn
-    live = msgspec.msgpack.encode(core.state.snapshot(lsn))
+    lsn = journal.last_lsn
+    live = msgspec.msgpack.encode(state.snapshot(lsn))
     replayed = msgspec.msgpack.encode(recovered.state.snapshot(lsn))
     if live != replayed:
         raise Finding(
             "the journal replays to another state than phxqd holds:\n"
-            f"live:     {core.state.snapshot(lsn)!r}\n"
+            f"live:     {state.snapshot(lsn)!r}\n"
             f"replayed: {recovered.state.snapshot(lsn)!r}"
         )
 
@@ -250,15 +251,15 @@ async def _send(client: UNIXSocketStream, data: bytes, chunk: int | None) -> Non
 
 async def _unblock(core: Core, scope: anyio.CancelScope) -> None:
     """Cancel the jobs a request waits for: none will ever run here, so a `wait` for them
-    would last until its timeout, or for ever. (Peeks at `Core.recorder.waiters`, the events of
-    jobs someone waits on: the one place a request blocks on jobs and not on its client.)"""
+    would last until its timeout, or for ever. (Asks the local backend which jobs someone waits
+    on: the one place a request blocks on jobs and not on its client.)"""
     with scope:
         while True:
             await anyio.sleep(UNBLOCK_INTERVAL)
             waited = [
                 i
-                for i in list(core.recorder.waiters)
-                if i in core.state.jobs and not core.state.jobs[i].finished
+                for i in core.backend.waited_for()
+                if (job := core.backend.find(i)) is not None and not job.finished
             ]
             if waited:
                 await core.handle(protocol.Cancel(waited))

@@ -21,7 +21,7 @@ Rules every backend keeps (tests/test_backend.py checks them on the local one):
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
@@ -35,14 +35,15 @@ from phxqd.stats import Stats
 class Ending(msgspec.Struct):
     """How one claimed job's attempt ended, as the dispatcher saw it.
 
-    `started`: the attempt began (it counts against the job's retries). `stop_reason`:
-    why someone stopped it (None: it ended by itself). Without `started`, a job with no
-    `stop_reason` was given back unstarted (to be claimed again before any other), and
-    one with a stop reason ends without having run.
+    `started`: the attempt began (it counts against the job's retries); `cancelled`: it was
+    stopped on request (`stop_reason` says why) rather than ending by itself. A job that
+    did not start and has no `stop_reason` was given back (to be claimed again before any
+    other); with one, it ends without having run (cancelled, unless phxqd is stopping).
     """
 
     job: Job
     started: bool
+    cancelled: bool = False
     stop_reason: str | None = None
     exit_code: int | None = None
     error: str | None = None
@@ -73,7 +74,9 @@ class Health(msgspec.Struct):
     records: int
     fsyncs: int
     written_bytes: int
-    segments: int
+    #: the store's files (journal segments), only when asked for: counting them lists a
+    #: directory, which status must not need (it answers even when out of descriptors)
+    segments: int | None = None
 
 
 #: Stop reason of jobs stopped because the daemon is stopping: requeued, attempt not spent.
@@ -137,9 +140,9 @@ class Backend(Protocol):
     def started(self, job: Job, at: float, pid: int | None, pid_started: float | None) -> None:
         """A claimed job's attempt began (its process is `pid`, started at `pid_started`)."""
 
-    def finish(self, endings: list[Ending]) -> Awaitable[None]:
-        """Claimed jobs ended (or were given back): their slots are free at once; the
-        returned awaitable completes once the ends are durable and their waiters told."""
+    def finish(self, endings: list[Ending]) -> None:
+        """Claimed jobs ended (or were given back): their slots are free at once, their
+        waiters told once the ends are durable."""
 
     def progress(
         self, job_id: int, attempt: int, progress: Callable[[Progress | None], Progress]
@@ -161,7 +164,7 @@ class Backend(Protocol):
     def busy(self, queue: str) -> int:
         """Jobs of `queue` claimed and not yet ended (what its limit counts)."""
 
-    def health(self) -> Health: ...
+    def health(self, count_files: bool = False) -> Health: ...
 
     async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
         """The jobs once each has finished durably, or as they are at the timeout."""

@@ -1,91 +1,59 @@
-"""The running queue: `Core` owns the pure state, the journal, and the parts that work on
-them, each in its own module:
+"""The running queue, put together: `Core` builds the backend and the parts that work on it,
+each in its own module, and hands each what it needs:
 
-- `Recorder` (recorder.py): every change applied and made durable, waiters told once a
-  job's end is on disk, snapshots, and resuming after a journal failure;
-- `Handlers` (handlers.py): the answer to each request, and the status views;
-- `Streams` (streams.py): the requests answered by a stream of frames (watch, streaming
-  wait, `logs --follow`);
-- `Dispatcher` (dispatcher.py): starting jobs on free workers, recording their ends,
-  retention, and reaping jobs left running by a previous daemon;
-- `JobLogs` (joblogs.py) and `ProgressReports` (progress.py), which several of those share.
+- the backend (backend.py; the embedded one in local/): what the queue is, kept durably;
+- `Dispatcher` (dispatcher.py): starting the jobs the backend hands out, telling it of their
+  starts and ends, retention, and reaping jobs left running by a previous daemon;
+- `Views` (views.py): status, queues, the status line and the status file's content;
+- `Streams` (streams.py): the requests answered by a stream of frames;
+- `Handlers` (handlers.py): the answer to each request;
+- `JobLogs` (joblogs.py): where a job's log is, reading and removing it.
 
-daemon.py, server.py and metrics.py use `Core` alone; the collaborators hold references to
-what they need, never to `Core`.
+daemon.py, server.py and the fuzz harness use `Core`; the parts hold references to what
+they need, never to `Core`, and none reaches into another's state.
 """
 
 from __future__ import annotations
 
 import random
 
-from phxqd import metrics, pool
+from phxqd import metrics
 from phxqd.dispatcher import Dispatcher
-from phxqd.feed import Feed
 from phxqd.handlers import Handlers
 from phxqd.joblogs import JobLogs
+from phxqd.local.backend import LocalBackend
 from phxqd.local.journal import Journal
-from phxqd.local.progress import ProgressReports
-from phxqd.local.recorder import Recorder
 from phxqd.local.state import State
+from phxqd.notice import Notice
 from phxqd.settings import Settings
 from phxqd.stats import Stats
 from phxqd.streams import Streams
+from phxqd.views import Views
 
 
 class Core:
     def __init__(
-        self, state: State, journal: Journal, settings: Settings, rng: random.Random | None = None
+        self,
+        state: State,
+        journal: Journal,
+        settings: Settings,
+        rng: random.Random | None = None,
+        stats: Stats | None = None,
     ) -> None:
-        self.state = state
-        self.journal = journal
         self.settings = settings
-        self.stats = Stats()
-        journal.on_sync = self.stats.fsync.observe
-        #: job events for whoever listens (watch, streaming wait, hooks, the status file)
-        self.feed = Feed()
-        #: jobs claimed by the dispatcher and not yet ended, with the handle that stops them
-        active: dict[int, pool.Stop] = {}
-        self.recorder = Recorder(state, journal, settings, self.stats, self.feed, active)
-        self.logs = JobLogs(state, settings)
-        self.progress = ProgressReports(state, journal, self.feed)
-        self.dispatcher = Dispatcher(
-            state,
-            journal,
-            settings,
-            rng or random.Random(),
-            self.recorder,
-            self.progress,
-            self.logs,
-            active,
-        )
-        self.recorder.on_change = self.dispatcher.wake
-        self.streams = Streams(state, self.feed, self.recorder, self.logs)
+        #: given when a job may have become startable or a slot freed: the dispatcher waits on it
+        wake = Notice()
+        self.backend = LocalBackend(state, journal, settings, wake, rng, stats)
+        self.logs = JobLogs(self.backend.find, settings)
+        self.dispatcher = Dispatcher(self.backend, settings, self.logs, wake)
+        self.views = Views(self.backend, self.dispatcher, settings)
+        self.streams = Streams(self.backend, self.logs)
         self.handlers = Handlers(
-            state,
-            journal,
-            settings,
-            self.recorder,
+            self.backend,
             self.dispatcher,
             self.streams,
             self.logs,
-            self.progress,
-            self._render_metrics,
+            self.views,
+            lambda: metrics.render(self.views),
         )
-        self.workers = self.dispatcher.workers
-
-        # What daemon.py, server.py and metrics.py call.
         self.handle = self.handlers.handle
-        self.status = self.handlers.status
-        self.status_export = self.handlers.status_export
-        self.status_line = self.handlers.status_line
-        self.journal_segments = self.handlers.journal_segments
-        self.dispatch = self.dispatcher.dispatch
-        self.reap = self.dispatcher.reap
-        self.set_workers = self.dispatcher.set_workers
-        self.stop = self.dispatcher.stop
-        self.snapshot = self.recorder.snapshot
-        self.snapshotter = self.recorder.snapshotter
-        self.heal = self.recorder.heal
-
-    def _render_metrics(self) -> bytes:
-        return metrics.render(self)

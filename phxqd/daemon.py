@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from phxqd.local.journal import Corruption, FsyncPolicy, Journal, JournalError
 from phxqd.local.recovery import StateDirBusy, lock_state_dir, recover
 from phxqd.model import QueueConfig
 from phxqd.settings import Settings
+from phxqd.stats import Stats
 
 log = logging.getLogger("phxqd")
 
@@ -243,17 +244,20 @@ async def run(
             recovered.segments,
         )
         fsync = opts.fsync or cfg.fsync
+        stats = Stats()
         journal = Journal(
             settings.journal_dir,
             recovered.next_lsn,
             fsync,
             batch_interval=cfg.fsync_interval_ms / 1000,
             segment_bytes=cfg.segment_bytes,
+            on_sync=stats.fsync.observe,
         )
-        core = Core(recovered.state, journal, settings)
+        core = Core(recovered.state, journal, settings, stats=stats)
+        backend, views = core.backend, core.views
         async with anyio.create_task_group() as tg:
-            tg.start_soon(journal.run)
-            await core.reap()
+            await tg.start(backend.run)
+            await core.dispatcher.reap()
             try:
                 access = server.resolve_access(cfg.allow_users, cfg.allow_groups)
             except ValueError as e:
@@ -263,29 +267,27 @@ async def run(
             else:
                 listener = await server.listen(settings.socket)
                 server.open_to(settings.socket, access)
-            serving, snapshots, healing = (anyio.CancelScope() for _ in range(3))
+            serving = anyio.CancelScope()
             dispatching = anyio.Event()
             timeouts = server.Timeouts(cfg.client_idle_timeout, cfg.client_send_timeout)
             tg.start_soon(_serve, listener, core, access, timeouts, serving)
-            tg.start_soon(_in_scope, core.snapshotter, snapshots)
-            tg.start_soon(_in_scope, core.heal, healing)
             tg.start_soon(_dispatch, core, dispatching)
-            hooks = Hooks(core.feed, core.state.jobs.get, core.stats.hooks)
+            hooks = Hooks(backend.feed, backend.find, backend.stats.hooks)
             hooks.configure(hook_settings(cfg))
             tg.start_soon(hooks.run)
             status_file = Path(cfg.status_file) if cfg.status_file else None
             if status_file is not None:
-                tg.start_soon(statusfile.keep, status_file, core.feed, core.status_export)
+                tg.start_soon(statusfile.keep, status_file, backend.feed, views.status_export)
             http = await metrics.open_http(cfg.metrics_listen) if cfg.metrics_listen else None
             if http is not None:
-                tg.start_soon(metrics.serve_http, core, http)
+                tg.start_soon(metrics.serve_http, views, http)
             # The socket is listening: a client connecting from now on is answered.
-            ready = core.status_line()
+            ready = views.status_line()
             notifier.ready(ready)
             if sd.watchdog_interval is not None and notifier.enabled:
                 tg.start_soon(systemd.feed_watchdog, notifier, sd.watchdog_interval)
             if notifier.enabled:
-                tg.start_soon(publish_status, notifier, core.status_line, ready)
+                tg.start_soon(publish_status, notifier, views.status_line, ready)
             log.info(
                 "phxqd %s ready: socket %s%s, state %s, %d workers, fsync=%s",
                 VERSION,
@@ -297,7 +299,7 @@ async def run(
             )
             reloader = Reloader(opts, cfg, core, hooks, notifier)
             await _until_stop_signal(signals, reloader.reload)
-            running = core.status()["counts"]["running"]
+            running = backend.summary().counts["running"]
             if settings.shutdown_grace > 0 and running:
                 stopping = (
                     f"stopping: {running} running jobs get {settings.shutdown_grace:g}s to "
@@ -309,20 +311,17 @@ async def run(
             notifier.stopping(
                 stopping, needs=settings.shutdown_grace + settings.kill_grace + STOP_MARGIN
             )
-            await core.stop()
+            await core.dispatcher.shutdown()
             tg.start_soon(_exit_on_second_signal, signals)
             await dispatching.wait()
             serving.cancel()
-            snapshots.cancel()
-            healing.cancel()
             notifier.status("stopping: writing a snapshot")
             try:
-                await core.snapshot()
+                await backend.close()
             except (JournalError, OSError) as e:
                 log.error("no snapshot at shutdown (%s); the journal keeps what was saved", e)
-            await journal.close()
             if status_file is not None:  # the last word: every job requeued or ended
-                await statusfile.write_now(status_file, core.status_export)
+                await statusfile.write_now(status_file, views.status_export)
             if activated is None:  # an activated socket belongs to systemd's socket unit
                 settings.socket.unlink(missing_ok=True)
             tg.cancel_scope.cancel()
@@ -342,14 +341,9 @@ async def _serve(
             await server.serve(listener, core.handle, access, timeouts)
 
 
-async def _in_scope(func: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
-    with scope:
-        await func()
-
-
 async def _dispatch(core: Core, done: anyio.Event) -> None:
     try:
-        await core.dispatch()
+        await core.dispatcher.dispatch()
     finally:
         done.set()
 
@@ -414,7 +408,7 @@ class Reloader:
             cfg = config.load(path, self.opts.config_required)
         except config.ConfigError as e:
             log.error("reload failed, the running configuration stays: %s", e)
-            self.notifier.ready(f"reload failed ({e}); " + self.core.status_line())
+            self.notifier.ready(f"reload failed ({e}); " + self.core.views.status_line())
             return
         settings = self.core.settings
         logsetup.set_level(self.opts.log_level or cfg.log_level)
@@ -427,7 +421,7 @@ class Reloader:
         self.hooks.configure(hook_settings(cfg))
         # Python workers: the new values apply to workers started from now on; the idle
         # ones are let go so the next call gets a worker of the new kind.
-        workers_pool = self.core.workers
+        workers_pool = self.core.dispatcher.workers
         workers_pool.python = cfg.python or sys.executable
         workers_pool.pythonpath = cfg.pythonpath
         workers_pool.max_jobs = cfg.worker_max_jobs
@@ -441,7 +435,7 @@ class Reloader:
             log.info("workers: %d -> %d", settings.workers, workers)
         # Also when only a queue limit changed: it wakes the dispatcher, which then
         # starts what the new limits allow.
-        self.core.set_workers(workers)
+        self.core.dispatcher.set_workers(workers)
         now = self._startup_values(cfg)
         for key, value in now.items():
             if value != self.started_with[key]:
@@ -453,7 +447,7 @@ class Reloader:
                 )
         log.info("configuration reloaded from %s", path)
         log.debug("configuration now: %s", cfg)
-        self.notifier.ready(self.core.status_line())
+        self.notifier.ready(self.core.views.status_line())
 
     def _startup_values(self, cfg: config.Config) -> dict[str, Any]:
         """The effective values of the keys read only at start-up (flags included)."""

@@ -28,14 +28,16 @@ from phxqd.events import (
     Submitted,
     SubmittedBatch,
 )
-from phxqd.model import Job
+from phxqd.model import Job, Progress
 from phxqd.protocol import JobEvent
 
 #: events kept for a listener that has not taken them yet
 BACKLOG = 10_000
 
 
-def job_event(kind: str, job: Job, at: float) -> JobEvent:
+def job_event(kind: str, job: Job, at: float, progress: Progress | None = None) -> JobEvent:
+    """The event `kind` of `job` as it is now (with `progress` newer than the job's own
+    checkpoint, for a progress report)."""
     return JobEvent(
         kind,
         job.id,
@@ -48,7 +50,7 @@ def job_event(kind: str, job: Job, at: float) -> JobEvent:
         job.exit_code,
         job.error,
         job.run_at if job.status == "retrying" else None,
-        job.progress,
+        progress or job.progress,
     )
 
 

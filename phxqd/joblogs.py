@@ -6,19 +6,21 @@ Jobs write their logs themselves (see pool.py and workers.py); phxqd only reads 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from phxqd import protocol
-from phxqd.local.state import State
+from phxqd.model import Job
 from phxqd.settings import Settings
 
 
 class JobLogs:
-    def __init__(self, state: State, settings: Settings) -> None:
-        self.state = state
+    def __init__(self, find: Callable[[int], Job | None], settings: Settings) -> None:
+        #: the job of an id, if it is known (to tell whether it has finished)
+        self._find = find
         self.settings = settings
 
     def path(self, job_id: int) -> Path:
@@ -29,7 +31,7 @@ class JobLogs:
         the next read starts, and whether the job had finished before this one."""
         path = self.path(job_id)
         # Looked at before reading: a job that ends during the read still gets one more call.
-        job = self.state.jobs.get(job_id)
+        job = self._find(job_id)
         finished = job is None or job.finished  # (None: cleared while someone followed)
 
         def read() -> tuple[bytes, int]:

@@ -22,8 +22,8 @@ from phxqd.model import STATUSES
 log = logging.getLogger("phxqd.metrics")
 
 if TYPE_CHECKING:
-    from phxqd.core import Core
     from phxqd.stats import Histogram
+    from phxqd.views import Views
 
 
 async def load_library() -> None:
@@ -44,7 +44,7 @@ async def open_http(listen: str) -> anyio.abc.Listener[anyio.abc.SocketStream] |
         return None
 
 
-async def serve_http(core: Core, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+async def serve_http(views: Views, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
     """A minimal HTTP endpoint for Prometheus: GET /metrics, anything else 404.
 
     Loopback by default; one request per connection, small bounded reads.
@@ -62,7 +62,7 @@ async def serve_http(core: Core, listener: anyio.abc.Listener[anyio.abc.SocketSt
                 line = request.split(b"\r\n", 1)[0].split()
                 if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
                     await load_library()
-                    body, status = render(core), b"200 OK"
+                    body, status = render(views), b"200 OK"
                 else:
                     body, status = b"not found: try /metrics\n", b"404 Not Found"
                 head = (
@@ -78,18 +78,18 @@ async def serve_http(core: Core, listener: anyio.abc.Listener[anyio.abc.SocketSt
         await listener.serve(answer)
 
 
-def render(core: Core) -> bytes:
+def render(views: Views) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(core))
+    registry.register(_Collector(views))
     data: bytes = generate_latest(registry)
     return data
 
 
 class _Collector:
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, views: Views) -> None:
+        self.views = views
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (
@@ -98,7 +98,9 @@ class _Collector:
             HistogramMetricFamily,
         )
 
-        core, stats = self.core, self.core.stats
+        views = self.views
+        backend, dispatcher, stats = views.backend, views.dispatcher, views.backend.stats
+        health = backend.health(count_files=True)
         jobs = CounterMetricFamily(
             "phxq_jobs",
             "Jobs by what happened to them, since phxqd started",
@@ -111,15 +113,15 @@ class _Collector:
         depth = GaugeMetricFamily(
             "phxq_queue_jobs", "Jobs in the state by queue and status", labels=["queue", "status"]
         )
-        for (queue, status), n in sorted(core.state.counts.items()):
-            if status in STATUSES:
-                depth.add_metric([queue, status], n)
+        for queue, by_status in sorted(backend.summary().queues.items()):
+            for status in STATUSES:
+                depth.add_metric([queue, status], by_status.get(status, 0))
         yield depth
         yield GaugeMetricFamily(
-            "phxq_running_jobs", "Jobs running now", value=len(core.dispatcher.active)
+            "phxq_running_jobs", "Jobs running now", value=len(dispatcher.running())
         )
         yield GaugeMetricFamily(
-            "phxq_workers", "Most jobs running at once", value=core.settings.workers
+            "phxq_workers", "Most jobs running at once", value=views.settings.workers
         )
 
         for name, table, doc in (
@@ -142,36 +144,36 @@ class _Collector:
         yield CounterMetricFamily(
             "phxq_journal_written_bytes",
             "Bytes appended to the journal",
-            value=core.journal.written_bytes,
+            value=health.written_bytes,
         )
         yield GaugeMetricFamily(
-            "phxq_journal_segments", "Journal segment files on disk", value=core.journal_segments()
+            "phxq_journal_segments", "Journal segment files on disk", value=health.segments or 0
         )
         yield GaugeMetricFamily(
             "phxq_journal_writable",
             "1 if the journal takes writes",
-            value=1 if core.journal.failed is None else 0,
+            value=1 if health.writable else 0,
         )
         workers = GaugeMetricFamily(
             "phxq_python_workers", "Python worker processes", labels=["state"]
         )
-        workers.add_metric(["idle"], len(core.workers.idle))
-        workers.add_metric(["busy"], core.workers.busy)
+        workers.add_metric(["idle"], len(dispatcher.workers.idle))
+        workers.add_metric(["busy"], dispatcher.workers.busy)
         yield workers
         yield CounterMetricFamily(
-            "phxq_python_worker_starts", "Python workers started", value=core.workers.started
+            "phxq_python_worker_starts", "Python workers started", value=dispatcher.workers.started
         )
         hooks = CounterMetricFamily(
             "phxq_hooks", "Event hooks run, by hook and outcome", labels=["hook", "outcome"]
         )
-        for (hook, outcome), n in sorted(core.stats.hooks.items()):
+        for (hook, outcome), n in sorted(stats.hooks.items()):
             hooks.add_metric([hook, outcome], n)
         yield hooks
         yield GaugeMetricFamily(
             "phxq_event_listeners",
             "Listeners of the live job feed (watch and streaming wait clients, hooks, "
             "the status file)",
-            value=core.feed.listeners,
+            value=backend.feed.listeners,
         )
 
 

@@ -245,5 +245,15 @@ def frame(message: msgspec.Struct) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
+class Refused(Exception):
+    """A request phxqd will not carry out, answered as an `Err` with this code (one of
+    `ERROR_EXIT`) and message. Raised by whoever decides: the handlers, the backend."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class ProtocolError(Exception):
     """The peer sent something that is not a valid frame; the connection cannot continue."""

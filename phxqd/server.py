@@ -27,7 +27,7 @@ import msgspec
 from anyio.abc import SocketStream, UNIXSocketStream
 
 from phxqd import protocol
-from phxqd.local.state import Refused
+from phxqd.protocol import Refused
 
 log = logging.getLogger("phxqd.server")
 

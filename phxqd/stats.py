@@ -8,7 +8,8 @@ They count since this daemon started, as Prometheus counters do.
 from __future__ import annotations
 
 import bisect
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from phxqd.events import (
@@ -20,7 +21,7 @@ from phxqd.events import (
     Submitted,
     SubmittedBatch,
 )
-from phxqd.local.state import State
+from phxqd.model import Job
 
 JOB_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -62,9 +63,20 @@ class Stats:
     wait: dict[str, Histogram] = field(default_factory=dict)
     fsync: Histogram = field(default_factory=lambda: Histogram(SYNC_BUCKETS))
     snapshot: Histogram = field(default_factory=lambda: Histogram(JOB_BUCKETS))
-    journal_bytes: int = 0
+    #: (finished_at, seconds it ran) of attempts ended in the last minute, for status
+    recent: deque[tuple[float, float]] = field(default_factory=deque)
 
-    def count(self, event: AnyEvent, state: State) -> None:
+    def ended(self, at: float, seconds: float) -> None:
+        """An attempt ended for good (completed, or failed with no retry left)."""
+        self.recent.append((at, seconds))
+
+    def last_minute(self, now: float) -> list[float]:
+        """How long each attempt that ended in the last minute ran."""
+        while self.recent and self.recent[0][0] < now - 60:
+            self.recent.popleft()
+        return [d for _, d in self.recent]
+
+    def count(self, event: AnyEvent, table: Mapping[int, Job]) -> None:
         """Called with each event after it was applied (live only: replays are not
         counted again)."""
         match event:
@@ -73,19 +85,19 @@ class Stats:
             case SubmittedBatch(jobs):
                 self.jobs.update(("submitted", job.queue) for job in jobs)
             case Started(job_id, at):
-                job = state.jobs[job_id]
+                job = table[job_id]
                 self.jobs["started", job.queue] += 1
                 self._histogram(self.wait, job.queue).observe(max(at - job.run_at, 0.0))
             case Completed(job_id, at):
-                self._ended("completed", state, job_id, at)
+                self._ended("completed", table, job_id, at)
             case Failed(job_id, at, _, _, retry_at):
-                self._ended("failed" if retry_at is None else "retried", state, job_id, at)
+                self._ended("failed" if retry_at is None else "retried", table, job_id, at)
             case Cancelled(job_id):
-                if job_id in state.jobs:
-                    self.jobs["cancelled", state.jobs[job_id].queue] += 1
+                if job_id in table:
+                    self.jobs["cancelled", table[job_id].queue] += 1
 
-    def _ended(self, kind: str, state: State, job_id: int, at: float) -> None:
-        job = state.jobs.get(job_id)
+    def _ended(self, kind: str, jobs: Mapping[int, Job], job_id: int, at: float) -> None:
+        job = jobs.get(job_id)
         if job is None:
             return
         self.jobs[kind, job.queue] += 1

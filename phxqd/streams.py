@@ -12,10 +12,9 @@ from typing import Any
 import anyio
 
 from phxqd import protocol
-from phxqd.feed import Feed, job_event
+from phxqd.backend import Backend
+from phxqd.feed import job_event
 from phxqd.joblogs import JobLogs
-from phxqd.local.recorder import Recorder
-from phxqd.local.state import State
 from phxqd.model import Job
 
 #: seconds between looks at a followed log (`logs --follow`) while its job runs
@@ -23,10 +22,9 @@ LOG_POLL = 0.1
 
 
 class Streams:
-    def __init__(self, state: State, feed: Feed, recorder: Recorder, logs: JobLogs) -> None:
-        self.state = state
-        self.feed = feed
-        self.recorder = recorder
+    def __init__(self, backend: Backend, logs: JobLogs) -> None:
+        self.backend = backend
+        self.feed = backend.feed
         self.logs = logs
 
     async def watch(self, ids: list[int] | None) -> AsyncGenerator[protocol.JobEvent]:
@@ -40,12 +38,12 @@ class Streams:
         self, ids: list[int], timeout: float | None
     ) -> AsyncGenerator[protocol.JobEvent | protocol.Ok[list[Job]]]:
         """`wait` that tells as it goes: a `state` frame per job, then their events."""
-        jobs = [self.state.get(i) for i in ids]
+        jobs = [self.backend.get(i) for i in ids]
         deadline = anyio.current_time() + (timeout if timeout is not None else math.inf)
         with self.feed.listen(frozenset(ids)) as listener:
             for job in jobs:
                 yield job_event("state", job, time.time())
-            while not all(self.state.jobs[i].finished for i in ids if i in self.state.jobs):
+            while not all(j.finished for i in ids if (j := self.backend.find(i)) is not None):
                 taken: list[protocol.JobEvent] = []
                 with anyio.move_on_after(deadline - anyio.current_time()):
                     taken = await listener.take()
@@ -56,7 +54,7 @@ class Streams:
         # Finished in memory; the reply waits, like `wait`, until that is durable.
         remaining = max(deadline - anyio.current_time(), 0.0)
         yield protocol.Ok(
-            await self.recorder.wait(ids, None if math.isinf(remaining) else remaining)
+            await self.backend.wait(ids, None if math.isinf(remaining) else remaining)
         )
 
     async def follow_log(
@@ -77,6 +75,6 @@ class Streams:
             if part["finished"]:
                 yield protocol.Ok({"data": b"", "offset": offset, "finished": True})
                 return
-            ended = self.recorder.waiters.setdefault(job_id, anyio.Event())
+            ended = self.backend.ended(job_id)
             with anyio.move_on_after(LOG_POLL):
                 await ended.wait()

@@ -165,6 +165,7 @@ class Journal:
         policy: FsyncPolicy = "always",
         batch_interval: float = 0.05,
         segment_bytes: int = 64 * 1024 * 1024,
+        on_sync: Callable[[float], None] | None = None,
     ) -> None:
         self.directory = directory
         self.policy = policy
@@ -193,7 +194,7 @@ class Journal:
         self.fsyncs = 0
         self.written_bytes = 0
         #: called with the seconds of each write+fdatasync, for metrics
-        self.on_sync: Callable[[float], None] | None = None
+        self.on_sync = on_sync
 
     # ----------------------------------------------------------- caller's side
 
@@ -259,6 +260,10 @@ class Journal:
                 self._fail(e)
             await self._restarted.wait()
             self._restarted = anyio.Event()
+
+    def segments(self) -> int:
+        """Segment files on disk now (a directory listing: for metrics, not hot paths)."""
+        return len(list_segments(self.directory))
 
     def restart(self, next_lsn: int) -> None:
         """Take writes again from `next_lsn`, in a new segment; the failed one is never

@@ -1,69 +1,71 @@
-"""Progress reports of running jobs: shown at once, journaled at most once a second per
-job (see `ProgressReports.report`)."""
+"""Progress of running jobs: told to listeners at once, checkpointed at most once a second
+per job (see `Checkpoints.report`)."""
 
 from __future__ import annotations
 
-import contextlib
+import math
+from collections.abc import Callable
 
-from phxqd import protocol
-from phxqd.events import AnyEvent, ProgressSaved
+from phxqd.events import ProgressSaved
 from phxqd.feed import Feed, job_event
-from phxqd.local.journal import Journal, JournalError
-from phxqd.local.state import Refused, State
+from phxqd.local.state import State
 from phxqd.model import Progress
 
+#: seconds between two checkpoints of one job's progress
+INTERVAL = 1.0
 
-class ProgressReports:
-    def __init__(self, state: State, journal: Journal, feed: Feed) -> None:
+
+class Checkpoints:
+    """Which progress reports become journal events, and when.
+
+    A report whose job was checkpointed less than INTERVAL ago is held (the newest one per
+    job, merged with those before it) and becomes a checkpoint once the interval has passed
+    (`due`) or with the job's end (`take`). Listeners (`watch`, a streaming `wait`) are told
+    of every report at once; `show` and `status` see the last checkpoint, at most a second
+    old. A job reporting thousands of times a second thus costs no fsync storm, and a crash
+    loses at most the last second of progress, never a job. Every checkpoint goes through
+    the recorder like any other event.
+    """
+
+    def __init__(self, state: State, feed: Feed) -> None:
         self.state = state
-        self.journal = journal
         self.feed = feed
-        #: when each running job's progress was last journaled, and who has newer since
+        #: when each running job's progress was last checkpointed
         self._saved: dict[int, float] = {}
-        self._dirty: set[int] = set()
+        #: the newest report of each job not checkpointed yet
+        self._held: dict[int, Progress] = {}
 
-    def report(self, req: protocol.ReportProgress, now: float) -> dict[str, bool]:
-        """Show a running job's progress at once; journal it at most once a second per job.
-
-        Progress is applied in memory right away (so `show`, `status` and `wait` see it),
-        but written only when the job's last checkpoint is a second old, and with the job's
-        outcome: a job reporting thousands of times a second costs no fsync storm. A crash
-        loses at most the last second of progress, never a job.
-        """
-        job = self.state.get(req.id)
-        if req.percent is not None and not 0 <= req.percent <= 100:
-            raise Refused("usage", "--percent must be between 0 and 100")
-        if any(n is not None and n < 0 for n in (req.done, req.total)):
-            raise Refused("usage", "--done and --total must be 0 or more")
-        if req.step is not None and len(req.step) > 500:
-            raise Refused("usage", "--step is at most 500 characters")
-        if job.status != "running" or job.attempts != req.attempt:
-            return {"accepted": False}  # a late report from an attempt that has ended
-        old = job.progress or Progress(now)
-        new = Progress(
-            now,
-            req.percent if req.percent is not None else old.percent,
-            req.step if req.step is not None else old.step,
-            req.done if req.done is not None else old.done,
-            req.total if req.total is not None else old.total,
-        )
-        event = ProgressSaved(job.id, new)
-        self.state.apply(event)
+    def report(
+        self, job_id: int, attempt: int, make: Callable[[Progress | None], Progress], now: float
+    ) -> ProgressSaved | bool | None:
+        """The checkpoint to record now, None if the report is held, False if the attempt
+        has ended (a late report)."""
+        job = self.state.get(job_id)
+        if job.status != "running" or job.attempts != attempt:
+            return False
+        new = make(self._held.get(job_id, job.progress))
         if self.feed.active:
-            self.feed.publish([job_event("progress", job, now)])
-        if now - self._saved.get(job.id, 0.0) >= 1.0:
-            self._saved[job.id] = now
-            with contextlib.suppress(JournalError):
-                self.journal.append([event])  # not awaited: nobody waits for progress
-        else:
-            self._dirty.add(job.id)
-        return {"accepted": True}
+            self.feed.publish([job_event("progress", job, now, new)])
+        if now - self._saved.get(job_id, -math.inf) >= INTERVAL:
+            self._saved[job_id] = now
+            self._held.pop(job_id, None)
+            return ProgressSaved(job_id, new)
+        self._held[job_id] = new
+        return None
 
-    def unsaved(self, job_id: int) -> list[AnyEvent]:
+    def take(self, job_id: int) -> list[ProgressSaved]:
         """The checkpoint a finishing job still owes the journal, if any."""
         self._saved.pop(job_id, None)
-        job = self.state.jobs.get(job_id)
-        if job_id in self._dirty and job is not None and job.progress is not None:
-            self._dirty.discard(job_id)
-            return [ProgressSaved(job_id, job.progress)]
-        return []
+        held = self._held.pop(job_id, None)
+        return [] if held is None else [ProgressSaved(job_id, held)]
+
+    def next_due(self) -> float | None:
+        """When the earliest held report becomes due."""
+        return min((self._saved[i] + INTERVAL for i in self._held), default=None)
+
+    def due(self, now: float) -> list[ProgressSaved]:
+        """Held reports whose interval has passed, as checkpoints (now taken)."""
+        ready = [i for i in self._held if now - self._saved[i] >= INTERVAL]
+        for job_id in ready:
+            self._saved[job_id] = now
+        return [ProgressSaved(i, self._held.pop(i)) for i in ready]

@@ -12,7 +12,7 @@ import heapq
 import math
 import random
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -46,21 +46,13 @@ from phxqd.model import (
     Status,
     SubmitResult,
 )
+from phxqd.protocol import Refused
 
 BACKOFF_BASE, BACKOFF_MAX, BACKOFF_JITTER = DEFAULT_BACKOFF
 
 #: Subtracted from the sequence number of a retrying job: among ready jobs of one priority,
 #: a retry whose backoff has elapsed goes before every pending job, FIFO among retries.
 RETRY_FIRST = 1 << 62
-
-
-class Refused(Exception):
-    """A request that the state will not carry out; `code` is the protocol error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Snapshot(msgspec.Struct):
@@ -157,9 +149,9 @@ class State:
     _blocked: dict[int, int] = field(default_factory=dict)
     #: shares what decoded jobs have in common (see Sharer)
     share: Sharer = field(default_factory=Sharer, compare=False, repr=False)
-    #: told of each job cancelled because a job it runs after did not complete: no event
-    #: of its own says so (the live feed needs to know; the state itself does not)
-    on_cascade: Callable[[Job, float], None] | None = field(default=None, compare=False)
+    #: jobs cancelled by the last `apply` because a job they run after did not complete
+    #: (no event of their own says so; the live feed needs to know)
+    _cascaded: list[Job] = field(default_factory=list, compare=False, repr=False)
 
     # ----------------------------------------------------------------- decisions
 
@@ -425,8 +417,14 @@ class State:
 
     # --------------------------------------------------------------------- apply
 
-    def apply(self, event: AnyEvent) -> None:
-        """Change the state by one event. Replay calls this too: it must stay deterministic."""
+    def apply(self, event: AnyEvent) -> list[Job]:
+        """Change the state by one event. Replay calls this too: it must stay deterministic.
+
+        Returns the jobs the event cancelled besides the one it names: those that were to
+        run after a job that failed or was cancelled (usually none).
+        """
+        cascaded: list[Job] = []
+        self._cascaded = cascaded
         match event:
             case Submitted(job):
                 self._add((job,))
@@ -477,13 +475,7 @@ class State:
                         self.keys[job.key] = job.id
                     self._enqueue_or_block(job)
             case Cleared(ids):
-                for job_id in ids:
-                    job = self.jobs.pop(job_id)
-                    self._count(job, -1)
-                    self._queued.pop(job_id, None)
-                    self._blocked.pop(job_id, None)
-                    if job.key is not None and self.keys.get(job.key) == job_id:
-                        del self.keys[job.key]
+                self._remove(ids)
             case ProgressSaved(job_id, progress):
                 self.jobs[job_id].progress = progress
             case QueueSet(queue, concurrency):
@@ -502,6 +494,16 @@ class State:
                     self.paused.clear()
                 else:
                     self.paused.discard(queue)
+        return cascaded
+
+    def take_back(self, ids: Iterable[int]) -> None:
+        """Undo the submission of jobs whose record the journal could not make durable.
+
+        Not an event: it removes what an `apply` of an event that never reached the disk
+        added, so memory matches the journal again (nobody was told the jobs exist, and
+        none has started: only durable jobs are claimed).
+        """
+        self._remove(ids)
 
     def snapshot(self, lsn: int) -> Snapshot:
         place = {**self._blocked, **self._queued}
@@ -599,6 +601,15 @@ class State:
                     self._enqueue(job)
         self.next_id = next_id
 
+    def _remove(self, ids: Iterable[int]) -> None:
+        for job_id in ids:
+            job = self.jobs.pop(job_id)
+            self._count(job, -1)
+            self._queued.pop(job_id, None)
+            self._blocked.pop(job_id, None)
+            if job.key is not None and self.keys.get(job.key) == job_id:
+                del self.keys[job.key]
+
     def _count(self, job: Job, delta: int) -> None:
         k = (job.queue, job.status)
         self.counts[k] = self.counts.get(k, 0) + delta
@@ -656,8 +667,7 @@ class State:
             else:
                 self._finish(dependent, "cancelled", at)
                 dependent.error = f"job {job_id}, which it runs after, {job.status}"
-                if self.on_cascade is not None:
-                    self.on_cascade(dependent, at)
+                self._cascaded.append(dependent)
                 self._release(dependent_id, at)
 
     def _promote(self, now: float) -> None:

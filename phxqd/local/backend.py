@@ -1,0 +1,314 @@
+"""`LocalBackend`: the queue kept in this process (`State`) and made durable by the journal
+in the state directory. It implements backend.Backend; see that module for the rules.
+
+Each request method is the same three steps: the pure state decides (events, or Refused),
+the recorder applies and journals them and waits until they are durable, then the answer
+is read from the state. Claims are this backend's own bookkeeping: which jobs the
+dispatcher holds (never taken back by a failed commit, never cancelled behind its back),
+how many per queue (what concurrency limits count), and the jobs given back unstarted
+(claimed again before any other).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.abc
+
+from phxqd.backend import SHUTDOWN, Ending, Health, Summary
+from phxqd.events import (
+    AnyEvent,
+    Cancelled,
+    Cleared,
+    Paused,
+    ProgressSaved,
+    QueueSet,
+    Requeued,
+    Resumed,
+    Retried,
+    Started,
+)
+from phxqd.feed import Feed
+from phxqd.local.journal import Journal, JournalError
+from phxqd.local.progress import Checkpoints
+from phxqd.local.recorder import Recorder
+from phxqd.local.snapshots import Snapshots
+from phxqd.local.state import QueueDefaults, State
+from phxqd.model import FINISHED, WAITING, Job, JobSpec, Progress, SubmitResult
+from phxqd.notice import Notice
+from phxqd.settings import Settings
+from phxqd.stats import Stats
+
+
+class LocalBackend:
+    def __init__(
+        self,
+        state: State,
+        journal: Journal,
+        settings: Settings,
+        changed: Notice,
+        rng: random.Random | None = None,
+        stats: Stats | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stats = stats or Stats()
+        self.feed = Feed()
+        self._state = state
+        self._journal = journal
+        self._rng = rng or random.Random()
+        self._snapshots = Snapshots(state, journal, settings, self.stats, changed)
+        self._recorder = Recorder(state, journal, self._snapshots, self.stats, self.feed, changed)
+        self._checkpoints = Checkpoints(state, self.feed)
+        self._progress_due = anyio.Event()
+        #: jobs claimed by the dispatcher and not yet ended, and how many per queue
+        self._claimed: set[int] = set()
+        self._busy: Counter[str] = Counter()
+        #: claimed jobs given back unstarted: claimed again before any other
+        self._returned: deque[Job] = deque()
+        #: ids below this may be claimed: their submission is durable (see `claimable`)
+        self._durable_below = 0
+        #: background snapshots and healing, stopped by `close`
+        self._upkeep = anyio.CancelScope()
+
+    # ------------------------------------------------------------------ life
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._journal.run)
+            tg.start_soon(self._recorder.settler)
+            tg.start_soon(self._in_scope, self._snapshots.run, self._upkeep)
+            tg.start_soon(self._checkpointer)
+            task_status.started()
+
+    @staticmethod
+    async def _in_scope(func: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
+        with scope:
+            await func()
+
+    async def recover_host(self, kill_leftover: Callable[[Job], bool]) -> int:
+        now = time.time()
+        events: list[AnyEvent] = []
+        for job in list(self._state.by_status("running")):
+            kill_leftover(job)
+            events.append(
+                self._state.outcome(job.id, None, "phxqd stopped while it ran", now, self._rng)
+            )
+        if events:
+            await self._recorder.record(events)
+        return len(events)
+
+    async def close(self) -> None:
+        """Tell the waiters of the last ends, snapshot, and close the journal.
+
+        A background snapshot is stopped first (its child killed, see Snapshots), and so
+        is healing: the stop's own snapshot says the last word.
+        """
+        self._upkeep.cancel()
+        await self._recorder.settle_all()
+        try:
+            await self._snapshots.snapshot()
+        finally:
+            await self._journal.close()
+
+    async def snapshot(self) -> None:
+        await self._snapshots.snapshot()
+
+    # -------------------------------------------------------------- requests
+    async def submit(self, specs: list[JobSpec], now: float) -> list[SubmitResult]:
+        events, results = self._state.submit(specs, now, self._queue_defaults())
+        await self._recorder.commit(events, keep=self._claimed)
+        return results
+
+    async def cancel(self, ids: list[int], now: float) -> list[int]:
+        held = [i for i in ids if i in self._claimed]
+        events, running = self._state.cancel([i for i in ids if i not in self._claimed], now)
+        await self._recorder.commit(events)
+        return [*running, *held]
+
+    async def retry(self, ids: list[int], now: float) -> list[Job]:
+        await self._recorder.commit(self._state.retry(ids, now))
+        return [self._state.jobs[i] for i in ids]
+
+    async def retry_failed(self, queue: str | None, now: float) -> int:
+        events = self._state.retry_failed(queue, now)
+        await self._recorder.commit(events)
+        return sum(len(e.ids) for e in events if isinstance(e, Retried))
+
+    async def clear(self, status: str | None, queue: str | None) -> list[int]:
+        events = self._state.clear(status, queue)
+        await self._recorder.commit(events)
+        return [i for e in events if isinstance(e, Cleared) for i in e.ids]
+
+    async def forget_finished_before(self, cutoff: float) -> list[int]:
+        ids = [
+            j.id
+            for j in self._state.by_status(*FINISHED)
+            if j.finished_at is not None and j.finished_at < cutoff
+        ]
+        if ids:
+            await self._recorder.commit([Cleared(ids)])
+        return ids
+
+    async def set_limit(self, queue: str, concurrency: int | None) -> None:
+        await self._recorder.commit([QueueSet(queue, concurrency)])
+
+    async def pause(self, queue: str | None) -> None:
+        await self._recorder.commit([Paused(queue)])
+
+    async def resume(self, queue: str | None) -> None:
+        await self._recorder.commit([Resumed(queue)])
+
+    # --------------------------------------------------------------- running
+    async def claimable(self) -> None:
+        """Only jobs whose submission is durable may start: one that a crash could still
+        take back must never have run."""
+        below = self._state.next_id
+        try:
+            await self._journal.durable(self._recorder.last_submit_lsn)
+        except JournalError:
+            below = 0
+        self._durable_below = below
+
+    def claim(self, now: float) -> Job | None:
+        state = self._state
+        paused = state.paused
+        for job in list(self._returned):
+            if state.jobs.get(job.id) is not job or job.status not in WAITING:
+                self._returned.remove(job)  # cancelled or cleared meanwhile
+            elif not (state.paused_all or job.queue in paused):
+                self._returned.remove(job)
+                return self._hold(job)
+        nxt = state.claim_next(now, self._durable_below, self._busy, self._config_limits())
+        return None if nxt is None else self._hold(nxt)
+
+    def _hold(self, job: Job) -> Job:
+        self._claimed.add(job.id)
+        self._busy[job.queue] += 1
+        return job
+
+    def _release(self, job: Job) -> None:
+        if job.id in self._claimed:
+            self._claimed.discard(job.id)
+            self._busy[job.queue] -= 1
+
+    def next_wakeup(self) -> float | None:
+        return self._state.next_wakeup()
+
+    def started(self, job: Job, at: float, pid: int | None, pid_started: float | None) -> None:
+        self._recorder.note([Started(job.id, at, pid, pid_started)])
+
+    def finish(self, endings: list[Ending]) -> None:
+        """Ends of claimed jobs in one journal append; their waiters are told once the
+        ends are durable (by the recorder's settler)."""
+        events: list[AnyEvent] = []
+        now = time.time()
+        for e in endings:
+            job = e.job
+            if e.started:
+                events += self._checkpoints.take(job.id)
+                if e.cancelled and e.stop_reason == SHUTDOWN:
+                    events.append(Requeued(job.id))
+                elif e.cancelled:
+                    events.append(Cancelled(job.id, now, e.error or "cancelled"))
+                else:
+                    events.append(
+                        self._state.outcome(
+                            job.id, e.exit_code, e.error, now, self._rng, e.retryable, e.result
+                        )
+                    )
+            elif e.stop_reason is None:  # never ran: it goes to another worker
+                self._returned.append(job)
+            elif e.stop_reason != SHUTDOWN:  # asked to stop before it ran: no attempt spent
+                events.append(Cancelled(job.id, now, e.stop_reason))
+            self._release(job)
+        if events:
+            self._recorder.note_ends(events)
+
+    def progress(
+        self, job_id: int, attempt: int, make: Callable[[Progress | None], Progress]
+    ) -> bool:
+        checkpoint = self._checkpoints.report(job_id, attempt, make, time.time())
+        if checkpoint is False:
+            return False
+        if isinstance(checkpoint, ProgressSaved):
+            self._recorder.note([checkpoint])  # not awaited: nobody waits for progress
+        else:
+            self._progress_due.set()
+        return True
+
+    async def _checkpointer(self) -> None:
+        """Held progress reports become checkpoints once their interval has passed."""
+        while True:
+            due = self._checkpoints.next_due()
+            if due is None:
+                await self._progress_due.wait()
+                self._progress_due = anyio.Event()
+                continue
+            await anyio.sleep(max(due - time.time(), 0.0))
+            jobs = self._state.jobs
+            checkpoints = [
+                c
+                for c in self._checkpoints.due(time.time())
+                if c.id in jobs and jobs[c.id].status == "running"
+            ]
+            if checkpoints:
+                self._recorder.note(list(checkpoints))
+
+    # --------------------------------------------------------------- queries
+    def get(self, job_id: int) -> Job:
+        return self._state.get(job_id)
+
+    def find(self, job_id: int) -> Job | None:
+        return self._state.jobs.get(job_id)
+
+    def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
+        return self._state.select(status, queue, limit)
+
+    def summary(self) -> Summary:
+        s = self._state.summary()
+        return Summary(
+            s["counts"],  # type: ignore[arg-type]
+            s["queues"],  # type: ignore[arg-type]
+            len(self._state.jobs),
+            sorted(self._state.paused),
+            self._state.paused_all,
+            dict(self._state.limits),
+        )
+
+    def busy(self, queue: str) -> int:
+        return self._busy.get(queue, 0)
+
+    def health(self, count_files: bool = False) -> Health:
+        j = self._journal
+        return Health(
+            "journal",
+            j.failed is None,
+            None if j.failed is None else str(j.failed),
+            j.policy,
+            j.last_lsn,
+            j.fsyncs,
+            j.written_bytes,
+            j.segments() if count_files else None,
+        )
+
+    async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
+        return await self._recorder.wait(ids, timeout)
+
+    def ended(self, job_id: int) -> anyio.Event:
+        return self._recorder.ended(job_id)
+
+    def waited_for(self) -> list[int]:
+        return self._recorder.waited_for()
+
+    def _queue_defaults(self) -> dict[str, QueueDefaults]:
+        return {q: QueueDefaults(c.retries, c.backoff()) for q, c in self.settings.queues.items()}
+
+    def _config_limits(self) -> dict[str, int]:
+        return {
+            q: c.concurrency for q, c in self.settings.queues.items() if c.concurrency is not None
+        }

@@ -1,0 +1,111 @@
+"""What the running queue looks like from outside: `status`, `queue list`, the line systemd
+shows, and the status file's content. One place, read by the handlers, metrics, the
+status file and systemd's STATUS=; each view asks the backend and the dispatcher through
+their methods and builds its answer, so none of them needs the others.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from phxqd import statusfile
+from phxqd.backend import Backend
+from phxqd.dispatcher import Dispatcher
+from phxqd.model import STATUSES, QueueConfig
+from phxqd.settings import Settings
+
+
+class Views:
+    def __init__(self, backend: Backend, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.backend = backend
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.started_at = time.time()
+
+    def status(self) -> dict[str, Any]:
+        """Counts, running jobs, and the rates of the last minute. O(queues + running)."""
+        now = time.time()
+        summary = self.backend.summary()
+        running = [self.backend.find(i) for i in self.dispatcher.running()]
+        live = [j for j in running if j is not None and j.status == "running"]
+        durations = self.backend.stats.last_minute(now)
+        ended = len(durations)
+        counts = summary.counts
+        backlog = counts["pending"] + counts["retrying"] + counts["running"]
+        per_second = ended / 60.0
+        health = self.backend.health()
+        return {
+            "counts": counts,
+            "queues": summary.queues,
+            "total": summary.total,
+            "paused": summary.paused,
+            "paused_all": summary.paused_all,
+            "workers": self.settings.workers,
+            "running_jobs": [
+                {
+                    "id": j.id,
+                    "queue": j.queue,
+                    "argv": j.argv,
+                    "call": None if j.call is None else j.call.func,
+                    "started_at": j.started_at,
+                    "progress": j.progress,
+                }
+                for j in live
+            ],
+            "throughput_per_minute": ended,
+            "average_seconds": sum(durations) / ended if ended else None,
+            "eta_seconds": backlog / per_second if per_second and backlog else None,
+            "fsync": health.durability,
+            "journal": {"records": health.records, "fsyncs": health.fsyncs},
+            "writable": health.writable,
+            "journal_error": health.error,
+            "uptime": now - self.started_at,
+        }
+
+    def status_export(self) -> dict[str, Any]:
+        """What the status file says (config `status_file`): see phxqd/statusfile.py."""
+        status = self.status()
+        live = [j for r in status["running_jobs"] if (j := self.backend.find(r["id"]))]
+        retrying = status["counts"]["retrying"]
+        if retrying and len(live) < statusfile.MAX_JOBS:
+            # O(jobs), once a second at most, and only while some job waits to retry
+            live += self.backend.select("retrying", None, statusfile.MAX_JOBS - len(live))
+        return statusfile.content(status, live)
+
+    def status_line(self) -> str:
+        """One line for `systemctl status` (sd_notify STATUS=): counts and journal health."""
+        counts = self.backend.summary().counts
+        parts = [f"{counts[s]} {s}" for s in ("pending", "running", "retrying", "failed")]
+        line = ", ".join(parts) + f"; {self.settings.workers} workers"
+        health = self.backend.health()
+        if not health.writable:
+            line += f"; journal FAILED, refusing changes: {health.error}"
+        else:
+            line += "; journal ok"
+        return ("stopping: " if self.dispatcher.stopping else "") + line
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every queue that has jobs or settings: counts, limit and where it comes from."""
+        summary = self.backend.summary()
+        counts = summary.queues
+        names = sorted({*counts, *summary.limits, *self.settings.queues, *summary.paused})
+        out = []
+        for name in names:
+            runtime = summary.limits.get(name)
+            configured = self.settings.queues.get(name, QueueConfig()).concurrency
+            out.append(
+                {
+                    "queue": name,
+                    "counts": counts.get(name, dict.fromkeys(STATUSES, 0)),
+                    "concurrency": runtime if runtime is not None else configured,
+                    "concurrency_from": "runtime"
+                    if runtime is not None
+                    else "config"
+                    if configured is not None
+                    else None,
+                    "paused": summary.paused_all or name in summary.paused,
+                    "active": self.backend.busy(name),
+                }
+            )
+        return out
