@@ -1,0 +1,359 @@
+"""The local backend and the dispatcher in process: a real State, a real journal with
+fdatasync in a temp dir, real anyio, real subprocesses for the dispatcher; no daemon
+process and no socket, so each rule of backend.py is checked where it is kept.
+
+Every test ends by replaying the journal and comparing it with the state in memory: what
+the backend applied is exactly what it journaled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from phxqd import protocol
+from phxqd.backend import SHUTDOWN, Ending
+from phxqd.core import Core
+from phxqd.local.backend import LocalBackend
+from phxqd.local.journal import Journal
+from phxqd.local.recovery import recover
+from phxqd.local.state import State
+from phxqd.model import Job, JobSpec, Progress, QueueConfig
+from phxqd.notice import Notice
+from phxqd.protocol import Refused
+from phxqd.settings import Settings
+
+#: seconds any one in-process test may take before it counts as hung
+HANG = 30.0
+
+
+def settings_in(base: Path, **changes: object) -> Settings:
+    journal_dir, logs_dir = base / "journal", base / "logs"
+    for d in (journal_dir, logs_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        workers=2,
+        kill_grace=5.0,
+        snapshot_bytes=1 << 40,
+        journal_dir=journal_dir,
+        logs_dir=logs_dir,
+        socket=base / "phxqd.sock",
+        retry_interval=0.05,
+    )
+    for key, value in changes.items():
+        setattr(settings, key, value)
+    return settings
+
+
+class Rig:
+    """One backend over its own state and journal, running."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = State()
+        self.journal = Journal(settings.journal_dir, 1, "always")
+        self.wake = Notice()
+        self.backend = LocalBackend(self.state, self.journal, settings, self.wake, random.Random(7))
+
+    def replayed(self) -> State:
+        return recover(self.settings.journal_dir, cut_torn_tail=False, now=time.time()).state
+
+    def assert_journal_matches_memory(self) -> None:
+        assert_same(self.replayed(), self.state, self.journal.last_lsn)
+
+
+def assert_same(replayed: State, live: State, lsn: int) -> None:
+    """Every job and queue setting the same. (Not the order of the waiting: a job claimed
+    and not yet started is off the ready heaps in memory, waiting in the journal.)"""
+    a, b = replayed.snapshot(lsn), live.snapshot(lsn)
+    a.order = b.order = []
+    assert msgspec.msgpack.encode(a) == msgspec.msgpack.encode(b)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Rig]:
+    rig = Rig(settings)
+    with anyio.fail_after(HANG):
+        async with anyio.create_task_group() as tg:
+            await tg.start(rig.backend.run)
+            yield rig
+            await rig.backend.close()
+            tg.cancel_scope.cancel()
+    rig.assert_journal_matches_memory()
+
+
+def spec(*argv: str, **fields: object) -> JobSpec:
+    return JobSpec(argv=list(argv or ("true",)), **fields)  # type: ignore[arg-type]
+
+
+def test_submit_is_durable_dedups_live_keys_and_replays(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(settings_in(tmp_path)) as rig:
+            b = rig.backend
+            first = await b.submit([spec(key="k"), spec("echo", "x")], time.time())
+            again = await b.submit([spec(key="k")], time.time())
+            assert [r.deduplicated for r in first] == [False, False]
+            assert again[0].deduplicated and again[0].job.id == first[0].job.id
+            # acknowledged means durable: the journal alone already has both jobs
+            assert set(rig.replayed().jobs) == {first[0].job.id, first[1].job.id}
+
+    anyio.run(main)
+
+
+def test_claims_wait_for_durability_and_keep_priority_limits_and_pauses(tmp_path: Path) -> None:
+    settings = settings_in(tmp_path, queues={"q": QueueConfig(concurrency=1)})
+
+    async def main() -> None:
+        async with running(settings) as rig:
+            b = rig.backend
+            now = time.time()
+            low, high, other = (
+                r.job
+                for r in await b.submit([spec(queue="q"), spec(queue="q", priority=5), spec()], now)
+            )
+            assert b.claim(now) is None, "claimed before claimable() saw the submit durable"
+            await b.claimable()
+            assert b.claim(now) is high
+            assert b.busy("q") == 1
+            assert b.claim(now) is other, "queue q is at its limit: the next is another queue's"
+            assert b.claim(now) is None
+            b.started(high, now, None, None)
+            b.finish([Ending(high, True, exit_code=0)])
+            assert b.busy("q") == 0
+            await b.pause("q")
+            assert b.claim(now) is None, "q is paused"
+            await b.resume("q")
+            assert b.claim(now) is low
+            b.finish([Ending(low, False), Ending(other, False)])  # both given back unstarted
+            assert b.busy("q") == 0
+            again = [b.claim(now), b.claim(now)]
+            assert sorted(j.id for j in again if j) == sorted([low.id, other.id]), "claimed again"
+            b.finish([Ending(low, False, stop_reason=SHUTDOWN), Ending(other, False)])
+            assert (await b.wait([high.id], None))[0].status == "completed"
+
+    anyio.run(main)
+
+
+def test_a_given_back_job_goes_before_newer_and_higher_ones(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(settings_in(tmp_path)) as rig:
+            b = rig.backend
+            [first] = [r.job for r in await b.submit([spec()], time.time())]
+            await b.claimable()
+            assert b.claim(time.time()) is first
+            await b.submit([spec(priority=9)], time.time())
+            await b.claimable()
+            b.finish([Ending(first, False)])
+            assert b.claim(time.time()) is first
+            b.finish([Ending(first, False, stop_reason="cancelled")])
+            assert b.get(first.id).status == "cancelled"
+            assert b.get(first.id).attempts == 0
+
+    anyio.run(main)
+
+
+def test_failed_attempts_retry_by_policy_then_fail_and_waiters_are_told(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(settings_in(tmp_path)) as rig:
+            b = rig.backend
+            [job] = [r.job for r in await b.submit([spec(max_retries=1)], time.time())]
+            await b.claimable()
+            for attempt in (1, 2):
+                claimed = b.claim(time.time() + 3600)  # past any backoff
+                assert claimed is job
+                b.started(job, time.time(), 123, 1.0)
+                assert b.get(job.id).attempts == attempt and b.get(job.id).pid == 123
+                b.finish([Ending(job, True, exit_code=3, error="exited with status 3")])
+                expected = "retrying" if attempt == 1 else "failed"
+                assert b.get(job.id).status == expected
+            [done] = await b.wait([job.id], HANG)
+            assert done.status == "failed" and done.exit_code == 3
+            assert b.ended(job.id).is_set()
+
+    anyio.run(main)
+
+
+def test_cancel_stops_nothing_itself_it_names_the_claimed_jobs(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(settings_in(tmp_path)) as rig:
+            b = rig.backend
+            claimed, waiting = (r.job for r in await b.submit([spec(), spec()], time.time()))
+            await b.claimable()
+            assert b.claim(time.time()) is claimed
+            to_stop = await b.cancel([claimed.id, waiting.id], time.time())
+            assert to_stop == [claimed.id]
+            assert b.get(waiting.id).status == "cancelled"
+            assert b.get(claimed.id).status == "pending", "the dispatcher stops it, not the backend"
+            b.finish([Ending(claimed, False, stop_reason="cancelled")])
+            assert [j.status for j in await b.wait([claimed.id], HANG)] == ["cancelled"]
+            with pytest.raises(Refused) as refused:
+                await b.cancel([waiting.id], time.time())
+            assert refused.value.code == "refused"
+
+    anyio.run(main)
+
+
+def test_jobs_cancelled_by_a_cascade_are_told_to_listeners(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(settings_in(tmp_path)) as rig:
+            b = rig.backend
+            [first] = [r.job for r in await b.submit([spec(max_retries=0)], time.time())]
+            [after] = [r.job for r in await b.submit([spec(after=[first.id])], time.time())]
+            await b.claimable()
+            with b.feed.listen() as listener:
+                assert b.claim(time.time()) is first
+                b.started(first, time.time(), None, None)
+                b.finish([Ending(first, True, exit_code=1, error="exited with status 1")])
+                events = [(e.event, e.id) for e in await listener.take()]
+            assert ("failed", first.id) in events and ("cancelled", after.id) in events
+            assert b.get(after.id).status == "cancelled"
+
+    anyio.run(main)
+
+
+def test_progress_is_told_at_once_and_checkpointed_at_most_once_a_second(tmp_path: Path) -> None:
+    def report(**fields: object) -> object:
+        return lambda old: msgspec.structs.replace(old or Progress(time.time()), **fields)
+
+    async def main() -> None:
+        async with running(settings_in(tmp_path)) as rig:
+            b = rig.backend
+            [job] = [r.job for r in await b.submit([spec()], time.time())]
+            await b.claimable()
+            assert b.claim(time.time()) is job
+            b.started(job, time.time(), None, None)
+            with b.feed.listen({job.id}) as listener:  # type: ignore[arg-type]
+                assert b.progress(job.id, 1, report(percent=10.0))  # type: ignore[arg-type]
+                assert b.progress(job.id, 1, report(step="two"))  # type: ignore[arg-type]
+                told = [e.progress for e in await listener.take()]
+            assert [(p.percent, p.step) for p in told if p] == [(10.0, None), (10.0, "two")]
+            # the first report is a checkpoint at once; the second is held (under a second)
+            assert b.get(job.id).progress is not None
+            assert b.get(job.id).progress.step is None  # type: ignore[union-attr]
+            await rig.journal.durable(rig.journal.last_lsn)
+            assert rig.replayed().jobs[job.id].progress.percent == 10.0  # type: ignore[union-attr]
+            assert not b.progress(job.id, 2, report(percent=99.0)), "another attempt's report"  # type: ignore[arg-type]
+            # the held report is saved with the job's end, before it
+            b.finish([Ending(job, True, exit_code=0)])
+            [done] = await b.wait([job.id], HANG)
+            assert done.progress is not None and done.progress.step == "two"
+
+    anyio.run(main)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_submit_the_disk_refuses_is_taken_back_and_writes_resume(small_fs: Path) -> None:
+    """A full disk (a real ENOSPC from a small tmpfs): the submit is refused and its jobs
+    are not in memory either; the other jobs stay; once there is room the backend saves
+    everything in a snapshot and takes changes again."""
+
+    async def main() -> None:
+        async with running(settings_in(small_fs / "state")) as rig:
+            b = rig.backend
+            kept = [r.job.id for r in await b.submit([spec()], time.time())]
+            ballast = small_fs / "ballast"
+            with contextlib.suppress(OSError), open(ballast, "wb", buffering=0) as f:
+                while True:
+                    f.write(b"\0" * 4096)
+            big = [spec("echo", "x" * 2000) for _ in range(50)]
+            with pytest.raises(Refused) as refused:
+                await b.submit(big, time.time())
+            assert "No space left" in refused.value.message
+            assert [j.id for j in b.select(None, None, 100)] == kept
+            assert b.summary().total == 1 and not b.health().writable
+            ballast.unlink()
+            while not b.health().writable:
+                await anyio.sleep(0.01)  # healing retries every retry_interval (0.05 s)
+            more = [r.job.id for r in await b.submit([spec()], time.time())]
+            assert [j.id for j in b.select(None, None, 100)] == sorted(kept + more, reverse=True)
+
+    anyio.run(main)
+
+
+# ------------------------------------------------------------------ the dispatcher
+
+
+@contextlib.asynccontextmanager
+async def dispatching(settings: Settings) -> AsyncIterator[Core]:
+    """A Core whose dispatcher runs real commands; stopped gracefully at the end."""
+    state, journal = State(), Journal(settings.journal_dir, 1, "always")
+    core = Core(state, journal, settings, random.Random(3))
+    with anyio.fail_after(HANG):
+        async with anyio.create_task_group() as tg:
+            await tg.start(core.backend.run)
+            done = anyio.Event()
+
+            async def dispatch() -> None:
+                await core.dispatcher.dispatch()
+                done.set()
+
+            tg.start_soon(dispatch)
+            yield core
+            await core.dispatcher.shutdown()
+            await done.wait()
+            await core.backend.close()
+            tg.cancel_scope.cancel()
+    replayed = recover(settings.journal_dir, cut_torn_tail=False, now=time.time()).state
+    assert_same(replayed, state, journal.last_lsn)
+
+
+async def submit(core: Core, *specs: JobSpec) -> list[int]:
+    results = await core.handle(protocol.Submit(list(specs)))
+    return [r.job.id for r in results]
+
+
+async def started(core: Core, job_id: int) -> Job:
+    with core.backend.feed.listen(frozenset({job_id})) as listener:
+        while (job := core.backend.get(job_id)).status != "running":
+            await listener.take()
+    return job
+
+
+def test_the_dispatcher_runs_commands_and_records_how_they_ended(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with dispatching(settings_in(tmp_path)) as core:
+            ok, bad = await submit(core, spec("true"), spec("sh", "-c", "exit 3", max_retries=0))
+            jobs = {j.id: j for j in await core.backend.wait([ok, bad], HANG)}
+            assert (jobs[ok].status, jobs[ok].exit_code) == ("completed", 0)
+            assert (jobs[bad].status, jobs[bad].exit_code) == ("failed", 3)
+            assert core.dispatcher.running() == []
+
+    anyio.run(main)
+
+
+def test_cancel_stops_a_running_command_and_a_stop_requeues_another(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with dispatching(settings_in(tmp_path)) as core:
+            doomed, survivor = await submit(core, spec("sleep", "60"), spec("sleep", "60"))
+            await started(core, doomed)
+            await started(core, survivor)
+            assert sorted(core.dispatcher.running()) == [doomed, survivor]
+            [cancelled] = await core.handle(protocol.Cancel([doomed]))
+            assert cancelled.status == "cancelled"
+            assert core.dispatcher.running() == [survivor]
+        job = core.backend.get(survivor)
+        assert (job.status, job.attempts) == ("pending", 0), "requeued, its attempt not spent"
+
+    anyio.run(main)
