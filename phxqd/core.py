@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 
-from phxqd import metrics, pool
+from phxqd import metrics
 from phxqd.dispatcher import Dispatcher
 from phxqd.feed import Feed
 from phxqd.handlers import Handlers
@@ -26,6 +26,7 @@ from phxqd.joblogs import JobLogs
 from phxqd.journal import Journal
 from phxqd.progress import ProgressReports
 from phxqd.recorder import Recorder
+from phxqd.run import attempt
 from phxqd.settings import Settings
 from phxqd.state import State
 from phxqd.stats import Stats
@@ -44,7 +45,7 @@ class Core:
         #: job events for whoever listens (watch, streaming wait, hooks, the status file)
         self.feed = Feed()
         #: jobs claimed by the dispatcher and not yet ended, with the handle that stops them
-        active: dict[int, pool.Stop] = {}
+        active: dict[int, attempt.Stop] = {}
         self.recorder = Recorder(state, journal, settings, self.stats, self.feed, active)
         self.logs = JobLogs(state, settings)
         self.progress = ProgressReports(state, journal, self.feed)

@@ -18,17 +18,18 @@ from collections import Counter, deque
 import anyio
 import anyio.abc
 
-from phxqd import pool, scratch
 from phxqd.events import AnyEvent, Cancelled, Cleared, Requeued, Started
 from phxqd.joblogs import JobLogs
 from phxqd.journal import Journal, JournalError
 from phxqd.model import FINISHED, Job
 from phxqd.progress import ProgressReports
 from phxqd.recorder import Recorder
-from phxqd.scratch import Scratches
+from phxqd.run import command, output, proctree
+from phxqd.run.attempt import Outcome, Stop
+from phxqd.run.lanes import Ended, Report, Start, WorkerPool
+from phxqd.run.output import Scratches
 from phxqd.settings import Settings
 from phxqd.state import Refused, State
-from phxqd.workers import Ended, Report, Start, WorkerPool
 
 log = logging.getLogger("phxqd")
 
@@ -46,7 +47,7 @@ class Dispatcher:
         recorder: Recorder,
         progress: ProgressReports,
         logs: JobLogs,
-        active: dict[int, pool.Stop],
+        active: dict[int, Stop],
     ) -> None:
         self.state = state
         self.journal = journal
@@ -60,7 +61,7 @@ class Dispatcher:
         #: how many of `active` each queue has, for its concurrency limit
         self.busy: Counter[str] = Counter()
         self._next_sweep = 0.0
-        #: the scratch files command jobs write to until they have a log (see scratch.py)
+        #: the scratch files command jobs write to until they have a log (see run/output.py)
         self.scratches = Scratches(settings.logs_dir)
         self.workers = WorkerPool(
             settings.python,
@@ -155,7 +156,10 @@ class Dispatcher:
                 except OSError as e:
                     error = f"cannot start {self.settings.python}: {e.strerror}"
                     self._reports(
-                        [Start(job, None, None), Ended(job, stop, pool.Outcome(None, error, False))]
+                        [
+                            Start(job, None, None),
+                            Ended(job, stop, Outcome(None, error, False)),
+                        ]
                     )
                     continue
                 lane.push(ticket)
@@ -179,12 +183,12 @@ class Dispatcher:
                 self._returned.remove(job)  # cancelled or cleared meanwhile
             elif not (self.state.paused_all or job.queue in paused):
                 self._returned.remove(job)
-                self.active[job.id] = pool.Stop()
+                self.active[job.id] = Stop()
                 self.busy[job.queue] += 1
                 return job
         claimed = self.state.claim_next(now, durable_below, self.busy, self._config_limits())
         if claimed is not None:
-            self.active[claimed.id] = pool.Stop()
+            self.active[claimed.id] = Stop()
             self.busy[claimed.queue] += 1
         return claimed
 
@@ -193,7 +197,7 @@ class Dispatcher:
         held = self._held
         if held is not None and self.active[held.id].reason is not None:
             self._held = None
-            self._reports([Ended(held, self.active[held.id], pool.Outcome(None), False)])
+            self._reports([Ended(held, self.active[held.id], Outcome(None), False)])
 
     async def _let_running_jobs_finish(self) -> None:
         """Stopping: give running jobs `shutdown_grace` seconds, then stop (and requeue)
@@ -220,7 +224,7 @@ class Dispatcher:
         self.stopping = True
         self._wake.set()
 
-    def _end_event(self, job: Job, stop: pool.Stop, outcome: pool.Outcome) -> AnyEvent:
+    def _end_event(self, job: Job, stop: Stop, outcome: Outcome) -> AnyEvent:
         """The event that ends a started attempt."""
         if outcome.cancelled and stop.reason == SHUTDOWN:
             return Requeued(job.id)
@@ -289,14 +293,14 @@ class Dispatcher:
         stop = self.active[job.id]
         try:
             if stop.reason is not None:  # cancelled or stopped before it started
-                self._reports([Ended(job, stop, pool.Outcome(None), False)])
+                self._reports([Ended(job, stop, Outcome(None), False)])
                 return
 
             async def started(pid: int | None, create_time: float | None) -> None:
                 self.recorder.note([Started(job.id, time.time(), pid, create_time)])
 
             try:
-                outcome = await pool.run_command(
+                outcome = await command.run_command(
                     job,
                     self.logs.path(job.id),
                     self.scratches,
@@ -309,7 +313,7 @@ class Dispatcher:
             except Exception as e:
                 # a bug of ours must cost one attempt, never the daemon
                 log.exception("job %d: internal error while running it", job.id)
-                outcome = pool.Outcome(None, f"internal error in phxqd: {e!r}")
+                outcome = Outcome(None, f"internal error in phxqd: {e!r}")
             self._reports([Ended(job, stop, outcome)])
         finally:
             self._commands -= 1
@@ -355,11 +359,11 @@ class Dispatcher:
         """Jobs that were running when the daemon last died: kill leftovers, then fail the
         attempt (retrying by the job's policy): their work may be half done. Scratch
         files of dead daemons go too."""
-        scratch.remove_leftovers(self.settings.logs_dir)
+        output.remove_leftovers(self.settings.logs_dir)
         now = time.time()
         events: list[AnyEvent] = []
         for job in list(self.state.by_status("running")):
-            if job.pid is not None and pool.kill_leftover(
+            if job.pid is not None and proctree.kill_leftover(
                 job.pid, job.pid_started, (job.id, self.settings.socket)
             ):
                 log.warning("job %d: killed process %d left from the previous run", job.id, job.pid)

@@ -15,9 +15,9 @@ import anyio
 import pytest
 
 from phxqctl import Client
-from phxqd import pool
 from phxqd.model import Call, Job
-from phxqd.workers import Ended, Report, Start, WorkerPool
+from phxqd.run import attempt
+from phxqd.run.lanes import Ended, Report, Start, WorkerPool
 from tests.conftest import Daemon
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -38,14 +38,14 @@ class Harness:
         self.logs = logs
         self.reports: list[Report] = []
         self.pool = WorkerPool(report=self.reports.extend, socket_path=logs / "s", grace=1.0)
-        self.stops: dict[int, pool.Stop] = {}
+        self.stops: dict[int, attempt.Stop] = {}
 
     def push(self, jobs: list[Job]) -> None:
         lane = self.pool.lane_with_room(time.monotonic()) or self.pool.new_lane(
             self.logs / f"{jobs[0].id}.log"
         )
         for job in jobs:
-            self.stops[job.id] = pool.Stop()
+            self.stops[job.id] = attempt.Stop()
             lane.push(self.pool.ticket(job, self.stops[job.id], self.logs / f"{job.id}.log"))
         lane.flush()
 

@@ -1,6 +1,6 @@
 """A persistent Python worker: runs `module:function` jobs sent by phxqd, one at a time.
 
-Started as `python -m phxqd.worker`, talking over the socket whose fd is in
+Started as `python -m phxqd.run.child`, talking over the socket whose fd is in
 $PHXQ_WORKER_FD. phxqd may send a few tasks ahead (prefetch): the worker keeps them in an
 inbox and runs them in order. Between two tasks it reads whatever phxqd sent meanwhile,
 so a `Skip` (the job was cancelled, or phxqd wants it back) removes a task that has not

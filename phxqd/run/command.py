@@ -9,80 +9,19 @@ How many jobs run at once is the dispatcher's business, not this module's.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import anyio
-import psutil
 
-from phxqd import spawn
 from phxqd.model import Job
-from phxqd.scratch import PUBLISH_AFTER, Output, Scratches
-
-
-class Child(Protocol):
-    """A job's process: a Popen, or a `spawn.Spawned`."""
-
-    pid: int
-
-    def wait(self) -> int: ...
-
-
-@dataclass
-class Outcome:
-    """How an attempt ended. `error` is None only for a clean exit."""
-
-    exit_code: int | None
-    error: str | None = None
-    #: False when running it again cannot help (the command does not exist)
-    retryable: bool = True
-    #: the job was stopped on request (cancel) rather than failing by itself
-    cancelled: bool = False
-    #: what a callable job returned
-    result: Any = None
-
-
-class Stop:
-    """A handle to ask a running job to stop, and why."""
-
-    def __init__(self) -> None:
-        self.scope = anyio.CancelScope()
-        self.reason: str | None = None
-        #: told of the request too (a worker lane, whose job has no scope of its own)
-        self.on_request: Callable[[], None] | None = None
-
-    def request(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-        self.scope.cancel()
-        if self.on_request is not None:
-            self.on_request()
-
-
-@functools.cache
-def _daemon_env() -> dict[str, str]:
-    """The daemon's environment, copied once: it does not change while phxqd runs, and
-    decoding it again costs more than a job's spawn is worth. Never changed: copied."""
-    return dict(os.environ)
-
-
-def job_env(job: Job, socket: Path) -> dict[str, str]:
-    """The daemon's environment, the job's, and PHXQ_*."""
-    env = _daemon_env().copy()
-    env.update(job.env or {})
-    env["PHXQ_JOB_ID"] = str(job.id)
-    env["PHXQ_ATTEMPT"] = str(job.attempts + 1)
-    env["PHXQ_SOCKET"] = str(socket)
-    return env
-
+from phxqd.run import spawn
+from phxqd.run.attempt import Outcome, Stop, describe, job_env
+from phxqd.run.output import PUBLISH_AFTER, Output, Scratches
+from phxqd.run.proctree import Child, boot_ticks, create_time, kill_tree
 
 #: PATH lookups: (name, PATH, cwd) -> (resolved path, monotonic time looked up)
 _found: dict[tuple[str, str, str | None], tuple[str, float]] = {}
@@ -132,7 +71,7 @@ async def run_command(
     `started` is awaited once the process exists (or failed to), so the journal records the
     pid before the job can finish. If the caller itself is cancelled (daemon shutdown), the
     process tree is killed before the cancellation propagates. Output goes to the job's log,
-    or a scratch file that becomes it (see `scratch`). With `log_cap`, the log is trimmed to
+    or a scratch file that becomes it (see `output`). With `log_cap`, the log is trimmed to
     about that size every second while the job runs and once more at its end.
     """
     env = job_env(job, socket)
@@ -194,7 +133,7 @@ def _spawn(job: Job, log_fd: int, env: dict[str, str]) -> Child:
 
 
 def _start(job: Job, program: str | None, log_fd: int, env: dict[str, str]) -> Child:
-    """glibc's posix_spawn (see spawn.py), else Popen: for a program not found in PATH,
+    """glibc's posix_spawn (see run/spawn.py), else Popen: for a program not found in PATH,
     Popen's own search and its error are kept."""
     path = program if program is not None else (job.argv[0] if "/" in job.argv[0] else None)
     if spawn.AVAILABLE and path is not None:
@@ -275,122 +214,3 @@ def trim_log(path: Path, cap: int) -> None:
         f.seek(head)
         marker = f"\n[phxq: {size - head - len(end)} bytes of output dropped here]\n"
         f.write(marker.encode() + end)
-
-
-def describe(code: int) -> str:
-    """'exited with status 3' or 'killed by SIGTERM', from a Popen return code."""
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with status {code}"
-
-
-async def kill_tree(proc: Child, pidfd: int, grace: float, mark: Mark | None = None) -> None:
-    """SIGTERM the job's process group and its descendants; SIGKILL what is left after grace.
-
-    Descendants are found twice over: by parentage (a child that left the group with
-    setsid), and by the PHXQ_JOB_ID every job process inherits (a double fork, whose
-    parent is gone).
-    """
-    others = _descendants(proc.pid) + marked(mark)
-    signal_tree(proc.pid, others, signal.SIGTERM)
-    with anyio.move_on_after(grace):
-        await anyio.wait_readable(pidfd)
-    signal_tree(proc.pid, others, signal.SIGKILL)
-    await anyio.wait_readable(pidfd)
-    proc.wait()
-
-
-#: (job id, socket path): the PHXQ_JOB_ID and PHXQ_SOCKET a job's processes inherit. Both,
-#: because two daemons (a user's and the system's) number their jobs alike.
-Mark = tuple[int, Path]
-
-
-def marked(mark: Mark | None) -> list[psutil.Process]:
-    """Processes that inherited this job's PHXQ_JOB_ID and PHXQ_SOCKET, wherever they moved
-    to (reading other processes' environments needs root or the same user)."""
-    if mark is None:
-        return []
-    job_id, sock = str(mark[0]), str(mark[1])
-    me, out = os.getpid(), []
-    for p in psutil.process_iter():
-        try:
-            env = p.environ()
-        except psutil.Error:
-            continue
-        if p.pid != me and env.get("PHXQ_JOB_ID") == job_id and env.get("PHXQ_SOCKET") == sock:
-            out.append(p)
-    return out
-
-
-def kill_leftover(pid: int, create_time: float | None, mark: Mark | None = None) -> bool:
-    """Kill the process group of a job from an earlier daemon life, if it still lives.
-
-    The pid alone could have been reused by an unrelated process: the start time recorded
-    in the journal must match too. Processes that carry the job's PHXQ_JOB_ID are killed
-    whether the leader still lives or not (it may have exited and left them behind).
-    """
-    strays = marked(mark)
-    signal_tree(None, strays, signal.SIGKILL)
-    try:
-        proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 0.01:
-            return bool(strays)
-    except psutil.Error:
-        return bool(strays)
-    signal_tree(pid, _descendants(pid), signal.SIGKILL)
-    return True
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return list(psutil.Process(pid).children(recursive=True))
-    except psutil.Error:
-        return []
-
-
-def signal_tree(pgid: int | None, others: list[psutil.Process], sig: signal.Signals) -> None:
-    if pgid is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-    for p in others:
-        with contextlib.suppress(psutil.Error):
-            p.send_signal(sig)  # psutil checks the process is still the one it found
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-#: seconds a boot time read is used for: it moves with the wall clock
-_BOOT_TIME_TTL = 10.0
-
-
-@functools.lru_cache(maxsize=1)
-def _boot_time(period: int) -> float:
-    """psutil's boot time, read once per `_BOOT_TIME_TTL` period of the monotonic clock
-    (the period is the cache key, so a new period reads it again)."""
-    return float(psutil.boot_time())
-
-
-def create_time(pid: int, start_ticks: int | None = None) -> float | None:
-    """The start time of process `pid` as psutil computes it (seconds since the epoch),
-    read straight from /proc: psutil.Process() reads more files than this needs, and it
-    is paid for every job started. `start_ticks`, when the caller knows them (see
-    `boot_ticks`), spare the read."""
-    if start_ticks is None:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-            start_ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
-        except (OSError, ValueError, IndexError):
-            return None
-    boot = _boot_time(int(time.monotonic() // _BOOT_TIME_TTL))
-    return start_ticks / _CLOCK_TICKS + boot
-
-
-def boot_ticks() -> int:
-    """CLOCK_BOOTTIME in clock ticks: the clock and unit of a process's start time in
-    /proc/PID/stat. Read before and after a spawn: if both agree, the child (made in
-    between) started in that tick. Reading /proc/PID/stat of a child that is still in
-    its exec waits for the exec: it cost a third of a command's spawn."""
-    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // (1_000_000_000 // _CLOCK_TICKS)
