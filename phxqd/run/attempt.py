@@ -47,21 +47,33 @@ class Stop:
             self.on_request()
 
 
+def job_env(job: Job, socket: Path) -> dict[str, str]:
+    """What a job's environment adds to its runner's: the job's own variables, then
+    PHXQ_JOB_ID, PHXQ_ATTEMPT and PHXQ_SOCKET (which the job cannot override: they are how
+    `phxqctl progress` finds its job, and how a stop finds a job's escaped processes).
+
+    The one definition for both kinds of job: a command gets it over the daemon's
+    environment (`command_env`), a callable over its worker's (the worker applies it
+    before the call and takes it back after)."""
+    env = dict(job.env or {})
+    env["PHXQ_JOB_ID"] = str(job.id)
+    env["PHXQ_ATTEMPT"] = str(job.attempts + 1)
+    env["PHXQ_SOCKET"] = str(socket)
+    return env
+
+
+def command_env(job: Job, socket: Path) -> dict[str, str]:
+    """A command's whole environment: the daemon's, then `job_env`."""
+    env = _daemon_env().copy()
+    env.update(job_env(job, socket))
+    return env
+
+
 @functools.cache
 def _daemon_env() -> dict[str, str]:
     """The daemon's environment, copied once: it does not change while phxqd runs, and
     decoding it again costs more than a job's spawn is worth. Never changed: copied."""
     return dict(os.environ)
-
-
-def job_env(job: Job, socket: Path) -> dict[str, str]:
-    """The daemon's environment, the job's, and PHXQ_*."""
-    env = _daemon_env().copy()
-    env.update(job.env or {})
-    env["PHXQ_JOB_ID"] = str(job.id)
-    env["PHXQ_ATTEMPT"] = str(job.attempts + 1)
-    env["PHXQ_SOCKET"] = str(socket)
-    return env
 
 
 def describe(code: int) -> str:

@@ -19,7 +19,7 @@ import anyio
 
 from phxqd.model import Job
 from phxqd.run import spawn
-from phxqd.run.attempt import Outcome, Stop, describe, job_env
+from phxqd.run.attempt import Outcome, Stop, command_env, describe
 from phxqd.run.output import PUBLISH_AFTER, Output, Scratches
 from phxqd.run.proctree import Child, boot_ticks, create_time, kill_tree
 
@@ -74,7 +74,7 @@ async def run_command(
     or a scratch file that becomes it (see `output`). With `log_cap`, the log is trimmed to
     about that size every second while the job runs and once more at its end.
     """
-    env = job_env(job, socket)
+    env = command_env(job, socket)
     out: Output | None = None
     try:
         out = Output(log_path, scratches, ran_before=job.started_at is not None)

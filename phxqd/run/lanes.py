@@ -41,6 +41,7 @@ import psutil
 
 from phxqd.model import Job
 from phxqd.run import attempt, proctree
+from phxqd.run.attempt import job_env
 from phxqd.run.child import HEADER, Began, Done, FromWorker, Skip, Skipped, Task, scratch_path
 
 _encoder = msgspec.msgpack.Encoder()
@@ -158,7 +159,7 @@ class WorkerPool:
             job.call.kwargs,
             str(log_path),
             job.cwd,
-            _job_env(job, self.socket_path),
+            job_env(job, self.socket_path),
         )
         data = _encoder.encode(task)
         return Ticket(job, stop, log_path, HEADER.pack(len(data)) + data)
@@ -518,11 +519,3 @@ class Lane:
                         out.write(src.read())
         with contextlib.suppress(OSError):
             os.unlink(scratch)
-
-
-def _job_env(job: Job, socket_path: Path) -> dict[str, str]:
-    env = dict(job.env or {})
-    env["PHXQ_JOB_ID"] = str(job.id)
-    env["PHXQ_ATTEMPT"] = str(job.attempts + 1)
-    env["PHXQ_SOCKET"] = str(socket_path)
-    return env
