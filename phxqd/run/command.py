@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 
 from phxqd.model import Job
-from phxqd.run import spawn
+from phxqd.run import output, spawn
 from phxqd.run.attempt import Outcome, Stop, command_env, describe
 from phxqd.run.output import PUBLISH_AFTER, Output, Scratches
 from phxqd.run.proctree import Child, boot_ticks, create_time, kill_tree
@@ -181,36 +181,5 @@ TRIM_EVERY = 1.0
 
 async def trim_log_soon(path: Path, cap: int) -> None:
     """Trim in a thread, but only when needed: a stat is cheap, a thread hop per job is not."""
-    try:
-        if path.stat().st_size <= cap + TRIM_SLACK:
-            return
-    except FileNotFoundError:
-        return
-    await anyio.to_thread.run_sync(trim_log, path, cap)
-
-
-#: a log this much over its cap is left alone, so a trimmed log is not trimmed again at once
-TRIM_SLACK = 4096
-
-
-def trim_log(path: Path, cap: int) -> None:
-    """Keep the first and the last half of `cap` bytes of a log, and say what was dropped.
-
-    The job writes its log itself (O_APPEND), so the daemon cannot stop it from growing;
-    it cuts it back instead: the head shows how the job started, the tail how it ended.
-    Output written during the cut itself may be lost; the marker says output was dropped.
-    """
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return
-    if size <= cap + TRIM_SLACK:
-        return
-    head, tail = cap // 2, cap - cap // 2
-    with open(path, "r+b") as f:
-        f.seek(size - tail)
-        end = f.read(tail)
-        f.truncate(head)
-        f.seek(head)
-        marker = f"\n[phxq: {size - head - len(end)} bytes of output dropped here]\n"
-        f.write(marker.encode() + end)
+    if output.over_cap(path, cap):
+        await anyio.to_thread.run_sync(output.trim_log, path, cap)

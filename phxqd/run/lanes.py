@@ -40,9 +40,9 @@ import msgspec
 import psutil
 
 from phxqd.model import Job
-from phxqd.run import attempt, proctree
+from phxqd.run import attempt, output, proctree
 from phxqd.run.attempt import job_env
-from phxqd.run.child import HEADER, Began, Done, FromWorker, Skip, Skipped, Task, scratch_path
+from phxqd.run.child import HEADER, Began, Done, FromWorker, Skip, Skipped, Task
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(FromWorker)
@@ -206,7 +206,7 @@ class WorkerPool:
             ours,
             os.pidfd_open(proc.pid),
             proctree.create_time(proc.pid),
-            scratch_path(str(first_log.parent), proc.pid),
+            output.worker_scratch_path(str(first_log.parent), proc.pid),
         )
 
     def _keep(self, worker: Worker) -> bool:
@@ -509,13 +509,4 @@ class Lane:
 
     def _salvage(self, t: Ticket) -> None:
         """Output a dead worker left in its scratch file belongs to the job it ran."""
-        log, scratch = t.log_path, self.worker.scratch
-        with contextlib.suppress(OSError):
-            if os.stat(scratch).st_size > 0:
-                try:
-                    os.link(scratch, log)
-                except FileExistsError:
-                    with open(log, "ab") as out, open(scratch, "rb") as src:
-                        out.write(src.read())
-        with contextlib.suppress(OSError):
-            os.unlink(scratch)
+        output.salvage(self.worker.scratch, t.log_path)

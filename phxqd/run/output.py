@@ -1,19 +1,27 @@
-"""Scratch files for the output of command jobs, so that no file is created per job.
+"""Jobs' output files and their limits, in one place: where a job writes before it has a
+log (scratch files), when and how that output becomes its log, and the cap on a log's size.
+
+Standard library only: the Python worker (`child`) imports it too, under whatever
+interpreter the config names.
 
 Creating a file cost more than spawning `true`: on ext4 it is an inode allocation (here,
 without a journal, a scan past every inode deleted in the last 12 hours; with one, a wait
-behind the daemon's own fdatasyncs), and it held the event loop. A command whose log does
-not exist yet (its first attempt) writes into a scratch file instead, made once and
-reused while its jobs leave it empty. It becomes the job's log (a hard link, no new inode)
-when the job printed something, has run `PUBLISH_AFTER` (so `logs --follow` sees a long
-job's output as it comes), or is still held open by some process when the job has ended.
+behind the daemon's own fdatasyncs), and it held the event loop. So a job whose log does
+not exist yet (its first attempt) writes into a scratch file instead, which becomes the
+job's log (a hard link, no new inode, `publish`) when the job printed something, or has run
+`PUBLISH_AFTER` (so `logs --follow` sees a long job's output as it comes).
 
-That last check is what makes reuse safe: a descendant that escaped the job's session
-still holds its stdout, and whatever it writes later must land in that job's log, never
-in another's. The job gets its own open file description of the scratch file (not a copy
-of phxqd's), so the kernel counts it as a writer; phxqd asks for a write lease
+A command's scratch file (`Scratches`, `.cmd-PID-N.out`) is made once and reused while its
+jobs leave it empty; it is also published if it is still held open by some process when
+the job has ended. That last check is what makes reuse safe: a descendant that escaped the
+job's session still holds its stdout, and whatever it writes later must land in that job's
+log, never in another's. The job gets its own open file description of the scratch file
+(not a copy of phxqd's), so the kernel counts it as a writer; phxqd asks for a write lease
 (F_SETLEASE), which the kernel grants only when no one else has the file open. Anything
 but a grant counts as held, so the file is published rather than reused.
+
+A Python worker has one scratch file of its own (`LogSink`, `.worker-PID.out`), in which
+one job at a time writes; what a dead worker left in it goes to the job it ran (`salvage`).
 """
 
 from __future__ import annotations
@@ -21,13 +29,31 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
+import time
 from pathlib import Path
 
-#: seconds after which a running job's scratch file is published as its log
+#: seconds after which a running job's scratch output is published as its log (commands
+#: and callables alike)
 PUBLISH_AFTER = 0.05
+#: a log this much over its cap is left alone, so a trimmed log is not trimmed again at once
+TRIM_SLACK = 4096
 
 _PREFIX = ".cmd-"
 _SUFFIX = ".out"
+
+
+def publish(scratch: str, log_path: str | Path) -> bool:
+    """Give the output in `scratch` its job's log name: a hard link (no copy, no new
+    inode; the caller removes the scratch name). If the log exists already (made
+    meanwhile by someone else), what `scratch` holds is appended to it instead: False."""
+    try:
+        os.link(scratch, log_path)
+    except FileExistsError:
+        with open(log_path, "ab") as out, open(scratch, "rb") as src:
+            out.write(src.read())
+        return False
+    return True
 
 
 class Scratch:
@@ -92,11 +118,7 @@ class Scratches:
 
         If the log was made meanwhile by someone else, what the scratch file holds is
         appended to it (output written after that is lost: it goes to an unnamed file)."""
-        try:
-            os.link(scratch.path, log_path)
-        except FileExistsError:
-            with open(log_path, "ab") as out, open(scratch.path, "rb") as src:
-                out.write(src.read())
+        publish(scratch.path, log_path)
         os.unlink(scratch.path)
         scratch.close()
 
@@ -183,3 +205,119 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def worker_scratch_path(log_dir: str, pid: int) -> str:
+    """Where worker `pid` writes the output of jobs that have no log file yet (phxqd
+    salvages it into the job's log if the worker dies)."""
+    return os.path.join(log_dir, f".worker-{pid}.out")
+
+
+def salvage(scratch: str, log_path: str | Path) -> None:
+    """A worker died: what its scratch file holds belongs to the job it ran; the file goes."""
+    with contextlib.suppress(OSError):
+        if os.stat(scratch).st_size > 0:
+            publish(scratch, log_path)
+    with contextlib.suppress(OSError):
+        os.unlink(scratch)
+
+
+class LogSink:
+    """In a Python worker: the file a job's stdout and stderr go to, its log if it exists,
+    else the worker's scratch file, published as the log once it holds something and the
+    job ended, or the job has run `PUBLISH_AFTER` (`watch`, a thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.scratch: int | None = None
+        self.scratch_name = ""
+        #: while a job writes into the scratch file: its log path and when it started
+        self.pending: tuple[str, float] | None = None
+
+    def open(self, log_path: str) -> int:
+        """An fd for the job's output; the caller must not close it (see `close`)."""
+        try:
+            return os.open(log_path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            pass
+        with self.lock:
+            if self.scratch is None:
+                self.scratch_name = worker_scratch_path(os.path.dirname(log_path), os.getpid())
+                self.scratch = os.open(
+                    self.scratch_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600
+                )
+            self.pending = (log_path, time.monotonic())
+            return self.scratch
+
+    def close(self, fd: int) -> None:
+        """The job ended: publish its scratch output if it wrote any."""
+        if fd != self.scratch:
+            os.close(fd)
+            return
+        with self.lock:
+            if self.pending is not None and os.fstat(fd).st_size > 0:
+                self._publish()
+            if self.pending is None:  # published: the scratch file is the job's log now
+                os.unlink(self.scratch_name)
+                os.close(fd)
+                self.scratch = None
+            self.pending = None
+
+    def remove(self) -> None:
+        """The worker is leaving: its scratch file goes too."""
+        with self.lock:
+            if self.scratch is not None:
+                os.unlink(self.scratch_name)
+                os.close(self.scratch)
+                self.scratch = None
+
+    def watch(self) -> None:
+        """A thread's loop: give a long job's output its real name."""
+        while True:
+            time.sleep(PUBLISH_AFTER / 2)
+            self.publish_if_slow()
+
+    def publish_if_slow(self) -> None:
+        with self.lock:
+            if self.pending is not None and time.monotonic() - self.pending[1] >= PUBLISH_AFTER:
+                self._publish()
+
+    def _publish(self) -> None:
+        assert self.pending is not None and self.scratch is not None
+        if not publish(self.scratch_name, self.pending[0]):
+            # appended to a log made meanwhile: further output goes on into the scratch file
+            os.ftruncate(self.scratch, 0)
+            return
+        self.pending = None
+
+
+def over_cap(path: Path, cap: int) -> bool:
+    """Whether a log is enough over `cap` to be trimmed: a stat, cheap enough to ask
+    often (trimming itself is for a thread)."""
+    try:
+        return path.stat().st_size > cap + TRIM_SLACK
+    except FileNotFoundError:
+        return False
+
+
+def trim_log(path: Path, cap: int) -> None:
+    """Keep the first and the last half of `cap` bytes of a log, and say what was dropped.
+
+    The job writes its log itself (O_APPEND), so the daemon cannot stop it from growing;
+    it cuts it back instead: the head shows how the job started, the tail how it ended.
+    Output written during the cut itself may be lost; the marker says output was dropped.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size <= cap + TRIM_SLACK:
+        return
+    head, tail = cap // 2, cap - cap // 2
+    with open(path, "r+b") as f:
+        f.seek(size - tail)
+        end = f.read(tail)
+        f.truncate(head)
+        f.seek(head)
+        marker = f"\n[phxq: {size - head - len(end)} bytes of output dropped here]\n"
+        f.write(marker.encode() + end)
