@@ -63,16 +63,7 @@ class Dispatcher:
         self._next_sweep = 0.0
         #: the scratch files command jobs write to until they have a log (see run/output.py)
         self.scratches = Scratches(settings.logs_dir)
-        self.workers = WorkerPool(
-            settings.python,
-            settings.pythonpath,
-            settings.worker_max_jobs,
-            settings.worker_max_rss,
-            report=self._reports,
-            lane_ended=self._lane_ended,
-            socket_path=settings.socket,
-            grace=settings.kill_grace,
-        )
+        self.workers = WorkerPool(settings, report=self._reports, lane_ended=self._lane_ended)
         #: commands running; a command claimed but waiting for a slot; jobs a worker lane
         #: gave back unstarted (dispatched again before any other)
         self._commands = 0

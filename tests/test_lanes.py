@@ -20,6 +20,7 @@ from phxqctl import Client
 from phxqd.model import Call, Job
 from phxqd.run import attempt
 from phxqd.run.lanes import Ended, Report, Start, WorkerPool
+from phxqd.settings import Settings
 from tests.conftest import Daemon
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -39,7 +40,8 @@ class Harness:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.reports: list[Report] = []
-        self.pool = WorkerPool(report=self.reports.extend, socket_path=logs / "s", grace=1.0)
+        settings = Settings(1, 1.0, 1 << 20, logs, logs, logs / "s")
+        self.pool = WorkerPool(settings, report=self.reports.extend)
         self.stops: dict[int, attempt.Stop] = {}
 
     def push(self, jobs: list[Job]) -> None:

@@ -1,8 +1,9 @@
 """Persistent Python worker processes for callable jobs, each fed by a lane.
 
 A worker (`python -m phxqd.run.child`) runs one call at a time and is reused, so a module is
-imported once for many jobs. It is recycled after `max_jobs` calls or once its RSS passes
-`max_rss`.
+imported once for many jobs. It is recycled after `worker_max_jobs` calls or once its RSS
+passes `worker_max_rss`. These, the interpreter, its import paths and `kill_grace` are read
+from the live `Settings` each time they are used, so a reload reaches the lanes at once.
 
 A `Lane` is one worker in use, driven by one task: the dispatcher pushes jobs into it, and
 it may send a few ahead of the one running (`DEPTH`, only while the lane's jobs are quick:
@@ -28,7 +29,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +43,7 @@ from phxqd.model import Job
 from phxqd.run import attempt, output, proctree
 from phxqd.run.attempt import job_env
 from phxqd.run.child import HEADER, Began, Done, FromWorker, Skip, Skipped, Task
+from phxqd.settings import Settings
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(FromWorker)
@@ -113,16 +114,14 @@ def _no_reports(reports: list[Report]) -> None:
 
 @dataclass
 class WorkerPool:
-    python: str = sys.executable
-    pythonpath: list[str] = field(default_factory=list)
-    max_jobs: int = 1000
-    max_rss: int | None = None
+    #: the running queue's settings, changed in place by a reload: read (`python`,
+    #: `pythonpath`, `worker_max_jobs`, `worker_max_rss`, `kill_grace`, `socket`) where they
+    #: are used, never copied
+    settings: Settings
     #: receives every batch of starts and ends
     report: Callable[[list[Report]], None] = _no_reports
     #: called when a lane ends (its slot is free)
     lane_ended: Callable[[], None] = lambda: None
-    socket_path: Path = Path("phxqd.sock")
-    grace: float = 5.0
     idle: list[Worker] = field(default_factory=list)
     lanes: list[Lane] = field(default_factory=list)
     #: workers started since phxqd did (for metrics)
@@ -159,7 +158,7 @@ class WorkerPool:
             job.call.kwargs,
             str(log_path),
             job.cwd,
-            job_env(job, self.socket_path),
+            job_env(job, self.settings.socket),
         )
         data = _encoder.encode(task)
         return Ticket(job, stop, log_path, HEADER.pack(len(data)) + data)
@@ -180,14 +179,14 @@ class WorkerPool:
         here = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            [here, *self.pythonpath, *filter(None, [env.get("PYTHONPATH")])]
+            [here, *self.settings.pythonpath, *filter(None, [env.get("PYTHONPATH")])]
         )
         env["PHXQ_WORKER_FD"] = str(theirs.fileno())
         # the first job's log gets the worker's own start-up errors (a missing msgspec...)
         log = os.open(first_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             proc = subprocess.Popen(
-                [self.python, "-m", "phxqd.run.child"],
+                [self.settings.python, "-m", "phxqd.run.child"],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -210,11 +209,12 @@ class WorkerPool:
         )
 
     def _keep(self, worker: Worker) -> bool:
-        if worker.calls >= self.max_jobs:
+        if worker.calls >= self.settings.worker_max_jobs:
             return False
-        if self.max_rss is not None:
+        max_rss = self.settings.worker_max_rss
+        if max_rss is not None:
             try:
-                return int(psutil.Process(worker.proc.pid).memory_info().rss) <= self.max_rss
+                return int(psutil.Process(worker.proc.pid).memory_info().rss) <= max_rss
             except psutil.Error:
                 return False
         return True
@@ -249,7 +249,7 @@ class Lane:
         self.poked = False
         self.scope: anyio.CancelScope | None = None
         self.deadline = math.inf
-        self.accepting = worker.calls < owner.max_jobs
+        self.accepting = worker.calls < owner.settings.worker_max_jobs
 
     def room(self, now: float) -> int:
         if not self.accepting:
@@ -269,7 +269,7 @@ class Lane:
         self.inflight.append(ticket)
         ticket.stop.on_request = self.poke
         self.worker.calls += 1
-        if self.worker.calls >= self.pool.max_jobs:
+        if self.worker.calls >= self.pool.settings.worker_max_jobs:
             self.accepting = False
         self.out += ticket.frame
 
@@ -289,7 +289,9 @@ class Lane:
             healthy = False
             if not self.worker.retired:
                 with anyio.CancelScope(shield=True):
-                    await proctree.kill_tree(self.worker.proc, self.worker.pidfd, self.pool.grace)
+                    await proctree.kill_tree(
+                        self.worker.proc, self.worker.pidfd, self.pool.settings.kill_grace
+                    )
             if not isinstance(e, Exception):
                 raise  # the daemon is going down at once: nothing more to report
             # a bug of ours must cost one attempt, never the daemon
@@ -387,7 +389,7 @@ class Lane:
             outcome = attempt.Outcome(1, msg.error, retryable=not msg.permanent)
         if not t.dropped:
             reports.append(Ended(t.job, t.stop, outcome))
-        if self.pool.max_rss is not None and not self.pool._keep(self.worker):
+        if self.pool.settings.worker_max_rss is not None and not self.pool._keep(self.worker):
             self.accepting = False
         if msg.next is not None:
             self._begin(self._find(msg.next), now, reports)
@@ -446,7 +448,9 @@ class Lane:
     async def _kill(self, running: Ticket) -> int:
         w = self.worker
         with anyio.CancelScope(shield=True):
-            await proctree.kill_tree(w.proc, w.pidfd, self.pool.grace, self._mark(running))
+            await proctree.kill_tree(
+                w.proc, w.pidfd, self.pool.settings.kill_grace, self._mark(running)
+            )
         self._salvage(running)
         self.inflight.remove(running)
         self.running, self.deadline = None, math.inf
@@ -491,7 +495,7 @@ class Lane:
             try:
                 self.worker = self.pool._spawn(left[0].log_path)
             except OSError as e:
-                error = f"cannot start {self.pool.python}: {e.strerror}"
+                error = f"cannot start {self.pool.settings.python}: {e.strerror}"
                 for t in left:
                     reports.append(Start(t.job, None, None))
                     reports.append(Ended(t.job, t.stop, attempt.Outcome(None, error, False)))
@@ -505,7 +509,7 @@ class Lane:
         return bool(left)
 
     def _mark(self, t: Ticket) -> proctree.Mark:
-        return (t.job.id, self.pool.socket_path)
+        return (t.job.id, self.pool.settings.socket)
 
     def _salvage(self, t: Ticket) -> None:
         """Output a dead worker left in its scratch file belongs to the job it ran."""
