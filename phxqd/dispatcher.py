@@ -295,11 +295,9 @@ class Dispatcher:
                     job,
                     self.logs.path(job.id),
                     self.scratches,
-                    self.settings.socket,
-                    self.settings.kill_grace,
+                    self.settings,
                     stop,
                     started,
-                    self.settings.log_max_bytes,
                 )
             except Exception as e:
                 # a bug of ours must cost one attempt, never the daemon

@@ -109,16 +109,20 @@ def test_workers_are_recycled_after_max_jobs(tmp_path: Path) -> None:
     assert pids[0] == pids[1] != pids[2] == pids[3]
 
 
-def test_a_kill_grace_changed_by_a_reload_reaches_a_running_python_worker(
-    tmp_path: Path,
-) -> None:
-    """The worker lanes read kill_grace when they stop a job, not when phxqd started."""
+@pytest.mark.parametrize("kind", ["callable", "command"])
+def test_a_kill_grace_changed_by_a_reload_reaches_a_running_job(tmp_path: Path, kind: str) -> None:
+    """kill_grace is read when a job is stopped, not when phxqd (or the job) started:
+    a Python worker lane's job as much as a command."""
     d = Daemon(tmp_path / "d", workers=1)
     d.config.write_text("kill_grace = 60\n")
     d.start()
     ready, release = tmp_path / "ready", tmp_path / "release"
     try:
-        job_id = call(d, "ignore_sigterm", "--args", json.dumps([str(ready), str(release)]))
+        if kind == "callable":
+            job_id = call(d, "ignore_sigterm", "--args", json.dumps([str(ready), str(release)]))
+        else:
+            script = f"trap '' TERM; touch {ready}; while [ ! -e {release} ]; do sleep 0.02; done"
+            job_id = d.submit("sh", "-c", script)
         until(ready.exists, what="the job ignoring SIGTERM")
         d.config.write_text("kill_grace = 0.2\n")
         assert d.proc is not None

@@ -22,6 +22,7 @@ from phxqd.run import output, spawn
 from phxqd.run.attempt import Outcome, Stop, command_env, describe
 from phxqd.run.output import PUBLISH_AFTER, Output, Scratches
 from phxqd.run.proctree import Child, boot_ticks, create_time, kill_tree
+from phxqd.settings import Settings
 
 #: PATH lookups: (name, PATH, cwd) -> (resolved path, monotonic time looked up)
 _found: dict[tuple[str, str, str | None], tuple[str, float]] = {}
@@ -60,20 +61,21 @@ async def run_command(
     job: Job,
     log_path: Path,
     scratches: Scratches,
-    socket: Path,
-    grace: float,
+    settings: Settings,
     stop: Stop,
     started: Callable[[int | None, float | None], Awaitable[None]],
-    log_cap: int | None = None,
 ) -> Outcome:
     """Run one attempt of `job` to its end, a timeout, or `stop`.
 
     `started` is awaited once the process exists (or failed to), so the journal records the
     pid before the job can finish. If the caller itself is cancelled (daemon shutdown), the
     process tree is killed before the cancellation propagates. Output goes to the job's log,
-    or a scratch file that becomes it (see `output`). With `log_cap`, the log is trimmed to
-    about that size every second while the job runs and once more at its end.
+    or a scratch file that becomes it (see `output`). With `log_max_bytes` (as it is when
+    the job starts), the log is trimmed to about that size every second while the job runs
+    and once more at its end. `kill_grace` is read when the job is stopped: a reload
+    meanwhile counts.
     """
+    socket, log_cap = settings.socket, settings.log_max_bytes
     env = command_env(job, socket)
     out: Output | None = None
     try:
@@ -101,11 +103,11 @@ async def run_command(
             await _wait_exit(pidfd, out, log_cap)
         if timer.cancelled_caught or stop.scope.cancelled_caught:
             with anyio.CancelScope(shield=True):
-                await kill_tree(proc, pidfd, grace, (job.id, socket))
+                await kill_tree(proc, pidfd, settings.kill_grace, (job.id, socket))
         code = proc.wait()
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await kill_tree(proc, pidfd, grace, (job.id, socket))
+            await kill_tree(proc, pidfd, settings.kill_grace, (job.id, socket))
         raise
     finally:
         os.close(pidfd)
