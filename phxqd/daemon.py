@@ -422,10 +422,10 @@ class Reloader:
         # Python workers: the new values apply to workers started from now on; the idle
         # ones are let go so the next call gets a worker of the new kind.
         workers_pool = self.core.dispatcher.workers
-        workers_pool.python = cfg.python or sys.executable
-        workers_pool.pythonpath = cfg.pythonpath
-        workers_pool.max_jobs = cfg.worker_max_jobs
-        workers_pool.max_rss = cfg.worker_max_rss or None
+        settings.python = cfg.python or sys.executable
+        settings.pythonpath = cfg.pythonpath
+        settings.worker_max_jobs = cfg.worker_max_jobs
+        settings.worker_max_rss = cfg.worker_max_rss or None
         workers_pool.close()
         if cfg.queues != settings.queues:
             log.info("queue settings: %s", _queues_text(cfg.queues) or "none")

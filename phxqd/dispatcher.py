@@ -18,15 +18,16 @@ from collections.abc import Iterable
 import anyio
 import anyio.abc
 
-from phxqd import pool, scratch
 from phxqd.backend import SHUTDOWN, Backend, Ending
 from phxqd.joblogs import JobLogs
 from phxqd.model import Job
 from phxqd.notice import Notice
 from phxqd.protocol import Refused
-from phxqd.scratch import Scratches
+from phxqd.run import command, output, proctree
+from phxqd.run.attempt import Outcome, Stop
+from phxqd.run.lanes import Ended, Report, Start, WorkerPool
+from phxqd.run.output import Scratches
 from phxqd.settings import Settings
-from phxqd.workers import Ended, Report, Start, WorkerPool
 
 log = logging.getLogger("phxqd")
 
@@ -39,20 +40,11 @@ class Dispatcher:
         #: given by the backend when jobs may be startable, and here when a slot frees
         self._wake = wake
         #: jobs claimed and not yet ended, with the handle that stops them
-        self._active: dict[int, pool.Stop] = {}
+        self._active: dict[int, Stop] = {}
         self._next_sweep = 0.0
-        #: the scratch files command jobs write to until they have a log (see scratch.py)
+        #: the scratch files command jobs write to until they have a log (see run/output.py)
         self.scratches = Scratches(settings.logs_dir)
-        self.workers = WorkerPool(
-            settings.python,
-            settings.pythonpath,
-            settings.worker_max_jobs,
-            settings.worker_max_rss,
-            report=self._reports,
-            lane_ended=self._wake.set,
-            socket_path=settings.socket,
-            grace=settings.kill_grace,
-        )
+        self.workers = WorkerPool(settings, report=self._reports, lane_ended=self._wake.set)
         #: commands running; a command claimed but waiting for a slot
         self._commands = 0
         self._held: Job | None = None
@@ -129,7 +121,7 @@ class Dispatcher:
                 except OSError as e:
                     error = f"cannot start {self.settings.python}: {e.strerror}"
                     self._reports(
-                        [Start(job, None, None), Ended(job, stop, pool.Outcome(None, error, False))]
+                        [Start(job, None, None), Ended(job, stop, Outcome(None, error, False))]
                     )
                     continue
                 lane.push(ticket)
@@ -149,7 +141,7 @@ class Dispatcher:
             self._end([Ending(job, started=False)])
         job = self.backend.claim(now)
         if job is not None:
-            self._active[job.id] = pool.Stop()
+            self._active[job.id] = Stop()
         return job
 
     def _drop_stopped_waiting(self) -> None:
@@ -157,7 +149,7 @@ class Dispatcher:
         held = self._held
         if held is not None and self._active[held.id].reason is not None:
             self._held = None
-            self._reports([Ended(held, self._active[held.id], pool.Outcome(None), False)])
+            self._reports([Ended(held, self._active[held.id], Outcome(None), False)])
 
     async def _let_running_jobs_finish(self) -> None:
         """Stopping: give running jobs `shutdown_grace` seconds, then stop (and requeue)
@@ -209,27 +201,20 @@ class Dispatcher:
         stop = self._active[job.id]
         try:
             if stop.reason is not None:  # cancelled or stopped before it started
-                self._reports([Ended(job, stop, pool.Outcome(None), False)])
+                self._reports([Ended(job, stop, Outcome(None), False)])
                 return
 
             async def started(pid: int | None, create_time: float | None) -> None:
                 self.backend.started(job, time.time(), pid, create_time)
 
             try:
-                outcome = await pool.run_command(
-                    job,
-                    self.logs.path(job.id),
-                    self.scratches,
-                    self.settings.socket,
-                    self.settings.kill_grace,
-                    stop,
-                    started,
-                    self.settings.log_max_bytes,
+                outcome = await command.run_command(
+                    job, self.logs.path(job.id), self.scratches, self.settings, stop, started
                 )
             except Exception as e:
                 # a bug of ours must cost one attempt, never the daemon
                 log.exception("job %d: internal error while running it", job.id)
-                outcome = pool.Outcome(None, f"internal error in phxqd: {e!r}")
+                outcome = Outcome(None, f"internal error in phxqd: {e!r}")
             self._reports([Ended(job, stop, outcome)])
         finally:
             self._commands -= 1
@@ -262,10 +247,10 @@ class Dispatcher:
         """Jobs that were running when the daemon last died: kill leftovers, then fail the
         attempt (retrying by the job's policy): their work may be half done. Scratch
         files of dead daemons go too."""
-        scratch.remove_leftovers(self.settings.logs_dir)
+        output.remove_leftovers(self.settings.logs_dir)
 
         def kill_leftover(job: Job) -> bool:
-            if job.pid is None or not pool.kill_leftover(
+            if job.pid is None or not proctree.kill_leftover(
                 job.pid, job.pid_started, (job.id, self.settings.socket)
             ):
                 return False

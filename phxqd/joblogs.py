@@ -1,7 +1,7 @@
 """Job logs on disk: where a job's log is, reading a part of it, removing it.
 
-Jobs write their logs themselves (see pool.py and workers.py); phxqd only reads them for
-`logs`, and removes them with the jobs they belong to.
+Jobs write their logs themselves (see run/command.py and run/lanes.py); phxqd only reads
+them for `logs`, and removes them with the jobs they belong to.
 """
 
 from __future__ import annotations

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.conftest import Daemon, until
 
@@ -103,3 +107,37 @@ def test_workers_are_recycled_after_max_jobs(tmp_path: Path) -> None:
     d.ok("wait", *map(str, ids))
     pids = [d.job(i)["result"]["pid"] for i in ids]
     assert pids[0] == pids[1] != pids[2] == pids[3]
+
+
+@pytest.mark.parametrize("kind", ["callable", "command"])
+def test_a_kill_grace_changed_by_a_reload_reaches_a_running_job(tmp_path: Path, kind: str) -> None:
+    """kill_grace is read when a job is stopped, not when phxqd (or the job) started:
+    a Python worker lane's job as much as a command."""
+    d = Daemon(tmp_path / "d", workers=1)
+    d.config.write_text("kill_grace = 60\n")
+    d.start()
+    ready, release = tmp_path / "ready", tmp_path / "release"
+    try:
+        if kind == "callable":
+            job_id = call(d, "ignore_sigterm", "--args", json.dumps([str(ready), str(release)]))
+        else:
+            script = f"trap '' TERM; touch {ready}; while [ ! -e {release} ]; do sleep 0.02; done"
+            job_id = d.submit("sh", "-c", script)
+        until(ready.exists, what="the job ignoring SIGTERM")
+        d.config.write_text("kill_grace = 0.2\n")
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        until(lambda: "configuration reloaded" in d.logtext(), what="the reload")
+        began = time.monotonic()
+        try:  # answered once the job's end is durable
+            cancel = d.ctl("cancel", str(job_id), timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the cancel waited for the old kill_grace (60 s)")
+        elapsed = time.monotonic() - began
+        assert cancel.returncode == 0, cancel.stderr
+    finally:
+        release.touch()  # whatever happened, the job may end now
+    job = d.job(job_id)
+    assert job["status"] == "cancelled", job
+    assert "SIGKILL" in job["error"], job["error"]
+    assert elapsed < 20, f"killed {elapsed:.1f}s after the cancel: the old grace was used"

@@ -8,6 +8,8 @@ which a test cannot rely on); the daemon test checks the same through the dispat
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,9 +17,10 @@ import anyio
 import pytest
 
 from phxqctl import Client
-from phxqd import pool
 from phxqd.model import Call, Job
-from phxqd.workers import Ended, Report, Start, WorkerPool
+from phxqd.run import attempt
+from phxqd.run.lanes import Ended, Report, Start, WorkerPool
+from phxqd.settings import Settings
 from tests.conftest import Daemon
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -37,15 +40,16 @@ class Harness:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.reports: list[Report] = []
-        self.pool = WorkerPool(report=self.reports.extend, socket_path=logs / "s", grace=1.0)
-        self.stops: dict[int, pool.Stop] = {}
+        settings = Settings(1, 1.0, 1 << 20, logs, logs, logs / "s")
+        self.pool = WorkerPool(settings, report=self.reports.extend)
+        self.stops: dict[int, attempt.Stop] = {}
 
     def push(self, jobs: list[Job]) -> None:
         lane = self.pool.lane_with_room(time.monotonic()) or self.pool.new_lane(
             self.logs / f"{jobs[0].id}.log"
         )
         for job in jobs:
-            self.stops[job.id] = pool.Stop()
+            self.stops[job.id] = attempt.Stop()
             lane.push(self.pool.ticket(job, self.stops[job.id], self.logs / f"{job.id}.log"))
         lane.flush()
 
@@ -144,3 +148,19 @@ def test_a_crash_among_many_quick_jobs_costs_one_attempt(tmp_path: Path, workers
     assert jobs[30].status == "failed" and "SIGSEGV" in (jobs[30].error or "")
     assert all(j.attempts == 1 for j in jobs)
     assert all(j.result["sum"] == i + 1 for i, j in enumerate(jobs[:30] + jobs[31:]))
+
+
+def test_the_worker_child_imports_only_the_standard_library_and_msgspec() -> None:
+    """It runs under the configured interpreter, which has nothing of phxq's installed:
+    of phxqd it may import only itself and `phxqd.run.output` (standard library only)."""
+    code = (
+        "import sys; before = set(sys.modules); import phxqd.run.child; "
+        "print(*sorted(set(sys.modules) - before))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.split())
+    ours = {m for m in loaded if m.split(".")[0] == "phxqd"}
+    assert ours == {"phxqd", "phxqd.run", "phxqd.run.child", "phxqd.run.output"}
+    others = {m.split(".")[0] for m in loaded - ours}
+    assert others - set(sys.stdlib_module_names) <= {"msgspec", "typing_extensions"}  # msgspec's

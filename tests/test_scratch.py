@@ -1,4 +1,4 @@
-"""Command output written into reused scratch files (phxqd/scratch.py): a job's log is
+"""Command output written into reused scratch files (phxqd/run/output.py): a job's log is
 never another job's, a quiet job leaves no file, and nothing is left behind."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from phxqd import pool
+from phxqd.run import proctree
 from tests.conftest import Daemon, until
 
 
@@ -73,14 +73,14 @@ def test_scratch_files_of_a_killed_daemon_are_removed_at_start(tmp_path: Path) -
 def test_start_time_known_from_the_clock_is_the_one_proc_and_psutil_give() -> None:
     agreed = 0
     for _ in range(20):
-        before = pool.boot_ticks()
+        before = proctree.boot_ticks()
         proc = subprocess.Popen(["sleep", "5"])
-        after = pool.boot_ticks()
+        after = proctree.boot_ticks()
         try:
             if before == after:  # else phxqd reads /proc, as here
                 agreed += 1
-                fast = pool.create_time(proc.pid, before)
-                assert fast == pool.create_time(proc.pid)
+                fast = proctree.create_time(proc.pid, before)
+                assert fast == proctree.create_time(proc.pid)
                 assert fast is not None
                 assert abs(psutil.Process(proc.pid).create_time() - fast) < 0.01
         finally:

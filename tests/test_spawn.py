@@ -1,4 +1,4 @@
-"""What a command job's process gets (phxqd/spawn.py): the same as Popen gave it."""
+"""What a command job's process gets (phxqd/run/spawn.py): the same as Popen gave it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from phxqd import spawn
+from phxqd.run import spawn
 from tests.conftest import Daemon
 
 SHOW = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 from typing import Any
 
 import phxqctl
@@ -43,6 +44,16 @@ def wait_for(path: str) -> None:
     import time
 
     while not os.path.exists(path):
+        time.sleep(0.02)
+
+
+def ignore_sigterm(ready: str, release: str) -> None:
+    """A job that will not stop when asked: only SIGKILL (after kill_grace) ends it."""
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    open(ready, "w").close()
+    while not os.path.exists(release):
         time.sleep(0.02)
 
 

@@ -1,6 +1,6 @@
 """A persistent Python worker: runs `module:function` jobs sent by phxqd, one at a time.
 
-Started as `python -m phxqd.worker`, talking over the socket whose fd is in
+Started as `python -m phxqd.run.child`, talking over the socket whose fd is in
 $PHXQ_WORKER_FD. phxqd may send a few tasks ahead (prefetch): the worker keeps them in an
 inbox and runs them in order. Between two tasks it reads whatever phxqd sent meanwhile,
 so a `Skip` (the job was cancelled, or phxqd wants it back) removes a task that has not
@@ -19,8 +19,9 @@ worker's scratch file, which becomes the job's log (a hard link) once the job ha
 something and ended, or has run for `PUBLISH_AFTER` seconds (so `logs --follow` sees a
 long job's output while it runs).
 
-This module imports only the standard library and msgspec: the user's interpreter (config
-`python`) needs nothing else of phxq's.
+This module imports only the standard library, msgspec and `phxqd.run.output` (itself
+standard library only): the user's interpreter (config `python`) needs nothing else of
+phxq's.
 """
 
 from __future__ import annotations
@@ -31,18 +32,17 @@ import socket
 import struct
 import sys
 import threading
-import time
 import traceback
 from collections import deque
 from typing import Any
 
 import msgspec
 
+from phxqd.run.output import LogSink
+
 HEADER = struct.Struct(">I")
 #: the largest return value kept as a job's result, encoded
 MAX_RESULT = 1024 * 1024
-#: seconds after which a running job's scratch output is linked in as its log
-PUBLISH_AFTER = 0.05
 
 
 class Task(msgspec.Struct, tag="task"):
@@ -88,12 +88,6 @@ ToWorker = Task | Skip
 FromWorker = Done | Began | Skipped
 
 
-def scratch_path(log_dir: str, pid: int) -> str:
-    """Where worker `pid` writes the output of jobs that have no log file yet (phxqd
-    salvages it into the job's log if the worker dies)."""
-    return os.path.join(log_dir, f".worker-{pid}.out")
-
-
 def load(call: str) -> Any:
     module_name, sep, attr = call.partition(":")
     if not sep or not module_name or not attr:
@@ -104,79 +98,6 @@ def load(call: str) -> Any:
     if not callable(obj):
         raise TypeError(f"{call} is not callable")
     return obj
-
-
-class LogSink:
-    """The file a job's stdout and stderr go to: its log if it exists, else the scratch
-    file, published as the log once it holds something (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.scratch: int | None = None
-        self.scratch_name = ""
-        #: while a job writes into the scratch file: its log path and when it started
-        self.pending: tuple[str, float] | None = None
-
-    def open(self, log_path: str) -> int:
-        """An fd for the job's output; the caller must not close it (see `close`)."""
-        try:
-            return os.open(log_path, os.O_WRONLY | os.O_APPEND)
-        except FileNotFoundError:
-            pass
-        with self.lock:
-            if self.scratch is None:
-                self.scratch_name = scratch_path(os.path.dirname(log_path), os.getpid())
-                self.scratch = os.open(
-                    self.scratch_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600
-                )
-            self.pending = (log_path, time.monotonic())
-            return self.scratch
-
-    def close(self, fd: int) -> None:
-        """The job ended: publish its scratch output if it wrote any."""
-        if fd != self.scratch:
-            os.close(fd)
-            return
-        with self.lock:
-            if self.pending is not None and os.fstat(fd).st_size > 0:
-                self._publish()
-            if self.pending is None:  # published: the scratch file is the job's log now
-                os.unlink(self.scratch_name)
-                os.close(fd)
-                self.scratch = None
-            self.pending = None
-
-    def remove(self) -> None:
-        """The worker is leaving: its scratch file goes too."""
-        with self.lock:
-            if self.scratch is not None:
-                os.unlink(self.scratch_name)
-                os.close(self.scratch)
-                self.scratch = None
-
-    def publish_if_slow(self) -> None:
-        """From the watcher thread: give a long job's output its real name."""
-        with self.lock:
-            if self.pending is not None and time.monotonic() - self.pending[1] >= PUBLISH_AFTER:
-                self._publish()
-
-    def _publish(self) -> None:
-        assert self.pending is not None and self.scratch is not None
-        log_path = self.pending[0]
-        try:
-            os.link(self.scratch_name, log_path)
-        except FileExistsError:  # someone made it meanwhile: append what we have
-            with open(log_path, "ab") as out, open(self.scratch_name, "rb") as src:
-                out.write(src.read())
-            os.ftruncate(self.scratch, 0)
-            return  # still pending: further output goes on into the scratch file
-        self.pending = None
-
-
-def _watch(sink: LogSink) -> None:
-    while True:
-        time.sleep(PUBLISH_AFTER / 2)
-        sink.publish_if_slow()
 
 
 class Runner:
@@ -191,7 +112,7 @@ class Runner:
         #: os.environ's own dict (CPython), compared in C after each task; None elsewhere
         self.env_data: dict[bytes, bytes] | None = getattr(os.environ, "_data", None)
         self.functions: dict[str, Any] = {}
-        threading.Thread(target=_watch, args=(self.sink,), daemon=True).start()
+        threading.Thread(target=self.sink.watch, daemon=True).start()
 
     def run(self, task: Task) -> Done:
         saved_path = list(sys.path)

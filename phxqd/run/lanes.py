@@ -1,14 +1,15 @@
 """Persistent Python worker processes for callable jobs, each fed by a lane.
 
-A worker (`python -m phxqd.worker`) runs one call at a time and is reused, so a module is
-imported once for many jobs. It is recycled after `max_jobs` calls or once its RSS passes
-`max_rss`.
+A worker (`python -m phxqd.run.child`) runs one call at a time and is reused, so a module is
+imported once for many jobs. It is recycled after `worker_max_jobs` calls or once its RSS
+passes `worker_max_rss`. These, the interpreter, its import paths and `kill_grace` are read
+from the live `Settings` each time they are used, so a reload reaches the lanes at once.
 
 A `Lane` is one worker in use, driven by one task: the dispatcher pushes jobs into it, and
 it may send a few ahead of the one running (`DEPTH`, only while the lane's jobs are quick:
 a job queued behind a long one would wait for it), so the worker never waits for phxqd
 between two short jobs and phxqd handles many replies per wake-up. The worker says which
-job it starts (see `phxqd.worker`), so the lane always knows the one job a crash, a timeout
+job it starts (see `phxqd.run.child`), so the lane always knows the one job a crash, a timeout
 or a cancel concerns:
 
 - the running job's timeout or cancel kills the worker (its whole process group);
@@ -28,7 +29,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,9 +39,11 @@ import anyio
 import msgspec
 import psutil
 
-from phxqd import pool
 from phxqd.model import Job
-from phxqd.worker import HEADER, Began, Done, FromWorker, Skip, Skipped, Task, scratch_path
+from phxqd.run import attempt, output, proctree
+from phxqd.run.attempt import job_env
+from phxqd.run.child import HEADER, Began, Done, FromWorker, Skip, Skipped, Task
+from phxqd.settings import Settings
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(FromWorker)
@@ -73,7 +75,7 @@ class Ticket:
     """One callable job handed to a lane."""
 
     job: Job
-    stop: pool.Stop
+    stop: attempt.Stop
     log_path: Path
     frame: bytes
     #: asked to stop before it started: already reported as ended, a Skip sent; it stays
@@ -98,8 +100,8 @@ class Ended:
     (cancelled before it started, or to be dispatched again)."""
 
     job: Job
-    stop: pool.Stop
-    outcome: pool.Outcome
+    stop: attempt.Stop
+    outcome: attempt.Outcome
     started: bool = True
 
 
@@ -112,16 +114,14 @@ def _no_reports(reports: list[Report]) -> None:
 
 @dataclass
 class WorkerPool:
-    python: str = sys.executable
-    pythonpath: list[str] = field(default_factory=list)
-    max_jobs: int = 1000
-    max_rss: int | None = None
+    #: the running queue's settings, changed in place by a reload: read (`python`,
+    #: `pythonpath`, `worker_max_jobs`, `worker_max_rss`, `kill_grace`, `socket`) where they
+    #: are used, never copied
+    settings: Settings
     #: receives every batch of starts and ends
     report: Callable[[list[Report]], None] = _no_reports
     #: called when a lane ends (its slot is free)
     lane_ended: Callable[[], None] = lambda: None
-    socket_path: Path = Path("phxqd.sock")
-    grace: float = 5.0
     idle: list[Worker] = field(default_factory=list)
     lanes: list[Lane] = field(default_factory=list)
     #: workers started since phxqd did (for metrics)
@@ -148,7 +148,7 @@ class WorkerPool:
         self.lanes.append(lane)
         return lane
 
-    def ticket(self, job: Job, stop: pool.Stop, log_path: Path) -> Ticket:
+    def ticket(self, job: Job, stop: attempt.Stop, log_path: Path) -> Ticket:
         assert job.call is not None
         task = Task(
             job.id,
@@ -158,7 +158,7 @@ class WorkerPool:
             job.call.kwargs,
             str(log_path),
             job.cwd,
-            _job_env(job, self.socket_path),
+            job_env(job, self.settings.socket),
         )
         data = _encoder.encode(task)
         return Ticket(job, stop, log_path, HEADER.pack(len(data)) + data)
@@ -176,17 +176,17 @@ class WorkerPool:
 
     def _spawn(self, first_log: Path) -> Worker:
         ours, theirs = socket.socketpair()
-        here = str(Path(__file__).resolve().parent.parent)
+        here = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            [here, *self.pythonpath, *filter(None, [env.get("PYTHONPATH")])]
+            [here, *self.settings.pythonpath, *filter(None, [env.get("PYTHONPATH")])]
         )
         env["PHXQ_WORKER_FD"] = str(theirs.fileno())
         # the first job's log gets the worker's own start-up errors (a missing msgspec...)
         log = os.open(first_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             proc = subprocess.Popen(
-                [self.python, "-m", "phxqd.worker"],
+                [self.settings.python, "-m", "phxqd.run.child"],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -204,16 +204,17 @@ class WorkerPool:
             proc,
             ours,
             os.pidfd_open(proc.pid),
-            pool.create_time(proc.pid),
-            scratch_path(str(first_log.parent), proc.pid),
+            proctree.create_time(proc.pid),
+            output.worker_scratch_path(str(first_log.parent), proc.pid),
         )
 
     def _keep(self, worker: Worker) -> bool:
-        if worker.calls >= self.max_jobs:
+        if worker.calls >= self.settings.worker_max_jobs:
             return False
-        if self.max_rss is not None:
+        max_rss = self.settings.worker_max_rss
+        if max_rss is not None:
             try:
-                return int(psutil.Process(worker.proc.pid).memory_info().rss) <= self.max_rss
+                return int(psutil.Process(worker.proc.pid).memory_info().rss) <= max_rss
             except psutil.Error:
                 return False
         return True
@@ -229,7 +230,7 @@ class WorkerPool:
         worker.channel.close()
         if not healthy:
             if worker.proc.poll() is None:
-                pool.signal_tree(worker.proc.pid, [], signal.SIGKILL)
+                proctree.signal_tree(worker.proc.pid, [], signal.SIGKILL)
             with contextlib.suppress(OSError):
                 os.unlink(worker.scratch)  # a healthy one removes its own
         os.close(worker.pidfd)
@@ -248,7 +249,7 @@ class Lane:
         self.poked = False
         self.scope: anyio.CancelScope | None = None
         self.deadline = math.inf
-        self.accepting = worker.calls < owner.max_jobs
+        self.accepting = worker.calls < owner.settings.worker_max_jobs
 
     def room(self, now: float) -> int:
         if not self.accepting:
@@ -268,7 +269,7 @@ class Lane:
         self.inflight.append(ticket)
         ticket.stop.on_request = self.poke
         self.worker.calls += 1
-        if self.worker.calls >= self.pool.max_jobs:
+        if self.worker.calls >= self.pool.settings.worker_max_jobs:
             self.accepting = False
         self.out += ticket.frame
 
@@ -288,17 +289,19 @@ class Lane:
             healthy = False
             if not self.worker.retired:
                 with anyio.CancelScope(shield=True):
-                    await pool.kill_tree(self.worker.proc, self.worker.pidfd, self.pool.grace)
+                    await proctree.kill_tree(
+                        self.worker.proc, self.worker.pidfd, self.pool.settings.kill_grace
+                    )
             if not isinstance(e, Exception):
                 raise  # the daemon is going down at once: nothing more to report
             # a bug of ours must cost one attempt, never the daemon
             reports: list[Report] = []
             if self.running is not None and not self.running.dropped:
-                error = pool.Outcome(None, f"internal error in phxqd: {e!r}")
+                error = attempt.Outcome(None, f"internal error in phxqd: {e!r}")
                 reports.append(Ended(self.running.job, self.running.stop, error))
                 self.inflight.remove(self.running)
             reports += [
-                Ended(t.job, t.stop, pool.Outcome(None), False)
+                Ended(t.job, t.stop, attempt.Outcome(None), False)
                 for t in self.inflight
                 if not t.dropped
             ]
@@ -381,12 +384,12 @@ class Lane:
         if t.dropped:
             pass  # it ran to its end before the Skip came; it was reported as cancelled
         elif msg.ok:
-            outcome = pool.Outcome(0, None, result=msg.result)
+            outcome = attempt.Outcome(0, None, result=msg.result)
         else:
-            outcome = pool.Outcome(1, msg.error, retryable=not msg.permanent)
+            outcome = attempt.Outcome(1, msg.error, retryable=not msg.permanent)
         if not t.dropped:
             reports.append(Ended(t.job, t.stop, outcome))
-        if self.pool.max_rss is not None and not self.pool._keep(self.worker):
+        if self.pool.settings.worker_max_rss is not None and not self.pool._keep(self.worker):
             self.accepting = False
         if msg.next is not None:
             self._begin(self._find(msg.next), now, reports)
@@ -415,7 +418,7 @@ class Lane:
         for t in self.inflight:
             if t.stop.reason is not None and t is not self.running and not t.dropped:
                 t.dropped = True
-                reports.append(Ended(t.job, t.stop, pool.Outcome(None), False))
+                reports.append(Ended(t.job, t.stop, attempt.Outcome(None), False))
                 data = _encoder.encode(Skip(t.job.id))
                 self.out += HEADER.pack(len(data)) + data
         self.flush()
@@ -427,8 +430,8 @@ class Lane:
         code = await self._kill(running)
         if running.dropped:  # it started before the Skip came: killed, already reported
             return self._replace([])
-        outcome = pool.Outcome(
-            code, f"{running.stop.reason} ({pool.describe(code)})", cancelled=True
+        outcome = attempt.Outcome(
+            code, f"{running.stop.reason} ({attempt.describe(code)})", cancelled=True
         )
         return self._replace([Ended(running.job, running.stop, outcome)])
 
@@ -439,13 +442,15 @@ class Lane:
         if running.dropped:
             return self._replace([])
         what = f"timed out after {running.job.timeout:g}s"
-        outcome = pool.Outcome(code, f"{what} ({pool.describe(code)})")
+        outcome = attempt.Outcome(code, f"{what} ({attempt.describe(code)})")
         return self._replace([Ended(running.job, running.stop, outcome)])
 
     async def _kill(self, running: Ticket) -> int:
         w = self.worker
         with anyio.CancelScope(shield=True):
-            await pool.kill_tree(w.proc, w.pidfd, self.pool.grace, self._mark(running))
+            await proctree.kill_tree(
+                w.proc, w.pidfd, self.pool.settings.kill_grace, self._mark(running)
+            )
         self._salvage(running)
         self.inflight.remove(running)
         self.running, self.deadline = None, math.inf
@@ -468,7 +473,7 @@ class Lane:
             self._salvage(victim)
             self.inflight.remove(victim)
             self.running, self.deadline = None, math.inf
-            error = pool.Outcome(code, f"the Python worker died: {pool.describe(code)}")
+            error = attempt.Outcome(code, f"the Python worker died: {attempt.describe(code)}")
             if not victim.dropped:
                 reports.append(Ended(victim.job, victim.stop, error))
         return self._replace(reports)
@@ -482,7 +487,7 @@ class Lane:
             if t.dropped:
                 continue
             if t.stop.reason is not None:
-                reports.append(Ended(t.job, t.stop, pool.Outcome(None), False))
+                reports.append(Ended(t.job, t.stop, attempt.Outcome(None), False))
             else:
                 left.append(t)
         self.inflight, self.out, self.buf = left, bytearray(), bytearray()
@@ -490,10 +495,10 @@ class Lane:
             try:
                 self.worker = self.pool._spawn(left[0].log_path)
             except OSError as e:
-                error = f"cannot start {self.pool.python}: {e.strerror}"
+                error = f"cannot start {self.pool.settings.python}: {e.strerror}"
                 for t in left:
                     reports.append(Start(t.job, None, None))
-                    reports.append(Ended(t.job, t.stop, pool.Outcome(None, error, False)))
+                    reports.append(Ended(t.job, t.stop, attempt.Outcome(None, error, False)))
                 left.clear()
             else:
                 self.worker.calls = len(left)
@@ -503,26 +508,9 @@ class Lane:
         self.pool.report(reports)
         return bool(left)
 
-    def _mark(self, t: Ticket) -> pool.Mark:
-        return (t.job.id, self.pool.socket_path)
+    def _mark(self, t: Ticket) -> proctree.Mark:
+        return (t.job.id, self.pool.settings.socket)
 
     def _salvage(self, t: Ticket) -> None:
         """Output a dead worker left in its scratch file belongs to the job it ran."""
-        log, scratch = t.log_path, self.worker.scratch
-        with contextlib.suppress(OSError):
-            if os.stat(scratch).st_size > 0:
-                try:
-                    os.link(scratch, log)
-                except FileExistsError:
-                    with open(log, "ab") as out, open(scratch, "rb") as src:
-                        out.write(src.read())
-        with contextlib.suppress(OSError):
-            os.unlink(scratch)
-
-
-def _job_env(job: Job, socket_path: Path) -> dict[str, str]:
-    env = dict(job.env or {})
-    env["PHXQ_JOB_ID"] = str(job.id)
-    env["PHXQ_ATTEMPT"] = str(job.attempts + 1)
-    env["PHXQ_SOCKET"] = str(socket_path)
-    return env
+        output.salvage(self.worker.scratch, t.log_path)

@@ -1,0 +1,86 @@
+"""One attempt of a job: the environment it runs in, the handle that stops it, and how
+it ended. Shared by command jobs (`command`) and callables (`lanes`)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from phxqd.model import Job
+
+
+@dataclass
+class Outcome:
+    """How an attempt ended. `error` is None only for a clean exit."""
+
+    exit_code: int | None
+    error: str | None = None
+    #: False when running it again cannot help (the command does not exist)
+    retryable: bool = True
+    #: the job was stopped on request (cancel) rather than failing by itself
+    cancelled: bool = False
+    #: what a callable job returned
+    result: Any = None
+
+
+class Stop:
+    """A handle to ask a running job to stop, and why."""
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.reason: str | None = None
+        #: told of the request too (a worker lane, whose job has no scope of its own)
+        self.on_request: Callable[[], None] | None = None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
+        if self.on_request is not None:
+            self.on_request()
+
+
+def job_env(job: Job, socket: Path) -> dict[str, str]:
+    """What a job's environment adds to its runner's: the job's own variables, then
+    PHXQ_JOB_ID, PHXQ_ATTEMPT and PHXQ_SOCKET (which the job cannot override: they are how
+    `phxqctl progress` finds its job, and how a stop finds a job's escaped processes).
+
+    The one definition for both kinds of job: a command gets it over the daemon's
+    environment (`command_env`), a callable over its worker's (the worker applies it
+    before the call and takes it back after)."""
+    env = dict(job.env or {})
+    env["PHXQ_JOB_ID"] = str(job.id)
+    env["PHXQ_ATTEMPT"] = str(job.attempts + 1)
+    env["PHXQ_SOCKET"] = str(socket)
+    return env
+
+
+def command_env(job: Job, socket: Path) -> dict[str, str]:
+    """A command's whole environment: the daemon's, then `job_env`."""
+    env = _daemon_env().copy()
+    env.update(job_env(job, socket))
+    return env
+
+
+@functools.cache
+def _daemon_env() -> dict[str, str]:
+    """The daemon's environment, copied once: it does not change while phxqd runs, and
+    decoding it again costs more than a job's spawn is worth. Never changed: copied."""
+    return dict(os.environ)
+
+
+def describe(code: int) -> str:
+    """'exited with status 3' or 'killed by SIGTERM', from a Popen return code."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
