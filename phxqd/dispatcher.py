@@ -59,7 +59,8 @@ class Dispatcher:
         self.active = active
         #: how many of `active` each queue has, for its concurrency limit
         self.busy: Counter[str] = Counter()
-        self._next_sweep = 0.0
+        #: when finished jobs past their retention were last looked for
+        self._last_sweep = -math.inf
         #: the scratch files command jobs write to until they have a log (see scratch.py)
         self.scratches = Scratches(settings.logs_dir)
         self.workers = WorkerPool(
@@ -116,7 +117,7 @@ class Dispatcher:
                     self._fill(runners, durable_below)
                     self.workers.flush()
                     await self._sweep_expired()
-                    wakeup = min(self.state.next_wakeup() or math.inf, self._next_sweep)
+                    wakeup = min(self.state.next_wakeup() or math.inf, self._next_sweep())
                     delay = max(wakeup - time.time(), 0.0)
                     with anyio.move_on_after(delay):
                         await self._wake.wait()
@@ -328,13 +329,18 @@ class Dispatcher:
             q: c.concurrency for q, c in self.settings.queues.items() if c.concurrency is not None
         }
 
+    def _next_sweep(self) -> float:
+        """When to look for expired jobs next: a minute after the last look, or sooner for
+        a retention shorter than two minutes. Worked out from the retention of the moment,
+        so a reload that shortens it is heeded at once (the reload wakes the dispatcher)."""
+        return self._last_sweep + min(60.0, max(self.settings.retention / 2, 0.1))
+
     async def _sweep_expired(self) -> None:
         """Forget finished jobs older than the retention (and their logs), once a minute."""
         now = time.time()
-        if now < self._next_sweep:
+        if now < self._next_sweep():
             return
-        # once a minute, or more often for a retention shorter than two minutes
-        self._next_sweep = now + min(60.0, max(self.settings.retention / 2, 0.1))
+        self._last_sweep = now
         cutoff = now - self.settings.retention
         ids = [
             j.id
