@@ -40,12 +40,12 @@ import anyio
 import msgspec
 from anyio.abc import UNIXSocketStream
 
-from phxqd import protocol, server
+from phxqd import config, protocol, server
 from phxqd.core import Core
 from phxqd.local.journal import Journal
 from phxqd.local.recovery import recover
 from phxqd.local.state import State
-from phxqd.settings import Settings
+from phxqd.settings import Options, Settings
 
 #: Flags in the first byte of an input (see `parse`).
 HELLO = 0x01  # put a valid hello frame first: the fuzzer need not rediscover it
@@ -158,14 +158,18 @@ class Target:
         for d in (journal_dir, logs_dir):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir()
-        settings = Settings(
-            workers=1,
-            kill_grace=1.0,
-            snapshot_bytes=1 << 40,
-            journal_dir=journal_dir,
-            logs_dir=logs_dir,
-            socket=self.base / "phxqd.sock",  # never listened on: no job runs
+        settings = Settings.from_config(
+            config.Config(
+                workers=1, kill_grace=1.0, snapshot_bytes=1 << 40, logs_dir=str(logs_dir)
+            ),
+            Options(
+                config_path=self.base / "phxqd.toml",  # never read: the config is given
+                config_required=False,
+                state_dir=str(self.base),
+                socket=str(self.base / "phxqd.sock"),  # never listened on: no job runs
+            ),
         )
+        assert settings.journal_dir == journal_dir
         result: Exchange = anyio.run(_session, settings, sent, chunk)
         if _errors.lines:
             raise Finding("phxqd logged an error:\n" + "\n".join(_errors.lines))

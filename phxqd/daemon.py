@@ -20,20 +20,18 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 import msgspec
 
 from phxqd import config, logsetup, metrics, paths, server, statusfile, systemd
 from phxqd.core import Core
-from phxqd.hooks import Hooks, HookSettings
-from phxqd.local.journal import Corruption, FsyncPolicy, Journal, JournalError
+from phxqd.hooks import Hooks
+from phxqd.local.journal import Corruption, Journal, JournalError
 from phxqd.local.recovery import StateDirBusy, lock_state_dir, recover
 from phxqd.model import QueueConfig
-from phxqd.settings import Settings
+from phxqd.settings import Options, Settings
 from phxqd.stats import Stats
 
 log = logging.getLogger("phxqd")
@@ -75,19 +73,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@dataclass(frozen=True)
-class Options:
-    """What the command line fixed: a reload re-reads the file, never these."""
-
-    config_path: Path
-    config_required: bool
-    socket: str | None
-    state_dir: str | None
-    workers: int | None
-    fsync: FsyncPolicy | None
-    log_level: str | None
-
-
 def main(argv: list[str] | None = None) -> None:
     # A reload asked for before the daemon listens for it must not kill it (SIGHUP's
     # default action); the signal receiver in `run` takes over from here.
@@ -117,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
         logsetup.fatal(f"phxqd: {e}")
     if args.workers is not None and args.workers < 1:
         logsetup.fatal("phxqd: --workers must be 1 or more")
-    logsetup.setup(args.log_level or cfg.log_level)
-    state_dir = paths.state_dir(args.state_dir, cfg.state_dir)
+    settings = Settings.from_config(cfg, opts)
+    logsetup.setup(settings.log_level)
+    state_dir = settings.state_dir
     try:
         lock = lock_state_dir(state_dir)
     except StateDirBusy as e:
@@ -134,32 +120,18 @@ def main(argv: list[str] | None = None) -> None:
         activated = systemd.activated_socket(sd.listen_fds)
     except systemd.ActivationError as e:
         logsetup.fatal(f"phxqd: {e}")
-    socket_path = paths.socket_path(args.socket, cfg.socket)
+    activated_path = None
     if activated is not None:
-        bound = systemd.socket_path(activated)
-        if bound is None:
-            log.warning("the activated socket has no path: jobs get PHXQ_SOCKET=%s", socket_path)
-        socket_path = bound or socket_path
-    settings = Settings(
-        workers=args.workers or cfg.workers or config.default_workers(),
-        kill_grace=cfg.kill_grace,
-        snapshot_bytes=cfg.snapshot_bytes,
-        journal_dir=state_dir / "journal",
-        logs_dir=config.resolve_logs_dir(cfg, state_dir),
-        socket=socket_path,
-        retry_interval=cfg.write_retry_interval,
-        queues=cfg.queues,
-        retention=cfg.retention,
-        log_max_bytes=cfg.log_max_bytes or None,
-        shutdown_grace=cfg.shutdown_grace,
-        python=cfg.python or sys.executable,
-        pythonpath=cfg.pythonpath,
-        worker_max_jobs=cfg.worker_max_jobs,
-        worker_max_rss=cfg.worker_max_rss or None,
-    )
+        activated_path = systemd.socket_path(activated)
+        if activated_path is None:
+            log.warning(
+                "the activated socket has no path: jobs get PHXQ_SOCKET=%s", settings.socket
+            )
+        else:  # it wins over the flag and the file
+            settings = Settings.from_config(cfg, opts, socket=activated_path)
     raise_open_files_limit()
     try:
-        anyio.run(run, settings, cfg, opts, sd, activated)
+        anyio.run(run, settings, opts, sd, activated, activated_path)
     except Corruption as e:
         logsetup.fatal(
             f"phxqd: refusing to start: {e}\n"
@@ -218,10 +190,10 @@ def check_config(flag: str | None) -> int:
 
 async def run(
     settings: Settings,
-    cfg: config.Config,
     opts: Options,
     sd: systemd.Environment,
     activated: socket.socket | None,
+    activated_path: Path | None,
 ) -> None:
     notifier = systemd.Notifier(sd.notify_socket)
     # Opened first: a SIGTERM during recovery waits for it, then stops cleanly.
@@ -243,14 +215,13 @@ async def run(
             recovered.records,
             recovered.segments,
         )
-        fsync = opts.fsync or cfg.fsync
         stats = Stats()
         journal = Journal(
             settings.journal_dir,
             recovered.next_lsn,
-            fsync,
-            batch_interval=cfg.fsync_interval_ms / 1000,
-            segment_bytes=cfg.segment_bytes,
+            settings.fsync,
+            batch_interval=settings.fsync_interval_ms / 1000,
+            segment_bytes=settings.segment_bytes,
             on_sync=stats.fsync.observe,
         )
         core = Core(recovered.state, journal, settings, stats=stats)
@@ -259,7 +230,7 @@ async def run(
             await tg.start(backend.run)
             await core.dispatcher.reap()
             try:
-                access = server.resolve_access(cfg.allow_users, cfg.allow_groups)
+                access = server.resolve_access(settings.allow_users, settings.allow_groups)
             except ValueError as e:
                 raise SystemExit(f"phxqd: {e}") from None
             if activated is not None:
@@ -269,16 +240,17 @@ async def run(
                 server.open_to(settings.socket, access)
             serving = anyio.CancelScope()
             dispatching = anyio.Event()
-            timeouts = server.Timeouts(cfg.client_idle_timeout, cfg.client_send_timeout)
+            timeouts = server.Timeouts(settings.client_idle_timeout, settings.client_send_timeout)
             tg.start_soon(_serve, listener, core, access, timeouts, serving)
             tg.start_soon(_dispatch, core, dispatching)
             hooks = Hooks(backend.feed, backend.find, backend.stats.hooks)
-            hooks.configure(hook_settings(cfg))
+            hooks.configure(settings.hooks)
             tg.start_soon(hooks.run)
-            status_file = Path(cfg.status_file) if cfg.status_file else None
+            status_file = settings.status_file
             if status_file is not None:
                 tg.start_soon(statusfile.keep, status_file, backend.feed, views.status_export)
-            http = await metrics.open_http(cfg.metrics_listen) if cfg.metrics_listen else None
+            listen = settings.metrics_listen
+            http = await metrics.open_http(listen) if listen else None
             if http is not None:
                 tg.start_soon(metrics.serve_http, views, http)
             # The socket is listening: a client connecting from now on is answered.
@@ -295,9 +267,9 @@ async def run(
                 " (socket-activated)" if activated is not None else "",
                 settings.journal_dir.parent,
                 settings.workers,
-                fsync,
+                settings.fsync,
             )
-            reloader = Reloader(opts, cfg, core, hooks, notifier)
+            reloader = Reloader(opts, activated_path, core, hooks, notifier)
             await _until_stop_signal(signals, reloader.reload)
             running = backend.summary().counts["running"]
             if settings.shutdown_grace > 0 and running:
@@ -372,34 +344,34 @@ async def _exit_on_second_signal(signals: AsyncIterator[signal.Signals]) -> None
 
 
 class Reloader:
-    """SIGHUP: re-read the config file and apply what can change while running.
+    """SIGHUP: re-read the config file and apply at once what can change while running.
 
-    Applied at once: `workers` and the `[queues.NAME]` tables (the dispatcher is woken:
-    a higher limit starts waiting jobs now, a lower one lets running jobs finish),
-    `log_level`, `kill_grace`, `shutdown_grace`, `snapshot_bytes`, `write_retry_interval`,
-    `retention`, `log_max_bytes` (each read where it is used, from then on), the hooks
-    (`on_*`, `hook_*`: hooks already running finish), and the Python worker keys
-    (`python`, `pythonpath`, `worker_max_*`: idle workers are replaced). The rest (paths,
-    fsync policy, segment size, `metrics_listen`, `status_file`) is read at start-up
-    only; a change to it is logged as needing a restart. A file phxqd cannot accept
-    changes nothing: the running settings stay, and the error is logged and shown in
-    `systemctl status`. Flags given on the command
-    line keep winning over the file.
+    The new file (with the command line's flags, which keep winning) is made into
+    `Settings` by `Settings.from_config`, as at start-up, and the fields that
+    `settings.RELOADABLE` names are copied into the live Settings, which the daemon's
+    parts read where they use a value. Some need more than that: the log level is set,
+    the hooks take their new commands (hooks already running finish), idle Python workers
+    are let go so the next call gets a worker of the new kind, and the dispatcher is woken
+    (a higher limit starts waiting jobs now, a lower one lets running jobs finish). Every
+    other field is read at start-up only; a change to one is logged as needing a restart.
+    A file phxqd cannot accept changes nothing: the running settings stay, and the error
+    is logged and shown in `systemctl status`.
     """
 
     def __init__(
         self,
         opts: Options,
-        cfg: config.Config,
+        activated_path: Path | None,
         core: Core,
         hooks: Hooks,
         notifier: systemd.Notifier,
     ) -> None:
         self.opts = opts
+        #: the path of the socket systemd passed, which wins over the file's
+        self.activated_path = activated_path
         self.core = core
         self.hooks = hooks
         self.notifier = notifier
-        self.started_with = self._startup_values(cfg)
 
     def reload(self) -> None:
         self.notifier.reloading()
@@ -410,68 +382,33 @@ class Reloader:
             log.error("reload failed, the running configuration stays: %s", e)
             self.notifier.ready(f"reload failed ({e}); " + self.core.views.status_line())
             return
-        settings = self.core.settings
-        logsetup.set_level(self.opts.log_level or cfg.log_level)
-        settings.kill_grace = cfg.kill_grace
-        settings.snapshot_bytes = cfg.snapshot_bytes
-        settings.retry_interval = cfg.write_retry_interval
-        settings.retention = cfg.retention
-        settings.log_max_bytes = cfg.log_max_bytes or None
-        settings.shutdown_grace = cfg.shutdown_grace
-        self.hooks.configure(hook_settings(cfg))
-        # Python workers: the new values apply to workers started from now on; the idle
-        # ones are let go so the next call gets a worker of the new kind.
+        new = Settings.from_config(cfg, self.opts, socket=self.activated_path)
+        live = self.core.settings
+        old_workers, old_queues = live.workers, live.queues
+        live.reload_from(new)
+        logsetup.set_level(live.log_level)
+        self.hooks.configure(live.hooks)
+        # Python workers read the live settings; the idle ones are let go so the next
+        # call gets a worker of the new kind.
         workers_pool = self.core.dispatcher.workers
-        settings.python = cfg.python or sys.executable
-        settings.pythonpath = cfg.pythonpath
-        settings.worker_max_jobs = cfg.worker_max_jobs
-        settings.worker_max_rss = cfg.worker_max_rss or None
         workers_pool.close()
-        if cfg.queues != settings.queues:
-            log.info("queue settings: %s", _queues_text(cfg.queues) or "none")
-        settings.queues = cfg.queues
-        workers = self.opts.workers or cfg.workers or config.default_workers()
-        if workers != settings.workers:
-            log.info("workers: %d -> %d", settings.workers, workers)
+        if live.queues != old_queues:
+            log.info("queue settings: %s", _queues_text(live.queues) or "none")
+        if live.workers != old_workers:
+            log.info("workers: %d -> %d", old_workers, live.workers)
         # Also when only a queue limit changed: it wakes the dispatcher, which then
         # starts what the new limits allow.
-        self.core.dispatcher.set_workers(workers)
-        now = self._startup_values(cfg)
-        for key, value in now.items():
-            if value != self.started_with[key]:
-                log.warning(
-                    "%s: `%s` changed to %s; it takes effect when phxqd restarts",
-                    path,
-                    key,
-                    config.toml_value(value),
-                )
+        self.core.dispatcher.set_workers(live.workers)
+        for key, value in live.restart_needed(new).items():
+            log.warning(
+                "%s: `%s` changed to %s; it takes effect when phxqd restarts",
+                path,
+                key,
+                config.toml_value(str(value) if isinstance(value, Path) else value),
+            )
         log.info("configuration reloaded from %s", path)
         log.debug("configuration now: %s", cfg)
         self.notifier.ready(self.core.views.status_line())
-
-    def _startup_values(self, cfg: config.Config) -> dict[str, Any]:
-        """The effective values of the keys read only at start-up (flags included)."""
-        state_dir = paths.state_dir(self.opts.state_dir, cfg.state_dir)
-        return {
-            "state_dir": str(state_dir),
-            "socket": str(paths.socket_path(self.opts.socket, cfg.socket)),
-            "logs_dir": str(config.resolve_logs_dir(cfg, state_dir)),
-            "fsync": self.opts.fsync or cfg.fsync,
-            "fsync_interval_ms": cfg.fsync_interval_ms,
-            "segment_bytes": cfg.segment_bytes,
-            "metrics_listen": cfg.metrics_listen,
-            "status_file": cfg.status_file,
-            "allow_users": cfg.allow_users,
-            "allow_groups": cfg.allow_groups,
-            "client_idle_timeout": cfg.client_idle_timeout,
-            "client_send_timeout": cfg.client_send_timeout,
-        }
-
-
-def hook_settings(cfg: config.Config) -> HookSettings:
-    return HookSettings(
-        cfg.on_complete, cfg.on_failure, cfg.on_retry, cfg.hook_timeout, cfg.hook_concurrency
-    )
 
 
 def _queues_text(queues: dict[str, QueueConfig]) -> str:

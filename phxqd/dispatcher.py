@@ -41,7 +41,8 @@ class Dispatcher:
         self._wake = wake
         #: jobs claimed and not yet ended, with the handle that stops them
         self._active: dict[int, Stop] = {}
-        self._next_sweep = 0.0
+        #: when finished jobs past their retention were last looked for
+        self._last_sweep = -math.inf
         #: the scratch files command jobs write to until they have a log (see run/output.py)
         self.scratches = Scratches(settings.logs_dir)
         self.workers = WorkerPool(settings, report=self._reports, lane_ended=self._wake.set)
@@ -87,7 +88,7 @@ class Dispatcher:
                 self._fill(runners)
                 self.workers.flush()
                 await self._sweep_expired()
-                wakeup = min(self.backend.next_wakeup() or math.inf, self._next_sweep)
+                wakeup = min(self.backend.next_wakeup() or math.inf, self._next_sweep())
                 await self._wake.wait(max(wakeup - time.time(), 0.0))
             await self._let_running_jobs_finish()
         self.workers.close()
@@ -223,13 +224,18 @@ class Dispatcher:
                 self._wake.set()
 
     # ------------------------------------------------------------ upkeep
+    def _next_sweep(self) -> float:
+        """When to look for expired jobs next: a minute after the last look, or sooner for
+        a retention shorter than two minutes. Worked out from the retention of the moment,
+        so a reload that shortens it is heeded at once (the reload wakes the dispatcher)."""
+        return self._last_sweep + min(60.0, max(self.settings.retention / 2, 0.1))
+
     async def _sweep_expired(self) -> None:
         """Forget finished jobs older than the retention (and their logs), once a minute."""
         now = time.time()
-        if now < self._next_sweep:
+        if now < self._next_sweep():
             return
-        # once a minute, or more often for a retention shorter than two minutes
-        self._next_sweep = now + min(60.0, max(self.settings.retention / 2, 0.1))
+        self._last_sweep = now
         cutoff = now - self.settings.retention
         try:
             ids = await self.backend.forget_finished_before(cutoff)

@@ -119,15 +119,20 @@ def test_disk_full_refuses_writes_keeps_reads_and_recovers(tmp_path: Path, small
     d.ok("wait", *map(str, [*before, *acked, after]))
 
 
-@pytest.fixture
-def fsync_shim(tmp_path: Path) -> Path:
+def build_fsync_shim(directory: Path) -> Path:
+    """The SHIM library, compiled into `directory` (the test skips without a compiler)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler to build the fdatasync shim")
-    src, lib = tmp_path / "shim.c", tmp_path / "shim.so"
+    src, lib = directory / "shim.c", directory / "shim.so"
     src.write_text(SHIM)
     subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"], check=True)
     return lib
+
+
+@pytest.fixture
+def fsync_shim(tmp_path: Path) -> Path:
+    return build_fsync_shim(tmp_path)
 
 
 def test_fsync_eio_never_acks_never_reuses_the_segment_and_recovers(

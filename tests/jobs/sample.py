@@ -59,3 +59,21 @@ def ignore_sigterm(ready: str, release: str) -> None:
 
 def unstorable() -> object:
     return object()
+
+
+def environ(name: str) -> str | None:
+    """A variable of the worker's environment (set by the interpreter it was started with)."""
+    return os.environ.get(name)
+
+
+def stubborn(started: str) -> None:
+    """Ignores SIGTERM, as a job busy in C code may seem to, says it has started, and
+    runs until killed."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with open(started, "w"):
+        pass
+    while True:
+        time.sleep(0.05)
