@@ -15,7 +15,7 @@ Rules every backend keeps (tests/test_backend.py checks them on the local one):
 - `claim` hands out only jobs whose submission is durable, in dispatch order (priority,
   then FIFO, retries first), honouring pauses and each queue's concurrency limit counted
   over the jobs it has handed out and not yet seen end or given back.
-- A fact (`started`, `finish`, `progress`) is never refused: it already happened.
+- A fact (`report`, `progress`) is never refused: it already happened.
 - Every change is told to `feed` listeners after it is applied.
 """
 
@@ -49,6 +49,15 @@ class Ending(msgspec.Struct):
     error: str | None = None
     retryable: bool = True
     result: Any = None
+
+
+class Begun(msgspec.Struct):
+    """A claimed job's attempt began: its process is `pid`, started at `pid_started`."""
+
+    job: Job
+    at: float
+    pid: int | None = None
+    pid_started: float | None = None
 
 
 class Summary(msgspec.Struct):
@@ -137,12 +146,10 @@ class Backend(Protocol):
     def next_wakeup(self) -> float | None:
         """When a job that is not ready now becomes ready (the dispatcher's sleep)."""
 
-    def started(self, job: Job, at: float, pid: int | None, pid_started: float | None) -> None:
-        """A claimed job's attempt began (its process is `pid`, started at `pid_started`)."""
-
-    def finish(self, endings: list[Ending]) -> None:
-        """Claimed jobs ended (or were given back): their slots are free at once, their
-        waiters told once the ends are durable."""
+    def report(self, begun: list[Begun], ended: list[Ending]) -> None:
+        """Facts about claimed jobs, recorded together (one journal append for a lane's
+        batch): attempts that began, then jobs that ended or were given back. The slots of
+        the ended are free at once; their waiters are told once the ends are durable."""
 
     def progress(
         self, job_id: int, attempt: int, progress: Callable[[Progress | None], Progress]

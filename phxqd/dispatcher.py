@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import anyio
 import anyio.abc
 
-from phxqd.backend import SHUTDOWN, Backend, Ending
+from phxqd.backend import SHUTDOWN, Backend, Begun, Ending
 from phxqd.joblogs import JobLogs
 from phxqd.model import Job
 from phxqd.notice import Notice
@@ -139,7 +139,7 @@ class Dispatcher:
             if not (summary.paused_all or job.queue in summary.paused):
                 return job
             # paused meanwhile: given back, it waits with the others
-            self._end([Ending(job, started=False)])
+            self._end([], [Ending(job, started=False)])
         job = self.backend.claim(now)
         if job is not None:
             self._active[job.id] = Stop()
@@ -166,12 +166,13 @@ class Dispatcher:
 
     # ---------------------------------------------------------- starts, ends
     def _reports(self, reports: list[Report]) -> None:
-        """Starts and ends from the runners and the worker lanes, told to the backend;
-        the ends' slots are free at once."""
+        """Starts and ends from the runners and the worker lanes, told to the backend in
+        one call; the ends' slots are free at once."""
+        begun: list[Begun] = []
         endings: list[Ending] = []
         for r in reports:
             if isinstance(r, Start):
-                self.backend.started(r.job, time.time(), r.pid, r.create_time)
+                begun.append(Begun(r.job, time.time(), r.pid, r.create_time))
             elif r.started:
                 o = r.outcome
                 endings.append(
@@ -188,11 +189,11 @@ class Dispatcher:
                 )
             else:  # never ran: given back, or stopped before it started
                 endings.append(Ending(r.job, False, stop_reason=r.stop.reason))
-        if endings:
-            self._end(endings)
+        self._end(begun, endings)
 
-    def _end(self, endings: list[Ending]) -> None:
-        self.backend.finish(endings)
+    def _end(self, begun: list[Begun], endings: list[Ending]) -> None:
+        if begun or endings:
+            self.backend.report(begun, endings)
         for e in endings:
             if self._active.pop(e.job.id, None) is not None:
                 self._wake.set()
@@ -206,7 +207,7 @@ class Dispatcher:
                 return
 
             async def started(pid: int | None, create_time: float | None) -> None:
-                self.backend.started(job, time.time(), pid, create_time)
+                self.backend.report([Begun(job, time.time(), pid, create_time)], [])
 
             try:
                 outcome = await command.run_command(
@@ -220,7 +221,7 @@ class Dispatcher:
         finally:
             self._commands -= 1
             if self._active.pop(job.id, None) is not None:  # ended without a report
-                self.backend.finish([Ending(job, False, stop_reason=stop.reason or SHUTDOWN)])
+                self.backend.report([], [Ending(job, False, stop_reason=stop.reason or SHUTDOWN)])
                 self._wake.set()
 
     # ------------------------------------------------------------ upkeep

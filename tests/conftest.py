@@ -20,6 +20,9 @@ from typing import Any, ClassVar
 
 import pytest
 
+from phxqd import config
+from phxqd.settings import Options, Settings
+
 READY_TIMEOUT = 30.0
 
 
@@ -178,3 +181,21 @@ def need(tool: str) -> str:
             pytest.fail(why)
         pytest.skip(why)
     return path
+
+
+def settings_in(base: Path, **changes: object) -> Settings:
+    """Settings as phxqd would make them from a config file, for a state dir `base`."""
+    settings = Settings.from_config(
+        config.Config(workers=2, kill_grace=5.0, snapshot_bytes=1 << 40, write_retry_interval=0.05),
+        Options(
+            config_path=base / "phxqd.toml",  # never read: the config is given
+            config_required=False,
+            state_dir=str(base),
+            socket=str(base / "phxqd.sock"),
+        ),
+    )
+    for d in (settings.journal_dir, settings.logs_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    for key, value in changes.items():
+        setattr(settings, key, value)
+    return settings

@@ -20,7 +20,7 @@ import msgspec
 import pytest
 
 from phxqd import protocol
-from phxqd.backend import SHUTDOWN, Ending
+from phxqd.backend import SHUTDOWN, Begun, Ending
 from phxqd.core import Core
 from phxqd.local.backend import LocalBackend
 from phxqd.local.journal import Journal
@@ -30,27 +30,10 @@ from phxqd.model import Job, JobSpec, Progress, QueueConfig
 from phxqd.notice import Notice
 from phxqd.protocol import Refused
 from phxqd.settings import Settings
+from tests.conftest import settings_in
 
 #: seconds any one in-process test may take before it counts as hung
 HANG = 30.0
-
-
-def settings_in(base: Path, **changes: object) -> Settings:
-    journal_dir, logs_dir = base / "journal", base / "logs"
-    for d in (journal_dir, logs_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    settings = Settings(
-        workers=2,
-        kill_grace=5.0,
-        snapshot_bytes=1 << 40,
-        journal_dir=journal_dir,
-        logs_dir=logs_dir,
-        socket=base / "phxqd.sock",
-        retry_interval=0.05,
-    )
-    for key, value in changes.items():
-        setattr(settings, key, value)
-    return settings
 
 
 class Rig:
@@ -125,18 +108,18 @@ def test_claims_wait_for_durability_and_keep_priority_limits_and_pauses(tmp_path
             assert b.busy("q") == 1
             assert b.claim(now) is other, "queue q is at its limit: the next is another queue's"
             assert b.claim(now) is None
-            b.started(high, now, None, None)
-            b.finish([Ending(high, True, exit_code=0)])
+            b.report([Begun(high, now, None, None)], [])
+            b.report([], [Ending(high, True, exit_code=0)])
             assert b.busy("q") == 0
             await b.pause("q")
             assert b.claim(now) is None, "q is paused"
             await b.resume("q")
             assert b.claim(now) is low
-            b.finish([Ending(low, False), Ending(other, False)])  # both given back unstarted
+            b.report([], [Ending(low, False), Ending(other, False)])  # both given back unstarted
             assert b.busy("q") == 0
             again = [b.claim(now), b.claim(now)]
             assert sorted(j.id for j in again if j) == sorted([low.id, other.id]), "claimed again"
-            b.finish([Ending(low, False, stop_reason=SHUTDOWN), Ending(other, False)])
+            b.report([], [Ending(low, False, stop_reason=SHUTDOWN), Ending(other, False)])
             assert (await b.wait([high.id], None))[0].status == "completed"
 
     anyio.run(main)
@@ -151,9 +134,9 @@ def test_a_given_back_job_goes_before_newer_and_higher_ones(tmp_path: Path) -> N
             assert b.claim(time.time()) is first
             await b.submit([spec(priority=9)], time.time())
             await b.claimable()
-            b.finish([Ending(first, False)])
+            b.report([], [Ending(first, False)])
             assert b.claim(time.time()) is first
-            b.finish([Ending(first, False, stop_reason="cancelled")])
+            b.report([], [Ending(first, False, stop_reason="cancelled")])
             assert b.get(first.id).status == "cancelled"
             assert b.get(first.id).attempts == 0
 
@@ -169,9 +152,9 @@ def test_failed_attempts_retry_by_policy_then_fail_and_waiters_are_told(tmp_path
             for attempt in (1, 2):
                 claimed = b.claim(time.time() + 3600)  # past any backoff
                 assert claimed is job
-                b.started(job, time.time(), 123, 1.0)
+                b.report([Begun(job, time.time(), 123, 1.0)], [])
                 assert b.get(job.id).attempts == attempt and b.get(job.id).pid == 123
-                b.finish([Ending(job, True, exit_code=3, error="exited with status 3")])
+                b.report([], [Ending(job, True, exit_code=3, error="exited with status 3")])
                 expected = "retrying" if attempt == 1 else "failed"
                 assert b.get(job.id).status == expected
             [done] = await b.wait([job.id], HANG)
@@ -192,7 +175,7 @@ def test_cancel_stops_nothing_itself_it_names_the_claimed_jobs(tmp_path: Path) -
             assert to_stop == [claimed.id]
             assert b.get(waiting.id).status == "cancelled"
             assert b.get(claimed.id).status == "pending", "the dispatcher stops it, not the backend"
-            b.finish([Ending(claimed, False, stop_reason="cancelled")])
+            b.report([], [Ending(claimed, False, stop_reason="cancelled")])
             assert [j.status for j in await b.wait([claimed.id], HANG)] == ["cancelled"]
             with pytest.raises(Refused) as refused:
                 await b.cancel([waiting.id], time.time())
@@ -210,8 +193,8 @@ def test_jobs_cancelled_by_a_cascade_are_told_to_listeners(tmp_path: Path) -> No
             await b.claimable()
             with b.feed.listen() as listener:
                 assert b.claim(time.time()) is first
-                b.started(first, time.time(), None, None)
-                b.finish([Ending(first, True, exit_code=1, error="exited with status 1")])
+                b.report([Begun(first, time.time(), None, None)], [])
+                b.report([], [Ending(first, True, exit_code=1, error="exited with status 1")])
                 events = [(e.event, e.id) for e in await listener.take()]
             assert ("failed", first.id) in events and ("cancelled", after.id) in events
             assert b.get(after.id).status == "cancelled"
@@ -229,7 +212,7 @@ def test_progress_is_told_at_once_and_checkpointed_at_most_once_a_second(tmp_pat
             [job] = [r.job for r in await b.submit([spec()], time.time())]
             await b.claimable()
             assert b.claim(time.time()) is job
-            b.started(job, time.time(), None, None)
+            b.report([Begun(job, time.time(), None, None)], [])
             with b.feed.listen({job.id}) as listener:  # type: ignore[arg-type]
                 assert b.progress(job.id, 1, report(percent=10.0))  # type: ignore[arg-type]
                 assert b.progress(job.id, 1, report(step="two"))  # type: ignore[arg-type]
@@ -242,7 +225,7 @@ def test_progress_is_told_at_once_and_checkpointed_at_most_once_a_second(tmp_pat
             assert rig.replayed().jobs[job.id].progress.percent == 10.0  # type: ignore[union-attr]
             assert not b.progress(job.id, 2, report(percent=99.0)), "another attempt's report"  # type: ignore[arg-type]
             # the held report is saved with the job's end, before it
-            b.finish([Ending(job, True, exit_code=0)])
+            b.report([], [Ending(job, True, exit_code=0)])
             [done] = await b.wait([job.id], HANG)
             assert done.progress is not None and done.progress.step == "two"
 

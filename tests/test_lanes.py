@@ -20,8 +20,7 @@ from phxqctl import Client
 from phxqd.model import Call, Job
 from phxqd.run import attempt
 from phxqd.run.lanes import Ended, Report, Start, WorkerPool
-from phxqd.settings import Settings
-from tests.conftest import Daemon
+from tests.conftest import Daemon, settings_in
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -40,7 +39,7 @@ class Harness:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.reports: list[Report] = []
-        settings = Settings(1, 1.0, 1 << 20, logs, logs, logs / "s")
+        settings = settings_in(logs, logs_dir=logs, workers=1, kill_grace=1.0)
         self.pool = WorkerPool(settings, report=self.reports.extend)
         self.stops: dict[int, attempt.Stop] = {}
 

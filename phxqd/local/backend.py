@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.abc
 
-from phxqd.backend import SHUTDOWN, Ending, Health, Summary
+from phxqd.backend import SHUTDOWN, Begun, Ending, Health, Summary
 from phxqd.events import (
     AnyEvent,
     Cancelled,
@@ -199,15 +199,10 @@ class LocalBackend:
     def next_wakeup(self) -> float | None:
         return self._state.next_wakeup()
 
-    def started(self, job: Job, at: float, pid: int | None, pid_started: float | None) -> None:
-        self._recorder.note([Started(job.id, at, pid, pid_started)])
-
-    def finish(self, endings: list[Ending]) -> None:
-        """Ends of claimed jobs in one journal append; their waiters are told once the
-        ends are durable (by the recorder's settler)."""
-        events: list[AnyEvent] = []
+    def report(self, begun: list[Begun], ended: list[Ending]) -> None:
+        events: list[AnyEvent] = [Started(b.job.id, b.at, b.pid, b.pid_started) for b in begun]
         now = time.time()
-        for e in endings:
+        for e in ended:
             job = e.job
             if e.started:
                 events += self._checkpoints.take(job.id)
@@ -226,8 +221,10 @@ class LocalBackend:
             elif e.stop_reason != SHUTDOWN:  # asked to stop before it ran: no attempt spent
                 events.append(Cancelled(job.id, now, e.stop_reason))
             self._release(job)
-        if events:
+        if ended:
             self._recorder.note_ends(events)
+        elif events:  # nobody waits for a start to be durable
+            self._recorder.note(events)
 
     def progress(
         self, job_id: int, attempt: int, make: Callable[[Progress | None], Progress]
