@@ -6,24 +6,23 @@ misreading each other. Each request gets exactly one `Ok` or `Err` reply; a stre
 request (`watch`, `wait` with `stream`, `logs` with `follow`) gets its stream frames
 (`JobEvent`, `Chunk`) first.
 
-`phxqctl` imports this module on every start, so it imports nothing heavier than msgspec.
+phxqctl.Client imports this module, so it imports nothing heavier than msgspec. The
+constants both sides share (version, frame limits, error codes) are phxqd.contract's,
+re-exported here for the daemon's code.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from phxqd.contract import ERROR_EXIT as ERROR_EXIT
+from phxqd.contract import HEADER as HEADER
+from phxqd.contract import MAX_BATCH as MAX_BATCH
+from phxqd.contract import MAX_FRAME as MAX_FRAME
+from phxqd.contract import PROTOCOL_VERSION as PROTOCOL_VERSION
 from phxqd.model import JobSpec, Progress
-
-PROTOCOL_VERSION = 1
-#: Most job specs in one submit request: its reply (the jobs) must fit in a frame.
-MAX_BATCH = 10_000
-#: Largest frame either side accepts; a bigger length prefix closes the connection.
-MAX_FRAME = 16 * 1024 * 1024
-HEADER = struct.Struct(">I")
 
 
 class Request(msgspec.Struct, tag_field="op", forbid_unknown_fields=True):
@@ -214,15 +213,6 @@ class Chunk(msgspec.Struct, tag="chunk"):
     data: bytes
     offset: int
 
-
-#: Error codes and the phxqctl exit status each maps to (DESIGN.md, "Exit statuses").
-ERROR_EXIT = {
-    "usage": 2,  # the request itself is wrong
-    "upgrade": 2,  # client and daemon speak different protocol versions
-    "not_found": 4,  # no such job
-    "refused": 5,  # cannot be done now: disk full, journal failed, illegal transition
-    "internal": 1,  # a bug in phxqd; the daemon logs it and carries on
-}
 
 request_decoder: msgspec.msgpack.Decoder[AnyRequest] = msgspec.msgpack.Decoder(AnyRequest)
 reply_decoder: msgspec.msgpack.Decoder[Ok[Any] | Err] = msgspec.msgpack.Decoder(Ok[Any] | Err)
