@@ -23,6 +23,15 @@ from phxqd.contract import MAX_BATCH as MAX_BATCH
 from phxqd.contract import MAX_FRAME as MAX_FRAME
 from phxqd.contract import PROTOCOL_VERSION as PROTOCOL_VERSION
 from phxqd.model import JobSpec, Progress
+from phxqd.replies import Accepted as Accepted
+from phxqd.replies import ClearedCount as ClearedCount
+from phxqd.replies import HelloReply as HelloReply
+from phxqd.replies import JournalInfo as JournalInfo
+from phxqd.replies import LogPart as LogPart
+from phxqd.replies import QueueInfo as QueueInfo
+from phxqd.replies import RetriedCount as RetriedCount
+from phxqd.replies import RunningJob as RunningJob
+from phxqd.replies import StatusReply as StatusReply
 
 
 class Request(msgspec.Struct, tag_field="op", forbid_unknown_fields=True):
