@@ -13,7 +13,7 @@ re-exported here for the daemon's code.
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 
@@ -22,7 +22,7 @@ from phxqd.contract import HEADER as HEADER
 from phxqd.contract import MAX_BATCH as MAX_BATCH
 from phxqd.contract import MAX_FRAME as MAX_FRAME
 from phxqd.contract import PROTOCOL_VERSION as PROTOCOL_VERSION
-from phxqd.model import JobSpec, Progress
+from phxqd.model import Job, JobSpec, Progress, SubmitResult
 from phxqd.replies import Accepted as Accepted
 from phxqd.replies import ClearedCount as ClearedCount
 from phxqd.replies import HelloReply as HelloReply
@@ -166,7 +166,8 @@ T = TypeVar("T")
 
 class Ok(msgspec.Struct, Generic[T], tag="ok"):
     """A successful reply. Generic so a client can decode `result` straight into the type
-    it expects (`reply_decoder_for(list[Job])`) instead of into dicts and then again."""
+    OPERATIONS says (`reply_decoder_for(Show)` decodes `Ok[Job]`) instead of into dicts
+    and then again."""
 
     result: T
 
@@ -231,8 +232,60 @@ stream_decoder: msgspec.msgpack.Decoder[JobEvent | Chunk | Ok[Any] | Err] = msgs
 )
 
 
-def reply_decoder_for(result_type: Any) -> msgspec.msgpack.Decoder[Any]:
-    return msgspec.msgpack.Decoder(Ok[result_type] | Err)
+class ReplySpec(NamedTuple):
+    """What one operation answers: the type of its `Ok` reply's `result` (None: there is
+    no `Ok` reply, the stream goes on until the client hangs up), and, for an operation
+    that can stream (`watch`, `wait` with `stream`, `logs` with `follow`), the type of
+    its stream frames, which come before that reply."""
+
+    reply: Any
+    frame: Any = None
+
+
+#: Every operation: its request type and what it answers. The one place a reply's type is
+#: said: phxqctl.Client decodes by it, and tests/test_protocol_table.py sends each request
+#: to a real phxqd and checks the answer against it (and that no operation is missing).
+OPERATIONS: dict[type[Request], ReplySpec] = {
+    Hello: ReplySpec(HelloReply),
+    Submit: ReplySpec(list[SubmitResult]),
+    Status: ReplySpec(StatusReply),
+    List: ReplySpec(list[Job]),
+    Show: ReplySpec(Job),
+    Wait: ReplySpec(list[Job], frame=JobEvent),
+    Logs: ReplySpec(LogPart, frame=Chunk),
+    Watch: ReplySpec(None, frame=JobEvent),
+    Cancel: ReplySpec(list[Job]),
+    Retry: ReplySpec(list[Job]),
+    RetryFailed: ReplySpec(RetriedCount),
+    Clear: ReplySpec(ClearedCount),
+    ReportProgress: ReplySpec(Accepted),
+    SetQueue: ReplySpec(list[QueueInfo]),
+    Queues: ReplySpec(list[QueueInfo]),
+    Metrics: ReplySpec(bytes),
+    Pause: ReplySpec(StatusReply),
+    Resume: ReplySpec(StatusReply),
+}
+
+_decoders: dict[tuple[type[Request], bool], msgspec.msgpack.Decoder[Any]] = {}
+
+
+def reply_decoder_for(op: type[Request], streamed: bool = False) -> msgspec.msgpack.Decoder[Any]:
+    """The decoder of what phxqd sends for a request of type `op`, by OPERATIONS: its
+    `Ok` (result typed) or `Err` reply, preceded, when `streamed`, by its stream frames.
+    Made once per operation: building a decoder costs more than most replies' decoding."""
+    decoder = _decoders.get((op, streamed))
+    if decoder is None:
+        spec = OPERATIONS[op]
+        if streamed and spec.frame is None:
+            raise ValueError(f"{op.__name__} does not stream")
+        ok: Any = Ok  # parametrised at run time, which a type checker cannot follow
+        kinds: Any = Err
+        if spec.reply is not None:
+            kinds = ok[spec.reply] | kinds
+        if streamed:
+            kinds = spec.frame | kinds
+        decoder = _decoders[op, streamed] = msgspec.msgpack.Decoder(kinds)
+    return decoder
 
 
 encoder = msgspec.msgpack.Encoder()
