@@ -129,7 +129,7 @@ class GroupCommit:
 def stand_in(kind: str, root: Path, ready: MpEvent) -> None:
     """A stand-in server process (runs until killed)."""
     state = State()
-    hello = protocol.frame(protocol.Ok({"proto": protocol.PROTOCOL_VERSION}))
+    hello = protocol.frame(protocol.Ok(protocol.HelloReply(protocol.PROTOCOL_VERSION)))
     _, canned = state.submit([JobSpec(argv=["true"], cwd="/")], time.time(), {})
     canned_reply = protocol.frame(protocol.Ok(canned))
     empty = protocol.frame(protocol.Ok({}))

@@ -15,7 +15,8 @@ import time
 from phxqctl import locate, render
 from phxqctl.errors import PhxqError, UsageError
 from phxqctl.report import progress
-from phxqctl.wire import MAX_BATCH, Session
+from phxqctl.wire import Session
+from phxqd.contract import DEFAULT_QUEUE, FINISHED, MAX_BATCH, STATUSES
 
 #: typing costs a few ms to import; the annotations are strings (PEP 563) anyway
 TYPE_CHECKING = False
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-STATUSES = render.STATUSES
-FINISHED = render.FINISHED
 EXIT_USAGE = 2
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -136,7 +135,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _submit(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--queue", default="default")
+    s.add_argument("--queue", default=DEFAULT_QUEUE)
     s.add_argument("--priority", type=int, default=0, help="higher runs first")
     s.add_argument("--key", help="idempotency key: a live job with this key is returned instead")
     s.add_argument("--retries", type=int, help="retries after a failure (default: the queue's, 3)")
@@ -214,7 +213,7 @@ def _queue_option(p: argparse.ArgumentParser) -> None:
 
 
 def _clear(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--status", choices=FINISHED)
+    p.add_argument("--status", choices=sorted(FINISHED))
     p.add_argument("--queue")
 
 

@@ -5,9 +5,10 @@
         job = c.submit(["echo", "hi"])
         c.wait([job.id])
 
-It returns typed objects (phxqd.model's Structs) and so imports msgspec and the shared
-protocol and model, nothing else of the daemon. The command line does not use it: it talks
-through phxqctl.wire with plain dicts, to start fast.
+It returns typed objects (phxqd.model's and phxqd.replies' Structs, decoded as the table
+phxqd.protocol.OPERATIONS says each request is answered) and so imports msgspec and the
+shared protocol and model, nothing else of the daemon. The command line does not use it:
+it talks through phxqctl.wire with plain dicts, to start fast.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any
 
 import msgspec
 
@@ -30,22 +31,10 @@ from phxqd.model import Call, Job, JobSpec, SubmitResult
 __all__ = ["Client", "DaemonUnreachable", "NotInAJob", "PhxqError", "RemoteError", "progress"]
 
 #: spelled out once here: inside Client, `list` names the method
-T = TypeVar("T")
 builtins_list = list
 Jobs = list[Job]
 SubmitResults = list[SubmitResult]
 Ids = list[int]
-
-_stream_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
-
-
-def _stream_decoder(result_type: Any) -> msgspec.msgpack.Decoder[Any]:
-    decoder = _stream_decoders.get(result_type)
-    if decoder is None:
-        decoder = _stream_decoders[result_type] = msgspec.msgpack.Decoder(
-            protocol.JobEvent | protocol.Chunk | protocol.Ok[result_type] | protocol.Err
-        )
-    return decoder
 
 
 class Client:
@@ -57,7 +46,6 @@ class Client:
         self.socket_path = Path(locate.socket_path(str(socket_path) if socket_path else None))
         self.timeout = timeout
         self._conn = Connection(str(self.socket_path), timeout)
-        self._decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
     def __enter__(self) -> Client:
         return self
@@ -100,38 +88,47 @@ class Client:
         results: SubmitResults = []
         for start in range(0, len(specs), protocol.MAX_BATCH):
             part = specs[start : start + protocol.MAX_BATCH]
-            results += self.call(protocol.Submit(part), SubmitResults)
+            results += self.call(protocol.Submit(part))
         return results
 
     def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(protocol.Status())
+        """The status map of docs/protocol.md as plain dicts (`call(protocol.Status())`
+        gives it as a StatusReply)."""
+        result: dict[str, Any] = self._call_plain(protocol.Status())
         return result
 
     def list(self, status: str | None = None, queue: str | None = None, limit: int = 50) -> Jobs:
-        return self.call(protocol.List(status, queue, limit), Jobs)
+        jobs: Jobs = self.call(protocol.List(status, queue, limit))
+        return jobs
 
     def get(self, job_id: int) -> Job:
-        return self.call(protocol.Show(job_id), Job)
+        job: Job = self.call(protocol.Show(job_id))
+        return job
 
     def wait(self, ids: Ids, timeout: float | None = None) -> Jobs:
-        return self.call(protocol.Wait(ids, timeout), Jobs)
+        jobs: Jobs = self.call(protocol.Wait(ids, timeout))
+        return jobs
 
     def logs(self, job_id: int, offset: int = 0) -> tuple[bytes, int, bool]:
         """A chunk of the job's log from `offset`: (data, next offset, job finished)."""
-        r = self.call(protocol.Logs(job_id, offset))
-        return bytes(r["data"]), int(r["offset"]), bool(r["finished"])
+        part: protocol.LogPart = self.call(protocol.Logs(job_id, offset))
+        return part.data, part.offset, part.finished
 
     def cancel(self, ids: Ids) -> Jobs:
-        return self.call(protocol.Cancel(ids), Jobs)
+        jobs: Jobs = self.call(protocol.Cancel(ids))
+        return jobs
 
     def retry(self, ids: Ids) -> Jobs:
-        return self.call(protocol.Retry(ids), Jobs)
+        jobs: Jobs = self.call(protocol.Retry(ids))
+        return jobs
 
     def retry_failed(self, queue: str | None = None) -> int:
-        return int(self.call(protocol.RetryFailed(queue))["retried"])
+        done: protocol.RetriedCount = self.call(protocol.RetryFailed(queue))
+        return done.retried
 
     def clear(self, status: str | None = None, queue: str | None = None) -> int:
-        return int(self.call(protocol.Clear(status, queue))["cleared"])
+        done: protocol.ClearedCount = self.call(protocol.Clear(status, queue))
+        return done.cleared
 
     def report_progress(
         self,
@@ -144,28 +141,34 @@ class Client:
     ) -> bool:
         """Set a running job's progress; False if that attempt is no longer running."""
         req = protocol.ReportProgress(job_id, attempt, percent, step, done, total)
-        return bool(self.call(req)["accepted"])
+        reply: protocol.Accepted = self.call(req)
+        return reply.accepted
 
     def queues(self) -> builtins_list[dict[str, Any]]:
-        """Every queue with its counts, concurrency limit and whether it is paused."""
-        result: builtins_list[dict[str, Any]] = self.call(protocol.Queues())
+        """Every queue with its counts, concurrency limit and whether it is paused (plain
+        dicts; `call(protocol.Queues())` gives QueueInfo Structs)."""
+        result: builtins_list[dict[str, Any]] = self._call_plain(protocol.Queues())
         return result
 
     def set_queue(self, queue: str, concurrency: int | None) -> builtins_list[dict[str, Any]]:
         """Set a queue's concurrency at run time (kept across restarts); None: the config's."""
-        result: builtins_list[dict[str, Any]] = self.call(protocol.SetQueue(queue, concurrency))
+        request = protocol.SetQueue(queue, concurrency)
+        result: builtins_list[dict[str, Any]] = self._call_plain(request)
         return result
 
     def metrics(self) -> str:
         """The Prometheus text exposition of the daemon's metrics."""
-        return bytes(self.call(protocol.Metrics(), bytes)).decode()
+        text: bytes = self.call(protocol.Metrics())
+        return text.decode()
 
     def pause(self, queue: str | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(protocol.Pause(queue))
+        """Pause a queue (or all); the status map after it, as `status()`."""
+        result: dict[str, Any] = self._call_plain(protocol.Pause(queue))
         return result
 
     def resume(self, queue: str | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.call(protocol.Resume(queue))
+        """Resume a queue (or all); the status map after it, as `status()`."""
+        result: dict[str, Any] = self._call_plain(protocol.Resume(queue))
         return result
 
     # ----------------------------------------------------------------- streams
@@ -174,13 +177,13 @@ class Client:
         """Every event of every job (or of these), as it happens, until the iteration is
         stopped (break, close()). A `dropped` event says this reader fell behind and
         `count` events were lost; ask `status()` again for exact counts."""
-        frames = self._stream(protocol.Watch(ids), Any)
+        frames = self._stream(protocol.Watch(ids))
         return (f for f in frames if isinstance(f, protocol.JobEvent))
 
     def follow_logs(self, job_id: int, offset: int = 0) -> Iterator[bytes]:
         """The job's log from `offset`, as it is written, until the job has finished and
         all of its log was read."""
-        frames = self._stream(protocol.Logs(job_id, offset, follow=True), Any)
+        frames = self._stream(protocol.Logs(job_id, offset, follow=True))
         return (f.data for f in frames if isinstance(f, protocol.Chunk) and f.data)
 
     def wait_events(
@@ -188,33 +191,35 @@ class Client:
     ) -> Iterator[protocol.JobEvent | Jobs]:
         """`wait` with the jobs' events as they happen: yields each JobEvent, and last the
         list of finished jobs (what `wait` returns)."""
-        return self._stream(protocol.Wait(ids, timeout, stream=True), Jobs)
+        return self._stream(protocol.Wait(ids, timeout, stream=True))
 
-    def _stream(self, request: protocol.Request, result_type: Any) -> Iterator[Any]:
+    def _stream(self, request: protocol.Request) -> Iterator[Any]:
         """The frames of a streaming request on a connection of its own: its stream
-        frames, then the final reply's result (RemoteError for an error). The request is
-        sent before this returns (not at the first next())."""
+        frames, then the final reply's result (RemoteError for an error), typed as
+        protocol.OPERATIONS says. The request is sent before this returns (not at the
+        first next())."""
         conn = Connection(str(self.socket_path), self.timeout)
         try:
             conn.request(protocol.encoder.encode(request))
         except BaseException:
             conn.close()
             raise
-        return _frames(conn, _stream_decoder(result_type))
+        return _frames(conn, protocol.reply_decoder_for(type(request), streamed=True))
 
     # ------------------------------------------------------------ the wire
 
-    @overload
-    def call(self, request: protocol.Request) -> Any: ...
-    @overload
-    def call(self, request: protocol.Request, result_type: type[T]) -> T: ...
-    def call(self, request: protocol.Request, result_type: Any = Any) -> Any:
-        """Send one request and return its reply's result decoded as `result_type`, or
-        raise RemoteError."""
+    def call(self, request: protocol.Request) -> Any:
+        """Send one request and return its reply's result, decoded into the type
+        protocol.OPERATIONS gives its operation, or raise RemoteError."""
+        return self._call(request, protocol.reply_decoder_for(type(request)))
+
+    def _call_plain(self, request: protocol.Request) -> Any:
+        """`call`, with the result as plain dicts and lists (what `status()` and
+        `queues()` have always returned)."""
+        return self._call(request, protocol.reply_decoder)
+
+    def _call(self, request: protocol.Request, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
         self._conn.request(protocol.encoder.encode(request))
-        decoder = self._decoders.get(result_type)
-        if decoder is None:
-            decoder = self._decoders[result_type] = protocol.reply_decoder_for(result_type)
         reply = _decode(decoder, self._conn.recv())
         if isinstance(reply, protocol.Err):
             raise RemoteError(reply.code, reply.message)

@@ -5,15 +5,8 @@ Standard library only: the command line imports this on every start.
 
 from __future__ import annotations
 
-#: Error codes of the protocol and the exit status each maps to. A copy of
-#: phxqd.protocol.ERROR_EXIT (which imports msgspec); tests/test_wire.py keeps them equal.
-ERROR_EXIT = {
-    "usage": 2,
-    "upgrade": 2,
-    "not_found": 4,
-    "refused": 5,
-    "internal": 1,
-}
+#: the protocol's error codes and the exit status each maps to
+from phxqd.contract import ERROR_EXIT
 
 
 class PhxqError(Exception):

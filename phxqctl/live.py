@@ -16,6 +16,7 @@ import time
 
 from phxqctl import render
 from phxqctl.wire import Session
+from phxqd.contract import FINISHED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -107,8 +108,8 @@ def _wait_lines(progress: Progress, ids: list[int], now: float) -> list[str]:
     width = min(render.WIDTH, _columns())
     rows = _rows()
     jobs = [progress.jobs[i] for i in ids if i in progress.jobs]
-    done = sum(j.get("status") in render.FINISHED for j in jobs)
-    shown = [j for j in jobs if j.get("status") not in render.FINISHED][: max(rows - 2, 1)]
+    done = sum(j.get("status") in FINISHED for j in jobs)
+    shown = [j for j in jobs if j.get("status") not in FINISHED][: max(rows - 2, 1)]
     lines = [render.clip(job_line(j, progress.eta(j["id"], now), width), width) for j in shown]
     lines.append(f"waiting: {done} of {len(ids)} finished")
     return lines

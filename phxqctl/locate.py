@@ -13,9 +13,7 @@ from __future__ import annotations
 import os
 import stat
 
-SOCKET_NAME = "phxqd.sock"
-#: the system service's socket (a copy of phxqd.paths.SYSTEM_SOCKET, kept equal by a test)
-SYSTEM_SOCKET = "/run/phxq/phxqd.sock"
+from phxqd.contract import SOCKET_NAME, SYSTEM_SOCKET
 
 
 def socket_path(flag: str | None = None) -> str:

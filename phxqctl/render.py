@@ -14,6 +14,8 @@ import os
 import shlex
 import sys
 
+from phxqd.contract import STATUSES
+
 #: typing costs a few ms to import; the annotations are strings (PEP 563) anyway
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,9 +26,6 @@ if TYPE_CHECKING:
 WIDTH = 80
 #: the least room a table leaves its last column (the command, usually)
 LAST_MIN = 12
-#: copies of phxqd.model's (which imports msgspec), kept equal by tests/test_wire.py
-STATUSES = ("pending", "running", "retrying", "completed", "failed", "cancelled")
-FINISHED = ("cancelled", "completed", "failed")
 
 _RESET = "\033[0m"
 STYLES = {

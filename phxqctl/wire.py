@@ -3,8 +3,8 @@
 Standard library only, so `phxqctl status` starts in about the time Python itself does.
 Two users: the command line, which sends and receives plain dicts through `Session`
 (encoded by phxqctl.mpack), and phxqctl.Client, which encodes and decodes msgspec Structs
-itself and uses `Connection` for the bytes. The constants are copies of phxqd.protocol's
-(which imports msgspec); tests/test_wire.py keeps them equal.
+itself and uses `Connection` for the bytes. The constants are phxqd.contract's, the
+standard-library module both sides import.
 
 Framing (docs/protocol.md): `u32 big-endian length | msgpack payload`, at most MAX_FRAME.
 """
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import _socket  # not `socket`: its import, mostly turning constants into enums, costs 5 ms
 import contextlib
-import struct
 
 from phxqctl import mpack
 from phxqctl.errors import DaemonUnreachable, PhxqError, RemoteError
+from phxqd.contract import HEADER, MAX_FRAME, PROTOCOL_VERSION
 
 #: typing costs a few ms to import; the annotations are strings (PEP 563) anyway
 TYPE_CHECKING = False
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-PROTOCOL_VERSION = 1
-MAX_FRAME = 16 * 1024 * 1024
-MAX_BATCH = 10_000
-HEADER = struct.Struct(">I")
 #: replies bigger than this are decoded by msgspec when it can be imported: the same
 #: result (tests/test_wire.py), and its import costs less than decoding that much here
 LARGE_REPLY = 256 * 1024

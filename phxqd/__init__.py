@@ -1,1 +1,1 @@
-"""phxqd: the phxq daemon. Kept empty: phxqctl imports phxqd.protocol on every start."""
+"""phxqd: the phxq daemon. Kept empty: phxqctl imports phxqd.contract on every start."""

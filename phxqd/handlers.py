@@ -84,11 +84,11 @@ class Handlers:
             case protocol.Retry(ids):
                 return await backend.retry(ids, now)
             case protocol.RetryFailed(queue):
-                return {"retried": await backend.retry_failed(queue, now)}
+                return protocol.RetriedCount(await backend.retry_failed(queue, now))
             case protocol.Clear(status, queue):
                 ids = await backend.clear(status, queue)
                 await anyio.to_thread.run_sync(self.logs.remove, ids)
-                return {"cleared": len(ids)}
+                return protocol.ClearedCount(len(ids))
             case protocol.SetQueue(queue, concurrency):
                 if concurrency is not None and concurrency < 1:
                     raise Refused("usage", "--concurrency must be 1 or more")
@@ -100,7 +100,7 @@ class Handlers:
                 await metrics.load_library()
                 return self._render_metrics()
             case protocol.ReportProgress():
-                return {"accepted": self.progress(req, now)}
+                return protocol.Accepted(self.progress(req, now))
             case protocol.Pause(queue):
                 await backend.pause(queue)
                 return self.views.status()
@@ -114,7 +114,7 @@ class Handlers:
                         f"phxqd speaks protocol {PROTOCOL_VERSION}, the "
                         f"client {proto}: use the phxqctl installed with this phxqd",
                     )
-                return {"proto": PROTOCOL_VERSION}
+                return protocol.HelloReply(PROTOCOL_VERSION)
         raise Refused("usage", f"unsupported request {type(req).__name__}")
 
     async def cancel(self, ids: list[int], now: float) -> list[Job]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -26,7 +25,7 @@ class JobLogs:
     def path(self, job_id: int) -> Path:
         return self.settings.logs_dir / f"{job_id}.log"
 
-    async def read(self, job_id: int, offset: int, limit: int) -> dict[str, Any]:
+    async def read(self, job_id: int, offset: int, limit: int) -> protocol.LogPart:
         """Up to `limit` bytes of the log from `offset` (a frame's worth at most), where
         the next read starts, and whether the job had finished before this one."""
         path = self.path(job_id)
@@ -43,7 +42,7 @@ class JobLogs:
                 return b"", offset
 
         data, end = await anyio.to_thread.run_sync(read)
-        return {"data": data, "offset": end, "finished": finished}
+        return protocol.LogPart(data, end, finished)
 
     def remove(self, ids: list[int]) -> None:
         for job_id in ids:

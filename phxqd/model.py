@@ -2,7 +2,8 @@
 
 These Structs are shared by the daemon, the journal and the client: a `Job` encoded as JSON
 is exactly the job JSON of the contract (DESIGN.md), so there is one definition to keep in
-step. This module imports nothing but msgspec, because `phxqctl` imports it on start-up.
+step. This module imports nothing but msgspec (and the shared constants of phxqd.contract),
+because phxqctl.Client imports it.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ from typing import Any, Literal, get_args
 
 import msgspec
 
-#: Every status a job can have. `retrying` is a failed attempt waiting out its backoff.
-#: (A Literal: msgspec then decodes every status to one shared string object, where a `str`
-#: field would get a fresh copy per job: with a million jobs, 56 MB of heap fragments.)
-Status = Literal["pending", "running", "retrying", "completed", "failed", "cancelled"]
-STATUSES: tuple[str, ...] = get_args(Status)
-#: Statuses after which nothing happens to a job unless someone asks (retry, clear).
-FINISHED: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
-#: Statuses a job is waiting in before it runs.
-WAITING: frozenset[str] = frozenset({"pending", "retrying"})
+from phxqd.contract import DEFAULT_QUEUE as DEFAULT_QUEUE
+from phxqd.contract import FINISHED as FINISHED
+from phxqd.contract import STATUSES as STATUSES
+from phxqd.contract import WAITING as WAITING
 
-DEFAULT_QUEUE = "default"
+#: Every status a job can have (phxqd.contract.STATUSES, which phxqctl reads without
+#: msgspec). A Literal: msgspec then decodes every status to one shared string object,
+#: where a `str` field would get a fresh copy per job: with a million jobs, 56 MB of heap
+#: fragments. Spelled out because a type checker cannot read a Literal from a tuple; the
+#: check below keeps the two the same.
+Status = Literal["pending", "running", "retrying", "completed", "failed", "cancelled"]
+if get_args(Status) != STATUSES:
+    raise ImportError(f"model.Status {get_args(Status)} is not contract.STATUSES {STATUSES}")
 DEFAULT_RETRIES = 3
 #: (base, max, jitter) of the retry backoff when neither the job nor its queue says
 DEFAULT_BACKOFF = (1.0, 60.0, 0.5)

@@ -11,8 +11,10 @@ import os
 import warnings
 from pathlib import Path
 
+from phxqd import contract
+from phxqd.contract import SOCKET_NAME
+
 APP = "phxq"
-SOCKET_NAME = "phxqd.sock"
 
 
 def _runtime_dir() -> Path:
@@ -38,7 +40,7 @@ def socket_path(flag: str | None = None, configured: str | None = None) -> Path:
 
 
 #: where the system service's socket is (systemd/phxqd.socket)
-SYSTEM_SOCKET = Path("/run/phxq") / SOCKET_NAME
+SYSTEM_SOCKET = Path(contract.SYSTEM_SOCKET)
 
 
 def client_socket_path(flag: str | None = None) -> Path:

@@ -6,24 +6,32 @@ misreading each other. Each request gets exactly one `Ok` or `Err` reply; a stre
 request (`watch`, `wait` with `stream`, `logs` with `follow`) gets its stream frames
 (`JobEvent`, `Chunk`) first.
 
-`phxqctl` imports this module on every start, so it imports nothing heavier than msgspec.
+phxqctl.Client imports this module, so it imports nothing heavier than msgspec. The
+constants both sides share (version, frame limits, error codes) are phxqd.contract's,
+re-exported here for the daemon's code.
 """
 
 from __future__ import annotations
 
-import struct
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 
-from phxqd.model import JobSpec, Progress
-
-PROTOCOL_VERSION = 1
-#: Most job specs in one submit request: its reply (the jobs) must fit in a frame.
-MAX_BATCH = 10_000
-#: Largest frame either side accepts; a bigger length prefix closes the connection.
-MAX_FRAME = 16 * 1024 * 1024
-HEADER = struct.Struct(">I")
+from phxqd.contract import ERROR_EXIT as ERROR_EXIT
+from phxqd.contract import HEADER as HEADER
+from phxqd.contract import MAX_BATCH as MAX_BATCH
+from phxqd.contract import MAX_FRAME as MAX_FRAME
+from phxqd.contract import PROTOCOL_VERSION as PROTOCOL_VERSION
+from phxqd.model import Job, JobSpec, Progress, SubmitResult
+from phxqd.replies import Accepted as Accepted
+from phxqd.replies import ClearedCount as ClearedCount
+from phxqd.replies import HelloReply as HelloReply
+from phxqd.replies import JournalInfo as JournalInfo
+from phxqd.replies import LogPart as LogPart
+from phxqd.replies import QueueInfo as QueueInfo
+from phxqd.replies import RetriedCount as RetriedCount
+from phxqd.replies import RunningJob as RunningJob
+from phxqd.replies import StatusReply as StatusReply
 
 
 class Request(msgspec.Struct, tag_field="op", forbid_unknown_fields=True):
@@ -158,7 +166,8 @@ T = TypeVar("T")
 
 class Ok(msgspec.Struct, Generic[T], tag="ok"):
     """A successful reply. Generic so a client can decode `result` straight into the type
-    it expects (`reply_decoder_for(list[Job])`) instead of into dicts and then again."""
+    OPERATIONS says (`reply_decoder_for(Show)` decodes `Ok[Job]`) instead of into dicts
+    and then again."""
 
     result: T
 
@@ -215,15 +224,6 @@ class Chunk(msgspec.Struct, tag="chunk"):
     offset: int
 
 
-#: Error codes and the phxqctl exit status each maps to (DESIGN.md, "Exit statuses").
-ERROR_EXIT = {
-    "usage": 2,  # the request itself is wrong
-    "upgrade": 2,  # client and daemon speak different protocol versions
-    "not_found": 4,  # no such job
-    "refused": 5,  # cannot be done now: disk full, journal failed, illegal transition
-    "internal": 1,  # a bug in phxqd; the daemon logs it and carries on
-}
-
 request_decoder: msgspec.msgpack.Decoder[AnyRequest] = msgspec.msgpack.Decoder(AnyRequest)
 reply_decoder: msgspec.msgpack.Decoder[Ok[Any] | Err] = msgspec.msgpack.Decoder(Ok[Any] | Err)
 #: frames of a streaming request: its stream frames, then one `Ok` or `Err`
@@ -232,8 +232,60 @@ stream_decoder: msgspec.msgpack.Decoder[JobEvent | Chunk | Ok[Any] | Err] = msgs
 )
 
 
-def reply_decoder_for(result_type: Any) -> msgspec.msgpack.Decoder[Any]:
-    return msgspec.msgpack.Decoder(Ok[result_type] | Err)
+class ReplySpec(NamedTuple):
+    """What one operation answers: the type of its `Ok` reply's `result` (None: there is
+    no `Ok` reply, the stream goes on until the client hangs up), and, for an operation
+    that can stream (`watch`, `wait` with `stream`, `logs` with `follow`), the type of
+    its stream frames, which come before that reply."""
+
+    reply: Any
+    frame: Any = None
+
+
+#: Every operation: its request type and what it answers. The one place a reply's type is
+#: said: phxqctl.Client decodes by it, and tests/test_protocol_table.py sends each request
+#: to a real phxqd and checks the answer against it (and that no operation is missing).
+OPERATIONS: dict[type[Request], ReplySpec] = {
+    Hello: ReplySpec(HelloReply),
+    Submit: ReplySpec(list[SubmitResult]),
+    Status: ReplySpec(StatusReply),
+    List: ReplySpec(list[Job]),
+    Show: ReplySpec(Job),
+    Wait: ReplySpec(list[Job], frame=JobEvent),
+    Logs: ReplySpec(LogPart, frame=Chunk),
+    Watch: ReplySpec(None, frame=JobEvent),
+    Cancel: ReplySpec(list[Job]),
+    Retry: ReplySpec(list[Job]),
+    RetryFailed: ReplySpec(RetriedCount),
+    Clear: ReplySpec(ClearedCount),
+    ReportProgress: ReplySpec(Accepted),
+    SetQueue: ReplySpec(list[QueueInfo]),
+    Queues: ReplySpec(list[QueueInfo]),
+    Metrics: ReplySpec(bytes),
+    Pause: ReplySpec(StatusReply),
+    Resume: ReplySpec(StatusReply),
+}
+
+_decoders: dict[tuple[type[Request], bool], msgspec.msgpack.Decoder[Any]] = {}
+
+
+def reply_decoder_for(op: type[Request], streamed: bool = False) -> msgspec.msgpack.Decoder[Any]:
+    """The decoder of what phxqd sends for a request of type `op`, by OPERATIONS: its
+    `Ok` (result typed) or `Err` reply, preceded, when `streamed`, by its stream frames.
+    Made once per operation: building a decoder costs more than most replies' decoding."""
+    decoder = _decoders.get((op, streamed))
+    if decoder is None:
+        spec = OPERATIONS[op]
+        if streamed and spec.frame is None:
+            raise ValueError(f"{op.__name__} does not stream")
+        ok: Any = Ok  # parametrised at run time, which a type checker cannot follow
+        kinds: Any = Err
+        if spec.reply is not None:
+            kinds = ok[spec.reply] | kinds
+        if streamed:
+            kinds = spec.frame | kinds
+        decoder = _decoders[op, streamed] = msgspec.msgpack.Decoder(kinds)
+    return decoder
 
 
 encoder = msgspec.msgpack.Encoder()

@@ -21,6 +21,7 @@ import msgspec
 
 from phxqd.feed import Feed
 from phxqd.model import Job
+from phxqd.replies import StatusReply
 
 log = logging.getLogger("phxqd.status_file")
 
@@ -53,19 +54,19 @@ def live_job(job: Job) -> dict[str, Any]:
     }
 
 
-def content(status: dict[str, Any], live: list[Job]) -> dict[str, Any]:
-    """What the file says, from `Core.status()` and the live jobs (no time stamp: two
+def content(status: StatusReply, live: list[Job]) -> dict[str, Any]:
+    """What the file says, from the `status` view and the live jobs (no time stamp: two
     contents compare equal when nothing changed)."""
     return {
-        "counts": status["counts"],
-        "queues": status["queues"],
-        "total": status["total"],
-        "paused": status["paused"],
-        "paused_all": status["paused_all"],
-        "throughput_per_minute": status["throughput_per_minute"],
-        "average_seconds": status["average_seconds"],
-        "eta_seconds": status["eta_seconds"],
-        "writable": status["writable"],
+        "counts": status.counts,
+        "queues": status.queues,
+        "total": status.total,
+        "paused": status.paused,
+        "paused_all": status.paused_all,
+        "throughput_per_minute": status.throughput_per_minute,
+        "average_seconds": status.average_seconds,
+        "eta_seconds": status.eta_seconds,
+        "writable": status.writable,
         "jobs": [live_job(j) for j in live[:MAX_JOBS]],
     }
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
 
 import anyio
 
@@ -59,7 +58,7 @@ class Streams:
 
     async def follow_log(
         self, job_id: int, offset: int, limit: int
-    ) -> AsyncGenerator[protocol.Chunk | protocol.Ok[dict[str, Any]]]:
+    ) -> AsyncGenerator[protocol.Chunk | protocol.Ok[protocol.LogPart]]:
         """The log as it grows, until the job has finished and the log is read to its end.
 
         Jobs write their logs themselves (no pipe through phxqd), so growth is not an event:
@@ -68,12 +67,12 @@ class Streams:
         """
         while True:
             part = await self.logs.read(job_id, offset, limit)
-            if part["data"]:
-                offset = part["offset"]
-                yield protocol.Chunk(part["data"], offset)
+            if part.data:
+                offset = part.offset
+                yield protocol.Chunk(part.data, offset)
                 continue
-            if part["finished"]:
-                yield protocol.Ok({"data": b"", "offset": offset, "finished": True})
+            if part.finished:
+                yield protocol.Ok(protocol.LogPart(b"", offset, True))
                 return
             ended = self.backend.ended(job_id)
             with anyio.move_on_after(LOG_POLL):

@@ -13,6 +13,7 @@ from phxqd import statusfile
 from phxqd.backend import Backend
 from phxqd.dispatcher import Dispatcher
 from phxqd.model import STATUSES, QueueConfig
+from phxqd.replies import JournalInfo, QueueInfo, RunningJob, StatusReply
 from phxqd.settings import Settings
 
 
@@ -23,7 +24,7 @@ class Views:
         self.settings = settings
         self.started_at = time.time()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusReply:
         """Counts, running jobs, and the rates of the last minute. O(queues + running)."""
         now = time.time()
         summary = self.backend.summary()
@@ -35,39 +36,39 @@ class Views:
         backlog = counts["pending"] + counts["retrying"] + counts["running"]
         per_second = ended / 60.0
         health = self.backend.health()
-        return {
-            "counts": counts,
-            "queues": summary.queues,
-            "total": summary.total,
-            "paused": summary.paused,
-            "paused_all": summary.paused_all,
-            "workers": self.settings.workers,
-            "running_jobs": [
-                {
-                    "id": j.id,
-                    "queue": j.queue,
-                    "argv": j.argv,
-                    "call": None if j.call is None else j.call.func,
-                    "started_at": j.started_at,
-                    "progress": j.progress,
-                }
+        return StatusReply(
+            counts=counts,
+            queues=summary.queues,
+            total=summary.total,
+            paused=summary.paused,
+            paused_all=summary.paused_all,
+            workers=self.settings.workers,
+            running_jobs=[
+                RunningJob(
+                    id=j.id,
+                    queue=j.queue,
+                    argv=j.argv,
+                    call=None if j.call is None else j.call.func,
+                    started_at=j.started_at,
+                    progress=j.progress,
+                )
                 for j in live
             ],
-            "throughput_per_minute": ended,
-            "average_seconds": sum(durations) / ended if ended else None,
-            "eta_seconds": backlog / per_second if per_second and backlog else None,
-            "fsync": health.durability,
-            "journal": {"records": health.records, "fsyncs": health.fsyncs},
-            "writable": health.writable,
-            "journal_error": health.error,
-            "uptime": now - self.started_at,
-        }
+            throughput_per_minute=ended,
+            average_seconds=sum(durations) / ended if ended else None,
+            eta_seconds=backlog / per_second if per_second and backlog else None,
+            fsync=health.durability,
+            journal=JournalInfo(records=health.records, fsyncs=health.fsyncs),
+            writable=health.writable,
+            journal_error=health.error,
+            uptime=now - self.started_at,
+        )
 
     def status_export(self) -> dict[str, Any]:
         """What the status file says (config `status_file`): see phxqd/statusfile.py."""
         status = self.status()
-        live = [j for r in status["running_jobs"] if (j := self.backend.find(r["id"]))]
-        retrying = status["counts"]["retrying"]
+        live = [j for r in status.running_jobs if (j := self.backend.find(r.id))]
+        retrying = status.counts["retrying"]
         if retrying and len(live) < statusfile.MAX_JOBS:
             # O(jobs), once a second at most, and only while some job waits to retry
             live += self.backend.select("retrying", None, statusfile.MAX_JOBS - len(live))
@@ -85,7 +86,7 @@ class Views:
             line += "; journal ok"
         return ("stopping: " if self.dispatcher.stopping else "") + line
 
-    def queues(self) -> list[dict[str, Any]]:
+    def queues(self) -> list[QueueInfo]:
         """Every queue that has jobs or settings: counts, limit and where it comes from."""
         summary = self.backend.summary()
         counts = summary.queues
@@ -95,17 +96,17 @@ class Views:
             runtime = summary.limits.get(name)
             configured = self.settings.queues.get(name, QueueConfig()).concurrency
             out.append(
-                {
-                    "queue": name,
-                    "counts": counts.get(name, dict.fromkeys(STATUSES, 0)),
-                    "concurrency": runtime if runtime is not None else configured,
-                    "concurrency_from": "runtime"
+                QueueInfo(
+                    queue=name,
+                    counts=counts.get(name, dict.fromkeys(STATUSES, 0)),
+                    concurrency=runtime if runtime is not None else configured,
+                    concurrency_from="runtime"
                     if runtime is not None
                     else "config"
                     if configured is not None
                     else None,
-                    "paused": summary.paused_all or name in summary.paused,
-                    "active": self.backend.busy(name),
-                }
+                    paused=summary.paused_all or name in summary.paused,
+                    active=self.backend.busy(name),
+                )
             )
         return out
