@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -230,21 +229,6 @@ def test_progress_is_told_at_once_and_checkpointed_at_most_once_a_second(tmp_pat
             assert done.progress is not None and done.progress.step == "two"
 
     anyio.run(main)
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_submit_the_disk_refuses_is_taken_back_and_writes_resume(small_fs: Path) -> None:
