@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from phxqd import config
+from phxqd import config, protocol
 from phxqd.settings import Options, Settings
 
 READY_TIMEOUT = 30.0
@@ -215,3 +216,18 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def read_payload(sock: socket.socket) -> bytes:
+    """One frame's payload from a raw connection to phxqd (its length prefix read first)."""
+
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            assert chunk, "phxqd closed the connection"
+            data += chunk
+        return data
+
+    (n,) = protocol.HEADER.unpack(exactly(protocol.HEADER.size))
+    return exactly(n)

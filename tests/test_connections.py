@@ -12,23 +12,14 @@ from pathlib import Path
 import psutil
 
 from phxqd import protocol
-from tests.conftest import Daemon, until
+from tests.conftest import Daemon, read_payload, until
 
 HELLO = protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION))
 STATUS = protocol.frame(protocol.Status())
 
 
 def read_reply(sock: socket.socket) -> protocol.Ok | protocol.Err:
-    def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            assert chunk, "connection closed"
-            data += chunk
-        return data
-
-    (n,) = struct.unpack(">I", exactly(4))
-    return protocol.reply_decoder.decode(exactly(n))
+    return protocol.reply_decoder.decode(read_payload(sock))
 
 
 def connect(d: Daemon) -> socket.socket:

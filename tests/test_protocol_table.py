@@ -17,7 +17,7 @@ import msgspec
 
 from phxqd import protocol
 from phxqd.model import JobSpec
-from tests.conftest import Daemon
+from tests.conftest import Daemon, read_payload
 
 
 class Conn:
@@ -53,23 +53,11 @@ class Conn:
 
     def message(self, request: protocol.Request, streamed: bool) -> Any:
         """The next message, decoded as the table says `request` is answered."""
-        payload = self._payload()
+        payload = read_payload(self.sock)
         message = protocol.reply_decoder_for(type(request), streamed).decode(payload)
         assert msgspec.msgpack.encode(message) == payload, (request, message)
         self.seen.add(type(request))
         return message
-
-    def _payload(self) -> bytes:
-        (n,) = protocol.HEADER.unpack(self._exactly(protocol.HEADER.size))
-        return self._exactly(n)
-
-    def _exactly(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            assert chunk, "phxqd closed the connection"
-            data += chunk
-        return data
 
     def close(self) -> None:
         self.sock.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shlex
 import socket
-import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import msgspec
 import psutil
 
 from phxqd import protocol
-from tests.conftest import Daemon, until
+from tests.conftest import Daemon, read_payload, until
 
 
 class Conn:
@@ -35,16 +34,7 @@ class Conn:
         self.sock.sendall(protocol.frame(message))
 
     def frame(self) -> Any:
-        (n,) = struct.unpack(">I", self.recv(4))
-        return protocol.stream_decoder.decode(self.recv(n))
-
-    def recv(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            assert chunk, "phxqd closed the connection"
-            data += chunk
-        return data
+        return protocol.stream_decoder.decode(read_payload(self.sock))
 
     def events_until(self, done: Any) -> list[protocol.JobEvent]:
         """Frames until one satisfies `done` (that one included)."""
