@@ -177,4 +177,6 @@ class Backend(Protocol):
         """The jobs once each has finished durably, or as they are at the timeout."""
 
     def ended(self, job_id: int) -> anyio.Event:
-        """Set once the job has finished durably (or is gone)."""
+        """Set once the job has finished (or is gone): for a job still going, once its end
+        is durable; for one that has finished already, at once. (`wait` is the one that
+        promises durability; this is for `logs --follow`, which re-reads the log anyway.)"""

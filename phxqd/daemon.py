@@ -398,7 +398,7 @@ class Reloader:
             log.info("workers: %d -> %d", old_workers, live.workers)
         # Also when only a queue limit changed: it wakes the dispatcher, which then
         # starts what the new limits allow.
-        self.core.dispatcher.set_workers(live.workers)
+        self.core.dispatcher.reconfigured()
         for key, value in live.restart_needed(new).items():
             log.warning(
                 "%s: `%s` changed to %s; it takes effect when phxqd restarts",

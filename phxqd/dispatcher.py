@@ -63,10 +63,10 @@ class Dispatcher:
             self._active[job_id].request(reason)
         return asked
 
-    def set_workers(self, workers: int) -> None:
-        """Change the most jobs running at once (a config reload). More starts waiting
-        jobs at once; fewer lets running jobs finish and starts none until below it."""
-        self.settings.workers = workers
+    def reconfigured(self) -> None:
+        """The live settings changed (a reload): look again at once. More workers or a
+        higher queue limit start waiting jobs now; fewer let running jobs finish and start
+        none until below them."""
         self._wake.set()
 
     async def shutdown(self) -> None:

@@ -115,9 +115,6 @@ class LocalBackend:
         finally:
             await self._journal.close()
 
-    async def snapshot(self) -> None:
-        await self._snapshots.snapshot()
-
     # -------------------------------------------------------------- requests
     async def submit(self, specs: list[JobSpec], now: float) -> list[SubmitResult]:
         events, results = self._state.submit(specs, now, self._queue_defaults())

@@ -173,7 +173,9 @@ class Recorder:
             self._waiters.pop(job_id).set()
 
     def ended(self, job_id: int) -> anyio.Event:
-        """Set once the job has finished durably (or is gone)."""
+        """Set once the job has finished (or is gone): for a job still going, once its end
+        is durable; for one that has finished already, at once. (`wait` is the one that
+        promises durability; this is for `logs --follow`, which re-reads the log anyway.)"""
         job = self.state.jobs.get(job_id)
         if job is None or (job.finished and job_id not in self._waiters):
             done = anyio.Event()
