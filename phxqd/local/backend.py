@@ -71,6 +71,12 @@ class LocalBackend:
         self._returned: deque[Job] = deque()
         #: ids below this may be claimed: their submission is durable (see `claimable`)
         self._durable_below = 0
+        #: the settings' queue tables, and what submits and claims make of them
+        self._queue_config: tuple[object, dict[str, QueueDefaults], dict[str, int]] = (
+            None,
+            {},
+            {},
+        )
         #: background snapshots and healing, stopped by `close`
         self._upkeep = anyio.CancelScope()
 
@@ -300,9 +306,20 @@ class LocalBackend:
         return self._recorder.waited_for()
 
     def _queue_defaults(self) -> dict[str, QueueDefaults]:
-        return {q: QueueDefaults(c.retries, c.backoff()) for q, c in self.settings.queues.items()}
+        return self._from_queue_config()[0]
 
     def _config_limits(self) -> dict[str, int]:
-        return {
-            q: c.concurrency for q, c in self.settings.queues.items() if c.concurrency is not None
-        }
+        return self._from_queue_config()[1]
+
+    def _from_queue_config(self) -> tuple[dict[str, QueueDefaults], dict[str, int]]:
+        """What the `[queues.NAME]` tables say for submits (retries, backoff) and claims
+        (limits), made again only when a reload put new tables in the settings: every
+        submit and every claim asks."""
+        queues = self.settings.queues
+        if self._queue_config[0] is not queues:
+            self._queue_config = (
+                queues,
+                {q: QueueDefaults(c.retries, c.backoff()) for q, c in queues.items()},
+                {q: c.concurrency for q, c in queues.items() if c.concurrency is not None},
+            )
+        return self._queue_config[1], self._queue_config[2]
