@@ -1,7 +1,13 @@
-"""Two versions of phxqd, interleaved, under 16 clients sending one job per request.
+"""Two versions of phxqd, interleaved: 16 clients sending one job per request, or
+Python callables run end to end.
 
     git worktree add /tmp/phxq-base <commit>
     .venv/bin/python -m bench.bench_ab /tmp/phxq-base [--rounds 5] [--clients 16] [--per 1500]
+    .venv/bin/python -m bench.bench_ab /tmp/phxq-base --workload callables [--per 5000]
+
+`callables`: `per` no-op callables (`os:getpid`) submitted to a paused daemon with 2
+workers, then run to completion (bench_pool's run); jobs/s from the resume to the last
+durable end, and the daemon's CPU per job (the `clients` column then holds the workers' CPU).
 
 The daemon runs from the given source tree (PYTHONPATH), then from this one, in turn in
 each round; the clients are always this tree's. On a machine whose speed moves 30-60%
@@ -16,11 +22,19 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from bench import bench_pool
 from bench.bench_ceiling import Run, timed_submits
 from bench.bench_journal import Daemon
 from phxqctl import Client
+from phxqd.model import Call, JobSpec
 
 HERE = Path(__file__).resolve().parent.parent
+
+
+def measure_callables(tree: Path, per: int) -> Run:
+    with tempfile.TemporaryDirectory(prefix="phxq-ab-") as tmp:
+        r = bench_pool.run(Path(tmp) / "d", [JobSpec(call=Call("os:getpid"))] * per, tree)
+        return Run(r.per_s, r.daemon_cpu_us, r.children_cpu_us)
 
 
 def measure(tree: Path, clients: int, per: int) -> Run:
@@ -44,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--per", type=int, default=1500)
+    p.add_argument("--workload", choices=["enqueue", "callables"], default="enqueue")
     args = p.parse_args(argv)
     if not (args.base / "phxqd" / "__init__.py").is_file():
         raise SystemExit(f"{args.base} holds no phxqd/ package")
@@ -51,7 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list[Run]] = {name: [] for name in trees}
     for r in range(args.rounds):
         for name, tree in trees.items():
-            run = measure(tree, args.clients, args.per)
+            if args.workload == "callables":
+                run = measure_callables(tree, args.per)
+            else:
+                run = measure(tree, args.clients, args.per)
             runs[name].append(run)
             print(f"round {r + 1} {name} {run.line()}", flush=True)
     for name, rs in runs.items():

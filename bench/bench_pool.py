@@ -55,9 +55,13 @@ def _cpu(proc: psutil.Process) -> tuple[float, float]:
     return t.user + t.system, children
 
 
-def run(root: Path, specs: list[JobSpec]) -> Run:
+def run(root: Path, specs: list[JobSpec], tree: Path | None = None) -> Run:
+    """One daemon (from source tree `tree`, else this one) runs `specs` to completion."""
     root.mkdir()
     d = Daemon(root, "always")
+    if tree is not None:
+        d.env["PYTHONPATH"] = str(tree)
+        d.cwd = tree  # `python -m` puts its directory first in sys.path, before PYTHONPATH
     d.start()
     assert d.proc is not None
     proc = psutil.Process(d.proc.pid)
