@@ -105,10 +105,10 @@ class Backend(Protocol):
         """The backend's own tasks (writer, snapshots, healing, ...) until cancelled;
         ready once `task_status.started()` is called."""
 
-    async def recover_host(self, kill_leftover: Callable[[Job], bool]) -> int:
+    async def recover_host(self, kill_leftover: Callable[[Job], None]) -> int:
         """Jobs this host was running when its daemon died: `kill_leftover(job)` kills
-        what is left of each (True if something was), then each attempt fails (retried
-        by its policy). Returns how many there were."""
+        what is left of each, then each attempt fails (retried by its policy). Returns how
+        many there were."""
 
     async def close(self) -> None:
         """A last durable save at a clean stop (the local backend's snapshot)."""

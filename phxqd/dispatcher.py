@@ -256,13 +256,11 @@ class Dispatcher:
         files of dead daemons go too."""
         output.remove_leftovers(self.settings.logs_dir)
 
-        def kill_leftover(job: Job) -> bool:
-            if job.pid is None or not proctree.kill_leftover(
+        def kill_leftover(job: Job) -> None:
+            if job.pid is not None and proctree.kill_leftover(
                 job.pid, job.pid_started, (job.id, self.settings.socket)
             ):
-                return False
-            log.warning("job %d: killed process %d left from the previous run", job.id, job.pid)
-            return True
+                log.warning("job %d: killed process %d left from the previous run", job.id, job.pid)
 
         if n := await self.backend.recover_host(kill_leftover):
             log.warning("%d job(s) were running when phxqd last stopped", n)

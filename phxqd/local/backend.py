@@ -96,7 +96,7 @@ class LocalBackend:
         with scope:
             await func()
 
-    async def recover_host(self, kill_leftover: Callable[[Job], bool]) -> int:
+    async def recover_host(self, kill_leftover: Callable[[Job], None]) -> int:
         now = time.time()
         events: list[AnyEvent] = []
         for job in list(self._state.by_status("running")):
