@@ -26,6 +26,10 @@ from phxqd.settings import Options, Settings
 
 READY_TIMEOUT = 30.0
 
+#: the caller's variables that change what phxqctl prints (colour, width): the tests set
+#: what they need themselves, so a run from a NO_COLOR=1 shell sees the same output
+CALLERS_OUTPUT_SETTINGS = frozenset({"NO_COLOR", "COLUMNS"})
+
 
 class Daemon:
     #: every daemon started by the current test; the autouse fixture kills what is left
@@ -43,7 +47,7 @@ class Daemon:
         tmp.mkdir(parents=True, exist_ok=True)
         self.config.touch()
         self.env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k not in CALLERS_OUTPUT_SETTINGS},
             "PHXQ_SOCKET": str(self.socket),
             "PHXQ_STATE_DIR": str(self.state_dir),
             "PHXQ_CONFIG": str(self.config),
