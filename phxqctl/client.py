@@ -22,13 +22,22 @@ from typing import Any
 import msgspec
 
 from phxqctl import locate
-from phxqctl.errors import DaemonUnreachable, NotInAJob, PhxqError, RemoteError
+from phxqctl.errors import DaemonUnreachable, NotInAJob, PhxqError, RemoteError, UsageError
 from phxqctl.report import progress
 from phxqctl.wire import Connection
 from phxqd import protocol
+from phxqd.contract import request_problem
 from phxqd.model import Call, Job, JobSpec, SubmitResult
 
-__all__ = ["Client", "DaemonUnreachable", "NotInAJob", "PhxqError", "RemoteError", "progress"]
+__all__ = [
+    "Client",
+    "DaemonUnreachable",
+    "NotInAJob",
+    "PhxqError",
+    "RemoteError",
+    "UsageError",
+    "progress",
+]
 
 #: spelled out once here: inside Client, `list` names the method
 builtins_list = list
@@ -200,7 +209,7 @@ class Client:
         first next())."""
         conn = Connection(str(self.socket_path), self.timeout)
         try:
-            conn.request(protocol.encoder.encode(request))
+            conn.request(_encode(request))
         except BaseException:
             conn.close()
             raise
@@ -219,11 +228,24 @@ class Client:
         return self._call(request, protocol.reply_decoder)
 
     def _call(self, request: protocol.Request, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
-        self._conn.request(protocol.encoder.encode(request))
+        self._conn.request(_encode(request))
         reply = _decode(decoder, self._conn.recv())
         if isinstance(reply, protocol.Err):
             raise RemoteError(reply.code, reply.message)
         return reply.result
+
+
+def _encode(request: protocol.Request) -> bytes:
+    """The request's bytes, once phxqd.contract.request_problem has found nothing phxqd
+    would refuse in it: a value out of range is a UsageError with phxqctl's message
+    (`--priority must be an integer from ...`), not msgspec's OverflowError."""
+    try:
+        why = request_problem(msgspec.to_builtins(request))
+        if why is None:
+            return protocol.encoder.encode(request)
+    except (OverflowError, UnicodeEncodeError, ValueError, TypeError, RecursionError) as e:
+        why = f"cannot send this {type(request).__name__} request: {e}"
+    raise UsageError(why)
 
 
 def _frames(conn: Connection, decoder: msgspec.msgpack.Decoder[Any]) -> Iterator[Any]:
