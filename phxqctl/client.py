@@ -26,8 +26,8 @@ from phxqctl.errors import DaemonUnreachable, NotInAJob, PhxqError, RemoteError,
 from phxqctl.report import progress
 from phxqctl.wire import Connection
 from phxqd import protocol
-from phxqd.contract import request_problem
-from phxqd.model import Call, Job, JobSpec, SubmitResult
+from phxqd.contract import request_problem, value_problem
+from phxqd.model import Call, Job, JobSpec, SubmitResult, validate_spec
 
 __all__ = [
     "Client",
@@ -240,12 +240,29 @@ def _encode(request: protocol.Request) -> bytes:
     would refuse in it: a value out of range is a UsageError with phxqctl's message
     (`--priority must be an integer from ...`), not msgspec's OverflowError."""
     try:
-        why = request_problem(msgspec.to_builtins(request))
+        if isinstance(request, protocol.Submit):  # the specs as they are: no dicts made
+            why = _specs_problem(request.jobs)
+        else:
+            why = request_problem(msgspec.to_builtins(request))
         if why is None:
             return protocol.encoder.encode(request)
     except (OverflowError, UnicodeEncodeError, ValueError, TypeError, RecursionError) as e:
         why = f"cannot send this {type(request).__name__} request: {e}"
     raise UsageError(why)
+
+
+def _specs_problem(specs: list[JobSpec]) -> str | None:
+    """request_problem's answer for the specs of a submit, from the Structs: the daemon's
+    own validate_spec, and the callables' arguments as the wire takes them."""
+    for i, spec in enumerate(specs):
+        why = validate_spec(spec)
+        if why is None and spec.call is not None:
+            why = value_problem("--args", spec.call.args) or value_problem(
+                "--kwargs", spec.call.kwargs
+            )
+        if why:
+            return f"job {i + 1}: {why}" if len(specs) > 1 else why
+    return None
 
 
 def _frames(conn: Connection, decoder: msgspec.msgpack.Decoder[Any]) -> Iterator[Any]:

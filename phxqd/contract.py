@@ -315,12 +315,18 @@ def spec_problem(
         return "a command job needs a command: phxqctl submit -- CMD ARG..."
     command_bytes = 0
     for arg in argv:
-        if why := _exec_string_problem("a command argument", arg):
-            return why
-        command_bytes += len(arg.encode()) + 9
+        try:  # the common case in one pass: a str, UTF-8, no NUL, not too long
+            size = len(arg.encode())
+            fine = size <= MAX_ARG_BYTES and "\0" not in arg
+        except (AttributeError, UnicodeEncodeError):
+            fine = False
+        if not fine:
+            return _exec_string_problem("a command argument", arg)
+        command_bytes += size + 9
     # exec takes C strings: a NUL would cut a value short, and a name with "=" would set
     # another variable than the one asked for
-    if cwd is not None:
+    if cwd is not None and not (type(cwd) is str and 0 < len(cwd) <= MAX_CWD_BYTES // 4):
+        # (the common case, a short path, is only checked for NUL and UTF-8 below)
         if why := text_problem("--cwd", cwd, empty=False):
             return why
         assert isinstance(cwd, str)
@@ -328,9 +334,16 @@ def spec_problem(
             return (
                 f"--cwd must be a directory path without NUL bytes, at most {MAX_CWD_BYTES} bytes"
             )
-    if not isinstance(env, dict | None):
+    elif cwd is not None:
+        try:
+            fine = "\0" not in cwd and bool(cwd.encode())
+        except UnicodeEncodeError:
+            fine = False
+        if not fine:
+            return text_problem("--cwd", cwd) or "--cwd must be a directory path without NUL bytes"
+    if env and not isinstance(env, dict):
         return f"--env must be a map of names to values (got {_shown(env)})"
-    for name, value in (env or {}).items():
+    for name, value in env.items() if isinstance(env, dict) else ():
         if (
             text_problem("--env", name, empty=False)
             or text_problem("--env", value)
@@ -350,10 +363,10 @@ def spec_problem(
             f"the command and its --env are at most {MAX_COMMAND_BYTES} bytes together "
             f"(got {command_bytes}, counting a NUL and an 8-byte pointer per string)"
         )
-    if why := queue_problem(queue):
+    if queue != DEFAULT_QUEUE and (why := queue_problem(queue)):
         return why
-    if why := int_problem("--priority", priority, PRIORITY):
-        return why
+    if not (type(priority) is int and PRIORITY[0] <= priority <= PRIORITY[1]):
+        return int_problem("--priority", priority, PRIORITY)
     if key is not None and (why := text_problem("--key", key, MAX_KEY_CHARS, empty=False)):
         return why
     if label is not None and (why := text_problem("--label", label, MAX_LABEL_CHARS)):
@@ -375,11 +388,13 @@ def spec_problem(
                 f"backoff needs 0 <= base <= max <= {MAX_SECONDS} seconds and a jitter "
                 f"between 0 and 10 (got {_shown(backoff)})"
             )
-    if not isinstance(after, list | tuple):
+    if not after:
+        pass
+    elif not isinstance(after, list | tuple):
         return f"--after must be a list of job ids (got {_shown(after)})"
-    if len(after) > MAX_AFTER:
+    elif len(after) > MAX_AFTER:
         return f"--after takes at most {MAX_AFTER} jobs (got {len(after)})"
-    for job_id in after:
+    for job_id in after if isinstance(after, list | tuple) else ():
         if why := int_problem("--after", job_id, JOB_ID):
             return why
     if timeout is not None and (why := seconds_problem("--timeout", timeout, positive=True)):
