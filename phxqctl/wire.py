@@ -147,7 +147,10 @@ class Connection:
         (length,) = HEADER.unpack(self._recv_exactly(HEADER.size))
         if length > MAX_FRAME:
             self.close()
-            raise PhxqError(f"phxqd sent a frame of {length} bytes; refusing it")
+            raise PhxqError(
+                f"phxqd sent a frame of {length} bytes, over the protocol's limit of "
+                f"{MAX_FRAME} (MAX_FRAME); ask for less at once (list --limit)"
+            )
         return self._recv_exactly(length)
 
     def _recv_exactly(self, n: int) -> bytes:
