@@ -277,6 +277,12 @@ def harmless(word: str) -> bool:
 HOSTILE_IDS = INTEGER_TEXT.filter(harmless)
 
 
+def not_an_option(word: str) -> bool:
+    """A word argparse takes as a positional: for `watch`, whose ids are optional, an id
+    like `--json` would leave it none, and it would watch every job for ever."""
+    return not word.startswith("-") or word[1:].strip().isdigit()
+
+
 def job_ids(finished: list[int]) -> st.SearchStrategy[str]:
     """Ids for the commands that wait on a job or stream from it: the cancelled jobs made
     at the start (finished: nothing waits), ids no job has, and hostile ones."""
@@ -332,7 +338,11 @@ def command_options(finished: list[int]) -> dict[str, tuple[dict[str, Any], Any]
         # watch streams until the client hangs up: only ids that end it at once
         "watch": (
             {"--json": None},
-            st.lists(st.one_of(UNKNOWN_IDS.map(str), HOSTILE_IDS), min_size=1, max_size=3),
+            st.lists(
+                st.one_of(UNKNOWN_IDS.map(str), HOSTILE_IDS.filter(not_an_option)),
+                min_size=1,
+                max_size=3,
+            ),
         ),
         "completion": ({"--json": None}, st.lists(st.sampled_from(["bash", "zsh", "fish", ""]))),
     }
