@@ -62,7 +62,7 @@ def json_value(kind: type) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError("JSON nested too deep") from None
         if not isinstance(value, kind):
             raise argparse.ArgumentTypeError(f"wants a JSON {kind.__name__}")
-        if why := value_problem("value", value):
+        if why := value_problem("a value in it", value):
             raise argparse.ArgumentTypeError(why)
         return value
 
