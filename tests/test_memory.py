@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from phxqctl import Client
+from phxqd.local.state import State
 from phxqd.model import Call, JobSpec
 from tests.conftest import Daemon
 
@@ -148,3 +149,26 @@ def test_memory_stays_flat_as_commands_pass_through_with_a_status_file(tmp_path:
     )
     assert status.exists()
     check(sizes, "commands")
+
+
+def test_the_state_rebuilds_its_maps_once_they_are_far_below_their_peak() -> None:
+    """A dict keeps the table of its peak until rebuilt (State._compact): after a burst of
+    100,000 jobs is forgotten, the maps are sized to what is left, in the same order."""
+    state = State()
+    specs = [JobSpec(argv=["true"], key=f"k{i}", queue=f"q{i % 3}") for i in range(100_000)]
+    events, _ = state.submit(specs, 1.0)
+    for event in events:
+        state.apply(event)
+    peak = sys.getsizeof(state.jobs)
+    assert peak > 2 << 20 and sys.getsizeof(state.keys) > 2 << 20
+    kept = [5, 75_000, 99_999]
+    state.take_back(i for i in list(state.jobs) if i not in kept)
+    assert list(state.jobs) == kept and list(state.keys) == ["k4", "k74999", "k99998"]
+    for name in ("jobs", "keys", "_queued"):
+        assert sys.getsizeof(getattr(state, name)) < 4096, name
+    assert state.summary()["counts"]["pending"] == 3
+    # the heaps' entries of the jobs taken back are gone too (not only skipped later)
+    assert sum(len(heap) for heap in state._ready.values()) == 3
+    state.take_back(list(state.jobs))
+    assert state.counts == {}
+    assert state.claim_next(2.0) is None
