@@ -13,6 +13,10 @@ job per round, the status file is kept and each round is waited for with a strea
 minute). `--tree`: the phxqd of another source tree (a git worktree), to compare
 versions.
 
+Then `--hold` callables (100,000) are submitted with everything paused, run and kept, and
+cleared: RSS per queued job, per finished job kept (as `retention` keeps them), and what
+is left after the clear.
+
 Prints a Markdown table (every round, or about 20 rows for long runs) and a JSON line: RSS
 after the second round and after the last, the growth per job that passed in between, and
 the descriptors and threads, first and last.
@@ -74,8 +78,27 @@ def one_round(c: Client, calls: int, commands: int, listeners: bool) -> None:
     c.clear()
 
 
+def per_job(c: Client, pid: int, n: int) -> dict[str, float]:
+    """Bytes of RSS per job held: `n` callables queued (everything paused), the same run
+    and kept (finished, as retention keeps them), then cleared (MiB left)."""
+    base = sample(pid)[0]
+    c.pause()
+    ids = [r.job.id for r in c.submit_batch([JobSpec(call=Call("os:getpid"))] * n)]
+    queued = sample(pid)[0]
+    c.resume()
+    c.wait(ids)
+    kept = sample(pid)[0]
+    c.clear()
+    return {
+        "bytes_per_queued_job": round((queued - base) * 1024 / n),
+        "bytes_per_finished_job_kept": round((kept - base) * 1024 / n),
+        "rss_mib_before": round(base / 1024, 1),
+        "rss_mib_after_clear": round(sample(pid)[0] / 1024, 1),
+    }
+
+
 def run(
-    jobs: int, per_round: int, commands: int, listeners: bool, tree: Path | None
+    jobs: int, per_round: int, commands: int, listeners: bool, tree: Path | None, hold: int
 ) -> tuple[list[tuple[int, int, int, int, float]], dict[str, object]]:
     rows: list[tuple[int, int, int, int, float]] = []  # (jobs so far, rss, fds, threads, s)
     with tempfile.TemporaryDirectory(prefix="phxq-soak-") as tmp:
@@ -105,6 +128,7 @@ def run(
                     passed += n
                     rows.append((passed, *sample(pid), time.perf_counter() - t0))
                     print("round", len(rows), rows[-1], file=sys.stderr, flush=True)
+                held = per_job(c, pid, hold) if hold else {}
         finally:
             stop.set()
             d.close()
@@ -122,6 +146,7 @@ def run(
         "fds_first_last": [rows[0][2], last[2]],
         "threads_first_last": [rows[0][3], last[3]],
         "listeners": listeners,
+        **held,
     }
     return rows, summary
 
@@ -147,9 +172,13 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="5 rounds of 10,000 jobs")
     p.add_argument("--quiet", action="store_true", help="no watch, hook, status file")
     p.add_argument("--tree", type=Path, help="run the phxqd of this source tree")
+    p.add_argument(
+        "--hold", type=int, default=100_000, help="then: RSS per job of this many, queued, kept"
+    )
     a = p.parse_args()
     jobs, per_round, commands = (50_000, 10_000, 100) if a.quick else (a.jobs, a.round, a.commands)
-    rows, summary = run(jobs, per_round, commands, not a.quiet, a.tree)
+    hold = min(a.hold, 20_000) if a.quick else a.hold
+    rows, summary = run(jobs, per_round, commands, not a.quiet, a.tree, hold)
     print(table(rows))
     print(json.dumps(summary))
 
