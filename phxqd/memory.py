@@ -11,15 +11,14 @@ the C library has no `malloc_trim` (musl), this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+    """The C library's malloc_trim, found among the symbols the interpreter already has
+    loaded (no `ldconfig` run, as `ctypes.util.find_library` would make)."""
     try:
-        libc = ctypes.CDLL(name)
-        trim: Callable[[int], int] = libc.malloc_trim
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError, TypeError):
         return None
     return trim
