@@ -72,9 +72,10 @@ def one_round(c: Client, calls: int, commands: int, listeners: bool) -> None:
     if listeners:
         for _ in c.wait_events(ids[-2:-1]):  # a streaming wait, as `phxqctl wait` makes
             pass
-    done = c.wait(ids)
-    if len(done) != len(ids) or not all(j.finished for j in done):
-        raise SystemExit("a round's jobs did not all finish")
+    for start in range(0, len(ids), BATCH):
+        done = c.wait(ids[start : start + BATCH])
+        if not all(j.finished for j in done):
+            raise SystemExit("a round's jobs did not all finish")
     c.clear()
 
 
@@ -86,7 +87,8 @@ def per_job(c: Client, pid: int, n: int) -> dict[str, float]:
     ids = [r.job.id for r in c.submit_batch([JobSpec(call=Call("os:getpid"))] * n)]
     queued = sample(pid)[0]
     c.resume()
-    c.wait(ids)
+    for start in range(0, n, BATCH):  # a reply of 100,000 jobs would pass MAX_FRAME
+        c.wait(ids[start : start + BATCH])
     kept = sample(pid)[0]
     c.clear()
     return {
