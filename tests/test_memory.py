@@ -15,7 +15,7 @@ per job). Commands are slower to run (a process each): their rounds after the se
 carry 4 x 1,000 = 4,000 of them, so that test alone catches about 790 bytes per job
 in what only commands keep (run/command.py, the scratch files, the dispatcher's tasks) and
 in the status file's upkeep; what every job keeps is caught by the callables. Measured here
-with the leak fixed, the growth is under 1.2 MiB (pymalloc's arenas settling); the
+with the leak fixed, the growth was 0.8-1.3 MiB (pymalloc's arenas settling); the
 C heap's free pages are given back after each `clear` (phxqd/memory.py), without which its
 RSS varied by up to 7 MiB from round to round.
 
