@@ -163,8 +163,19 @@ class Backend(Protocol):
 
     def find(self, job_id: int) -> Job | None: ...
 
-    def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
-        """Jobs newest first, filtered."""
+    def select(
+        self,
+        status: str | None,
+        queue: str | None,
+        limit: int,
+        *,
+        before: int | None = None,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> list[Job]:
+        """Jobs newest first, filtered; `before`: only ids below it (the cursor of the
+        HTTP API's pages). A page must not cost a walk over every job: it starts at the
+        cursor."""
 
     def summary(self) -> Summary: ...
 

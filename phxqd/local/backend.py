@@ -266,8 +266,17 @@ class LocalBackend:
     def find(self, job_id: int) -> Job | None:
         return self._state.jobs.get(job_id)
 
-    def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
-        return self._state.select(status, queue, limit)
+    def select(
+        self,
+        status: str | None,
+        queue: str | None,
+        limit: int,
+        *,
+        before: int | None = None,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> list[Job]:
+        return self._state.select(status, queue, limit, before=before, label=label, key=key)
 
     def summary(self) -> Summary:
         s = self._state.summary()

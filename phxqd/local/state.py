@@ -396,17 +396,64 @@ class State:
             "paused_all": self.paused_all,
         }
 
-    def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
-        """Jobs newest first, filtered."""
+    def select(
+        self,
+        status: str | None,
+        queue: str | None,
+        limit: int,
+        *,
+        before: int | None = None,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> list[Job]:
+        """Jobs newest first, filtered; with `before`, only jobs whose id is below it
+        (keyset pagination: a page's last id is the next page's `before`).
+
+        Ids only grow and `jobs` is in id order, so a page after a cursor is found by
+        looking ids up downwards from it rather than by walking the newest jobs again.
+        Without a cursor the walk stops as soon as every job the counts say matches has
+        been found.
+        """
         out: list[Job] = []
-        if limit <= 0:
+        if limit <= 0 or not self.jobs:
             return out
-        for job in reversed(self.jobs.values()):
+        left = self._matching(status, queue) if before is None else len(self.jobs)
+        if left == 0:
+            return out
+        if before is None:
+            candidates: Iterable[Job] = reversed(self.jobs.values())
+        else:
+            candidates = self._below(before)
+        for job in candidates:
             if (status is None or job.status == status) and (queue is None or job.queue == queue):
-                out.append(job)
-                if len(out) >= limit:
+                left -= 1
+                if (label is None or job.label == label) and (key is None or job.key == key):
+                    out.append(job)
+                    if len(out) >= limit:
+                        break
+                if left <= 0:
                     break
         return out
+
+    def _matching(self, status: str | None, queue: str | None) -> int:
+        """How many jobs have this status and queue (None: any), from the counts."""
+        return sum(
+            n
+            for (q, st), n in self.counts.items()
+            if (status is None or st == status) and (queue is None or q == queue)
+        )
+
+    def _below(self, before: int) -> Iterator[Job]:
+        """The jobs with ids below `before`, highest first."""
+        table = self.jobs
+        if before > self.next_id:
+            before = self.next_id
+        lowest = next(iter(table))
+        find = table.get
+        for job_id in range(before - 1, lowest - 1, -1):
+            job = find(job_id)
+            if job is not None:
+                yield job
 
     def waits_for(self, job: Job) -> list[int]:
         """The jobs named in --after that have not completed yet."""
