@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from phxqd.protocol import Refused
 from phxqd.web import listen
-from phxqd.web.api import Api, ApiError, error_response
+from phxqd.web.api import Api, ApiError, error_response, json_response
 from phxqd.web.dashboard import Dashboard
 from phxqd.web.rates import PERIOD, Rates
 from phxqd.web.security import SAFE_METHODS, Guard, SecurityHeaders, Who
@@ -91,7 +91,8 @@ class Web:
         return await self._error(request, ApiError("not_found", f"no such path {request.url.path}"))
 
     async def _not_allowed(self, request: Request, exc: Exception) -> Response:
-        return error_response("usage", f"{request.method} is not allowed on {request.url.path}")
+        message = f"{request.method} is not allowed on {request.url.path}"
+        return json_response({"error": {"code": "usage", "message": message}}, 405)
 
     async def _internal(self, request: Request, exc: Exception) -> Response:
         # (uvicorn logs the traceback: Starlette raises it again after this answer)
