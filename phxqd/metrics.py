@@ -17,6 +17,7 @@ import anyio
 from phxqd.model import STATUSES
 
 if TYPE_CHECKING:
+    from phxqd.backend import Summary
     from phxqd.stats import Histogram
     from phxqd.views import Views
 
@@ -28,18 +29,21 @@ async def load_library() -> None:
     await anyio.to_thread.run_sync(importlib.import_module, "prometheus_client")
 
 
-def render(views: Views) -> bytes:
+async def render(views: Views) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(views))
+    registry.register(_Collector(views, await views.backend.summary()))
     data: bytes = generate_latest(registry)
     return data
 
 
 class _Collector:
-    def __init__(self, views: Views) -> None:
+    """prometheus_client collects synchronously: what needs the backend is asked first."""
+
+    def __init__(self, views: Views, summary: Summary) -> None:
         self.views = views
+        self.summary = summary
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (
@@ -63,7 +67,7 @@ class _Collector:
         depth = GaugeMetricFamily(
             "phxq_queue_jobs", "Jobs in the state by queue and status", labels=["queue", "status"]
         )
-        for queue, by_status in sorted(backend.summary().queues.items()):
+        for queue, by_status in sorted(self.summary.queues.items()):
             for status in STATUSES:
                 depth.add_metric([queue, status], by_status.get(status, 0))
         yield depth

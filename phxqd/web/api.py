@@ -214,7 +214,8 @@ class Api:
         self.web.allow(request, "read")
         await metrics.load_library()
         return Response(
-            metrics.render(self.core.views), media_type="text/plain; version=0.0.4; charset=utf-8"
+            await metrics.render(self.core.views),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
     async def status(self, request: Request) -> Response:
@@ -245,7 +246,7 @@ class Api:
             )
         return out
 
-    def page(
+    async def page(
         self,
         status: str | None,
         queue: str | None,
@@ -258,7 +259,7 @@ class Api:
             raise Refused("usage", f"unknown status {status!r}: one of " + ", ".join(STATUSES))
         if not 1 <= limit <= MAX_PAGE:
             raise ApiError("usage", f"limit must be between 1 and {MAX_PAGE}")
-        jobs = self.core.backend.select(
+        jobs = await self.core.backend.select(
             status, queue, limit + 1, before=before, label=label, key=key
         )
         more = len(jobs) > limit
@@ -270,7 +271,7 @@ class Api:
         q = request.query_params
         limit = int_param(request, "limit", DEFAULT_PAGE)
         assert limit is not None
-        page = self.page(
+        page = await self.page(
             q.get("status") or None,
             q.get("queue") or None,
             q.get("label") or None,

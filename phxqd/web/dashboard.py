@@ -139,7 +139,7 @@ class Dashboard:
         """What the overview's live part shows: O(queues + running + FAILURES)."""
         status = await self.core.handle(protocol.Status())
         queues = self.web.api.queue_rates(await self.core.handle(protocol.Queues()))
-        failed = self.core.backend.select("failed", None, FAILURES)
+        failed = await self.core.backend.select("failed", None, FAILURES)
         tails = {}
         for job in failed:
             tails[job.id] = await self.tail(job.id, FAILURE_TAIL)
@@ -184,16 +184,16 @@ class Dashboard:
         filters = {k: q.get(k) or None for k in ("status", "queue", "label", "key")}
         if search:
             if search.lstrip("#").isdigit():
-                found = self.core.backend.find(int(search.lstrip("#")))
+                found = await self.core.backend.find(int(search.lstrip("#")))
                 if found is not None:
                     return RedirectResponse(f"/jobs/{found.id}", 303)
-            by_key = self.core.backend.select(None, None, 1, key=search)
+            by_key = await self.core.backend.select(None, None, 1, key=search)
             if by_key and not filters["label"]:
                 filters["key"] = search
             else:
                 filters["label"] = search
         before = q.get("before")
-        page = self.web.api.page(
+        page = await self.web.api.page(
             filters["status"],
             filters["queue"],
             filters["label"],
