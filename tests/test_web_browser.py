@@ -1,0 +1,192 @@
+"""The dashboard in a real headless Chromium (Debian's chromium and chromedriver, driven
+by Selenium; `make test` installs them as root): no console errors (a CSP violation is
+one), a progress bar that advances without a reload, retry, a job named `<script>` shown
+as text, and a log that follows live.
+
+With PHXQ_SCREENSHOTS=DIR (`make screenshots`), the main pages are saved there as PNGs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Daemon, need, until
+from tests.web_helpers import free_port, web_daemon
+
+CTL = f"{sys.executable} -m phxqctl"
+XSS = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = need("chromium")
+    driver_path = need("chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    profile = tempfile.mkdtemp(prefix="phxq-chromium-")
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str]]:
+    port = free_port()
+    d = web_daemon(tmp_path_factory.mktemp("web"), f"127.0.0.1:{port}", workers=4)
+    Daemon.started.remove(d)  # lives for the module; stopped below
+    yield d, f"http://127.0.0.1:{port}"
+    d.stop()
+
+
+def console_errors(driver: Any) -> list[dict[str, Any]]:
+    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def shot(driver: Any, name: str) -> None:
+    where = os.environ.get("PHXQ_SCREENSHOTS")
+    if where:
+        driver.save_screenshot(str(Path(where) / f"dashboard-{name}.png"))
+
+
+def progress_value(driver: Any, job: int) -> float | None:
+    from selenium.webdriver.common.by import By
+
+    bars = driver.find_elements(By.CSS_SELECTOR, f'tr[data-job-id="{job}"] progress')
+    if not bars:
+        return None
+    value = bars[0].get_attribute("value")
+    return float(value) if value else None
+
+
+def test_overview_progress_retry_and_escaping(browser: Any, site: tuple[Daemon, str]) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+
+    d, url = site
+    gate = d.tmp / "gate"
+    step = d.tmp / "step"
+    script = (
+        f"{CTL} progress --percent 10 --step 'resizing <b>'; "
+        f"while [ ! -e {step} ]; do sleep 0.05; done; "
+        f"{CTL} progress --percent 60 --step 'encoding'; "
+        f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    )
+    running = d.submit("sh", "-c", script, opts=("--label", "video"))
+    failed = d.submit("sh", "-c", f"echo '{XSS} went wrong'; exit 3", opts=("--retries", "0"))
+    named = d.submit(XSS, opts=("--retries", "0", "--label", XSS))
+    d.ctl("wait", str(failed), str(named))
+    until(
+        lambda: (d.job(running).get("progress") or {}).get("percent") == 10, what="progress 10"
+    )
+
+    browser.get(url + "/")
+    browser.execute_script("window.phxqMarker = 'same page'")
+    until(lambda: progress_value(browser, running) == 10, what="bar at 10%")
+    # the job's argv, label, error and log are shown as text, never run
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert f"{XSS} went wrong" in text  # the log tail
+    assert XSS in text  # argv
+    assert "resizing <b>" in text  # progress step
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018
+    assert not browser.find_elements(By.CSS_SELECTOR, "main script, main b.injected")
+    shot(browser, "overview")
+
+    # the bar advances without a reload
+    step.touch()
+    until(lambda: progress_value(browser, running) == 60, what="bar at 60% without reload")
+    assert browser.execute_script("return window.phxqMarker") == "same page"
+    assert "encoding" in browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{running}"]').text
+
+    # retry a failed job from its button: requeued, it runs again
+    first_start = d.job(failed)["started_at"]
+    button = browser.find_element(
+        By.CSS_SELECTOR, f'article[data-job-id="{failed}"] button[data-action="retry"]'
+    )
+    button.click()
+    until(
+        lambda: (d.job(failed)["started_at"] or 0) > first_start, what="the retried job runs again"
+    )
+    assert browser.execute_script("return window.phxqMarker") == "same page"
+    assert console_errors(browser) == []
+    gate.touch()
+    d.ok("wait", str(running))
+
+
+def test_job_page_follows_the_log_and_search_finds_by_label(
+    browser: Any, site: tuple[Daemon, str]
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    d, url = site
+    gate = d.tmp / "log-gate"
+    job = d.submit(
+        "sh",
+        "-c",
+        f"echo first line; while [ ! -e {gate} ]; do sleep 0.05; done; echo '{XSS} last line'",
+        opts=("--label", "nightly-report", "--key", "report-1"),
+    )
+    until(lambda: d.job(job)["status"] == "running", what="running")
+    browser.get(f"{url}/jobs/{job}")
+    log = browser.find_element(By.ID, "log")
+    until(lambda: "first line" in log.text, what="the log so far")
+    gate.touch()
+    until(lambda: f"{XSS} last line" in log.text, what="the log's new line, live")
+    until(
+        lambda: "completed" in browser.find_element(By.TAG_NAME, "h1").text,
+        what="status completed without reload",
+    )
+    shot(browser, "job")
+    # search: by label, by key, by id
+    for query in ("nightly-report", "report-1", str(job)):
+        box = browser.find_element(By.NAME, "q")
+        box.clear()
+        box.send_keys(query)
+        box.submit()
+        until(lambda: f"/jobs/{job}" in browser.page_source, what=f"search {query}")
+    browser.get(f"{url}/jobs")
+    shot(browser, "jobs")
+    assert console_errors(browser) == []
+
+
+def test_pause_and_resume_a_queue(browser: Any, site: tuple[Daemon, str]) -> None:
+    from selenium.webdriver.common.by import By
+
+    d, url = site
+    d.ok("wait", str(d.submit("true", opts=("--queue", "batch"))))
+    browser.get(url + "/")
+    css = 'tr[data-queue="batch"] button[data-action="{}"]'
+    browser.find_element(By.CSS_SELECTOR, css.format("pause")).click()
+    until(lambda: "batch" in d.json("status")["paused"], what="queue paused")
+    until(lambda: browser.find_elements(By.CSS_SELECTOR, css.format("resume")), what="button")
+    browser.find_element(By.CSS_SELECTOR, css.format("resume")).click()
+    until(lambda: "batch" not in d.json("status")["paused"], what="queue resumed")
+    assert console_errors(browser) == []
