@@ -122,6 +122,11 @@ def backoff(
     return delay * (1 + jitter * rng.random())
 
 
+#: statuses with an index of their jobs' ids (`State._listed`): those that are usually few
+#: among many (pending and completed jobs can be a million; they are found by walking)
+LISTED = ("running", "retrying", "failed", "cancelled")
+
+
 @dataclass
 class State:
     """All jobs, their indexes and counters. See the module docstring for the rules."""
@@ -134,6 +139,11 @@ class State:
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     #: live idempotency keys -> job id
     keys: dict[str, int] = field(default_factory=dict)
+    #: the ids of the jobs in each of LISTED's statuses (pages of failed jobs must not
+    #: walk a million completed ones); kept by `_count`, like `counts`
+    _listed: dict[str, dict[int, None]] = field(
+        default_factory=lambda: {s: {} for s in LISTED}, compare=False, repr=False
+    )
     #: per queue, a heap of (-priority, seq, id) of jobs ready to run
     _ready: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     #: heap of (run_at, seq, id) of waiting jobs whose time has not come
@@ -420,8 +430,18 @@ class State:
         left = self._matching(status, queue) if before is None else len(self.jobs)
         if left == 0:
             return out
-        if before is None:
-            candidates: Iterable[Job] = reversed(self.jobs.values())
+        listed = self._listed.get(status) if status is not None else None
+        if listed is not None and len(listed) * 8 < len(self.jobs):
+            # few jobs of this status: sort their ids rather than walk past the others
+            ids = heapq.nlargest(
+                limit if label is None and key is None and queue is None else len(listed),
+                (i for i in listed if before is None or i < before),
+            )
+            table = self.jobs
+            candidates: Iterable[Job] = (table[i] for i in ids)
+            left = len(listed)
+        elif before is None:
+            candidates = reversed(self.jobs.values())
         else:
             candidates = self._below(before)
         for job in candidates:
@@ -591,6 +611,8 @@ class State:
             counts[k] = counts.get(k, 0) + 1
             if job.key is not None and job.status not in FINISHED:
                 keys[job.key] = job.id
+            if job.status in LISTED:
+                state._listed[job.status][job.id] = None
         queued, delayed, ready = state._queued, state._delayed, state._ready
         waiting = sum(n for (_, st), n in counts.items() if st in WAITING)
         in_order: Sequence[int] = snap.order
@@ -641,6 +663,8 @@ class State:
             counts[k] = counts.get(k, 0) + 1
             if job.key is not None and job.status not in FINISHED:
                 keys[job.key] = job.id
+            if job.status in LISTED:
+                self._listed[job.status][job.id] = None
             if job.status in WAITING:
                 if job.after and self.waits_for(job):
                     self._block(job)
@@ -660,6 +684,12 @@ class State:
     def _count(self, job: Job, delta: int) -> None:
         k = (job.queue, job.status)
         self.counts[k] = self.counts.get(k, 0) + delta
+        listed = self._listed.get(job.status)
+        if listed is not None:
+            if delta > 0:
+                listed[job.id] = None
+            else:
+                listed.pop(job.id, None)
 
     def _set_status(self, job: Job, status: Status) -> None:
         self._count(job, -1)
