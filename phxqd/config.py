@@ -131,6 +131,15 @@ def parse(data: bytes, where: str) -> Config:
         hook = getattr(cfg, key)
         if hook is not None and (not hook or (isinstance(hook, list) and not hook[0])):
             raise ConfigError(f"{where}: `{key}` must be a command, not {toml_value(hook)}")
+    for key in ("http_listen", "metrics_listen"):
+        address = getattr(cfg, key)
+        if address is not None:
+            from phxqd.web import listen  # standard library only: no web stack imported
+
+            try:
+                listen.parse(address)
+            except ValueError as e:
+                raise ConfigError(f"{where}: `{key}`: {e}") from None
     return cfg
 
 

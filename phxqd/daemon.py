@@ -246,6 +246,8 @@ async def run(
         )
         core = Core(LocalBackend(recovered.state, journal, settings, stats=stats), settings)
         backend, views = core.backend, core.views
+        # bound before the task group: a taken port stops the start with one line
+        web = _open_web(core) if settings.http_listen else None
         async with anyio.create_task_group() as tg:
             await tg.start(backend.run)
             await core.dispatcher.reap()
@@ -269,7 +271,6 @@ async def run(
             status_file = settings.status_file
             if status_file is not None:
                 tg.start_soon(statusfile.keep, status_file, backend.feed, views.status_export)
-            web = _open_web(core) if settings.http_listen else None
             if web is not None:
                 tg.start_soon(web.run)
             # The socket is listening: a client connecting from now on is answered.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -262,6 +263,17 @@ def test_tokens_on_a_unix_socket(tmp_path: Path) -> None:
     # the dashboard sends a visitor without a session to the login page
     page = h.get("/")
     assert page.status == 303 and page.headers["location"] == "/login"
+    assert h.get("/login").status == 200
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert h.request("POST", "/login", b"token=wrong", headers=form).status == 401
+    for kind, tok in (("read", read), ("control", new)):
+        a = h.request("POST", "/login", f"token={tok}".encode(), headers=form)
+        assert a.status == 303 and a.headers["location"] == "/"
+        session = {"Cookie": a.headers["set-cookie"].split(";")[0]}
+        page = h.get("/", headers=session)
+        assert page.status == 200
+        assert (b'data-action="resume"' in page.body) == (kind == "control")
+        assert h.get("/api/v1/status", headers=session).status == 200
 
 
 def test_cross_site_requests_are_refused(web: tuple[Daemon, Http]) -> None:
@@ -324,3 +336,25 @@ def test_pages_of_100000_jobs(tmp_path: Path) -> None:
     rest = h.ok("GET", f"/api/v1/jobs?label=rare&limit=5&before={rare['next']}")
     assert [j["id"] for j in rest["jobs"]] == [40_001, 30_001, 20_001, 10_001, 1]
     assert rest["next"] is None
+
+
+def test_a_bad_address_is_one_clear_line(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.config.write_text('http_listen = "nowhere"\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "phxqd", "check-config"], env=d.env, capture_output=True, text=True
+    )
+    assert r.returncode == 1
+    assert "`http_listen`: 'nowhere' is not HOST:PORT or a Unix socket path" in r.stderr
+    # a port that is taken: phxqd says so and does not start
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d.config.write_text(f'http_listen = "127.0.0.1:{port}"\n')
+        d.start(expect_ready=False)
+        assert d.proc is not None and d.proc.wait(30) == 1
+    assert f"phxqd: http_listen 127.0.0.1:{port}: [Errno 98] Address already in use" in (
+        d.logtext()
+    )
+    assert "Traceback" not in d.logtext()

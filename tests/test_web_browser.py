@@ -103,9 +103,7 @@ def test_overview_progress_retry_and_escaping(browser: Any, site: tuple[Daemon, 
     failed = d.submit("sh", "-c", f"echo '{XSS} went wrong'; exit 3", opts=("--retries", "0"))
     named = d.submit(XSS, opts=("--retries", "0", "--label", XSS))
     d.ctl("wait", str(failed), str(named))
-    until(
-        lambda: (d.job(running).get("progress") or {}).get("percent") == 10, what="progress 10"
-    )
+    until(lambda: (d.job(running).get("progress") or {}).get("percent") == 10, what="progress 10")
 
     browser.get(url + "/")
     browser.execute_script("window.phxqMarker = 'same page'")
