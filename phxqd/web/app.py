@@ -128,8 +128,7 @@ def open_server(core: Core) -> Serving:
     assert settings.http_listen is not None
     address = listen.parse(settings.http_listen)
     tokens = Tokens(settings.state_dir)
-    if not address.loopback:
-        tokens.ensure()  # a token will be needed: make sure there is one to show
+    tokens.ensure()  # made now, so `phxqd http-token` and the file agree from the start
     sock = listen.bind(address)
     web = Web(core, address, tokens)
     log.info(

@@ -65,4 +65,15 @@ def bind(address: Address) -> socket.socket:
             raise
         return sock
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    return socket.create_server((address.host, address.port), family=family, backlog=128)
+    # proto given: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (an
+    # accepted socket inherits it), and without it a reply written in two parts waits
+    # out the client's delayed ACK, 40 ms a request
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
