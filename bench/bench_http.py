@@ -8,7 +8,8 @@
    first page of 100 jobs, a page of 100 deep in the list (a random cursor), a page of
    cancelled jobs (from the status index), a label filter (a walk from the newest job).
 2. The same phxqd, nothing running: its CPU seconds per minute (from /proc) with HTTP on
-   and no page open, then with 5 dashboard pages open. An idle page holds one event
+   and no page open, then with 5 dashboard pages open; then a phxqd without HTTP holding
+   the same jobs. An idle page holds one event
    stream (`/api/v1/events`) and asks for nothing else until something happens, so the
    5 pages are 5 such streams, each opened after a load of the page itself.
 Prints a JSON summary on the last line.
@@ -118,6 +119,16 @@ def main() -> None:
             results["idle, 5 dashboard pages: CPU s/min"] = cpu_per_minute(proc, args.idle)
             for page in pages:
                 page.close()
+        finally:
+            d.close()
+    with tempfile.TemporaryDirectory(prefix="phxq-bench-") as tmp:
+        d = Daemon(Path(tmp), "off")  # the same, without HTTP
+        d.start()
+        try:
+            fill(d, args.jobs)
+            assert d.proc is not None
+            proc = psutil.Process(d.proc.pid)
+            results["idle, HTTP off: CPU s/min"] = cpu_per_minute(proc, args.idle)
         finally:
             d.close()
     print(json.dumps(results))

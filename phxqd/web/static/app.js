@@ -136,5 +136,6 @@
   });
 
   listen();
-  if (logBox) follow();
+  // a job that is not running has written all it will until it starts again ("started")
+  if (logBox && logBox.dataset.running === "yes") follow();
 })();
