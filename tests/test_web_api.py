@@ -203,16 +203,18 @@ def test_event_stream_and_log_follow(web: tuple[Daemon, Http]) -> None:
     d, h = web
     got: list[dict[str, Any]] = []
 
+    stream = h.events("/api/v1/events")
+    assert next(stream) == ("ready", {})  # phxqd listens from here on
+
     def read() -> None:
-        for _, event in h.events("/api/v1/events"):
+        for name, event in stream:
+            assert name == "message"
             got.append(event)
             if event["event"] == "completed":
                 return
 
-    # the stream's first frame is a comment: wait until phxqd has a listener attached
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    until(lambda: "phxq_event_listeners 1.0" in h.get("/metrics").body.decode(), what="listener")
     ctl = f"{sys.executable} -m phxqctl"
     job = d.submit("sh", "-c", f"echo a; {ctl} progress --percent 50 --step half; echo b")
     reader.join(30)

@@ -76,6 +76,16 @@ def shot(driver: Any, name: str) -> None:
         driver.save_screenshot(str(Path(where) / f"dashboard-{name}.png"))
 
 
+def live_on(driver: Any) -> None:
+    """Wait until the page's event stream listens (its `ready` event came)."""
+    from selenium.webdriver.common.by import By
+
+    until(
+        lambda: "on" in (driver.find_element(By.ID, "live").get_attribute("class") or ""),
+        what="the page's event stream",
+    )
+
+
 def progress_value(driver: Any, job: int) -> float | None:
     from selenium.webdriver.common.by import By
 
@@ -107,6 +117,7 @@ def test_overview_progress_retry_and_escaping(browser: Any, site: tuple[Daemon, 
 
     browser.get(url + "/")
     browser.execute_script("window.phxqMarker = 'same page'")
+    live_on(browser)
     until(lambda: progress_value(browser, running) == 10, what="bar at 10%")
     # the job's argv, label, error and log are shown as text, never run
     text = browser.find_element(By.TAG_NAME, "body").text
@@ -154,6 +165,7 @@ def test_job_page_follows_the_log_and_search_finds_by_label(
     )
     until(lambda: d.job(job)["status"] == "running", what="running")
     browser.get(f"{url}/jobs/{job}")
+    live_on(browser)
     log = browser.find_element(By.ID, "log")
     until(lambda: "first line" in log.text, what="the log so far")
     gate.touch()

@@ -115,8 +115,8 @@ class Http:
                     name = text[7:]
                 elif text.startswith("data: "):
                     data += text[6:]
-                elif text == "" and data:
-                    yield name, json.loads(data)
+                elif text == "" and (data or name != "message"):
+                    yield name, json.loads(data or "null")
                     name, data = "message", ""
         finally:
             conn.close()

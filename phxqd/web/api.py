@@ -340,7 +340,8 @@ class Api:
         return stream(chunks())
 
     async def events(self, request: Request) -> Response:
-        """Job events as SSE, the lines of `phxqctl watch --json` (?ids=1,2: those jobs')."""
+        """Job events as SSE, the lines of `phxqctl watch --json` (?ids=1,2: those jobs'),
+        after one `ready` event that says the stream is listening."""
         self.web.allow(request, "read")
         raw = request.query_params.get("ids")
         ids: frozenset[int] | None = None
@@ -354,8 +355,9 @@ class Api:
         feed = self.core.backend.feed
 
         async def messages() -> AsyncIterator[bytes]:
-            yield b": phxqd events\n\n"
             with feed.listen(ids) as listener:
+                # said once listening: no event after this one can be missed
+                yield b"event: ready\ndata: {}\n\n"
                 while True:
                     taken: list[protocol.JobEvent] = []
                     with anyio.move_on_after(HEARTBEAT):

@@ -67,7 +67,8 @@
     if (page === "job") url += "?ids=" + encodeURIComponent(part.dataset.jobId);
     else if (page !== "overview") return;
     const source = new EventSource(url);
-    source.onopen = () => { live.classList.add("on"); live.classList.remove("off"); };
+    // "ready": phxqd listens for this page; every event from now on reaches it
+    source.addEventListener("ready", () => { live.classList.add("on"); live.classList.remove("off"); });
     source.onerror = () => { live.classList.add("off"); live.classList.remove("on"); };
     source.onmessage = (msg) => {
       const ev = JSON.parse(msg.data);
