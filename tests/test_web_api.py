@@ -218,6 +218,11 @@ def test_event_stream_and_log_follow(web: tuple[Daemon, Http]) -> None:
     ctl = f"{sys.executable} -m phxqctl"
     job = d.submit("sh", "-c", f"echo a; {ctl} progress --percent 50 --step half; echo b")
     reader.join(30)
+    stream.close()  # the page goes: phxqd's listener goes with it
+    until(
+        lambda: "phxq_event_listeners 0.0" in h.get("/metrics").body.decode(),
+        what="the stream's listener detached",
+    )
     assert [e["event"] for e in got] == ["submitted", "started", "progress", "completed"]
     assert got[2]["progress"]["step"] == "half" and got[2]["id"] == job
     watched = json.loads(d.ok("--json", "show", str(job)))
@@ -278,6 +283,8 @@ def test_tokens_on_a_unix_socket(tmp_path: Path) -> None:
     # the dashboard sends a visitor without a session to the login page
     page = h.get("/")
     assert page.status == 303 and page.headers["location"] == "/login"
+    stale = h.get("/", headers={"Cookie": "phxq_session=gone"})
+    assert stale.status == 303 and stale.headers["location"] == "/login"
     assert h.get("/login").status == 200
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     assert h.request("POST", "/login", b"token=wrong", headers=form).status == 401

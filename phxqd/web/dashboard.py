@@ -20,7 +20,7 @@ from phxqd import protocol
 from phxqd.model import STATUSES, Job
 from phxqd.protocol import Refused
 from phxqd.web.api import STATUS_OF, ApiError, job_id
-from phxqd.web.security import COOKIE, SESSION_SECONDS, Who, cookie
+from phxqd.web.security import COOKIE, SESSION_SECONDS, Who
 
 if TYPE_CHECKING:
     from phxqd.web.app import Web
@@ -105,7 +105,7 @@ class Dashboard:
         try:
             who = self.web.allow(request, "read")
         except ApiError as e:
-            if e.code == "unauthorized" and cookie(request.scope, COOKIE) is None:
+            if e.code == "unauthorized":  # no session, or one that expired
                 raise _LoginNeeded() from None
             raise
         if who.session is None and who.ambient:
