@@ -46,9 +46,9 @@ browser:
 	    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }; } || \
 	echo "chromium/chromedriver missing and not installable here: the browser tests will skip"
 
-# the dashboard's screenshots in docs/ (README shows one), taken by its browser tests
+# the dashboard's screenshots in docs/ (README shows one): a made-up day in headless Chromium
 screenshots: $(STAMP) browser
-	PHXQ_SCREENSHOTS=docs $(BIN)/python -m pytest -q tests/test_web_browser.py
+	$(BIN)/python -m tests.web_screenshots docs
 
 # 500 kill -9 cycles under load (make test runs 20)
 torture: $(STAMP)

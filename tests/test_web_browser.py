@@ -3,22 +3,19 @@ by Selenium; `make test` installs them as root): no console errors (a CSP violat
 one), a progress bar that advances without a reload, retry, a job named `<script>` shown
 as text, and a log that follows live.
 
-With PHXQ_SCREENSHOTS=DIR (`make screenshots`), the main pages are saved there as PNGs.
+The screenshots in docs/ are made by tests/web_screenshots.py (`make screenshots`).
 """
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Daemon, need, until
-from tests.web_helpers import free_port, web_daemon
+from tests.web_helpers import free_port, make_browser, web_daemon
 
 CTL = f"{sys.executable} -m phxqctl"
 XSS = "<script>alert(1)</script>"
@@ -26,31 +23,7 @@ XSS = "<script>alert(1)</script>"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    chromium = need("chromium")
-    driver_path = need("chromedriver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    profile = tempfile.mkdtemp(prefix="phxq-chromium-")
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_page_load_timeout(30)
+    driver = make_browser(need("chromium"), need("chromedriver"))
     try:
         yield driver
     finally:
@@ -68,12 +41,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str
 
 def console_errors(driver: Any) -> list[dict[str, Any]]:
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-
-
-def shot(driver: Any, name: str) -> None:
-    where = os.environ.get("PHXQ_SCREENSHOTS")
-    if where:
-        driver.save_screenshot(str(Path(where) / f"dashboard-{name}.png"))
 
 
 def live_on(driver: Any) -> None:
@@ -127,7 +94,6 @@ def test_overview_progress_retry_and_escaping(browser: Any, site: tuple[Daemon, 
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text  # noqa: B018
     assert not browser.find_elements(By.CSS_SELECTOR, "main script, main b.injected")
-    shot(browser, "overview")
 
     # the bar advances without a reload
     step.touch()
@@ -174,7 +140,6 @@ def test_job_page_follows_the_log_and_search_finds_by_label(
         lambda: "completed" in browser.find_element(By.TAG_NAME, "h1").text,
         what="status completed without reload",
     )
-    shot(browser, "job")
     # search: by label, by key, by id
     for query in ("nightly-report", "report-1", str(job)):
         box = browser.find_element(By.NAME, "q")
@@ -183,7 +148,6 @@ def test_job_page_follows_the_log_and_search_finds_by_label(
         box.submit()
         until(lambda: f"/jobs/{job}" in browser.page_source, what=f"search {query}")
     browser.get(f"{url}/jobs")
-    shot(browser, "jobs")
     assert console_errors(browser) == []
 
 

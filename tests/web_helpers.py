@@ -122,6 +122,37 @@ class Http:
             conn.close()
 
 
+def make_browser(chromium: str, chromedriver: str) -> Any:
+    """Headless Chromium through Debian's chromedriver (never Selenium Manager), with the
+    flags a root, offline machine needs and a fresh profile."""
+    import tempfile
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    profile = tempfile.mkdtemp(prefix="phxq-chromium-")
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver.set_page_load_timeout(30)
+    return driver
+
+
 def web_daemon(tmp: Path, listen: str, extra: str = "", workers: int = 2) -> Daemon:
     d = Daemon(tmp, workers=workers)
     d.config.write_text(f"http_listen = {json.dumps(listen)}\n{extra}")
