@@ -53,14 +53,29 @@ def live_on(driver: Any) -> None:
     )
 
 
-def progress_value(driver: Any, job: int) -> float | None:
-    from selenium.webdriver.common.by import By
+# The live parts of a page are replaced as events come: an element found in one WebDriver
+# command can be gone by the next (StaleElementReferenceException). What reads or clicks
+# inside them does so in one script, run by the page at one moment.
 
-    bars = driver.find_elements(By.CSS_SELECTOR, f'tr[data-job-id="{job}"] progress')
-    if not bars:
-        return None
-    value = bars[0].get_attribute("value")
-    return float(value) if value else None
+
+def text_of(driver: Any, css: str) -> str:
+    script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''"
+    return str(driver.execute_script(script, css))
+
+
+def click(driver: Any, css: str) -> bool:
+    """Click the element if it is there (the page's own click handler runs)."""
+    script = "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e"
+    return bool(driver.execute_script(script, css))
+
+
+def progress_value(driver: Any, job: int) -> float | None:
+    script = (
+        "const e = document.querySelector(arguments[0]);"
+        "return e && e.hasAttribute('value') ? e.value : null"
+    )
+    value = driver.execute_script(script, f'tr[data-job-id="{job}"] progress')
+    return None if value is None else float(value)
 
 
 def test_overview_progress_retry_and_escaping(browser: Any, site: tuple[Daemon, str]) -> None:
@@ -99,14 +114,12 @@ def test_overview_progress_retry_and_escaping(browser: Any, site: tuple[Daemon, 
     step.touch()
     until(lambda: progress_value(browser, running) == 60, what="bar at 60% without reload")
     assert browser.execute_script("return window.phxqMarker") == "same page"
-    assert "encoding" in browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{running}"]').text
+    assert "encoding" in text_of(browser, f'tr[data-job-id="{running}"]')
 
     # retry a failed job from its button: requeued, it runs again
     first_start = d.job(failed)["started_at"]
-    button = browser.find_element(
-        By.CSS_SELECTOR, f'article[data-job-id="{failed}"] button[data-action="retry"]'
-    )
-    button.click()
+    retry = f'article[data-job-id="{failed}"] button[data-action="retry"]'
+    until(lambda: click(browser, retry), what="the retry button")
     until(
         lambda: (d.job(failed)["started_at"] or 0) > first_start, what="the retried job runs again"
     )
@@ -137,7 +150,7 @@ def test_job_page_follows_the_log_and_search_finds_by_label(
     gate.touch()
     until(lambda: f"{XSS} last line" in log.text, what="the log's new line, live")
     until(
-        lambda: "completed" in browser.find_element(By.TAG_NAME, "h1").text,
+        lambda: "completed" in text_of(browser, "h1"),
         what="status completed without reload",
     )
     # search: by label, by key, by id
@@ -152,15 +165,13 @@ def test_job_page_follows_the_log_and_search_finds_by_label(
 
 
 def test_pause_and_resume_a_queue(browser: Any, site: tuple[Daemon, str]) -> None:
-    from selenium.webdriver.common.by import By
 
     d, url = site
     d.ok("wait", str(d.submit("true", opts=("--queue", "batch"))))
     browser.get(url + "/")
     css = 'tr[data-queue="batch"] button[data-action="{}"]'
-    browser.find_element(By.CSS_SELECTOR, css.format("pause")).click()
+    until(lambda: click(browser, css.format("pause")), what="the pause button")
     until(lambda: "batch" in d.json("status")["paused"], what="queue paused")
-    until(lambda: browser.find_elements(By.CSS_SELECTOR, css.format("resume")), what="button")
-    browser.find_element(By.CSS_SELECTOR, css.format("resume")).click()
+    until(lambda: click(browser, css.format("resume")), what="the resume button")
     until(lambda: "batch" not in d.json("status")["paused"], what="queue resumed")
     assert console_errors(browser) == []
