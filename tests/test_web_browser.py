@@ -9,7 +9,7 @@ The screenshots in docs/ are made by tests/web_screenshots.py (`make screenshots
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -37,6 +37,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str
     Daemon.started.remove(d)  # lives for the module; stopped below
     yield d, f"http://127.0.0.1:{port}"
     d.stop()
+
+
+def until_or_explain(driver: Any, predicate: Callable[[], Any], what: str) -> None:
+    """`until`, and on a timeout what the page said (its notice line, its console)."""
+    try:
+        until(predicate, what=what)
+    except AssertionError as e:
+        notice = text_of(driver, "#notice")
+        raise AssertionError(
+            f"{e}; notice {notice!r}; console {driver.get_log('browser')}"
+        ) from None
 
 
 def console_errors(driver: Any) -> list[dict[str, Any]]:
@@ -171,7 +182,7 @@ def test_pause_and_resume_a_queue(browser: Any, site: tuple[Daemon, str]) -> Non
     browser.get(url + "/")
     css = 'tr[data-queue="batch"] button[data-action="{}"]'
     until(lambda: click(browser, css.format("pause")), what="the pause button")
-    until(lambda: "batch" in d.json("status")["paused"], what="queue paused")
+    until_or_explain(browser, lambda: "batch" in d.json("status")["paused"], "queue paused")
     until(lambda: click(browser, css.format("resume")), what="the resume button")
-    until(lambda: "batch" not in d.json("status")["paused"], what="queue resumed")
+    until_or_explain(browser, lambda: "batch" not in d.json("status")["paused"], "queue resumed")
     assert console_errors(browser) == []
