@@ -176,8 +176,19 @@ class Backend(Protocol):
 
     async def find(self, job_id: int) -> Job | None: ...
 
-    async def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
-        """Jobs newest first, filtered."""
+    async def select(
+        self,
+        status: str | None,
+        queue: str | None,
+        limit: int,
+        *,
+        before: int | None = None,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> list[Job]:
+        """Jobs newest first, filtered; `before`: only ids below it (the cursor of the
+        HTTP API's pages). A page must not cost a walk over every job: it starts at the
+        cursor."""
 
     async def summary(self) -> Summary: ...
 

@@ -61,8 +61,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     client_idle_timeout: PositiveSeconds = 300.0
     #: a client that takes none of a reply for this long is disconnected
     client_send_timeout: PositiveSeconds = 60.0
-    #: "HOST:PORT" of an HTTP endpoint serving /metrics (Prometheus); None: none
+    #: "HOST:PORT" or a Unix socket path: the HTTP API, the dashboard and /metrics (extra
+    #: phxq[web]); None: no HTTP. `metrics_listen` is its older name, still read
+    http_listen: str | None = None
     metrics_listen: str | None = None
+    #: allow submitting jobs over HTTP (they run as phxqd's user; a control token is needed)
+    http_submit: bool = False
     #: the interpreter of the Python workers that run callable jobs (your project's venv)
     python: str | None = None
     #: extra import paths for callable jobs
@@ -127,6 +131,15 @@ def parse(data: bytes, where: str) -> Config:
         hook = getattr(cfg, key)
         if hook is not None and (not hook or (isinstance(hook, list) and not hook[0])):
             raise ConfigError(f"{where}: `{key}` must be a command, not {toml_value(hook)}")
+    for key in ("http_listen", "metrics_listen"):
+        address = getattr(cfg, key)
+        if address is not None:
+            from phxqd.web import listen  # standard library only: no web stack imported
+
+            try:
+                listen.parse(address)
+            except ValueError as e:
+                raise ConfigError(f"{where}: `{key}`: {e}") from None
     return cfg
 
 

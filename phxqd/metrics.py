@@ -8,18 +8,13 @@ costs nothing to a daemon nobody scrapes. Everything is read from the state and 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.abc
 
 from phxqd.model import STATUSES
-
-log = logging.getLogger("phxqd.metrics")
 
 if TYPE_CHECKING:
     from phxqd.backend import Summary
@@ -32,51 +27,6 @@ async def load_library() -> None:
     event loop must not wait for. Rendering itself reads the live state, so it runs on
     the loop."""
     await anyio.to_thread.run_sync(importlib.import_module, "prometheus_client")
-
-
-async def open_http(listen: str) -> anyio.abc.Listener[anyio.abc.SocketStream] | None:
-    """Bind the HTTP endpoint ("HOST:PORT") before phxqd says it is ready; None (and a log
-    line) if it cannot: metrics over the socket still work."""
-    host, _, port = listen.rpartition(":")
-    try:
-        return await anyio.create_tcp_listener(local_host=host or "127.0.0.1", local_port=int(port))
-    except (OSError, ValueError) as e:
-        log.error("metrics_listen %s: cannot listen (%s); phxqctl metrics still works", listen, e)
-        return None
-
-
-async def serve_http(views: Views, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
-    """A minimal HTTP endpoint for Prometheus: GET /metrics, anything else 404.
-
-    Loopback by default; one request per connection, small bounded reads.
-    """
-
-    async def answer(stream: anyio.abc.SocketStream) -> None:
-        async with stream:
-            with anyio.move_on_after(10):
-                request = b""
-                while b"\r\n\r\n" not in request and len(request) < 8192:
-                    try:
-                        request += await stream.receive(4096)
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        return
-                line = request.split(b"\r\n", 1)[0].split()
-                if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
-                    await load_library()
-                    body, status = await render(views), b"200 OK"
-                else:
-                    body, status = b"not found: try /metrics\n", b"404 Not Found"
-                head = (
-                    b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4"
-                    b"\r\nContent-Length: "
-                    + str(len(body)).encode()
-                    + b"\r\nConnection: close\r\n\r\n"
-                )
-                with contextlib.suppress(anyio.BrokenResourceError):
-                    await stream.send(head + body)
-
-    async with listener:
-        await listener.serve(answer)
 
 
 async def render(views: Views) -> bytes:

@@ -35,6 +35,7 @@ class Options:
     workers: int | None = None
     fsync: FsyncPolicy | None = None
     log_level: str | None = None
+    http: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -55,7 +56,11 @@ class Settings:
     allow_groups: list[str | int]
     client_idle_timeout: float
     client_send_timeout: float
+    #: the HTTP API and dashboard (`http_listen`, or `metrics_listen`, or --http)
+    http_listen: str | None
+    #: its older name, kept as read (a reload compares it)
     metrics_listen: str | None
+    http_submit: bool
     status_file: Path | None
 
     # Reloadable (RELOADABLE).
@@ -101,7 +106,9 @@ class Settings:
             allow_groups=cfg.allow_groups,
             client_idle_timeout=cfg.client_idle_timeout,
             client_send_timeout=cfg.client_send_timeout,
+            http_listen=opts.http or cfg.http_listen or cfg.metrics_listen,
             metrics_listen=cfg.metrics_listen,
+            http_submit=cfg.http_submit,
             status_file=Path(cfg.status_file) if cfg.status_file else None,
             workers=opts.workers or cfg.workers or config.default_workers(),
             queues=cfg.queues,

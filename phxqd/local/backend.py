@@ -287,8 +287,17 @@ class LocalBackend:
     async def find(self, job_id: int) -> Job | None:
         return self._state.jobs.get(job_id)
 
-    async def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
-        return self._state.select(status, queue, limit)
+    async def select(
+        self,
+        status: str | None,
+        queue: str | None,
+        limit: int,
+        *,
+        before: int | None = None,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> list[Job]:
+        return self._state.select(status, queue, limit, before=before, label=label, key=key)
 
     async def summary(self) -> Summary:
         s = self._state.summary()

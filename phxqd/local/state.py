@@ -129,6 +129,11 @@ def backoff(
     return delay * (1 + jitter * rng.random())
 
 
+#: statuses with an index of their jobs' ids (`State._listed`): those that are usually few
+#: among many (pending and completed jobs can be a million; they are found by walking)
+LISTED = ("running", "retrying", "failed", "cancelled")
+
+
 @dataclass
 class State:
     """All jobs, their indexes and counters. See the module docstring for the rules."""
@@ -141,6 +146,11 @@ class State:
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     #: live idempotency keys -> job id
     keys: dict[str, int] = field(default_factory=dict)
+    #: the ids of the jobs in each of LISTED's statuses (pages of failed jobs must not
+    #: walk a million completed ones); kept by `_count`, like `counts`
+    _listed: dict[str, dict[int, None]] = field(
+        default_factory=lambda: {s: {} for s in LISTED}, compare=False, repr=False
+    )
     #: per queue, a heap of (-priority, seq, id) of jobs ready to run
     _ready: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     #: heap of (run_at, seq, id) of waiting jobs whose time has not come
@@ -403,17 +413,74 @@ class State:
             "paused_all": self.paused_all,
         }
 
-    def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
-        """Jobs newest first, filtered."""
+    def select(
+        self,
+        status: str | None,
+        queue: str | None,
+        limit: int,
+        *,
+        before: int | None = None,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> list[Job]:
+        """Jobs newest first, filtered; with `before`, only jobs whose id is below it
+        (keyset pagination: a page's last id is the next page's `before`).
+
+        Ids only grow and `jobs` is in id order, so a page after a cursor is found by
+        looking ids up downwards from it rather than by walking the newest jobs again.
+        Without a cursor the walk stops as soon as every job the counts say matches has
+        been found.
+        """
         out: list[Job] = []
-        if limit <= 0:
+        if limit <= 0 or not self.jobs:
             return out
-        for job in reversed(self.jobs.values()):
+        left = self._matching(status, queue) if before is None else len(self.jobs)
+        if left == 0:
+            return out
+        listed = self._listed.get(status) if status is not None else None
+        if listed is not None and len(listed) * 8 < len(self.jobs):
+            # few jobs of this status: sort their ids rather than walk past the others
+            ids = heapq.nlargest(
+                limit if label is None and key is None and queue is None else len(listed),
+                (i for i in listed if before is None or i < before),
+            )
+            table = self.jobs
+            candidates: Iterable[Job] = (table[i] for i in ids)
+            left = len(listed)
+        elif before is None:
+            candidates = reversed(self.jobs.values())
+        else:
+            candidates = self._below(before)
+        for job in candidates:
             if (status is None or job.status == status) and (queue is None or job.queue == queue):
-                out.append(job)
-                if len(out) >= limit:
+                left -= 1
+                if (label is None or job.label == label) and (key is None or job.key == key):
+                    out.append(job)
+                    if len(out) >= limit:
+                        break
+                if left <= 0:
                     break
         return out
+
+    def _matching(self, status: str | None, queue: str | None) -> int:
+        """How many jobs have this status and queue (None: any), from the counts."""
+        return sum(
+            n
+            for (q, st), n in self.counts.items()
+            if (status is None or st == status) and (queue is None or q == queue)
+        )
+
+    def _below(self, before: int) -> Iterator[Job]:
+        """The jobs with ids below `before`, highest first."""
+        table = self.jobs
+        if before > self.next_id:
+            before = self.next_id
+        lowest = next(iter(table))
+        find = table.get
+        for job_id in range(before - 1, lowest - 1, -1):
+            job = find(job_id)
+            if job is not None:
+                yield job
 
     def waits_for(self, job: Job) -> list[int]:
         """The jobs named in --after that have not completed yet."""
@@ -551,6 +618,8 @@ class State:
             counts[k] = counts.get(k, 0) + 1
             if job.key is not None and job.status not in FINISHED:
                 keys[job.key] = job.id
+            if job.status in LISTED:
+                state._listed[job.status][job.id] = None
         queued, delayed, ready = state._queued, state._delayed, state._ready
         waiting = sum(n for (_, st), n in counts.items() if st in WAITING)
         in_order: Sequence[int] = snap.order
@@ -601,6 +670,8 @@ class State:
             counts[k] = counts.get(k, 0) + 1
             if job.key is not None and job.status not in FINISHED:
                 keys[job.key] = job.id
+            if job.status in LISTED:
+                self._listed[job.status][job.id] = None
             if job.status in WAITING:
                 if job.after and self.waits_for(job):
                     self._block(job)
@@ -662,6 +733,12 @@ class State:
     def _count(self, job: Job, delta: int) -> None:
         k = (job.queue, job.status)
         self.counts[k] = self.counts.get(k, 0) + delta
+        listed = self._listed.get(job.status)
+        if listed is not None:
+            if delta > 0:
+                listed[job.id] = None
+            else:
+                listed.pop(job.id, None)
 
     def _set_status(self, job: Job, status: Status) -> None:
         self._count(job, -1)
