@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from phxqd.model import QueueConfig
+from phxqd.rates import parse_rate
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0)]
@@ -123,6 +124,11 @@ def parse(data: bytes, where: str) -> Config:
                     f"{where}: `queues.{name}.{key}` must be {kind} of at least {least:g}, "
                     f"not {toml_value(value)}"
                 )
+        if queue.rate is not None:
+            try:
+                parse_rate(queue.rate)
+            except ValueError as e:
+                raise ConfigError(f"{where}: `queues.{name}.rate`: {e}") from None
     for key in ("on_complete", "on_failure", "on_retry"):
         hook = getattr(cfg, key)
         if hook is not None and (not hook or (isinstance(hook, list) and not hook[0])):
@@ -133,6 +139,7 @@ def parse(data: bytes, where: str) -> Config:
 #: lower bounds of the `[queues.NAME]` keys (QueueConfig lives in model.py, unbounded)
 _QUEUE_BOUNDS: dict[str, float] = {
     "concurrency": 1,
+    "burst": 1,
     "retries": 0,
     "backoff_base": 0.0,
     "backoff_max": 0.0,

@@ -230,6 +230,8 @@ async def run(
         async with anyio.create_task_group() as tg:
             await tg.start(backend.run)
             await core.dispatcher.reap()
+            scheduling = anyio.CancelScope()
+            tg.start_soon(_schedule, core, scheduling)
             try:
                 access = server.resolve_access(settings.allow_users, settings.allow_groups)
             except ValueError as e:
@@ -284,6 +286,7 @@ async def run(
             notifier.stopping(
                 stopping, needs=settings.shutdown_grace + settings.kill_grace + STOP_MARGIN
             )
+            scheduling.cancel()  # no firing once stopping: the next start catches up
             await core.dispatcher.shutdown()
             tg.start_soon(_exit_on_second_signal, signals)
             await dispatching.wait()
@@ -312,6 +315,11 @@ async def _serve(
     with scope:
         async with listener:
             await server.serve(listener, core.handle, access, timeouts)
+
+
+async def _schedule(core: Core, scope: anyio.CancelScope) -> None:
+    with scope:
+        await core.scheduler.run()
 
 
 async def _dispatch(core: Core, done: anyio.Event) -> None:
