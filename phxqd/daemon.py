@@ -32,6 +32,7 @@ from phxqd.local.backend import LocalBackend
 from phxqd.local.journal import Corruption, Journal, JournalError
 from phxqd.local.recovery import StateDirBusy, lock_state_dir, recover
 from phxqd.model import QueueConfig
+from phxqd.protocol import Refused
 from phxqd.settings import Options, Settings
 from phxqd.stats import Stats
 
@@ -230,6 +231,7 @@ async def run(
         async with anyio.create_task_group() as tg:
             await tg.start(backend.run)
             await core.dispatcher.reap()
+            await _declare_schedules(core)
             scheduling = anyio.CancelScope()
             tg.start_soon(_schedule, core, scheduling)
             try:
@@ -317,6 +319,14 @@ async def _serve(
             await server.serve(listener, core.handle, access, timeouts)
 
 
+async def _declare_schedules(core: Core) -> None:
+    """The config file's `[schedules.NAME]` become the queue's (at start and reload)."""
+    try:
+        await core.scheduler.reconcile(core.settings.schedules, time.time())
+    except Refused as e:
+        log.error("the config file's schedules could not be saved: %s", e.message)
+
+
 async def _schedule(core: Core, scope: anyio.CancelScope) -> None:
     with scope:
         await core.scheduler.run()
@@ -399,6 +409,7 @@ class Reloader:
         live.reload_from(new)
         logsetup.set_level(live.log_level)
         self.hooks.configure(live.hooks)
+        await _declare_schedules(self.core)
         # Python workers read the live settings; the idle ones are let go so the next
         # call gets a worker of the new kind.
         workers_pool = self.core.dispatcher.workers

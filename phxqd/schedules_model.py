@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from phxqd.model import Job, JobSpec
+from phxqd.model import DEFAULT_QUEUE, Call, Job, JobSpec
 
 CatchUp = Literal["skip", "once", "all"]
 Overlap = Literal["allow", "skip", "queue"]
@@ -87,3 +87,60 @@ class Fired(msgspec.Struct, gc=False):
     deduplicated: bool = False
     skipped: str | None = None
     blocked_by: int | None = None
+
+
+class ScheduleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[schedules.NAME]` in phxqd.toml: a schedule the file declares (docs/schedules.md)."""
+
+    cron: str | None = None
+    tz: str | None = None
+    #: seconds, or a duration string: "30s", "5m", "1h", "1d"
+    every: float | str | None = None
+    catch_up: CatchUp = "skip"
+    overlap: Overlap = "skip"
+    #: an argv (array), or a string run with /bin/sh -c
+    command: list[str] | str | None = None
+    #: a Python callable "package.module:function" instead of a command
+    call: str | None = None
+    args: list[object] = []
+    kwargs: dict[str, object] = {}
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    retries: int | None = None
+    timeout: float | None = None
+    label: str | None = None
+    cwd: str | None = None
+    env: dict[str, str] = {}
+
+    def spec(self, name: str, default_cwd: str) -> ScheduleSpec:
+        """The schedule this table declares (checked by phxqd.schedules.check)."""
+        command = self.command
+        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command or [])
+        call = Call(self.call, list(self.args), dict(self.kwargs)) if self.call else None
+        job = JobSpec(
+            argv=argv,
+            call=call,
+            queue=self.queue,
+            priority=self.priority,
+            max_retries=self.retries,
+            timeout=self.timeout,
+            label=self.label,
+            cwd=self.cwd or default_cwd,
+            env=dict(self.env),
+        )
+        every = parse_duration(self.every) if isinstance(self.every, str) else self.every
+        return ScheduleSpec(name, job, self.cron, self.tz, every, self.catch_up, self.overlap)
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """ "30", "30s", "5m", "1.5h", "2d" -> seconds (ValueError otherwise)."""
+    t = text.strip()
+    unit = next((u for u in ("ms", "s", "m", "h", "d") if t.endswith(u)), "")
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (try 30s, 5m, 2h)") from None
+    return value * _UNITS[unit]

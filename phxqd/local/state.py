@@ -434,7 +434,7 @@ class State:
             times = [now]
         if not times:
             return [], Fired()
-        if not run:
+        if not run and not manual:
             return [ScheduleFired(name, times[-1], None, now, missed + len(times))], Fired(
                 skipped="missed"
             )
