@@ -232,6 +232,11 @@ class Scheduler:
             missed=s.missed,
         )
 
+    def next_fire_of(self, name: str) -> float | None:
+        """The next fire time of `name` as the runner waits for it (None: none, or it
+        waits for its previous run to end)."""
+        return self._next.get(name)
+
     def next_fires(self, n: int = 5) -> list[NextFire]:
         """The soonest `n` fire times of all schedules (status)."""
         soonest = heapq.nsmallest(n, ((at, name) for name, at in self._next.items()))
