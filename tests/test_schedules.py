@@ -5,6 +5,7 @@ daemon, no clock: every time is an argument (tests/test_schedules_daemon.py runs
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -118,7 +119,7 @@ def test_a_wildcard_hour_fires_by_the_clock_as_lived() -> None:
         "03-08 03:30:00 EDT",
     ]
     for times in (autumn, spring):
-        assert all(b - a == 1800 for a, b in zip(times, times[1:], strict=False))
+        assert all(b - a == 1800 for a, b in pairwise(times))
 
 
 def test_the_zone_decides_the_utc_instant() -> None:
