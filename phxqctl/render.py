@@ -398,6 +398,20 @@ def counts_table(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def schedule_lines(s: dict[str, Any], now: float) -> list[str]:
+    """Schedules with their next fires, and queues a rate holds back (status, watch)."""
+    lines = []
+    if s.get("schedules"):
+        soon = ", ".join(f"{n['schedule']} {ago(n['at'], now)}" for n in s["next_fires"])
+        lines.append(f"schedules: {s['schedules']}" + (f"; next: {soon}" if soon else ""))
+    held = s.get("next_start") or {}
+    if held:
+        lines.append(
+            "rate-limited: " + ", ".join(f"{q} next start {ago(t, now)}" for q, t in held.items())
+        )
+    return lines
+
+
 def status_text(s: dict[str, Any], now: float) -> str:
     state = "writable" if s["writable"] else paint(f"NOT WRITABLE: {s['journal_error']}", "failed")
     up = span(s["uptime"])
@@ -415,14 +429,7 @@ def status_text(s: dict[str, Any], now: float) -> str:
         if s["eta_seconds"] is not None:
             line += f"; backlog done in about {span(s['eta_seconds'])}"
         lines.append(line)
-    if s.get("schedules"):
-        soon = ", ".join(f"{n['schedule']} {ago(n['at'], now)}" for n in s["next_fires"])
-        lines.append(f"schedules: {s['schedules']}" + (f"; next: {soon}" if soon else ""))
-    held = s.get("next_start") or {}
-    if held:
-        lines.append(
-            "rate-limited: " + ", ".join(f"{q} next start {ago(t, now)}" for q, t in held.items())
-        )
+    lines += schedule_lines(s, now)
     running = s["running_jobs"]
     if running:
         lines.append("")

@@ -122,9 +122,9 @@ class Handlers:
             case protocol.ScheduleRemove(name):
                 return await self.scheduler.info(await self.scheduler.remove(name), now)
             case protocol.SchedulePause(name):
-                return await self.scheduler.info(await self.scheduler.pause(name, True), now)
+                return await self.scheduler.info(await self.scheduler.pause(name, True, now), now)
             case protocol.ScheduleResume(name):
-                return await self.scheduler.info(await self.scheduler.pause(name, False), now)
+                return await self.scheduler.info(await self.scheduler.pause(name, False, now), now)
             case protocol.ScheduleRun(name):
                 fired = await self.scheduler.run_now(name, now)
                 assert fired.job is not None

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 
 import anyio
 import anyio.abc
+import msgspec
 
 from phxqd.backend import Backend
 from phxqd.notice import Notice
@@ -179,8 +180,19 @@ class Scheduler:
         self.changed(name)
         return s
 
-    async def pause(self, name: str, paused: bool) -> Schedule:
+    async def pause(self, name: str, paused: bool, now: float) -> Schedule:
+        """Pause or resume. Fire times that passed while paused are not caught up: on
+        resume they are recorded as missed (one that is on time still fires)."""
+        was_paused = (await self.get(name)).paused
         s = await self.backend.pause_schedule(name, paused)
+        if was_paused and not paused:
+            plan = due(
+                msgspec.structs.replace(s, spec=msgspec.structs.replace(s.spec, catch_up="skip")),
+                now,
+            )
+            if plan.latest is not None and not plan.times:
+                await self.backend.fire(name, [plan.latest], now, plan.missed - 1, run=False)
+                s = await self.get(name)
         self.changed(name)
         return s
 
