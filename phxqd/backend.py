@@ -165,6 +165,8 @@ class Backend(Protocol):
 
     async def schedules(self) -> list[Schedule]: ...
 
+    async def get_schedule(self, name: str) -> Schedule | None: ...
+
     async def fire(
         self,
         name: str,

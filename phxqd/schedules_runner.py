@@ -37,6 +37,7 @@ log = logging.getLogger("phxqd.schedules")
 #: after a firing the backend refused (journal failure), seconds until it is tried again
 RETRY_AFTER = 1.0
 FAULT_ENV = "PHXQ_TEST_FAULT"
+FIRING_AT_ONCE = 256
 
 
 class Scheduler:
@@ -55,6 +56,8 @@ class Scheduler:
         self._unblocked: set[str] = set()
         self._tg: anyio.abc.TaskGroup | None = None
         self._fault = os.environ.get(FAULT_ENV, "")
+        #: firings in flight at once (their records share journal writes)
+        self._limiter = anyio.CapacityLimiter(FIRING_AT_ONCE)
 
     def changed(self, name: str | None = None) -> None:
         """A schedule was added, replaced, removed, paused or resumed (None: any)."""
@@ -71,34 +74,41 @@ class Scheduler:
                 await self._refresh()
                 now = self.clock()
                 heap = self._heap
+                names = []
                 while heap and heap[0][0] <= now:
                     at, name = heapq.heappop(heap)
-                    if self._next.get(name) != at:
-                        continue  # stale
-                    del self._next[name]
-                    await self._fire_due(name, now)
-                    self._dirty = set() if self._dirty is None else self._dirty
-                    self._dirty.add(name)
+                    if self._next.get(name) == at:  # else stale
+                        del self._next[name]
+                        names.append(name)
+                if names:
+                    # together: their journal records share the writes and fsyncs (group
+                    # commit) instead of one fsync after another
+                    async with anyio.create_task_group() as firing:
+                        for name in names:
+                            firing.start_soon(self._fire_limited, name, now)
+                    if self._dirty is not None:  # (None: all are computed again anyway)
+                        self._dirty.update(names)
                 await self._refresh()
-                soonest = heap[0][0] if heap else math.inf
+                soonest = self._heap[0][0] if self._heap else math.inf
                 await self._wake.wait(max(soonest - self.clock(), 0.0))
 
     async def _refresh(self) -> None:
+        """Compute again the next fire time of the schedules that changed (or of all)."""
         dirty = self._dirty
         if dirty is not None and not dirty:
             return
         self._dirty = set()
-        schedules = {s.spec.name: s for s in await self.backend.schedules()}
         if dirty is None:
             self._next.clear()
             self._heap.clear()
-            names: set[str] | dict[str, Schedule] = schedules
+            found = await self.backend.schedules()
         else:
-            names = dirty
-        for name in names:
-            self._next.pop(name, None)
-            s = schedules.get(name)
-            if s is None or s.paused or name in self._blocked:
+            for name in dirty:
+                self._next.pop(name, None)
+            found = [s for name in dirty if (s := await self.backend.get_schedule(name))]
+        for s in found:
+            name = s.spec.name
+            if s.paused or name in self._blocked:
                 continue
             at = next_fire(s)
             if at is not None:
@@ -108,8 +118,12 @@ class Scheduler:
             self._heap = [(at, name) for name, at in self._next.items()]
             heapq.heapify(self._heap)
 
+    async def _fire_limited(self, name: str, now: float) -> None:
+        async with self._limiter:
+            await self._fire_due(name, now)
+
     async def _fire_due(self, name: str, now: float) -> None:
-        s = next((x for x in await self.backend.schedules() if x.spec.name == name), None)
+        s = await self.backend.get_schedule(name)
         if s is None or s.paused:
             return
         plan = due(s, now, late_ok=name in self._unblocked)
@@ -182,7 +196,7 @@ class Scheduler:
 
     async def pause(self, name: str, paused: bool, now: float) -> Schedule:
         """Pause or resume. Fire times that passed while paused are not caught up: on
-        resume they are recorded as missed (one that is on time still fires)."""
+        resume they are recorded as missed, and the next future time is the next run."""
         was_paused = (await self.get(name)).paused
         s = await self.backend.pause_schedule(name, paused)
         if was_paused and not paused:
@@ -190,17 +204,18 @@ class Scheduler:
                 msgspec.structs.replace(s, spec=msgspec.structs.replace(s.spec, catch_up="skip")),
                 now,
             )
-            if plan.latest is not None and not plan.times:
-                await self.backend.fire(name, [plan.latest], now, plan.missed - 1, run=False)
+            if plan.latest is not None:  # every time passed while paused: none runs
+                passed = plan.missed + len(plan.times)
+                await self.backend.fire(name, [plan.latest], now, passed - 1, run=False)
                 s = await self.get(name)
         self.changed(name)
         return s
 
     async def get(self, name: str) -> Schedule:
-        for s in await self.backend.schedules():
-            if s.spec.name == name:
-                return s
-        raise Refused("not_found", f"no schedule {name!r}")
+        s = await self.backend.get_schedule(name)
+        if s is None:
+            raise Refused("not_found", f"no schedule {name!r}")
+        return s
 
     async def run_now(self, name: str, now: float) -> Fired:
         await self.get(name)

@@ -162,8 +162,9 @@ def test_a_kill_at_a_firing_neither_loses_nor_doubles_it(tmp_path: Path, fault: 
         assert first["created_at"] < restarted
     else:  # never journaled: fired by the new daemon, as a caught-up time
         assert first["created_at"] >= restarted
+    before = len(fired(d, "tick"))
     show = d.json("schedule", "show", "tick")
-    assert show["fired"] == len(fired(d, "tick")) and show["missed"] == 0
+    assert before <= show["fired"] <= len(fired(d, "tick")) and show["missed"] == 0
 
 
 def test_downtime_over_several_fire_times_is_caught_up_by_policy(tmp_path: Path) -> None:

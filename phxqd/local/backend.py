@@ -188,6 +188,9 @@ class LocalBackend:
     async def schedules(self) -> list[Schedule]:
         return list(self._state.schedules.values())
 
+    async def get_schedule(self, name: str) -> Schedule | None:
+        return self._state.schedules.get(name)
+
     async def fire(
         self,
         name: str,
