@@ -10,7 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from phxqd.config import ConfigError, parse
 from phxqd.model import JobSpec
+from phxqd.rates import parse_rate
 from phxqd.schedules import (
     MAX_CATCH_UP,
     MAX_COUNTED,
@@ -227,3 +229,43 @@ def test_good_specs_pass() -> None:
     assert check(ScheduleSpec("nightly-1.x", JOB, cron="@daily")) is None
     assert check(ScheduleSpec("s", JOB, cron="*/5 * * * * *", tz="Europe/Riga")) is None
     assert check(ScheduleSpec("s", JOB, every=3600.0, catch_up="all", overlap="queue")) is None
+
+
+# ------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('[schedules.a]\ncron = "61 * * * *"\ncommand = ["true"]\n', "`[schedules.a]`: --cron"),
+        ('[schedules.a]\nevery = "soon"\ncommand = ["true"]\n', "not a duration: 'soon'"),
+        ("[schedules.a]\nevery = 60\n", "needs a command"),
+        ('[schedules.a]\nevery = 60\ncomand = ["x"]\n', "unknown key `comand` in [schedules.a]"),
+        ('[schedules.a]\nevery = 60\ncommand = "x"\ncatch_up = "some"\n', "`schedules.a.catch_up`"),
+        ('[schedules."a b"]\nevery = 60\ncommand = "x"\n', "schedule names are"),
+        ('[queues.q]\nrate = "fast"\n', "`queues.q.rate`: a rate is N/s"),
+        ("[queues.q]\nburst = 0\n", "`queues.q.burst` must be an integer of at least 1"),
+    ],
+)
+def test_config_tables_are_checked(text: str, why: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse(text.encode(), "phxqd.toml")
+    assert why in str(e.value), str(e.value)
+
+
+def test_config_tables_make_schedules_and_rates() -> None:
+    cfg = parse(
+        b'[schedules.nightly]\ncron = "@daily"\ntz = "Europe/Riga"\ncommand = "make report"\n'
+        b'catch_up = "once"\nqueue = "reports"\n'
+        b'[schedules.ping]\nevery = "5m"\ncall = "app.health:ping"\nkwargs = { deep = true }\n'
+        b'[queues.q]\nrate = "30/m"\nburst = 3\n',
+        "phxqd.toml",
+    )
+    nightly = cfg.schedules["nightly"].spec("nightly", "/home/u")
+    assert (nightly.cron, nightly.tz, nightly.catch_up) == ("@daily", "Europe/Riga", "once")
+    assert nightly.job.argv == ["/bin/sh", "-c", "make report"]
+    assert (nightly.job.queue, nightly.job.cwd) == ("reports", "/home/u")
+    ping = cfg.schedules["ping"].spec("ping", "/")
+    assert ping.every == 300.0 and ping.job.call is not None
+    assert ping.job.call.func == "app.health:ping" and ping.job.call.kwargs == {"deep": True}
+    assert (parse_rate(cfg.queues["q"].rate or ""), cfg.queues["q"].burst) == (0.5, 3)
