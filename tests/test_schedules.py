@@ -4,6 +4,8 @@ daemon, no clock: every time is an argument (tests/test_schedules_daemon.py runs
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 from itertools import pairwise
 from zoneinfo import ZoneInfo
@@ -269,3 +271,13 @@ def test_config_tables_make_schedules_and_rates() -> None:
     assert ping.every == 300.0 and ping.job.call is not None
     assert ping.job.call.func == "app.health:ping" and ping.job.call.kwargs == {"deep": True}
     assert (parse_rate(cfg.queues["q"].rate or ""), cfg.queues["q"].burst) == (0.5, 3)
+
+
+def test_the_client_never_imports_the_cron_library() -> None:
+    """phxqctl starts with the standard library (and msgspec for the Python API): the
+    cron library and the pure schedule logic are the daemon's."""
+    code = (
+        "import sys, phxqctl.cli, phxqctl.client, phxqd.protocol\n"
+        "assert not {'cronsim', 'phxqd.schedules', 'zoneinfo'} & set(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
