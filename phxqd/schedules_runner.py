@@ -38,6 +38,8 @@ log = logging.getLogger("phxqd.schedules")
 RETRY_AFTER = 1.0
 FAULT_ENV = "PHXQ_TEST_FAULT"
 FIRING_AT_ONCE = 256
+#: the longest the runner sleeps without looking at the wall clock again
+MAX_SLEEP = 30.0
 
 
 class Scheduler:
@@ -90,7 +92,9 @@ class Scheduler:
                         self._dirty.update(names)
                 await self._refresh()
                 soonest = self._heap[0][0] if self._heap else math.inf
-                await self._wake.wait(max(soonest - self.clock(), 0.0))
+                # at most MAX_SLEEP: the sleep is monotonic, fire times are wall-clock
+                # (a suspended machine or a clock set forward is noticed soon after)
+                await self._wake.wait(min(max(soonest - self.clock(), 0.0), MAX_SLEEP))
 
     async def _refresh(self) -> None:
         """Compute again the next fire time of the schedules that changed (or of all)."""
