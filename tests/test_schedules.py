@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 
 from phxqd.config import ConfigError, parse
+from phxqd.local.state import State
 from phxqd.model import JobSpec
 from phxqd.rates import parse_rate
 from phxqd.schedules import (
@@ -281,3 +283,23 @@ def test_the_client_never_imports_the_cron_library() -> None:
         "assert not {'cronsim', 'phxqd.schedules', 'zoneinfo'} & set(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_firing_the_journal_did_not_keep_is_taken_back_whole() -> None:
+    """A catch-up `all` firing is several records applied together; if the disk refuses
+    them, `take_back` removes every job and puts the last fire time back, so the times
+    fire again."""
+    state = State()
+    spec = ScheduleSpec("s", JOB, every=1.0, catch_up="all", overlap="allow")
+    for event in state.set_schedule(spec, 100.0):
+        state.apply(event)
+    state.apply(state.fire("s", [101.0], 101.0, 0, fire_key)[0][0])
+    kept = dict(msgspec.structs.asdict(state.schedules["s"]))
+    events, fired = state.fire("s", [102.0, 103.0, 104.0], 104.5, 0, fire_key)
+    assert len(fired.jobs) == 3
+    for event in events:
+        state.apply(event)
+    assert state.schedules["s"].last_fire == 104.0
+    state.take_back(j.id for j in fired.jobs)
+    assert msgspec.structs.asdict(state.schedules["s"]) == kept
+    assert sorted(state.jobs) == [kept["last_job"]]

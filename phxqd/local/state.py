@@ -162,10 +162,12 @@ class State:
     schedules: dict[str, Schedule] = field(default_factory=dict)
     #: start rates set at run time (`phxqctl queue set Q --rate`): queue -> (per second, burst)
     rates: dict[str, tuple[float, int]] = field(default_factory=dict)
-    #: per schedule, what its last firing changed, so `take_back` can undo it:
-    #: (job id, last_fire, last_job, last_fired_at, fired, missed) as they were before
-    _fire_undo: dict[str, tuple[int, float | None, int | None, float | None, int, int]] = field(
-        default_factory=dict, compare=False, repr=False
+    #: per schedule, what its last firing changed, so `take_back` can undo it: (its
+    #: first job's id, when it fired, then last_fire, last_job, last_fired_at, fired,
+    #: missed as they were before it). One firing may be several events (catch-up `all`),
+    #: applied together with one `fired_at`: the entry is the first one's.
+    _fire_undo: dict[str, tuple[int, float, float | None, int | None, float | None, int, int]] = (
+        field(default_factory=dict, compare=False, repr=False)
     )
     #: jobs cancelled by the last `apply` because a job they run after did not complete
     #: (no event of their own says so; the live feed needs to know)
@@ -629,15 +631,18 @@ class State:
                     self._add((job,))
                 s = self.schedules.get(name)
                 if s is not None:
-                    if job is not None:
+                    undo = self._fire_undo.get(name)
+                    if job is not None and (undo is None or undo[1] != fired_at):
                         self._fire_undo[name] = (
                             job.id,
+                            fired_at,
                             s.last_fire,
                             s.last_job,
                             s.last_fired_at,
                             s.fired,
                             s.missed,
                         )
+                    if job is not None:
                         s.last_job, s.last_fired_at = job.id, fired_at
                         s.fired += 1
                     if not manual:
@@ -666,7 +671,7 @@ class State:
         """
         ids = list(ids)
         taken = set(ids)
-        for name, (job_id, *before) in list(self._fire_undo.items()):
+        for name, (job_id, _, *before) in list(self._fire_undo.items()):
             s = self.schedules.get(name)
             if job_id in taken and s is not None:
                 s.last_fire, s.last_job, s.last_fired_at, s.fired, s.missed = before  # type: ignore[assignment]
