@@ -128,6 +128,22 @@ def test_a_wildcard_hour_fires_by_the_clock_as_lived() -> None:
         assert all(b - a == 1800 for a, b in pairwise(times))
 
 
+def test_six_fields_and_every_keep_to_the_clock_as_lived() -> None:
+    """A six-field expression gets no Debian-cron fix-up: 02:30 does not happen on the
+    day of the gap, 01:30 happens twice on the day of the repeat; `--every` counts
+    seconds through both."""
+    spring = fires(cron("0 30 2 * * *"), at(2026, 3, 7, 0, 0), 2)
+    assert [local(t) for t in spring] == ["03-07 02:30:00 EST", "03-09 02:30:00 EDT"]
+    autumn = fires(cron("0 30 1 * * *"), at(2026, 10, 31, 12, 0), 2)
+    assert [local(t) for t in autumn] == ["11-01 01:30:00 EDT", "11-01 01:30:00 EST"]
+    hourly = ScheduleSpec("s", JOB, every=3600.0)
+    start = at(2026, 11, 1, 0, 30)
+    times = list(zip(range(3), after(hourly, start, start), strict=False))
+    assert [local(t) for _, t in times] == [
+        "11-01 01:30:00 EDT", "11-01 01:30:00 EST", "11-01 02:30:00 EST",
+    ]  # fmt: skip
+
+
 def test_the_zone_decides_the_utc_instant() -> None:
     riga = fires(cron("0 3 * * *", tz="Europe/Riga"), at(2026, 5, 31, 23, 0, tz=UTC), 1)
     assert riga == [at(2026, 6, 1, 0, 0, tz=UTC)]  # 03:00 EEST is 00:00 UTC
