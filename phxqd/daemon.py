@@ -34,6 +34,7 @@ from phxqd.local.backend import LocalBackend
 from phxqd.local.journal import Corruption, Journal, JournalError
 from phxqd.local.recovery import StateDirBusy, lock_state_dir, recover
 from phxqd.model import QueueConfig
+from phxqd.protocol import Refused
 from phxqd.settings import Options, Settings
 from phxqd.stats import Stats
 
@@ -259,6 +260,9 @@ async def run(
         async with anyio.create_task_group() as tg:
             await tg.start(backend.run)
             await core.dispatcher.reap()
+            await _declare_schedules(core)
+            scheduling = anyio.CancelScope()
+            tg.start_soon(_schedule, core, scheduling)
             try:
                 access = server.resolve_access(settings.allow_users, settings.allow_groups)
             except ValueError as e:
@@ -311,6 +315,7 @@ async def run(
             notifier.stopping(
                 stopping, needs=settings.shutdown_grace + settings.kill_grace + STOP_MARGIN
             )
+            scheduling.cancel()  # no firing once stopping: the next start catches up
             await core.dispatcher.shutdown()
             tg.start_soon(_exit_on_second_signal, signals)
             await dispatching.wait()
@@ -356,6 +361,19 @@ async def _serve(
     with scope:
         async with listener:
             await server.serve(listener, core.handle, access, timeouts)
+
+
+async def _declare_schedules(core: Core) -> None:
+    """The config file's `[schedules.NAME]` become the queue's (at start and reload)."""
+    try:
+        await core.scheduler.reconcile(core.settings.schedules, time.time())
+    except Refused as e:
+        log.error("the config file's schedules could not be saved: %s", e.message)
+
+
+async def _schedule(core: Core, scope: anyio.CancelScope) -> None:
+    with scope:
+        await core.scheduler.run()
 
 
 async def _dispatch(core: Core, done: anyio.Event) -> None:
@@ -435,6 +453,7 @@ class Reloader:
         live.reload_from(new)
         logsetup.set_level(live.log_level)
         self.hooks.configure(live.hooks)
+        await _declare_schedules(self.core)
         # Python workers read the live settings; the idle ones are let go so the next
         # call gets a worker of the new kind.
         workers_pool = self.core.dispatcher.workers

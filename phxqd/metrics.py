@@ -18,6 +18,7 @@ from phxqd.model import STATUSES
 
 if TYPE_CHECKING:
     from phxqd.backend import Summary
+    from phxqd.schedules_model import Schedule
     from phxqd.stats import Histogram
     from phxqd.views import Views
 
@@ -33,7 +34,9 @@ async def render(views: Views) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(views, await views.backend.summary()))
+    registry.register(
+        _Collector(views, await views.backend.summary(), await views.backend.schedules())
+    )
     data: bytes = generate_latest(registry)
     return data
 
@@ -41,9 +44,10 @@ async def render(views: Views) -> bytes:
 class _Collector:
     """prometheus_client collects synchronously: what needs the backend is asked first."""
 
-    def __init__(self, views: Views, summary: Summary) -> None:
+    def __init__(self, views: Views, summary: Summary, schedules: list[Schedule]) -> None:
         self.views = views
         self.summary = summary
+        self.schedules = sorted(schedules, key=lambda s: s.spec.name)
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (
@@ -129,6 +133,46 @@ class _Collector:
             "the status file)",
             value=backend.feed.listeners,
         )
+        yield from self._schedules()
+        rates = GaugeMetricFamily(
+            "phxq_queue_rate_per_second", "Start rate of rate-limited queues", labels=["queue"]
+        )
+        for queue, (per_second, _) in sorted(self.summary.rates.items()):
+            rates.add_metric([queue], per_second)
+        yield rates
+
+    def _schedules(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        scheduler = self.views.scheduler
+        last = GaugeMetricFamily(
+            "phxq_schedule_last_fire_timestamp",
+            "The newest fire time recorded of each schedule (Unix time)",
+            labels=["schedule"],
+        )
+        upcoming = GaugeMetricFamily(
+            "phxq_schedule_next_fire_timestamp",
+            "The next fire time of each schedule that is not paused (Unix time)",
+            labels=["schedule"],
+        )
+        fired = CounterMetricFamily(
+            "phxq_schedule_fired", "Jobs submitted by each schedule", labels=["schedule"]
+        )
+        missed = CounterMetricFamily(
+            "phxq_schedule_missed",
+            "Fire times of each schedule that got no run of their own (downtime, overlap)",
+            labels=["schedule"],
+        )
+        for s in self.schedules:
+            name = s.spec.name
+            if s.last_fire is not None:
+                last.add_metric([name], s.last_fire)
+            at = None if scheduler is None else scheduler.next_fire_of(name)
+            if at is not None and not s.paused:
+                upcoming.add_metric([name], at)
+            fired.add_metric([name], s.fired)
+            missed.add_metric([name], s.missed)
+        yield from (last, upcoming, fired, missed)
 
 
 def _buckets(h: Histogram) -> list[tuple[str, float]]:

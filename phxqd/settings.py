@@ -22,6 +22,7 @@ from phxqd import config, paths
 from phxqd.hooks import HookSettings
 from phxqd.local.journal import FsyncPolicy
 from phxqd.model import QueueConfig
+from phxqd.schedules_model import ScheduleSpec
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Settings:
     workers: int
     #: `[queues.NAME]` of the config
     queues: dict[str, QueueConfig]
+    #: `[schedules.NAME]` of the config, as schedules (a job's cwd: its `cwd`, else home)
+    schedules: dict[str, ScheduleSpec]
     log_level: str
     kill_grace: float
     #: on a graceful stop, seconds running jobs get to finish before they are stopped
@@ -112,6 +115,7 @@ class Settings:
             status_file=Path(cfg.status_file) if cfg.status_file else None,
             workers=opts.workers or cfg.workers or config.default_workers(),
             queues=cfg.queues,
+            schedules={n: t.spec(n, str(Path.home())) for n, t in cfg.schedules.items()},
             log_level=opts.log_level or cfg.log_level,
             kill_grace=cfg.kill_grace,
             shutdown_grace=cfg.shutdown_grace,
@@ -156,6 +160,7 @@ class Settings:
 RELOADABLE: dict[str, tuple[str, ...]] = {
     "workers": ("workers",),
     "queues": ("queues",),
+    "schedules": ("schedules",),
     "log_level": ("log_level",),
     "kill_grace": ("kill_grace",),
     "shutdown_grace": ("shutdown_grace",),

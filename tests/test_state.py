@@ -153,6 +153,8 @@ def same_state(a: State, b: State) -> None:
     assert a.keys == b.keys
     assert a.next_id == b.next_id
     assert a.limits == b.limits
+    assert a.schedules == b.schedules
+    assert a.rates == b.rates
 
 
 @contextlib.contextmanager

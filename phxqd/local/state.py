@@ -12,7 +12,7 @@ import heapq
 import math
 import random
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,10 +26,15 @@ from phxqd.events import (
     Failed,
     Paused,
     ProgressSaved,
+    QueueRate,
     QueueSet,
     Requeued,
     Resumed,
     Retried,
+    ScheduleFired,
+    SchedulePaused,
+    ScheduleRemoved,
+    ScheduleSet,
     Started,
     Submitted,
     SubmittedBatch,
@@ -47,6 +52,7 @@ from phxqd.model import (
     SubmitResult,
 )
 from phxqd.protocol import Refused
+from phxqd.schedules_model import Fired, Schedule, ScheduleSpec
 
 BACKOFF_BASE, BACKOFF_MAX, BACKOFF_JITTER = DEFAULT_BACKOFF
 
@@ -73,6 +79,9 @@ class Snapshot(msgspec.Struct):
     #: waiting jobs in the order they were queued (a retried job goes to the back)
     order: Sequence[int] = []
     limits: dict[str, int] = {}
+    schedules: list[Schedule] = []
+    #: start rates set at run time: queue -> (per second, burst)
+    rates: dict[str, tuple[float, int]] = {}
 
 
 class QueueDefaults(msgspec.Struct, frozen=True):
@@ -166,6 +175,17 @@ class State:
     _blocked: dict[int, int] = field(default_factory=dict)
     #: shares what decoded jobs have in common (see Sharer)
     share: Sharer = field(default_factory=Sharer, compare=False, repr=False)
+    #: schedules by name (journaled: ScheduleSet, ScheduleFired, ...)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    #: start rates set at run time (`phxqctl queue set Q --rate`): queue -> (per second, burst)
+    rates: dict[str, tuple[float, int]] = field(default_factory=dict)
+    #: per schedule, what its last firing changed, so `take_back` can undo it: (its
+    #: first job's id, when it fired, then last_fire, last_job, last_fired_at, fired,
+    #: missed as they were before it). One firing may be several events (catch-up `all`),
+    #: applied together with one `fired_at`: the entry is the first one's.
+    _fire_undo: dict[str, tuple[int, float, float | None, int | None, float | None, int, int]] = (
+        field(default_factory=dict, compare=False, repr=False)
+    )
     #: jobs cancelled by the last `apply` because a job they run after did not complete
     #: (no event of their own says so; the live feed needs to know)
     _cascaded: list[Job] = field(default_factory=list, compare=False, repr=False)
@@ -354,18 +374,128 @@ class State:
             retry_at = now + backoff(job.attempts, rng, job.backoff or DEFAULT_BACKOFF)
         return Failed(job_id, now, exit_code, reason, retry_at)
 
+    def set_schedule(
+        self, spec: ScheduleSpec, now: float, source: str = "runtime"
+    ) -> list[AnyEvent]:
+        """Add or replace a schedule (checked already by phxqd.schedules.check).
+
+        Replacing keeps its record (last fire, counts, paused); a new timing (cron, zone,
+        interval) starts counting fire times from now, so the change fires nothing missed.
+        A schedule declared in the config file is the file's: a runtime `add` of its name
+        is refused (the file changes it, at a reload).
+        """
+        old = self.schedules.get(spec.name)
+        if old is not None and old.source == "config" and source == "runtime":
+            raise Refused(
+                "refused",
+                f"schedule {spec.name!r} is declared in phxqd.toml: change it there and reload",
+            )
+        # `every` schedules count from a whole second: `--every 1h` fires at :SS.000
+        anchor = float(math.floor(now))
+        if old is None:
+            new = Schedule(spec, anchor, "config" if source == "config" else "runtime")
+        else:
+            if old.spec == spec and old.source == source:
+                return []
+            new = msgspec.structs.replace(
+                old, spec=spec, source="config" if source == "config" else "runtime"
+            )
+            if old.spec.timing() != spec.timing():
+                new.anchor = anchor
+        return [ScheduleSet(new)]
+
+    def schedule(self, name: str) -> Schedule:
+        s = self.schedules.get(name)
+        if s is None:
+            raise Refused("not_found", f"no schedule {name!r}")
+        return s
+
+    def remove_schedule(self, name: str, source: str = "runtime") -> list[AnyEvent]:
+        s = self.schedule(name)
+        if s.source == "config" and source == "runtime":
+            raise Refused(
+                "refused",
+                f"schedule {name!r} is declared in phxqd.toml: remove it there and reload",
+            )
+        return [ScheduleRemoved(name)]
+
+    def pause_schedule(self, name: str, paused: bool) -> list[AnyEvent]:
+        s = self.schedule(name)
+        return [] if s.paused == paused else [SchedulePaused(name, paused)]
+
+    def fire(
+        self,
+        name: str,
+        times: Sequence[float],
+        now: float,
+        missed: int,
+        key: Callable[[str, float], str],
+        defaults: Mapping[str, QueueDefaults] | None = None,
+        run: bool = True,
+        manual: bool = False,
+    ) -> tuple[list[AnyEvent], Fired]:
+        """The events of one firing of schedule `name` at fire times `times` (oldest
+        first; several only for catch-up `all`), each job keyed by `key(name, time)`;
+        `missed` earlier fire times got no run.
+
+        Refused if a time is at or before the schedule's last recorded fire time: it fired
+        already (here, or on another node). The overlap policy looks at the job of the
+        previous firing: still waiting or running, `skip` records the times without a run,
+        `queue` returns `Fired(blocked_by=...)` and no events (the caller fires again once
+        that job has ended), `allow` fires. `run` False: the times passed without a run
+        (catch-up `skip` after a downtime), recorded as missed. `manual` (`schedule
+        run`): one job at `now`, whatever the overlap, the last fire time untouched.
+        """
+        s = self.schedule(name)
+        if not manual and s.last_fire is not None and times and times[0] <= s.last_fire:
+            raise Refused("refused", f"schedule {name!r} fired at {times[0]!r} already")
+        if manual:
+            times = [now]
+        if not times:
+            return [], Fired()
+        if not run and not manual:
+            return [ScheduleFired(name, times[-1], None, now, missed + len(times))], Fired(
+                skipped="missed"
+            )
+        prev = self.jobs.get(s.last_job) if s.last_job is not None else None
+        if prev is not None and not prev.finished and not manual:
+            if s.spec.overlap == "queue":
+                return [], Fired(blocked_by=prev.id)
+            if s.spec.overlap == "skip":
+                return [ScheduleFired(name, times[-1], None, now, missed + len(times))], Fired(
+                    skipped=f"job {prev.id} of the previous firing is still {prev.status}"
+                )
+        events: list[AnyEvent] = []
+        made: list[Job] = []
+        next_id = self.next_id
+        for i, at in enumerate(times):
+            spec = msgspec.structs.replace(s.spec.job, key=key(name, at))
+            holder = self.keys.get(spec.key) if spec.key is not None else None
+            job = None
+            if holder is None:
+                job = self._new_job(spec, next_id, now, defaults or {})
+                next_id += 1
+                made.append(job)
+            events.append(ScheduleFired(name, at, job, now, missed if i == 0 else 0, manual))
+        if not made:
+            existing = self.jobs[self.keys[key(name, times[-1])]]
+            return events, Fired(job=existing, deduplicated=True)
+        return events, Fired(job=made[-1], jobs=made)
+
     def claim_next(
         self,
         now: float,
         below_id: int | None = None,
         busy: Mapping[str, int] | None = None,
         limits: Mapping[str, int] | None = None,
+        blocked: Container[str] = (),
     ) -> Job | None:
         """The next job to start, taken off the ready heaps; the caller must start it.
 
         Jobs with an id of `below_id` or more are passed over for now: the caller uses it
         to start only jobs whose submission is already durable. A queue with `busy[q]`
-        jobs at its limit (`limits`, overridden by limits set at run time) is skipped.
+        jobs at its limit (`limits`, overridden by limits set at run time) is skipped, and
+        so is a queue in `blocked` (its start rate allows no start now).
         """
         self._promote(now)
         if self.paused_all:
@@ -373,7 +503,7 @@ class State:
         best: tuple[int, int, int] | None = None
         best_queue = ""
         for queue, heap in self._ready.items():
-            if queue in self.paused:
+            if queue in self.paused or queue in blocked:
                 continue
             limit = self.limits.get(queue, limits.get(queue) if limits else None)
             if limit is not None and busy is not None and busy.get(queue, 0) >= limit:
@@ -557,6 +687,41 @@ class State:
                     self.limits.pop(queue, None)
                 else:
                     self.limits[queue] = concurrency
+            case QueueRate(queue, per_second, burst):
+                if per_second is None:
+                    self.rates.pop(queue, None)
+                else:
+                    self.rates[queue] = (per_second, burst)
+            case ScheduleSet(schedule):
+                self.schedules[schedule.spec.name] = schedule
+            case ScheduleRemoved(name):
+                self.schedules.pop(name, None)
+                self._fire_undo.pop(name, None)
+            case SchedulePaused(name, paused):
+                if name in self.schedules:
+                    self.schedules[name].paused = paused
+            case ScheduleFired(name, at, job, fired_at, missed, manual):
+                if job is not None:
+                    self._add((job,))
+                s = self.schedules.get(name)
+                if s is not None:
+                    undo = self._fire_undo.get(name)
+                    if job is not None and (undo is None or undo[1] != fired_at):
+                        self._fire_undo[name] = (
+                            job.id,
+                            fired_at,
+                            s.last_fire,
+                            s.last_job,
+                            s.last_fired_at,
+                            s.fired,
+                            s.missed,
+                        )
+                    if job is not None:
+                        s.last_job, s.last_fired_at = job.id, fired_at
+                        s.fired += 1
+                    if not manual:
+                        s.last_fire = at
+                    s.missed += missed
             case Paused(queue):
                 if queue is None:
                     self.paused_all = True
@@ -575,8 +740,16 @@ class State:
 
         Not an event: it removes what an `apply` of an event that never reached the disk
         added, so memory matches the journal again (nobody was told the jobs exist, and
-        none has started: only durable jobs are claimed).
+        none has started: only durable jobs are claimed). A schedule's firing whose job is
+        taken back is undone too (its last fire time restored), so it fires again.
         """
+        ids = list(ids)
+        taken = set(ids)
+        for name, (job_id, _, *before) in list(self._fire_undo.items()):
+            s = self.schedules.get(name)
+            if job_id in taken and s is not None:
+                s.last_fire, s.last_job, s.last_fired_at, s.fired, s.missed = before  # type: ignore[assignment]
+                del self._fire_undo[name]
         self._remove(ids)
 
     def snapshot(self, lsn: int) -> Snapshot:
@@ -590,6 +763,8 @@ class State:
             self.paused_all,
             order,
             dict(self.limits),
+            [msgspec.structs.replace(s) for s in self.schedules.values()],
+            dict(self.rates),
         )
 
     @classmethod
@@ -607,6 +782,8 @@ class State:
             paused=set(snap.paused),
             paused_all=snap.paused_all,
             limits=dict(snap.limits),
+            schedules={s.spec.name: s for s in snap.schedules},
+            rates=dict(snap.rates),
         )
         jobs, counts, keys = state.jobs, state.counts, state.keys
         share = state.share
