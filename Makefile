@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit shells torture fuzz bench clean
+.PHONY: run test lint typecheck unit shells tools torture mutants fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ shells:
 	  { apt-get install -y -q zsh fish tmux >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null && apt-get install -y -q zsh fish tmux >/dev/null; }; }; } || \
 	echo "zsh/fish/tmux missing and not installable here: their tests will skip"
+
+# changes that break phxq (tests/mutants/mutants.toml), each applied to a copy of the tree
+# with the tests named for it run: prints which ones no test noticed. Not part of `test`.
+mutants: $(STAMP) tools
+	$(BIN)/python -m tests.mutants.run $(if $(ONLY),--only '$(ONLY)')
 
 # 500 kill -9 cycles under load (make test runs 20)
 torture: $(STAMP)
