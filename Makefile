@@ -24,7 +24,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict phxqd phxqctl fuzz bench
 
-unit: $(STAMP) shells
+unit: $(STAMP) shells tools
 	$(BIN)/python -m pytest -q
 
 # zsh and fish for the completion tests (bash and tmux are there already). Installed when
@@ -41,6 +41,20 @@ shells:
 # with the tests named for it run: prints which ones no test noticed. Not part of `test`.
 mutants: $(STAMP) tools
 	$(BIN)/python -m tests.mutants.run $(if $(ONLY),--only '$(ONLY)')
+
+# strace (the fsync-order and syscall-filter tests), a C compiler (the EIO shim of
+# test_faults) and systemd-analyze (test_units), installed as `shells` installs its
+# shells. Without them those tests skip, saying so, except under CI=1 where they fail.
+TOOLS := strace:strace cc:gcc systemd-analyze:systemd
+tools:
+	@export DEBIAN_FRONTEND=noninteractive; missing=; \
+	for t in $(TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	[ -z "$$missing" ] || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && \
+	      apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; }; } || \
+	echo "$$missing missing and not installable here: their tests will skip"
 
 # 500 kill -9 cycles under load (make test runs 20)
 torture: $(STAMP)
