@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
+import psutil
 import pytest
 
 from phxqd import config, protocol
@@ -204,6 +205,16 @@ def until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def gone(proc: psutil.Process) -> bool:
+    """Has this process ended (exited, or a zombie not yet reaped)? Safe against the race
+    of a process ending while it is looked at, and against its pid being reused (psutil
+    tells a later process with the same pid by its start time)."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.fixture(autouse=True)

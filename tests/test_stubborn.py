@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import Daemon, until
+from tests.conftest import Daemon, gone, until
 
 ROOT = str(Path(__file__).resolve().parents[1])
 GRACE = 0.5
@@ -36,9 +36,9 @@ while True:
 """
 
 
-def gone(pid: int) -> bool:
+def gone_pid(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return gone(psutil.Process(pid))
     except psutil.NoSuchProcess:
         return True
 
@@ -74,7 +74,7 @@ def test_cancel_kills_a_job_that_ignores_sigterm(tmp_path: Path, kind: str) -> N
     took = time.monotonic() - began
     assert r.returncode == 0, r.stderr
     assert took >= GRACE, f"cancelled after {took:.2f}s: SIGTERM ended a job that ignores it"
-    assert [p for p in pids if not gone(p)] == []
+    assert [p for p in pids if not gone_pid(p)] == []
     shown = d.job(job)
     assert shown["status"] == "cancelled", shown
     assert "SIGKILL" in shown["error"], shown["error"]
@@ -86,7 +86,7 @@ def test_a_timeout_kills_a_job_that_ignores_sigterm(tmp_path: Path, kind: str) -
     job, pids = start_stubborn(d, tmp_path, kind, "--timeout", "1", "--retries", "0")
     r = d.ctl("wait", str(job), timeout=1 + GRACE + MARGIN)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert [p for p in pids if not gone(p)] == []
+    assert [p for p in pids if not gone_pid(p)] == []
     shown = d.job(job)
     assert shown["status"] == "failed", shown
     assert shown["error"].startswith("timed out after 1s"), shown["error"]
@@ -103,4 +103,4 @@ def test_a_daemon_stop_kills_a_job_that_ignores_sigterm(tmp_path: Path, kind: st
     assert d.stop(signal.SIGTERM, timeout=GRACE + MARGIN) == 0, d.logtext()
     took = time.monotonic() - began
     assert took >= GRACE, f"stopped after {took:.2f}s: SIGTERM ended a job that ignores it"
-    assert [p for p in pids if not gone(p)] == []
+    assert [p for p in pids if not gone_pid(p)] == []
