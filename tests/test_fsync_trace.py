@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,3 +253,44 @@ def test_a_cut_torn_tail_is_synced_before_phxqd_goes_on(tmp_path: Path) -> None:
     _, counts = check_all(d, trace)
     assert counts["cuts"] == 1, counts
     assert counts["acks"] >= 1, counts
+
+
+def test_a_journal_repair_syncs_its_cut_and_the_dropped_segments(tmp_path: Path) -> None:
+    """`phxqd journal repair` cuts a damaged segment and deletes every later one: both
+    must be on disk before it says it is done (a later segment come back after a power
+    cut would not follow the cut one)."""
+    d = Daemon(tmp_path / "d", workers=1)
+    d.config.write_text("segment_bytes = 300\n")  # a new segment every few records
+    d.start()
+    d.ok("pause")
+    for _ in range(12):
+        d.submit("true")
+    d.kill9()
+    journal = d.state_dir / "journal"
+    segments = sorted(journal.glob("*.seg"))
+    assert len(segments) >= 3, segments
+    first = segments[0]
+    data = bytearray(first.read_bytes())
+    data[-5] ^= 0x55  # inside the first segment's last record
+    first.write_bytes(bytes(data))
+    trace = tmp_path / "trace"
+    options = ["-f", "-qq", "-yy", "-s", "0", "-e", f"trace={TRACED}", "-o", str(trace)]
+    r = subprocess.run(
+        [need("strace"), *options, "--", sys.executable, "-m", "phxqd", "journal", "repair"],
+        env=d.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"cut {first}" in r.stdout, r.stdout
+    calls = parse(trace.read_text())
+    assert check_torn_tail_cut(calls, str(d.socket)) == 1
+    unlinks = [
+        c for c in calls if c.name.startswith("unlink") and c.quoted(0).startswith(f"{journal}/")
+    ]
+    assert len(unlinks) == len(segments) - 1, unlinks
+    last = max(c.exit for c in unlinks)
+    assert synced_between(calls, str(journal), last, float("inf")), (
+        "later segments deleted and the directory not fsync'd after"
+    )

@@ -48,8 +48,8 @@ def apply(tree: Path, mutant: dict[str, Any]) -> str:
     return text
 
 
-def run(tree: Path, tests: list[str], timeout: float) -> tuple[str, float]:
-    """'killed', 'survived' or 'error', and the seconds the tests took."""
+def run(tree: Path, tests: list[str], timeout: float) -> tuple[str, float, str]:
+    """'killed', 'survived' or 'error'; the seconds the tests took; the test that failed."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
     began = time.monotonic()
     try:
@@ -62,17 +62,19 @@ def run(tree: Path, tests: list[str], timeout: float) -> tuple[str, float]:
             timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        return "killed (timed out)", time.monotonic() - began
+        return "killed (timed out)", time.monotonic() - began, ""
     took = time.monotonic() - began
     if r.returncode == 0:
-        return "survived", took
+        return "survived", took, ""
     if r.returncode == 1:
-        return "killed", took
+        failed = [ln.split(" - ")[0] for ln in r.stdout.splitlines() if ln.startswith("FAILED")]
+        return "killed", took, (failed[0].removeprefix("FAILED ") if failed else "")
     sys.stderr.write(r.stdout[-2000:] + r.stderr[-2000:])
-    return f"error (pytest exit {r.returncode})", took
+    return f"error (pytest exit {r.returncode})", took, ""
 
 
 def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="run the mutants whose name contains this")
     parser.add_argument("--timeout", type=float, default=600.0, help="per mutant (seconds)")
@@ -87,7 +89,7 @@ def main() -> int:
         for m in mutants:  # every `old` is checked before anything runs
             (tree / m["file"]).write_text(apply(tree, m))
         baseline = sorted({t for m in mutants for t in m["tests"]})
-        verdict, took = run(tree, baseline, args.timeout)
+        verdict, took, _ = run(tree, baseline, args.timeout)
         shown = "pass" if verdict == "survived" else verdict
         print(f"unchanged tree: {len(baseline)} test files {shown} ({took:.0f}s)")
         if verdict != "survived":
@@ -96,10 +98,10 @@ def main() -> int:
         for m in mutants:
             original = apply(tree, m)
             try:
-                verdict, took = run(tree, m["tests"], args.timeout)
+                verdict, took, by = run(tree, m["tests"], args.timeout)
             finally:
                 (tree / m["file"]).write_text(original)
-            print(f"{verdict:>20}  {m['name']}  ({took:.0f}s, {' '.join(m['tests'])})", flush=True)
+            print(f"{verdict:>20}  {m['name']}  ({took:.0f}s, {by or ' '.join(m['tests'])})")
             if verdict == "survived":
                 survivors.append(m["name"])
     print(
