@@ -26,6 +26,7 @@ from pathlib import Path
 
 import psutil
 
+from phxqctl import Client
 from phxqd.local.journal import RECORD_HEADER
 from tests.conftest import Daemon, need, until
 
@@ -294,3 +295,35 @@ def test_a_journal_repair_syncs_its_cut_and_the_dropped_segments(tmp_path: Path)
     assert synced_between(calls, str(journal), last, float("inf")), (
         "later segments deleted and the directory not fsync'd after"
     )
+
+
+def test_batch_mode_syncs_every_record_within_its_interval_without_more_requests(
+    tmp_path: Path,
+) -> None:
+    """`fsync = "batch"` answers after the write and syncs later, on its own: once the
+    requests stop, an fdatasync still comes (the trace is watched for it), and before
+    the stop. A writer that synced only when more requests came, or at the stop, fails."""
+    d = Daemon(tmp_path / "d", workers=1)
+    d.config.write_text('fsync = "batch"\nfsync_interval_ms = 1000\n')
+    trace = tmp_path / "trace"
+    daemon = traced(d, trace)
+    d.ok("pause")
+    # Three submits in a row, well within the interval of the sync the first one brings
+    # about: the last ones are synced by the writer's timer, or never.
+    with Client(d.socket) as c:
+        for _ in range(3):
+            c.submit(["true"])
+
+    def synced_after_the_last_write() -> bool:
+        calls = parse(trace.read_text())
+        writes = [c for c in calls if c.name == "write" and is_segment(c.fd_path)]
+        return bool(writes) and synced_between(calls, writes[-1].fd_path, writes[-1].exit, 1e18)
+
+    until(synced_after_the_last_write, what="an fdatasync after the last record, unasked")
+    text = trace.read_text()
+    stop(d, daemon)
+    calls = parse(text)  # the trace up to before the stop: every record synced by then
+    writes = [c for c in calls if c.name == "write" and is_segment(c.fd_path)]
+    assert len(writes) >= 4, writes  # the pause and three submits
+    for w in writes:
+        assert synced_between(calls, w.fd_path, w.exit, float("inf")), f"line {w.exit}"
