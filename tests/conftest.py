@@ -40,7 +40,16 @@ CALLERS_OUTPUT_SETTINGS = frozenset({"NO_COLOR", "COLUMNS"})
 #: keeps its temp dirs, and the test knobs (CI=1: a missing tool fails; the torture
 #: settings). Everything else (NO_COLOR, LOGS_DIRECTORY, NOTIFY_SOCKET, PHXQ_JOB_ID from a
 #: run as a phxq job, http_proxy, TZ, LANG...) is dropped: a test does not depend on it.
-FROM_CALLER = ("PATH", "TMPDIR", "CI", "PHXQ_TORTURE_CYCLES", "PHXQ_TORTURE_SEED")
+FROM_CALLER = (
+    "PATH",
+    "TMPDIR",
+    "CI",
+    # knobs of long runs (make torture, make fuzz-cli): a test reading one at import
+    # sees only what is listed here
+    "PHXQ_TORTURE_CYCLES",
+    "PHXQ_TORTURE_SEED",
+    "CLI_FUZZ_EXAMPLES",
+)
 #: what the tests pin, whatever the caller had
 PINNED = {"TZ": "UTC", "LANG": "C.UTF-8"}
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
