@@ -42,6 +42,7 @@ from anyio.abc import UNIXSocketStream
 
 from phxqd import config, protocol, server
 from phxqd.core import Core
+from phxqd.local.backend import LocalBackend
 from phxqd.local.journal import Journal
 from phxqd.local.recovery import recover
 from phxqd.local.state import State
@@ -179,19 +180,22 @@ class Target:
 async def _session(settings: Settings, sent: bytes, chunk: int | None) -> Exchange:
     journal = Journal(settings.journal_dir, 1, "off")
     state = State()
-    core = Core(state, journal, settings)
+    backend = LocalBackend(state, journal, settings)
+    core = Core(backend, settings)
     async with anyio.create_task_group() as tg:
         await tg.start(core.backend.run)
         await core.handle(protocol.Pause(None))  # as the shared test daemon; belt and braces
         with anyio.move_on_after(INPUT_TIMEOUT) as timer:
-            got = await exchange(core, sent, chunk)
+            got = await exchange(core, backend, sent, chunk)
         if timer.cancelled_caught:
             raise Finding(f"the connection did not end within {INPUT_TIMEOUT}s of the input")
         for frame in got.frames:
             if isinstance(frame, protocol.Err) and frame.code == "internal":
                 raise Finding(f"phxqd answered an internal error: {frame.message}")
         with anyio.move_on_after(INPUT_TIMEOUT):
-            after = await exchange(core, HELLO_FRAME + protocol.frame(protocol.Status()), None)
+            after = await exchange(
+                core, backend, HELLO_FRAME + protocol.frame(protocol.Status()), None
+            )
         if [type(f) for f in after.frames] != [protocol.Ok, protocol.Ok]:
             raise Finding(f"hello+status on a fresh connection got {after.frames!r}")
         await journal.close()
@@ -216,7 +220,7 @@ def _check_replay(state: State, journal: Journal, journal_dir: Path) -> None:
         )
 
 
-async def exchange(core: Core, sent: bytes, chunk: int | None) -> Exchange:
+async def exchange(core: Core, backend: LocalBackend, sent: bytes, chunk: int | None) -> Exchange:
     """One client connection: send `sent`, hang up the sending side, read to the end."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     client = await UNIXSocketStream.from_socket(ours)
@@ -226,7 +230,7 @@ async def exchange(core: Core, sent: bytes, chunk: int | None) -> Exchange:
         tg.start_soon(_serve, connection)
         tg.start_soon(_send, client, sent, chunk)
         unblocker = anyio.CancelScope()
-        tg.start_soon(_unblock, core, unblocker)
+        tg.start_soon(_unblock, core, backend, unblocker)
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
             while True:
                 received += await client.receive()
@@ -253,7 +257,7 @@ async def _send(client: UNIXSocketStream, data: bytes, chunk: int | None) -> Non
         await client.send_eof()
 
 
-async def _unblock(core: Core, scope: anyio.CancelScope) -> None:
+async def _unblock(core: Core, backend: LocalBackend, scope: anyio.CancelScope) -> None:
     """Cancel the jobs a request waits for: none will ever run here, so a `wait` for them
     would last until its timeout, or for ever. (Asks the local backend which jobs someone waits
     on: the one place a request blocks on jobs and not on its client.)"""
@@ -262,8 +266,8 @@ async def _unblock(core: Core, scope: anyio.CancelScope) -> None:
             await anyio.sleep(UNBLOCK_INTERVAL)
             waited = [
                 i
-                for i in core.backend.waited_for()
-                if (job := core.backend.find(i)) is not None and not job.finished
+                for i in backend.waited_for()
+                if (job := await backend.find(i)) is not None and not job.finished
             ]
             if waited:
                 await core.handle(protocol.Cancel(waited))

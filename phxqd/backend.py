@@ -29,6 +29,7 @@ import msgspec
 
 from phxqd.feed import Feed
 from phxqd.model import Job, JobSpec, Progress, SubmitResult
+from phxqd.notice import Notice
 from phxqd.stats import Stats
 
 
@@ -70,6 +71,9 @@ class Summary(msgspec.Struct):
     paused_all: bool
     #: concurrency limits set at run time (`queue set`), by queue
     limits: dict[str, int]
+    #: jobs claimed and not yet seen to end, by queue (what each queue's limit counts;
+    #: on a shared store, over every node)
+    busy: dict[str, int]
 
 
 class Health(msgspec.Struct):
@@ -99,6 +103,9 @@ class Backend(Protocol):
     feed: Feed
     #: counters and histograms since this daemon started (metrics)
     stats: Stats
+    #: given when a job may have become claimable or a slot freed; the dispatcher waits on
+    #: it (and gives it too, when it wants another look)
+    wake: Notice
 
     # ------------------------------------------------------------------ life
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -157,21 +164,26 @@ class Backend(Protocol):
         """A running attempt's progress: `progress(old)` makes the new one. False if
         that attempt has ended (a late report)."""
 
+    def paused(self, queue: str) -> bool:
+        """Whether jobs of `queue` may not start now (the dispatcher asks it of a job it
+        held back for a slot). A shared store answers from what it last heard."""
+
     # --------------------------------------------------------------- queries
-    def get(self, job_id: int) -> Job:
+    # Async because a shared store answers them with a round trip; the local backend
+    # answers from memory without awaiting anything.
+    async def get(self, job_id: int) -> Job:
         """The job (`Refused("not_found")` if there is none)."""
 
-    def find(self, job_id: int) -> Job | None: ...
+    async def find(self, job_id: int) -> Job | None: ...
 
-    def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
+    async def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
         """Jobs newest first, filtered."""
 
-    def summary(self) -> Summary: ...
+    async def summary(self) -> Summary: ...
 
-    def busy(self, queue: str) -> int:
-        """Jobs of `queue` claimed and not yet ended (what its limit counts)."""
-
-    def health(self, count_files: bool = False) -> Health: ...
+    def health(self, count_files: bool = False) -> Health:
+        """Sync: status must answer even when the store does not (a shared store answers
+        from its connection monitor's last word)."""
 
     async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
         """The jobs once each has finished durably, or as they are at the timeout."""

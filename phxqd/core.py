@@ -1,5 +1,6 @@
-"""The running queue, put together: `Core` builds the backend and the parts that work on it,
-each in its own module, and hands each what it needs:
+"""The running queue, put together: `Core` takes a backend (daemon.py opens the one the
+settings name) and builds the parts that work on it, each in its own module, and hands each
+what it needs:
 
 - the backend (backend.py; the embedded one in local/): what the queue is, kept durably;
 - `Dispatcher` (dispatcher.py): starting the jobs the backend hands out, telling it of their
@@ -15,41 +16,26 @@ they need, never to `Core`, and none reaches into another's state.
 
 from __future__ import annotations
 
-import random
-
 from phxqd import metrics
+from phxqd.backend import Backend
 from phxqd.dispatcher import Dispatcher
 from phxqd.handlers import Handlers
 from phxqd.joblogs import JobLogs
-from phxqd.local.backend import LocalBackend
-from phxqd.local.journal import Journal
-from phxqd.local.state import State
-from phxqd.notice import Notice
 from phxqd.settings import Settings
-from phxqd.stats import Stats
 from phxqd.streams import Streams
 from phxqd.views import Views
 
 
 class Core:
-    def __init__(
-        self,
-        state: State,
-        journal: Journal,
-        settings: Settings,
-        rng: random.Random | None = None,
-        stats: Stats | None = None,
-    ) -> None:
+    def __init__(self, backend: Backend, settings: Settings) -> None:
         self.settings = settings
-        #: given when a job may have become startable or a slot freed: the dispatcher waits on it
-        wake = Notice()
-        self.backend = LocalBackend(state, journal, settings, wake, rng, stats)
-        self.logs = JobLogs(self.backend.find, settings)
-        self.dispatcher = Dispatcher(self.backend, settings, self.logs, wake)
-        self.views = Views(self.backend, self.dispatcher, settings)
-        self.streams = Streams(self.backend, self.logs)
+        self.backend = backend
+        self.logs = JobLogs(backend.find, settings)
+        self.dispatcher = Dispatcher(backend, settings, self.logs, backend.wake)
+        self.views = Views(backend, self.dispatcher, settings)
+        self.streams = Streams(backend, self.logs)
         self.handlers = Handlers(
-            self.backend,
+            backend,
             self.dispatcher,
             self.streams,
             self.logs,

@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -28,6 +28,7 @@ import msgspec
 from phxqd import config, logsetup, metrics, paths, server, statusfile, systemd
 from phxqd.core import Core
 from phxqd.hooks import Hooks
+from phxqd.local.backend import LocalBackend
 from phxqd.local.journal import Corruption, Journal, JournalError
 from phxqd.local.recovery import StateDirBusy, lock_state_dir, recover
 from phxqd.model import QueueConfig
@@ -224,7 +225,7 @@ async def run(
             segment_bytes=settings.segment_bytes,
             on_sync=stats.fsync.observe,
         )
-        core = Core(recovered.state, journal, settings, stats=stats)
+        core = Core(LocalBackend(recovered.state, journal, settings, stats=stats), settings)
         backend, views = core.backend, core.views
         async with anyio.create_task_group() as tg:
             await tg.start(backend.run)
@@ -254,7 +255,7 @@ async def run(
             if http is not None:
                 tg.start_soon(metrics.serve_http, views, http)
             # The socket is listening: a client connecting from now on is answered.
-            ready = views.status_line()
+            ready = await views.status_line()
             notifier.ready(ready)
             if sd.watchdog_interval is not None and notifier.enabled:
                 tg.start_soon(systemd.feed_watchdog, notifier, sd.watchdog_interval)
@@ -271,7 +272,7 @@ async def run(
             )
             reloader = Reloader(opts, activated_path, core, hooks, notifier)
             await _until_stop_signal(signals, reloader.reload)
-            running = backend.summary().counts["running"]
+            running = (await backend.summary()).counts["running"]
             if settings.shutdown_grace > 0 and running:
                 stopping = (
                     f"stopping: {running} running jobs get {settings.shutdown_grace:g}s to "
@@ -320,16 +321,18 @@ async def _dispatch(core: Core, done: anyio.Event) -> None:
         done.set()
 
 
-async def publish_status(notifier: systemd.Notifier, line: Callable[[], str], sent: str) -> None:
+async def publish_status(
+    notifier: systemd.Notifier, line: Callable[[], Awaitable[str]], sent: str
+) -> None:
     await systemd.publish_status(notifier, line, STATUS_PERIOD, sent)
 
 
 async def _until_stop_signal(
-    signals: AsyncIterator[signal.Signals], on_hangup: Callable[[], None]
+    signals: AsyncIterator[signal.Signals], on_hangup: Callable[[], Awaitable[None]]
 ) -> None:
     async for signum in signals:
         if signum == signal.SIGHUP:
-            on_hangup()
+            await on_hangup()
         else:
             return
 
@@ -373,14 +376,14 @@ class Reloader:
         self.hooks = hooks
         self.notifier = notifier
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         self.notifier.reloading()
         path = self.opts.config_path
         try:
             cfg = config.load(path, self.opts.config_required)
         except config.ConfigError as e:
             log.error("reload failed, the running configuration stays: %s", e)
-            self.notifier.ready(f"reload failed ({e}); " + self.core.views.status_line())
+            self.notifier.ready(f"reload failed ({e}); " + await self.core.views.status_line())
             return
         new = Settings.from_config(cfg, self.opts, socket=self.activated_path)
         live = self.core.settings
@@ -408,7 +411,7 @@ class Reloader:
             )
         log.info("configuration reloaded from %s", path)
         log.debug("configuration now: %s", cfg)
-        self.notifier.ready(self.core.views.status_line())
+        self.notifier.ready(await self.core.views.status_line())
 
 
 def _queues_text(queues: dict[str, QueueConfig]) -> str:

@@ -135,8 +135,7 @@ class Dispatcher:
         returned."""
         job, self._held = self._held, None
         if job is not None:
-            summary = self.backend.summary()
-            if not (summary.paused_all or job.queue in summary.paused):
+            if not self.backend.paused(job.queue):
                 return job
             # paused meanwhile: given back, it waits with the others
             self._end([], [Ending(job, started=False)])

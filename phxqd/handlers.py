@@ -5,7 +5,7 @@ ranges, names) are made here, before the backend sees it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -28,7 +28,7 @@ class Handlers:
         streams: Streams,
         logs: JobLogs,
         views: Views,
-        render_metrics: Callable[[], bytes],
+        render_metrics: Callable[[], Awaitable[bytes]],
     ) -> None:
         self.backend = backend
         #: asked to stop the jobs it runs (cancel)
@@ -57,27 +57,27 @@ class Handlers:
                         raise Refused("usage", where + why)
                 return await backend.submit(specs, now)
             case protocol.Status():
-                return self.views.status()
+                return await self.views.status()
             case protocol.List(status, queue, limit):
                 if status is not None and status not in STATUSES:
                     raise Refused(
                         "usage", f"unknown status {status!r}: one of " + ", ".join(STATUSES)
                     )
-                return backend.select(status, queue, max(limit, 0))
+                return await backend.select(status, queue, max(limit, 0))
             case protocol.Show(job_id):
-                return backend.get(job_id)
+                return await backend.get(job_id)
             case protocol.Wait(ids, timeout, stream):
                 if stream:
                     return self.streams.wait_stream(ids, timeout)
                 return await backend.wait(ids, timeout)
             case protocol.Logs(job_id, offset, limit, follow):
-                backend.get(job_id)
+                await backend.get(job_id)
                 if follow:
                     return self.streams.follow_log(job_id, offset, limit)
                 return await self.logs.read(job_id, offset, limit)
             case protocol.Watch(ids):
                 for job_id in ids or ():
-                    backend.get(job_id)
+                    await backend.get(job_id)
                 return self.streams.watch(ids)
             case protocol.Cancel(ids):
                 return await self.cancel(ids, now)
@@ -93,20 +93,20 @@ class Handlers:
                 if concurrency is not None and concurrency < 1:
                     raise Refused("usage", "--concurrency must be 1 or more")
                 await backend.set_limit(queue, concurrency)
-                return self.views.queues()
+                return await self.views.queues()
             case protocol.Queues():
-                return self.views.queues()
+                return await self.views.queues()
             case protocol.Metrics():
                 await metrics.load_library()
-                return self._render_metrics()
+                return await self._render_metrics()
             case protocol.ReportProgress():
                 return protocol.Accepted(self.progress(req, now))
             case protocol.Pause(queue):
                 await backend.pause(queue)
-                return self.views.status()
+                return await self.views.status()
             case protocol.Resume(queue):
                 await backend.resume(queue)
-                return self.views.status()
+                return await self.views.status()
             case protocol.Hello(proto):
                 if proto != PROTOCOL_VERSION:
                     raise Refused(
@@ -122,7 +122,7 @@ class Handlers:
         to_stop = await self.backend.cancel(ids, now)
         self.dispatcher.stop(to_stop, "cancelled")
         await self.backend.wait(to_stop, None)
-        return [j for i in ids if (j := self.backend.find(i)) is not None]
+        return [j for i in ids if (j := await self.backend.find(i)) is not None]
 
     def progress(self, req: protocol.ReportProgress, now: float) -> bool:
         """A running job's progress report: the fields given replace those of the last one."""

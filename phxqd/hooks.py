@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -65,7 +65,7 @@ class Hooks:
     def __init__(
         self,
         feed: Feed,
-        job: Callable[[int], Job | None],
+        job: Callable[[int], Awaitable[Job | None]],
         outcomes: Counter[tuple[str, str]] | None = None,
     ) -> None:
         self.feed = feed
@@ -121,7 +121,7 @@ class Hooks:
         hook = settings.command_for(event.event)
         if hook is None:
             return
-        job = self.job(event.id)
+        job = await self.job(event.id)
         if job is None:
             return  # cleared meanwhile
         payload = msgspec.json.encode(job)

@@ -6,7 +6,7 @@ them for `logs`, and removes them with the jobs they belong to.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -17,7 +17,7 @@ from phxqd.settings import Settings
 
 
 class JobLogs:
-    def __init__(self, find: Callable[[int], Job | None], settings: Settings) -> None:
+    def __init__(self, find: Callable[[int], Awaitable[Job | None]], settings: Settings) -> None:
         #: the job of an id, if it is known (to tell whether it has finished)
         self._find = find
         self.settings = settings
@@ -30,7 +30,7 @@ class JobLogs:
         the next read starts, and whether the job had finished before this one."""
         path = self.path(job_id)
         # Looked at before reading: a job that ends during the read still gets one more call.
-        job = self._find(job_id)
+        job = await self._find(job_id)
         finished = job is None or job.finished  # (None: cleared while someone followed)
 
         def read() -> tuple[bytes, int]:

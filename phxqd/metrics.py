@@ -22,6 +22,7 @@ from phxqd.model import STATUSES
 log = logging.getLogger("phxqd.metrics")
 
 if TYPE_CHECKING:
+    from phxqd.backend import Summary
     from phxqd.stats import Histogram
     from phxqd.views import Views
 
@@ -62,7 +63,7 @@ async def serve_http(views: Views, listener: anyio.abc.Listener[anyio.abc.Socket
                 line = request.split(b"\r\n", 1)[0].split()
                 if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
                     await load_library()
-                    body, status = render(views), b"200 OK"
+                    body, status = await render(views), b"200 OK"
                 else:
                     body, status = b"not found: try /metrics\n", b"404 Not Found"
                 head = (
@@ -78,18 +79,21 @@ async def serve_http(views: Views, listener: anyio.abc.Listener[anyio.abc.Socket
         await listener.serve(answer)
 
 
-def render(views: Views) -> bytes:
+async def render(views: Views) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(views))
+    registry.register(_Collector(views, await views.backend.summary()))
     data: bytes = generate_latest(registry)
     return data
 
 
 class _Collector:
-    def __init__(self, views: Views) -> None:
+    """prometheus_client collects synchronously: what needs the backend is asked first."""
+
+    def __init__(self, views: Views, summary: Summary) -> None:
         self.views = views
+        self.summary = summary
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (
@@ -113,7 +117,7 @@ class _Collector:
         depth = GaugeMetricFamily(
             "phxq_queue_jobs", "Jobs in the state by queue and status", labels=["queue", "status"]
         )
-        for queue, by_status in sorted(backend.summary().queues.items()):
+        for queue, by_status in sorted(self.summary.queues.items()):
             for status in STATUSES:
                 depth.add_metric([queue, status], by_status.get(status, 0))
         yield depth

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +87,9 @@ def encode(now: dict[str, Any]) -> bytes:
     return msgspec.json.encode({"updated_at": time.time(), "pid": os.getpid(), **now})
 
 
-async def write_now(path: Path, look: Callable[[], dict[str, Any]]) -> None:
+async def write_now(path: Path, look: Callable[[], Awaitable[dict[str, Any]]]) -> None:
     try:
-        await anyio.to_thread.run_sync(write_atomically, path, encode(look()))
+        await anyio.to_thread.run_sync(write_atomically, path, encode(await look()))
     except OSError as e:
         log.warning("cannot write the status file %s: %s", path, e)
 
@@ -97,7 +97,7 @@ async def write_now(path: Path, look: Callable[[], dict[str, Any]]) -> None:
 async def keep(
     path: Path,
     feed: Feed,
-    look: Callable[[], dict[str, Any]],
+    look: Callable[[], Awaitable[dict[str, Any]]],
 ) -> None:
     """Rewrite `path` with `look()` whenever it changed, at most once per INTERVAL."""
     last: dict[str, Any] | None = None
@@ -105,7 +105,7 @@ async def keep(
     warned = False
     with feed.listen() as listener:
         while True:
-            now = look()
+            now = await look()
             if now != last:
                 try:
                     await anyio.to_thread.run_sync(write_atomically, path, encode(now))

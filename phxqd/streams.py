@@ -37,12 +37,12 @@ class Streams:
         self, ids: list[int], timeout: float | None
     ) -> AsyncGenerator[protocol.JobEvent | protocol.Ok[list[Job]]]:
         """`wait` that tells as it goes: a `state` frame per job, then their events."""
-        jobs = [self.backend.get(i) for i in ids]
+        jobs = [await self.backend.get(i) for i in ids]
         deadline = anyio.current_time() + (timeout if timeout is not None else math.inf)
         with self.feed.listen(frozenset(ids)) as listener:
             for job in jobs:
                 yield job_event("state", job, time.time())
-            while not all(j.finished for i in ids if (j := self.backend.find(i)) is not None):
+            while not await self._all_finished(ids):
                 taken: list[protocol.JobEvent] = []
                 with anyio.move_on_after(deadline - anyio.current_time()):
                     taken = await listener.take()
@@ -55,6 +55,14 @@ class Streams:
         yield protocol.Ok(
             await self.backend.wait(ids, None if math.isinf(remaining) else remaining)
         )
+
+    async def _all_finished(self, ids: list[int]) -> bool:
+        """Whether every job of `ids` that is still known has finished."""
+        for job_id in ids:
+            job = await self.backend.find(job_id)
+            if job is not None and not job.finished:
+                return False
+        return True
 
     async def follow_log(
         self, job_id: int, offset: int, limit: int

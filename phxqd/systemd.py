@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,13 +186,13 @@ async def feed_watchdog(notifier: Notifier, interval: float) -> None:
 
 
 async def publish_status(
-    notifier: Notifier, line: Callable[[], str], period: float, sent: str | None = None
+    notifier: Notifier, line: Callable[[], Awaitable[str]], period: float, sent: str | None = None
 ) -> None:
     """Keep `systemctl status`'s Status: line current; `sent` is the line systemd has
     already, and a line is sent only when it changed."""
     last = sent
     while True:
-        text = line()
+        text = await line()
         if text != last:
             notifier.status(text)
             last = text

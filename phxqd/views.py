@@ -24,11 +24,11 @@ class Views:
         self.settings = settings
         self.started_at = time.time()
 
-    def status(self) -> StatusReply:
+    async def status(self) -> StatusReply:
         """Counts, running jobs, and the rates of the last minute. O(queues + running)."""
         now = time.time()
-        summary = self.backend.summary()
-        running = [self.backend.find(i) for i in self.dispatcher.running()]
+        summary = await self.backend.summary()
+        running = [await self.backend.find(i) for i in self.dispatcher.running()]
         live = [j for j in running if j is not None and j.status == "running"]
         durations = self.backend.stats.last_minute(now)
         ended = len(durations)
@@ -64,19 +64,19 @@ class Views:
             uptime=now - self.started_at,
         )
 
-    def status_export(self) -> dict[str, Any]:
+    async def status_export(self) -> dict[str, Any]:
         """What the status file says (config `status_file`): see phxqd/statusfile.py."""
-        status = self.status()
-        live = [j for r in status.running_jobs if (j := self.backend.find(r.id))]
+        status = await self.status()
+        live = [j for r in status.running_jobs if (j := await self.backend.find(r.id))]
         retrying = status.counts["retrying"]
         if retrying and len(live) < statusfile.MAX_JOBS:
             # O(jobs), once a second at most, and only while some job waits to retry
-            live += self.backend.select("retrying", None, statusfile.MAX_JOBS - len(live))
+            live += await self.backend.select("retrying", None, statusfile.MAX_JOBS - len(live))
         return statusfile.content(status, live)
 
-    def status_line(self) -> str:
+    async def status_line(self) -> str:
         """One line for `systemctl status` (sd_notify STATUS=): counts and journal health."""
-        counts = self.backend.summary().counts
+        counts = (await self.backend.summary()).counts
         parts = [f"{counts[s]} {s}" for s in ("pending", "running", "retrying", "failed")]
         line = ", ".join(parts) + f"; {self.settings.workers} workers"
         health = self.backend.health()
@@ -86,9 +86,9 @@ class Views:
             line += "; journal ok"
         return ("stopping: " if self.dispatcher.stopping else "") + line
 
-    def queues(self) -> list[QueueInfo]:
+    async def queues(self) -> list[QueueInfo]:
         """Every queue that has jobs or settings: counts, limit and where it comes from."""
-        summary = self.backend.summary()
+        summary = await self.backend.summary()
         counts = summary.queues
         names = sorted({*counts, *summary.limits, *self.settings.queues, *summary.paused})
         out = []
@@ -106,7 +106,7 @@ class Views:
                     if configured is not None
                     else None,
                     paused=summary.paused_all or name in summary.paused,
-                    active=self.backend.busy(name),
+                    active=summary.busy.get(name, 0),
                 )
             )
         return out

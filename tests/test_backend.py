@@ -26,7 +26,6 @@ from phxqd.local.journal import Journal
 from phxqd.local.recovery import recover
 from phxqd.local.state import State
 from phxqd.model import Job, JobSpec, Progress, QueueConfig
-from phxqd.notice import Notice
 from phxqd.protocol import Refused
 from phxqd.settings import Settings
 from tests.conftest import settings_in
@@ -42,8 +41,7 @@ class Rig:
         self.settings = settings
         self.state = State()
         self.journal = Journal(settings.journal_dir, 1, "always")
-        self.wake = Notice()
-        self.backend = LocalBackend(self.state, self.journal, settings, self.wake, random.Random(7))
+        self.backend = LocalBackend(self.state, self.journal, settings, random.Random(7))
 
     def replayed(self) -> State:
         return recover(self.settings.journal_dir, cut_torn_tail=False, now=time.time()).state
@@ -104,18 +102,18 @@ def test_claims_wait_for_durability_and_keep_priority_limits_and_pauses(tmp_path
             assert b.claim(now) is None, "claimed before claimable() saw the submit durable"
             await b.claimable()
             assert b.claim(now) is high
-            assert b.busy("q") == 1
+            assert (await b.summary()).busy.get("q", 0) == 1
             assert b.claim(now) is other, "queue q is at its limit: the next is another queue's"
             assert b.claim(now) is None
             b.report([Begun(high, now, None, None)], [])
             b.report([], [Ending(high, True, exit_code=0)])
-            assert b.busy("q") == 0
+            assert (await b.summary()).busy.get("q", 0) == 0
             await b.pause("q")
             assert b.claim(now) is None, "q is paused"
             await b.resume("q")
             assert b.claim(now) is low
             b.report([], [Ending(low, False), Ending(other, False)])  # both given back unstarted
-            assert b.busy("q") == 0
+            assert (await b.summary()).busy.get("q", 0) == 0
             again = [b.claim(now), b.claim(now)]
             assert sorted(j.id for j in again if j) == sorted([low.id, other.id]), "claimed again"
             b.report([], [Ending(low, False, stop_reason=SHUTDOWN), Ending(other, False)])
@@ -136,8 +134,8 @@ def test_a_given_back_job_goes_before_newer_and_higher_ones(tmp_path: Path) -> N
             b.report([], [Ending(first, False)])
             assert b.claim(time.time()) is first
             b.report([], [Ending(first, False, stop_reason="cancelled")])
-            assert b.get(first.id).status == "cancelled"
-            assert b.get(first.id).attempts == 0
+            assert (await b.get(first.id)).status == "cancelled"
+            assert (await b.get(first.id)).attempts == 0
 
     anyio.run(main)
 
@@ -152,10 +150,12 @@ def test_failed_attempts_retry_by_policy_then_fail_and_waiters_are_told(tmp_path
                 claimed = b.claim(time.time() + 3600)  # past any backoff
                 assert claimed is job
                 b.report([Begun(job, time.time(), 123, 1.0)], [])
-                assert b.get(job.id).attempts == attempt and b.get(job.id).pid == 123
+                assert (await b.get(job.id)).attempts == attempt and (
+                    await b.get(job.id)
+                ).pid == 123
                 b.report([], [Ending(job, True, exit_code=3, error="exited with status 3")])
                 expected = "retrying" if attempt == 1 else "failed"
-                assert b.get(job.id).status == expected
+                assert (await b.get(job.id)).status == expected
             [done] = await b.wait([job.id], HANG)
             assert done.status == "failed" and done.exit_code == 3
             assert b.ended(job.id).is_set()
@@ -172,8 +172,10 @@ def test_cancel_stops_nothing_itself_it_names_the_claimed_jobs(tmp_path: Path) -
             assert b.claim(time.time()) is claimed
             to_stop = await b.cancel([claimed.id, waiting.id], time.time())
             assert to_stop == [claimed.id]
-            assert b.get(waiting.id).status == "cancelled"
-            assert b.get(claimed.id).status == "pending", "the dispatcher stops it, not the backend"
+            assert (await b.get(waiting.id)).status == "cancelled"
+            assert (await b.get(claimed.id)).status == "pending", (
+                "the dispatcher stops it, not the backend"
+            )
             b.report([], [Ending(claimed, False, stop_reason="cancelled")])
             assert [j.status for j in await b.wait([claimed.id], HANG)] == ["cancelled"]
             with pytest.raises(Refused) as refused:
@@ -196,7 +198,7 @@ def test_jobs_cancelled_by_a_cascade_are_told_to_listeners(tmp_path: Path) -> No
                 b.report([], [Ending(first, True, exit_code=1, error="exited with status 1")])
                 events = [(e.event, e.id) for e in await listener.take()]
             assert ("failed", first.id) in events and ("cancelled", after.id) in events
-            assert b.get(after.id).status == "cancelled"
+            assert (await b.get(after.id)).status == "cancelled"
 
     anyio.run(main)
 
@@ -218,8 +220,8 @@ def test_progress_is_told_at_once_and_checkpointed_at_most_once_a_second(tmp_pat
                 told = [e.progress for e in await listener.take()]
             assert [(p.percent, p.step) for p in told if p] == [(10.0, None), (10.0, "two")]
             # the first report is a checkpoint at once; the second is held (under a second)
-            assert b.get(job.id).progress is not None
-            assert b.get(job.id).progress.step is None  # type: ignore[union-attr]
+            assert (await b.get(job.id)).progress is not None
+            assert (await b.get(job.id)).progress.step is None  # type: ignore[union-attr]
             await rig.journal.durable(rig.journal.last_lsn)
             assert rig.replayed().jobs[job.id].progress.percent == 10.0  # type: ignore[union-attr]
             assert not b.progress(job.id, 2, report(percent=99.0)), "another attempt's report"  # type: ignore[arg-type]
@@ -248,13 +250,15 @@ def test_a_submit_the_disk_refuses_is_taken_back_and_writes_resume(small_fs: Pat
             with pytest.raises(Refused) as refused:
                 await b.submit(big, time.time())
             assert "No space left" in refused.value.message
-            assert [j.id for j in b.select(None, None, 100)] == kept
-            assert b.summary().total == 1 and not b.health().writable
+            assert [j.id for j in await b.select(None, None, 100)] == kept
+            assert (await b.summary()).total == 1 and not b.health().writable
             ballast.unlink()
             while not b.health().writable:
                 await anyio.sleep(0.01)  # healing retries every retry_interval (0.05 s)
             more = [r.job.id for r in await b.submit([spec()], time.time())]
-            assert [j.id for j in b.select(None, None, 100)] == sorted(kept + more, reverse=True)
+            assert [j.id for j in await b.select(None, None, 100)] == sorted(
+                kept + more, reverse=True
+            )
 
     anyio.run(main)
 
@@ -266,7 +270,7 @@ def test_a_submit_the_disk_refuses_is_taken_back_and_writes_resume(small_fs: Pat
 async def dispatching(settings: Settings) -> AsyncIterator[Core]:
     """A Core whose dispatcher runs real commands; stopped gracefully at the end."""
     state, journal = State(), Journal(settings.journal_dir, 1, "always")
-    core = Core(state, journal, settings, random.Random(3))
+    core = Core(LocalBackend(state, journal, settings, random.Random(3)), settings)
     with anyio.fail_after(HANG):
         async with anyio.create_task_group() as tg:
             await tg.start(core.backend.run)
@@ -293,7 +297,7 @@ async def submit(core: Core, *specs: JobSpec) -> list[int]:
 
 async def started(core: Core, job_id: int) -> Job:
     with core.backend.feed.listen(frozenset({job_id})) as listener:
-        while (job := core.backend.get(job_id)).status != "running":
+        while (job := await core.backend.get(job_id)).status != "running":
             await listener.take()
     return job
 
@@ -320,7 +324,7 @@ def test_cancel_stops_a_running_command_and_a_stop_requeues_another(tmp_path: Pa
             [cancelled] = await core.handle(protocol.Cancel([doomed]))
             assert cancelled.status == "cancelled"
             assert core.dispatcher.running() == [survivor]
-        job = core.backend.get(survivor)
+        job = await core.backend.get(survivor)
         assert (job.status, job.attempts) == ("pending", 0), "requeued, its attempt not spent"
 
     anyio.run(main)

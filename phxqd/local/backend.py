@@ -50,13 +50,13 @@ class LocalBackend:
         state: State,
         journal: Journal,
         settings: Settings,
-        changed: Notice,
         rng: random.Random | None = None,
         stats: Stats | None = None,
     ) -> None:
         self.settings = settings
         self.stats = stats or Stats()
         self.feed = Feed()
+        self.wake = changed = Notice()
         self._state = state
         self._journal = journal
         self._rng = rng or random.Random()
@@ -259,17 +259,20 @@ class LocalBackend:
             if checkpoints:
                 self._recorder.note(list(checkpoints))
 
+    def paused(self, queue: str) -> bool:
+        return self._state.paused_all or queue in self._state.paused
+
     # --------------------------------------------------------------- queries
-    def get(self, job_id: int) -> Job:
+    async def get(self, job_id: int) -> Job:
         return self._state.get(job_id)
 
-    def find(self, job_id: int) -> Job | None:
+    async def find(self, job_id: int) -> Job | None:
         return self._state.jobs.get(job_id)
 
-    def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
+    async def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
         return self._state.select(status, queue, limit)
 
-    def summary(self) -> Summary:
+    async def summary(self) -> Summary:
         s = self._state.summary()
         return Summary(
             s["counts"],  # type: ignore[arg-type]
@@ -278,10 +281,8 @@ class LocalBackend:
             sorted(self._state.paused),
             self._state.paused_all,
             dict(self._state.limits),
+            {queue: n for queue, n in self._busy.items() if n},
         )
-
-    def busy(self, queue: str) -> int:
-        return self._busy.get(queue, 0)
 
     def health(self, count_files: bool = False) -> Health:
         j = self._journal
