@@ -126,7 +126,6 @@ class PostgresBackend:
         self,
         uri: str,
         settings: Settings,
-        changed: Notice,
         lease: float = 30.0,
         rng: random.Random | None = None,
         stats: Stats | None = None,
@@ -136,7 +135,7 @@ class PostgresBackend:
         self.stats = stats or Stats()
         self.feed = Feed()
         self.lease = lease
-        self._changed = changed
+        self.wake = Notice()
         self._rng = rng or random.Random()
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = (
             AsyncConnectionPool(
@@ -494,7 +493,8 @@ class PostgresBackend:
                 for key, holder in await cur.fetchall():
                     raise Refused(
                         "refused",
-                        f"job {keys[key]}: key {key!r} is live in job {holder}; one live job per key",
+                        f"job {keys[key]}: key {key!r} is live in job {holder};"
+                        " one live job per key",
                     )
             await self._check_deps(conn, [found[i] for i in wanted])
             await self._requeue(conn, wanted, now)
@@ -605,7 +605,7 @@ class PostgresBackend:
 
         await self._request(tx)
         self._dirty = True
-        self._changed.set()
+        self.wake.set()
 
     async def set_limit(self, queue: str, concurrency: int | None) -> None:
         await self._queue_change(
@@ -970,7 +970,7 @@ class PostgresBackend:
         self._tell([i for i, st in ended if st in FINISHED])
         if ended:
             self._dirty = True
-            self._changed.set()
+            self.wake.set()
 
     def _dropped(self, what: str, late: Sequence[Begin | End]) -> None:
         for x in late:
@@ -1012,7 +1012,7 @@ class PostgresBackend:
             payloads += notices.encode(kind, by.get(st, []))
         released = await self._release_dependents(conn, by.get("completed", []))
         payloads += notices.encode("n", released)
-        dead = {st: by[st] for st in ("failed", "cancelled") if st in by}
+        dead: dict[str, list[int]] = {st: by[st] for st in ("failed", "cancelled") if st in by}
         payloads += notices.encode("x", await self._cascade(conn, dead, now))
         return payloads
 
@@ -1089,7 +1089,7 @@ class PostgresBackend:
     def _heard_gap(self) -> None:
         """Notifications may have been missed: look at everything again."""
         self._dirty = True
-        self._changed.set()
+        self.wake.set()
         for event in self._waiters.values():  # the waiters look again
             event.set()
         self._waiters.clear()
@@ -1106,7 +1106,7 @@ class PostgresBackend:
             return
         if n.kind in ("n", "w", "c", "f", "x", "r", "q"):
             self._dirty = True
-            self._changed.set()
+            self.wake.set()
         if n.kind == "w":
             return
         if n.kind == "k":
@@ -1169,7 +1169,7 @@ class PostgresBackend:
                         log.warning("in contact with PostgreSQL again: claiming jobs again")
                         self._cut_off = False
                         self._dirty = True
-                        self._changed.set()
+                        self.wake.set()
                 except (psycopg.Error, TimeoutError) as e:
                     self._error = str(e).strip() or "PostgreSQL did not answer"
                 silent = time.monotonic() - self._contact
@@ -1253,7 +1253,8 @@ class PostgresBackend:
             conn, [r[0] for r in lost], "its node stopped answering while it ran", None
         )
         await conn.execute(
-            "DELETE FROM phxq_nodes WHERE gone IS NOT NULL AND heartbeat_at < now() - interval '7 days'"
+            "DELETE FROM phxq_nodes WHERE gone IS NOT NULL"
+            " AND heartbeat_at < now() - interval '7 days'"
         )
 
     async def _fail_claims(
@@ -1275,6 +1276,9 @@ class PostgresBackend:
         ended: list[tuple[int, str]] = []
         for r in found:
             job, cancel = rows.job_from_row(r[:-1]), r[-1]
+            status: str | None
+            error: str | None
+            run_at: float | None
             if job.status != "running":
                 status, error, run_at = (
                     ("cancelled", "cancelled", None) if cancel else (None, None, None)
@@ -1364,15 +1368,11 @@ class PostgresBackend:
                 sorted(self._paused),
                 self._paused_all,
                 dict(self._limits),
-                **({"busy": busy} if "busy" in Summary.__struct_fields__ else {}),
+                busy,
             )
 
         summary: Summary = await self._read(q)
         return summary
-
-    def busy(self, queue: str) -> int:
-        """Jobs of `queue` this node holds (the cluster-wide count is in `summary`)."""
-        return sum(1 for h in self._handed.values() if h.job.queue == queue)
 
     def health(self, count_files: bool = False) -> Health:
         return Health(
