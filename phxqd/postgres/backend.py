@@ -830,6 +830,8 @@ class PostgresBackend:
         job = h.job
         new = make(job.progress)
         job.progress = new
+        if job_id not in self._facts.progress:
+            self._facts_ready.set()  # the writer checkpoints it (at most once a second)
         self._facts.progress[job_id] = (h.node, h.claim, new)
         if self.feed.active:
             self.feed.publish([job_event("progress", job, time.time(), new)])
