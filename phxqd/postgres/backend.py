@@ -680,6 +680,17 @@ class PostgresBackend:
         self._batch.extend(claimed)
 
     async def _claim(self, conn: psycopg.AsyncConnection[Any], want: int, now: float) -> list[Held]:
+        # A claim is also a heartbeat, and takes the lock on this node's row: a reaper
+        # declaring this node lost meanwhile either went first (then nothing is claimed)
+        # or waits for this claim and sees the fresh heartbeat. Claims can never be made
+        # for a node already taken for dead.
+        cur = await conn.execute(
+            "UPDATE phxq_nodes SET heartbeat_at = now() WHERE id = %s AND gone IS NULL"
+            " RETURNING id",
+            (self.node,),
+        )
+        if await cur.fetchone() is None:
+            return []
         await self._read_settings(conn)
         if self._paused_all:
             return []
@@ -1244,7 +1255,14 @@ class PostgresBackend:
             "UPDATE phxq_nodes SET gone = 'lost' WHERE gone IS NULL"
             " AND heartbeat_at < now() - make_interval(secs => lease) RETURNING id, host"
         )
-        lost = await cur.fetchall()
+        lost = list(await cur.fetchall())
+        # claims of nodes already gone (a safety net: none should be left)
+        cur = await conn.execute(
+            "SELECT DISTINCT j.node, coalesce(n.host, '?') FROM phxq_jobs j"
+            " LEFT JOIN phxq_nodes n ON n.id = j.node WHERE j.node IS NOT NULL"
+            " AND (n.id IS NULL OR n.gone IS NOT NULL)"
+        )
+        lost += await cur.fetchall()
         if not lost:
             return
         for node, host in lost:
