@@ -118,24 +118,13 @@ class Cluster:
         return f"postgresql:///{db}?host={self.base}&user={SUPERUSER}"
 
     def sql(self, statement: str, db: str = "postgres") -> str:
-        """Run one statement with psql (as a client, not the owner); its unaligned output."""
-        r = subprocess.run(
-            [
-                str(self.bin / "psql"),
-                "-XAtq",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                statement,
-                self.uri(db),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if r.returncode != 0:
-            raise AssertionError(f"psql {statement!r}: {r.stderr}")
-        return r.stdout.strip()
+        """Run one statement as a client; its rows, `|` between values (as psql -At)."""
+        import psycopg
+
+        with psycopg.connect(self.uri(db), autocommit=True) as conn:
+            cur = conn.execute(statement.encode())
+            found = cur.fetchall() if cur.description else []
+        return "\n".join("|".join("" if v is None else str(v) for v in row) for row in found)
 
     def new_database(self) -> str:
         """A fresh database with the phxq schema in it; its URI."""

@@ -242,9 +242,16 @@ def test_connections_cut_and_a_postgres_restart_lose_no_acknowledged_job(
         jobs = c.wait(acknowledged, timeout=20)
     assert len(jobs) == len(acknowledged), "every acknowledged job is there"
     stuck = [j for j in jobs if j.status != "completed"]
-    assert not stuck, (stuck[:3], [d.logtext()[-3000:] for d in nodes], pg_cluster.sql(
-        "SELECT id, status, node, claim, attempts FROM phxq_jobs WHERE status <> 'completed'"
-        " LIMIT 5", db(pg_uri)), pg_cluster.sql("SELECT * FROM phxq_nodes", db(pg_uri)))
+    assert not stuck, (
+        stuck[:3],
+        [d.logtext()[-3000:] for d in nodes],
+        pg_cluster.sql(
+            "SELECT id, status, node, claim, attempts FROM phxq_jobs WHERE status <> 'completed'"
+            " LIMIT 5",
+            db(pg_uri),
+        ),
+        pg_cluster.sql("SELECT * FROM phxq_nodes", db(pg_uri)),
+    )
     # every node noticed and re-opened its LISTEN connection
     for d in nodes:
         assert "lost the LISTEN connection" in d.logtext()
