@@ -30,7 +30,7 @@ class Core:
     def __init__(self, backend: Backend, settings: Settings) -> None:
         self.settings = settings
         self.backend = backend
-        self.logs = JobLogs(backend.find, settings)
+        self.logs = JobLogs(backend.find, settings, backend.log_elsewhere)
         self.dispatcher = Dispatcher(backend, settings, self.logs, backend.wake)
         self.views = Views(backend, self.dispatcher, settings)
         self.streams = Streams(backend, self.logs)

@@ -261,3 +261,26 @@ def test_connections_cut_and_a_postgres_restart_lose_no_acknowledged_job(
         [done] = c.wait([job.id], timeout=30)
         assert done.status == "completed"
     json.dumps(refused)
+
+
+def test_logs_on_another_host_show_the_tail_and_retention_purges_everywhere(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    nodes = three(tmp_path, pg_uri, retention=4.0)
+    job_id = nodes[0].submit("sh", "-c", "seq 1 20000; echo the end")
+    nodes[0].ok("wait", str(job_id))
+    [ran] = [d for d in nodes if (d.state_dir / "logs" / f"{job_id}.log").exists()]
+    other = next(d for d in nodes if d is not ran)
+    here = ran.ok("logs", str(job_id))
+    assert here.startswith("1\n2\n") and here.endswith("20000\nthe end\n")
+    there = other.ok("logs", str(job_id))
+    first, _, tail = there.partition("\n")
+    assert first.startswith(f"[phxq: job {job_id} ran on ") and "which has its whole log" in first
+    assert tail.endswith("20000\nthe end\n") and len(tail) == 64 * 1024
+    # retention: the job is forgotten, and its log with it on the host that has it
+    until(lambda: other.ctl("show", str(job_id)).returncode != 0, 30, "the job to be purged")
+    until(
+        lambda: not (ran.state_dir / "logs" / f"{job_id}.log").exists(),
+        30,
+        "its log to be removed where it is",
+    )

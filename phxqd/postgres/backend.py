@@ -155,6 +155,9 @@ class PostgresBackend:
         )
         self.host = socket.gethostname()
         self.node = 0
+        #: every node id this process has had (it rejoins as a new node after losing its
+        #: lease): the logs of jobs they ran are here
+        self._lives: set[int] = set()
         #: asks the dispatcher to stop jobs it runs (cancel from another node, lost lease);
         #: set by whoever builds the backend and the dispatcher
         self.stopper: Callable[[list[int], str], object] | None = None
@@ -212,6 +215,7 @@ class PostgresBackend:
             row = await cur.fetchone()
             assert row is not None
             self.node = int(row[0])
+            self._lives.add(self.node)
         await self._pool.open(wait=True, timeout=30.0)
         self._contact = time.monotonic()
 
@@ -1264,6 +1268,7 @@ class PostgresBackend:
         row = await cur.fetchone()
         assert row is not None
         self.node = int(row[0])
+        self._lives.add(self.node)
 
     async def _reap(self, conn: psycopg.AsyncConnection[Any]) -> None:
         cur = await conn.execute(
@@ -1443,6 +1448,20 @@ class PostgresBackend:
             jobs = await self._read(q)
         by_id = {j.id: j for j in jobs}
         return [by_id[i] for i in ids if i in by_id]
+
+    async def log_elsewhere(self, job_id: int) -> tuple[str, bytes] | None:
+        async def q(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
+            cur = await conn.execute(
+                "SELECT ran_on, ran_host, log_tail FROM phxq_jobs WHERE id = %s", (job_id,)
+            )
+            row: tuple[Any, ...] | None = await cur.fetchone()
+            return row
+
+        row = await self._read(q)
+        if row is None or row[0] is None or row[0] in self._lives:
+            return None
+        ran_on, host, tail = row
+        return f"{host} (node {ran_on})", bytes(tail or b"")
 
     def ended(self, job_id: int) -> anyio.Event:
         return self._waiters.setdefault(job_id, anyio.Event())
