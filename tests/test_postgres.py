@@ -41,7 +41,7 @@ def test_every_command_against_one_node(pg_uri: str, tmp_path: Path) -> None:
     # --after: released when its dependency completes, cancelled when it fails
     gate = d.submit("sleep", "0.5")
     after_ok = d.submit("true", opts=("--after", str(gate)))
-    doomed = d.submit("false", opts=("--retries", "0"))
+    doomed = d.submit("false", opts=("--retries", "0", "--delay", "0.5"))
     after_bad = d.submit("true", opts=("--after", str(doomed)))
     d.ctl("wait", str(after_ok), str(doomed), str(after_bad))
     assert d.job(after_ok)["status"] == "completed"

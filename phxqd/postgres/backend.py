@@ -1435,18 +1435,27 @@ class PostgresBackend:
         for i in ids:
             if i not in known:
                 raise Refused("not_found", f"no job {i}")
+        by_id = {j.id: j for j in jobs}
+        going = [j.id for j in jobs if not j.finished]
+
+        async def look(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
+            return await self._jobs(conn, going)
+
         with anyio.move_on_after(timeout if timeout is not None else float("inf")):
-            while True:
-                going = [j.id for j in jobs if not j.finished]
-                if not going:
-                    break
+            while going:
                 event = self._waiters.setdefault(going[0], anyio.Event())
                 with anyio.move_on_after(POLL * 5):
                     await event.wait()
-                jobs = await self._read(q)
+                # only the jobs still going are read again (a wait for 10,000 jobs)
+                fresh = await self._read(look)
+                gone = set(going) - {j.id for j in fresh}
+                for i in gone:
+                    by_id.pop(i, None)
+                by_id.update((j.id, j) for j in fresh)
+                going = [j.id for j in fresh if not j.finished]
         with contextlib.suppress(Refused):
-            jobs = await self._read(q)
-        by_id = {j.id: j for j in jobs}
+            if going:
+                by_id.update((j.id, j) for j in await self._read(look))
         return [by_id[i] for i in ids if i in by_id]
 
     async def log_elsewhere(self, job_id: int) -> tuple[str, bytes] | None:
