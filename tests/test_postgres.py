@@ -41,8 +41,10 @@ def test_every_command_against_one_node(pg_uri: str, tmp_path: Path) -> None:
     # --after: released when its dependency completes, cancelled when it fails
     gate = d.submit("sleep", "0.5")
     after_ok = d.submit("true", opts=("--after", str(gate)))
-    doomed = d.submit("false", opts=("--retries", "0", "--delay", "0.5"))
+    d.ok("pause", "hold")  # so that it cannot fail before its dependent is submitted
+    doomed = d.submit("false", opts=("--retries", "0", "--queue", "hold"))
     after_bad = d.submit("true", opts=("--after", str(doomed)))
+    d.ok("resume", "hold")
     d.ctl("wait", str(after_ok), str(doomed), str(after_bad))
     assert d.job(after_ok)["status"] == "completed"
     assert d.job(doomed)["status"] == "failed"

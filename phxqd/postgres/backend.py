@@ -60,7 +60,7 @@ RETRY_FIRST = 1 << 62
 POLL = 1.0
 #: jobs that run under this many seconds (an average of the last ones) are claimed
 #: several per worker at once
-QUICK = 0.005
+QUICK = 0.1
 #: how many jobs a worker's lane takes at once (run.lanes.DEPTH)
 LANE_DEPTH = 8
 #: the advisory lock of the reaper (one node at a time reaps)
@@ -148,8 +148,8 @@ class PostgresBackend:
                 min_size=1,
                 max_size=8,
                 open=False,
+                timeout=10.0,
                 kwargs={"autocommit": True},
-                check=AsyncConnectionPool.check_connection,
                 configure=self._configure,
             )
         )
@@ -271,21 +271,32 @@ class PostgresBackend:
         self._transactions += 1
 
     async def _request(self, func: Callable[[psycopg.AsyncConnection[Any]], Any]) -> Any:
-        """Run a request's transaction: retried after a deadlock, refused when PostgreSQL
-        cannot be reached (changing nothing a client can see, unless the commit itself was
-        cut off: then it says it may have happened)."""
+        """Run a request's transaction: again after a deadlock, or after a connection that
+        broke before the commit was sent (a pooled connection PostgreSQL dropped, a
+        restart: nothing was done, so trying again is safe); refused when PostgreSQL cannot
+        be reached. A commit cut off on its way is the one case that cannot be known:
+        the refusal then says the change may have been made."""
+        broken = 0
         for attempt in range(20):
+            committing = False
             try:
-                async with self._tx() as conn:
-                    return await func(conn)
+                async with self._pool.connection() as conn:
+                    async with conn.transaction():
+                        result = await func(conn)
+                        committing = True
+                    self._transactions += 1
+                    return result
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 await anyio.sleep(0.005 * (attempt + 1) * self._rng.random())
             except psycopg.OperationalError as e:
                 self._error = str(e).strip()
+                if not committing and broken < 10:
+                    broken += 1
+                    continue
+                maybe = "; if this was a change, it may or may not have been made"
                 raise Refused(
                     "refused",
-                    f"PostgreSQL cannot be reached ({self._error}); if this was a change, it may "
-                    "or may not have been made",
+                    f"PostgreSQL cannot be reached ({self._error})" + (maybe if committing else ""),
                 ) from e
             except PoolTimeout as e:
                 raise Refused("refused", f"PostgreSQL cannot be reached ({e})") from e
@@ -1353,12 +1364,18 @@ class PostgresBackend:
         return [rows.job_from_row(r) for r in await cur.fetchall()]
 
     async def _read(self, func: Callable[[psycopg.AsyncConnection[Any]], Any]) -> Any:
-        try:
-            async with self._pool.connection() as conn:
-                return await func(conn)
-        except psycopg.OperationalError as e:
-            self._error = str(e).strip()
-            raise Refused("refused", f"PostgreSQL cannot be reached ({self._error})") from e
+        """A query, asked again on another connection if the one it got had broken."""
+        for broken in range(10):
+            try:
+                async with self._pool.connection() as conn:
+                    return await func(conn)
+            except psycopg.OperationalError as e:
+                self._error = str(e).strip()
+                if broken == 9:
+                    raise Refused("refused", f"PostgreSQL cannot be reached ({self._error})") from e
+            except PoolTimeout as e:
+                raise Refused("refused", f"PostgreSQL cannot be reached ({e})") from e
+        raise AssertionError("unreachable")
 
     async def find(self, job_id: int) -> Job | None:
         async def q(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
