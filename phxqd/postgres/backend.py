@@ -61,6 +61,8 @@ POLL = 1.0
 #: jobs that run under this many seconds (an average of the last ones) are claimed
 #: several per worker at once
 QUICK = 0.1
+#: seconds starts may wait for ends to write them together
+BEGIN_DELAY = 0.005
 #: how many jobs a worker's lane takes at once (run.lanes.DEPTH)
 LANE_DEPTH = 8
 #: the advisory lock of the reaper (one node at a time reaps)
@@ -885,6 +887,10 @@ class PostgresBackend:
                 with anyio.move_on_after(1.0 if self._facts.progress else 3600):
                     await self._facts_ready.wait()
                 self._facts_ready = anyio.Event()
+            if self._facts.begins and not self._facts.ends:
+                # Nobody waits for a start: a moment's wait lets the ends of quick jobs
+                # go in the same transaction (one commit per batch, not two)
+                await anyio.sleep(BEGIN_DELAY)
             facts = self._facts
             checkpoint = time.monotonic() - last_progress >= 1.0
             if not facts and not (checkpoint and facts.progress):
