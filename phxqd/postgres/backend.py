@@ -180,6 +180,8 @@ class PostgresBackend:
         self._limits: dict[str, int] = {}
         #: whether a claim may find something (a notification came, the last one was full)
         self._dirty = True
+        #: a queue setting changed since the last claim read them (a notification `w`)
+        self._settings_told = True
         self._next_poll = 0.0
         self._next_delayed: float | None = None
         #: monotonic time of the last heartbeat PostgreSQL answered (sent at)
@@ -686,10 +688,18 @@ class PostgresBackend:
     async def claimable(self) -> None:
         """Claim a batch for this node's free slots, in one transaction (see the module
         docstring), when a claim may find something: a notification said so, the last
-        batch was full, a delayed job is due, or the poll interval has passed."""
+        batch was full, a delayed job is due, or the poll interval has passed; and only
+        once what is left of the last batch is under half of what this node can take (the
+        dispatcher awaits this before it starts anything: a claim per freed slot made every
+        job wait for a commit)."""
         now = time.time()
         if self._cut_off or self._free() <= 0:
             return
+        depth = LANE_DEPTH if self._quick < QUICK else 1
+        if (len(self._batch) + len(self._returned)) * 2 >= self.settings.workers * depth:
+            return
+        if self._paused_all and not self._settings_told and time.monotonic() < self._next_poll:
+            return  # nothing may start until a resume, which is told (w)
         due = self._next_delayed is not None and self._next_delayed <= now
         if not (self._dirty or due or time.monotonic() >= self._next_poll):
             return
@@ -709,6 +719,7 @@ class PostgresBackend:
         self._batch.extend(claimed)
 
     async def _claim(self, conn: psycopg.AsyncConnection[Any], want: int, now: float) -> list[Held]:
+        self._settings_told = False
         await self._read_settings(conn)
         if self._paused_all:
             return []
@@ -1138,6 +1149,7 @@ class PostgresBackend:
     def _heard_gap(self) -> None:
         """Notifications may have been missed: look at everything again."""
         self._dirty = True
+        self._settings_told = True
         self.wake.set()
         for event in self._waiters.values():  # the waiters look again
             event.set()
@@ -1157,6 +1169,7 @@ class PostgresBackend:
             self._dirty = True
             self.wake.set()
         if n.kind == "w":
+            self._settings_told = True
             return
         if n.kind == "k":
             self._remove_logs(n.ids)
