@@ -1160,10 +1160,8 @@ class PostgresBackend:
         if n is None:
             return
         if n.kind == "K":
-            if n.node == self.node and self.stopper is not None:
-                mine = [i for i in n.ids if i in self._handed]
-                if mine:
-                    self.stopper(mine, "cancelled")
+            if n.node == self.node:
+                self._cancel_asked(n.ids)
             return
         if n.kind in ("n", "w", "c", "f", "x", "r", "q"):
             self._dirty = True
@@ -1177,6 +1175,25 @@ class PostgresBackend:
             self._tell(n.ids)
         if self.feed.active and n.kind in notices.KINDS:
             self._publish_soon(notices.KINDS[n.kind], n.ids)
+
+    def _cancel_asked(self, ids: list[int]) -> None:
+        """Another node cancelled jobs this one holds: those running are stopped (the
+        dispatcher reports how they ended); those claimed and not handed out yet end here,
+        without having run."""
+        wanted = set(ids)
+        waiting = [h for h in [*self._batch, *self._returned] if h.job.id in wanted]
+        if waiting:
+            self._batch = deque(h for h in self._batch if h.job.id not in wanted)
+            self._returned = deque(h for h in self._returned if h.job.id not in wanted)
+            now = time.time()
+            for h in waiting:
+                self._facts.ends.append(
+                    End(h.job.id, h.node, h.claim, h.job.queue, "cancelled", now, error="cancelled")
+                )
+            self._facts_ready.set()
+        running = [i for i in ids if i in self._handed]
+        if running and self.stopper is not None:
+            self.stopper(running, "cancelled")
 
     def _remove_logs(self, ids: list[int]) -> None:
         """Jobs cleared by any node: their logs here go too (job ids are the cluster's)."""
@@ -1267,9 +1284,7 @@ class PostgresBackend:
             cur = await conn.execute(
                 "SELECT id FROM phxq_jobs WHERE node = %s AND cancel", (self.node,)
             )
-            asked = [r[0] for r in await cur.fetchall() if r[0] in self._handed]
-            if asked and self.stopper is not None:
-                self.stopper(asked, "cancelled")
+            self._cancel_asked([r[0] for r in await cur.fetchall()])
             if self._waiters:
                 cur = await conn.execute(
                     "SELECT id FROM phxq_jobs WHERE id = ANY(%s) AND status NOT IN " + FINISHED_SQL,
