@@ -168,3 +168,22 @@ def test_nodes_starting_at_once_migrate_the_schema_once(pg_cluster: Cluster) -> 
     pg_cluster.sql(f"UPDATE phxq_schema SET version = {schema.VERSION + 1}", name)
     with pytest.raises(schema.SchemaError, match="newer than this phxqd"):
         anyio.run(schema.migrate_uri, uri)
+
+
+def test_a_cancel_from_another_node_ends_a_job_claimed_and_not_yet_handed_out(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        async with (
+            running(pg_uri, settings_in(tmp_path / "a")) as a,
+            running(pg_uri, settings_in(tmp_path / "b")) as b,
+        ):
+            [job] = [r.job for r in await b.submit([spec()], time.time())]
+            await a.claimable()  # claimed by a, in its batch, not handed to its dispatcher
+            assert [h.job.id for h in a._batch] == [job.id]
+            assert await b.cancel([job.id], time.time()) == [job.id], "a holds it"
+            [done] = await b.wait([job.id], HANG)
+            assert done.status == "cancelled" and done.attempts == 0
+            assert a.claim(time.time()) is None, "a does not hand it out any more"
+
+    anyio.run(main)
