@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit shells postgres torture fuzz bench clean
+.PHONY: run test lint typecheck unit shells postgres torture fuzz fuzz-cli bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,12 @@ fuzz: $(STAMP)
 	$(BIN)/python fuzz/fuzz_requests.py -max_total_time=$(FUZZ_SECONDS) \
 		-dict=fuzz/requests.dict -artifact_prefix=.fuzz/artifacts/ \
 		.fuzz/corpus fuzz/corpus fuzz/regressions
+
+# phxqctl's arguments fuzzed with hypothesis against a real phxqd (tests/test_cli_fuzz.py),
+# CLI_FUZZ_EXAMPLES runs (make test runs 400): no traceback, only documented exit statuses
+CLI_FUZZ_EXAMPLES ?= 5000
+fuzz-cli: $(STAMP)
+	CLI_FUZZ_EXAMPLES=$(CLI_FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/test_cli_fuzz.py
 
 # phxq and its peers side by side (huey, RQ, Celery, task-spooler, nq), not part of `test`:
 # installs them (pip extra `bench`; Debian packages when missing and root), writes

@@ -7,7 +7,7 @@ would cost every `phxqctl status` the msgspec import that the command line avoid
 
 from __future__ import annotations
 
-from phxqctl.errors import DaemonUnreachable, NotInAJob, PhxqError, RemoteError
+from phxqctl.errors import DaemonUnreachable, NotInAJob, PhxqError, RemoteError, UsageError
 from phxqctl.report import progress
 
 TYPE_CHECKING = False  # not typing's: importing typing costs a few ms
@@ -16,7 +16,15 @@ if TYPE_CHECKING:
 
     from phxqctl.client import Client
 
-__all__ = ["Client", "DaemonUnreachable", "NotInAJob", "PhxqError", "RemoteError", "progress"]
+__all__ = [
+    "Client",
+    "DaemonUnreachable",
+    "NotInAJob",
+    "PhxqError",
+    "RemoteError",
+    "UsageError",
+    "progress",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -16,13 +16,13 @@ from phxqctl import locate, render
 from phxqctl.errors import PhxqError, UsageError
 from phxqctl.report import progress
 from phxqctl.wire import Session
-from phxqd.contract import DEFAULT_QUEUE, FINISHED, MAX_BATCH, STATUSES
+from phxqd.contract import DEFAULT_QUEUE, FINISHED, MAX_BATCH, STATUSES, value_problem
 
 #: typing costs a few ms to import; the annotations are strings (PEP 563) anyway
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NoReturn
 
 
 EXIT_USAGE = 2
@@ -44,7 +44,7 @@ def timestamp(text: str) -> float:
 
     try:
         return datetime.datetime.fromisoformat(text).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         raise argparse.ArgumentTypeError(
             f"not a time: {text!r} (try 2026-12-01T09:00 or 2026-12-01T09:00+01:00)"
         ) from None
@@ -58,8 +58,12 @@ def json_value(kind: type) -> Callable[[str], Any]:
             value = json.loads(text)
         except ValueError as e:
             raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+        except RecursionError:
+            raise argparse.ArgumentTypeError("JSON nested too deep") from None
         if not isinstance(value, kind):
             raise argparse.ArgumentTypeError(f"wants a JSON {kind.__name__}")
+        if why := value_problem("a value in it", value):
+            raise argparse.ArgumentTypeError(why)
         return value
 
     return parse
@@ -91,6 +95,22 @@ def env_pair(text: str) -> tuple[str, str]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"--env wants NAME=VALUE, got {text!r}")
     return name, value
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A message as one line of printable text, whatever a user put in it (newlines,
+    escape sequences, bytes that were not UTF-8), and not a screenful."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's, with its errors in one line (exit status 2, as before): the usage it
+    prints first is one `--help` away, and a bad value is shown escaped and cut short."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{one_line(f'{self.prog}: {message}')} (see {self.prog} --help)\n")
 
 
 class Formatter(argparse.HelpFormatter):
@@ -284,7 +304,7 @@ class TopFormatter(Formatter, argparse.RawDescriptionHelpFormatter):
 def top_parser() -> argparse.ArgumentParser:
     width = max(map(len, SYNTAX))
     commands = "\n".join(f"  {name.ljust(width)}  {what}" for name, (what, _) in SYNTAX.items())
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="phxqctl",
         usage="phxqctl [--socket PATH] [--json] COMMAND ...",
         description="Talk to phxqd, the phxq job queue daemon.",
@@ -299,7 +319,7 @@ def top_parser() -> argparse.ArgumentParser:
 
 def command_parser(name: str) -> argparse.ArgumentParser:
     what, add_arguments = SYNTAX[name]
-    p = argparse.ArgumentParser(prog=f"phxqctl {name}", description=what, formatter_class=Formatter)
+    p = Parser(prog=f"phxqctl {name}", description=what, formatter_class=Formatter)
     _common(p)
     add_arguments(p)
     return p
@@ -320,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         status = COMMANDS[args.command](session, args, as_json)
     except PhxqError as e:
-        print(f"phxqctl: {e}", file=sys.stderr)
+        print(one_line(f"phxqctl: {e}"), file=sys.stderr)
         sys.exit(e.exit_status)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -374,7 +394,10 @@ def do_submit(session: Session, args: argparse.Namespace, as_json: bool) -> int:
             "env": dict(args.env),
         }
         specs = [{k: v for k, v in spec.items() if v is not None}]
-    here = os.getcwd()
+    try:
+        here = os.getcwd()
+    except FileNotFoundError:
+        raise UsageError("the current directory was removed: cd somewhere that exists") from None
     for spec in specs:  # a job runs where it was submitted from (docs/protocol.md, JobSpec)
         spec["cwd"] = os.path.join(here, spec["cwd"]) if spec.get("cwd") else here
     results: list[dict[str, Any]] = []
@@ -406,7 +429,7 @@ def read_batch(source: str) -> list[dict[str, Any]]:
     checked here against phxqd.model.JobSpec so a mistake is named with its line."""
     import msgspec  # a batch is worth the import: exact errors, line by line
 
-    from phxqd.model import JobSpec
+    from phxqd.model import JobSpec, validate_spec
 
     try:
         if source == "-":
@@ -416,14 +439,19 @@ def read_batch(source: str) -> list[dict[str, Any]]:
                 text = f.read()
     except OSError as e:
         raise UsageError(f"cannot read {source}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     specs = []
     decoder = msgspec.json.Decoder(JobSpec)
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                specs.append(msgspec.to_builtins(decoder.decode(line)))
+                spec = decoder.decode(line)
             except msgspec.DecodeError as e:
                 raise UsageError(f"{source}:{n}: {e}") from None
+            if why := validate_spec(spec):
+                raise UsageError(f"{source}:{n}: {why}")
+            specs.append(msgspec.to_builtins(spec))
     if not specs:
         raise UsageError(f"{source}: no job specs in it")
     return specs

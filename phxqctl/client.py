@@ -22,13 +22,22 @@ from typing import Any
 import msgspec
 
 from phxqctl import locate
-from phxqctl.errors import DaemonUnreachable, NotInAJob, PhxqError, RemoteError
+from phxqctl.errors import DaemonUnreachable, NotInAJob, PhxqError, RemoteError, UsageError
 from phxqctl.report import progress
 from phxqctl.wire import Connection
 from phxqd import protocol
-from phxqd.model import Call, Job, JobSpec, SubmitResult
+from phxqd.contract import request_problem, value_problem
+from phxqd.model import Call, Job, JobSpec, SubmitResult, validate_spec
 
-__all__ = ["Client", "DaemonUnreachable", "NotInAJob", "PhxqError", "RemoteError", "progress"]
+__all__ = [
+    "Client",
+    "DaemonUnreachable",
+    "NotInAJob",
+    "PhxqError",
+    "RemoteError",
+    "UsageError",
+    "progress",
+]
 
 #: spelled out once here: inside Client, `list` names the method
 builtins_list = list
@@ -200,7 +209,7 @@ class Client:
         first next())."""
         conn = Connection(str(self.socket_path), self.timeout)
         try:
-            conn.request(protocol.encoder.encode(request))
+            conn.request(_encode(request))
         except BaseException:
             conn.close()
             raise
@@ -219,11 +228,41 @@ class Client:
         return self._call(request, protocol.reply_decoder)
 
     def _call(self, request: protocol.Request, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
-        self._conn.request(protocol.encoder.encode(request))
+        self._conn.request(_encode(request))
         reply = _decode(decoder, self._conn.recv())
         if isinstance(reply, protocol.Err):
             raise RemoteError(reply.code, reply.message)
         return reply.result
+
+
+def _encode(request: protocol.Request) -> bytes:
+    """The request's bytes, once phxqd.contract.request_problem has found nothing phxqd
+    would refuse in it: a value out of range is a UsageError with phxqctl's message
+    (`--priority must be an integer from ...`), not msgspec's OverflowError."""
+    try:
+        if isinstance(request, protocol.Submit):  # the specs as they are: no dicts made
+            why = _specs_problem(request.jobs)
+        else:
+            why = request_problem(msgspec.to_builtins(request))
+        if why is None:
+            return protocol.encoder.encode(request)
+    except (OverflowError, UnicodeEncodeError, ValueError, TypeError, RecursionError) as e:
+        why = f"cannot send this {type(request).__name__} request: {e}"
+    raise UsageError(why)
+
+
+def _specs_problem(specs: list[JobSpec]) -> str | None:
+    """request_problem's answer for the specs of a submit, from the Structs: the daemon's
+    own validate_spec, and the callables' arguments as the wire takes them."""
+    for i, spec in enumerate(specs):
+        why = validate_spec(spec)
+        if why is None and spec.call is not None:
+            why = value_problem("--args", spec.call.args) or value_problem(
+                "--kwargs", spec.call.kwargs
+            )
+        if why:
+            return f"job {i + 1}: {why}" if len(specs) > 1 else why
+    return None
 
 
 def _frames(conn: Connection, decoder: msgspec.msgpack.Decoder[Any]) -> Iterator[Any]:

@@ -90,6 +90,8 @@ def ago(t: float | None, now: float) -> str:
 
 def span(seconds: float) -> str:
     """A duration in at most two units: '45s', '3m07s', '12m', '2h05m', '3d04h'."""
+    if not -1e15 < seconds < 1e15:  # NaN, infinities: a job from before phxqd refused them
+        return "forever"
     s = round(seconds)
     if s < 60:
         return f"{s}s"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 
 from phxqctl import locate
-from phxqctl.errors import NotInAJob
+from phxqctl.errors import NotInAJob, UsageError
 from phxqctl.wire import Session
+from phxqd.contract import progress_problem
 
 
 def progress(
@@ -28,13 +29,22 @@ def progress(
     env = os.environ
     if "PHXQ_JOB_ID" not in env or "PHXQ_ATTEMPT" not in env:
         raise NotInAJob("not inside a phxq job (PHXQ_JOB_ID and PHXQ_ATTEMPT are not set)")
+    if why := progress_problem(percent, step, done, total):
+        raise UsageError(why)
+    try:
+        job_id, attempt = int(env["PHXQ_JOB_ID"]), int(env["PHXQ_ATTEMPT"])
+    except ValueError:
+        raise NotInAJob(
+            f"PHXQ_JOB_ID and PHXQ_ATTEMPT are not numbers ({env['PHXQ_JOB_ID']!r:.40}, "
+            f"{env['PHXQ_ATTEMPT']!r:.40}): not set by phxqd"
+        ) from None
     session = Session(locate.socket_path(env.get("PHXQ_SOCKET")))
     try:
         fields = {"percent": percent, "step": step, "done": done, "total": total}
         result = session.call(
             "progress",
-            id=int(env["PHXQ_JOB_ID"]),
-            attempt=int(env["PHXQ_ATTEMPT"]),
+            id=job_id,
+            attempt=attempt,
             **{k: v for k, v in fields.items() if v is not None},
         )
     finally:

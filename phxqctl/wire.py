@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import _socket  # not `socket`: its import, mostly turning constants into enums, costs 5 ms
 import contextlib
+import os
 
 from phxqctl import mpack
-from phxqctl.errors import DaemonUnreachable, PhxqError, RemoteError
-from phxqd.contract import HEADER, MAX_FRAME, PROTOCOL_VERSION
+from phxqctl.errors import DaemonUnreachable, PhxqError, RemoteError, UsageError
+from phxqd.contract import HEADER, MAX_FRAME, PROTOCOL_VERSION, request_problem
 
 #: typing costs a few ms to import; the annotations are strings (PEP 563) anyway
 TYPE_CHECKING = False
@@ -28,10 +29,32 @@ if TYPE_CHECKING:
 #: replies bigger than this are decoded by msgspec when it can be imported: the same
 #: result (tests/test_wire.py), and its import costs less than decoding that much here
 LARGE_REPLY = 256 * 1024
+#: the longest path a Unix socket can have (sun_path is 108 bytes, with its NUL)
+MAX_SOCKET_PATH = 107
 
 
 def frame(payload: bytes) -> bytes:
+    """The payload with its length prefix; UsageError if it is over MAX_FRAME (phxqd
+    would answer so, and close the connection)."""
+    if len(payload) > MAX_FRAME:
+        raise UsageError(
+            f"the request is {len(payload)} bytes, over the protocol's limit of {MAX_FRAME} "
+            f"bytes per frame (MAX_FRAME); send it in parts"
+        )
     return HEADER.pack(len(payload)) + payload
+
+
+def encode(request: dict[str, Any]) -> bytes:
+    """A request as phxqctl sends it, checked first against what phxqd accepts
+    (phxqd.contract.request_problem), so a value out of range is a UsageError naming it,
+    not an encoder's OverflowError."""
+    if why := request_problem(request):
+        raise UsageError(why)
+    try:
+        return mpack.packb(request)
+    except (OverflowError, UnicodeEncodeError, ValueError, TypeError, RecursionError) as e:
+        # request_problem knows every field phxqctl sends: this is a bug, told in a line
+        raise UsageError(f"cannot encode the {request.get('op')} request: {e}") from None
 
 
 def decode(payload: bytes) -> Any:
@@ -63,6 +86,11 @@ class Connection:
         self.greet(first)
 
     def connect(self) -> None:
+        if not self.path or "\0" in self.path or len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            raise UsageError(
+                f"the socket path must be 1 to {MAX_SOCKET_PATH} bytes without NUL "
+                f"(Linux's limit for a Unix socket), got {self.path!r:.200}"
+            )
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -77,6 +105,9 @@ class Connection:
         except PermissionError:
             sock.close()
             raise DaemonUnreachable(f"no permission to connect to {self.path}") from None
+        except OSError as e:  # not a socket, not a directory, timed out...
+            sock.close()
+            raise DaemonUnreachable(f"cannot connect to {self.path}: {e.strerror or e}") from None
         self._sock = sock
 
     def greet(self, first: bytes) -> None:
@@ -116,7 +147,10 @@ class Connection:
         (length,) = HEADER.unpack(self._recv_exactly(HEADER.size))
         if length > MAX_FRAME:
             self.close()
-            raise PhxqError(f"phxqd sent a frame of {length} bytes; refusing it")
+            raise PhxqError(
+                f"phxqd sent a frame of {length} bytes, over the protocol's limit of "
+                f"{MAX_FRAME} (MAX_FRAME); ask for less at once (list --limit)"
+            )
         return self._recv_exactly(length)
 
     def _recv_exactly(self, n: int) -> bytes:
@@ -161,13 +195,13 @@ class Session:
         self.conn = Connection(path, timeout)
 
     def call(self, op: str, **fields: Any) -> Any:
-        self.conn.request(mpack.packb({"op": op, **fields}))
+        self.conn.request(encode({"op": op, **fields}))
         return result_of(self._next())
 
     def stream(self, op: str, **fields: Any) -> Generator[dict[str, Any], None, Any]:
         """The stream frames (`event`, `chunk` dicts) of a streaming request; the final
         reply's result is the generator's return value."""
-        self.conn.request(mpack.packb({"op": op, **fields}))
+        self.conn.request(encode({"op": op, **fields}))
         while True:
             message = self._next()
             if isinstance(message, dict) and message.get("type") in ("event", "chunk"):
@@ -178,7 +212,7 @@ class Session:
     def start(self, op: str, **fields: Any) -> None:
         """Send a streaming request; read its frames with `frame()` (for a caller that
         waits on the socket itself, with select)."""
-        self.conn.request(mpack.packb({"op": op, **fields}))
+        self.conn.request(encode({"op": op, **fields}))
 
     def frame(self) -> dict[str, Any]:
         """The next frame of a stream: an `event` or `chunk` dict, or the final `ok`

@@ -29,6 +29,7 @@ from phxqd import config, logsetup, metrics, paths, server, statusfile, systemd
 from phxqd.backend import Backend
 from phxqd.core import Core
 from phxqd.hooks import Hooks
+from phxqd.local import formats
 from phxqd.local.backend import LocalBackend
 from phxqd.local.journal import Corruption, Journal, JournalError
 from phxqd.local.recovery import StateDirBusy, lock_state_dir, recover
@@ -118,6 +119,12 @@ def main(argv: list[str] | None = None) -> None:
         logsetup.fatal(f"phxqd: {e}")
     except OSError as e:
         logsetup.fatal(f"phxqd: cannot use state dir {state_dir}: {e.strerror}")
+    try:  # before anything reads the journal: a newer format is not damage
+        formats.check(state_dir)
+    except formats.NewerFormat as e:
+        logsetup.fatal(f"phxqd: refusing to start: {e}", formats.EXIT_NEWER)
+    except formats.UnreadableFormat as e:
+        logsetup.fatal(f"phxqd: refusing to start: {e}")
     if args.command == "journal":
         from phxqd.local import repair
 
@@ -298,6 +305,7 @@ async def run(
 def _open_local(settings: Settings, stats: Stats) -> Backend:
     """The embedded backend: the state recovered from the journal in the state dir."""
     recovered = recover(settings.journal_dir, cut_torn_tail=True, now=time.time())
+    formats.stamp(settings.state_dir)  # before the first record of this version
     gc.freeze()  # the recovered jobs live on: keep them out of every later collection
     # A batch of 1,000 jobs allocates a few thousand short-lived tracked objects (specs,
     # results, events): at the default threshold of 700 the collector ran several

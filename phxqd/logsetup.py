@@ -94,6 +94,9 @@ def error_text(message: str) -> str:
     return "\n".join(f"<{PRIORITIES[logging.ERROR]}>{line}" for line in message.splitlines())
 
 
-def fatal(message: str) -> NoReturn:
-    """Exit with status 1, saying why on stderr (as an error entry under journald)."""
-    raise SystemExit(error_text(message))
+def fatal(message: str, status: int = 1) -> NoReturn:
+    """Exit with `status`, saying why on stderr (as an error entry under journald)."""
+    if status == 1:
+        raise SystemExit(error_text(message))
+    print(error_text(message), file=sys.stderr)
+    raise SystemExit(status)

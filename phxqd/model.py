@@ -16,6 +16,7 @@ from phxqd.contract import DEFAULT_QUEUE as DEFAULT_QUEUE
 from phxqd.contract import FINISHED as FINISHED
 from phxqd.contract import STATUSES as STATUSES
 from phxqd.contract import WAITING as WAITING
+from phxqd.contract import spec_problem
 
 #: Every status a job can have (phxqd.contract.STATUSES, which phxqctl reads without
 #: msgspec). A Literal: msgspec then decodes every status to one shared string object,
@@ -179,38 +180,22 @@ class SubmitResult(msgspec.Struct, gc=False):
 
 
 def validate_spec(spec: JobSpec) -> str | None:
-    """Return why a spec cannot be queued, or None. Kept here so client and daemon agree."""
-    if spec.call is not None:
-        if spec.argv:
-            return "a job is a command or a callable, not both"
-        module, sep, func = spec.call.func.partition(":")
-        if not sep or not module or not func:
-            return f"--call wants package.module:function, got {spec.call.func!r}"
-    elif not spec.argv:
-        return "a command job needs a command: phxqctl submit -- CMD ARG..."
-    if any("\0" in a for a in spec.argv):
-        return "command arguments may not contain NUL bytes"
-    # exec takes C strings: a NUL would cut a value short, and a name with "=" would set
-    # another variable than the one asked for
-    if spec.cwd is not None and (not spec.cwd or "\0" in spec.cwd):
-        return "--cwd must be a directory path without NUL bytes"
-    for name, value in (spec.env or {}).items():
-        if not name or "=" in name or "\0" in name or "\0" in value:
-            return f"--env {name!r}: names are non-empty without '=', and nothing has NUL bytes"
-    if not spec.queue or len(spec.queue) > 200:
-        return "queue names are 1 to 200 characters"
-    if spec.max_retries is not None and spec.max_retries < 0:
-        return "--retries must be 0 or more"
-    if spec.backoff is not None and (
-        not 0 <= spec.backoff[0] <= spec.backoff[1] or not 0 <= spec.backoff[2] <= 10
-    ):
-        return "backoff needs 0 <= base <= max and a jitter between 0 and 10"
-    if len(spec.after) > 1000:
-        return "--after takes at most 1000 jobs"
-    if spec.timeout is not None and not spec.timeout > 0:
-        return "--timeout must be more than 0 seconds"
-    if spec.delay is not None and not spec.delay >= 0:
-        return "--delay must be 0 or more seconds"
-    if spec.key is not None and not spec.key:
-        return "--key must not be empty"
-    return None
+    """Return why a spec cannot be queued, or None: phxqd.contract.spec_problem, which
+    phxqctl's command line runs on its arguments before sending them, so both say the
+    same."""
+    return spec_problem(
+        spec.argv,
+        spec.call.func if spec.call is not None else None,
+        queue=spec.queue,
+        priority=spec.priority,
+        key=spec.key,
+        max_retries=spec.max_retries,
+        backoff=spec.backoff,
+        after=spec.after,
+        timeout=spec.timeout,
+        delay=spec.delay,
+        run_at=spec.run_at,
+        label=spec.label,
+        cwd=spec.cwd,
+        env=spec.env,
+    )

@@ -13,10 +13,11 @@ re-exported here for the daemon's code.
 
 from __future__ import annotations
 
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 
+from phxqd import contract
 from phxqd.contract import ERROR_EXIT as ERROR_EXIT
 from phxqd.contract import HEADER as HEADER
 from phxqd.contract import MAX_BATCH as MAX_BATCH
@@ -32,6 +33,17 @@ from phxqd.replies import QueueInfo as QueueInfo
 from phxqd.replies import RetriedCount as RetriedCount
 from phxqd.replies import RunningJob as RunningJob
 from phxqd.replies import StatusReply as StatusReply
+
+#: The ranges of phxqd.contract as msgspec constraints: a request with a value outside
+#: them does not decode, and gets a `usage` error naming the field and the bound
+#: ("Expected `int` >= 1 - at `$.id`"). Job specs are checked by model.validate_spec
+#: instead, with phxqctl's messages (JobSpec is also the journal's record, and a
+#: journal written before a limit existed must still replay).
+JobId = Annotated[int, msgspec.Meta(ge=contract.JOB_ID[0], le=contract.JOB_ID[1])]
+Count = Annotated[int, msgspec.Meta(ge=contract.COUNT[0], le=contract.COUNT[1])]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=contract.MAX_SECONDS)]
+QueueName = Annotated[str, msgspec.Meta(min_length=1, max_length=contract.MAX_QUEUE_CHARS)]
+Concurrency = Annotated[int, msgspec.Meta(ge=contract.CONCURRENCY[0], le=contract.CONCURRENCY[1])]
 
 
 class Request(msgspec.Struct, tag_field="op", forbid_unknown_fields=True):
@@ -53,20 +65,20 @@ class Status(Request, tag="status"):
 
 class List(Request, tag="list"):
     status: str | None = None
-    queue: str | None = None
-    limit: int = 50
+    queue: QueueName | None = None
+    limit: Count = 50
 
 
 class Show(Request, tag="show"):
-    id: int
+    id: JobId
 
 
 class Wait(Request, tag="wait"):
     """With `stream`, the jobs' events (`JobEvent` frames) come before the final reply,
     so `phxqctl wait` can draw progress bars without asking again."""
 
-    ids: list[int]
-    timeout: float | None = None
+    ids: list[JobId]
+    timeout: Seconds | None = None
     stream: bool = False
 
 
@@ -74,9 +86,9 @@ class Logs(Request, tag="logs"):
     """With `follow`, `Chunk` frames carry the log as it grows, and the final reply comes
     once the job has finished and its log has been sent to its end."""
 
-    id: int
-    offset: int = 0
-    limit: int = 1024 * 1024
+    id: JobId
+    offset: Count = 0
+    limit: Count = 1024 * 1024
     follow: bool = False
 
 
@@ -84,43 +96,43 @@ class Watch(Request, tag="watch"):
     """A stream of `JobEvent` frames, of every job (ids None) or of these, until the
     client hangs up. It never ends with a reply of its own, except an error."""
 
-    ids: list[int] | None = None
+    ids: list[JobId] | None = None
 
 
 class Cancel(Request, tag="cancel"):
-    ids: list[int]
+    ids: list[JobId]
 
 
 class Retry(Request, tag="retry"):
-    ids: list[int]
+    ids: list[JobId]
 
 
 class RetryFailed(Request, tag="retry-failed"):
-    queue: str | None = None
+    queue: QueueName | None = None
 
 
 class Clear(Request, tag="clear"):
     status: str | None = None
-    queue: str | None = None
+    queue: QueueName | None = None
 
 
 class ReportProgress(Request, tag="progress"):
     """From inside a job: `attempt` is its PHXQ_ATTEMPT, so a late report of an attempt
     that was since killed and retried cannot overwrite the new attempt's progress."""
 
-    id: int
-    attempt: int
+    id: JobId
+    attempt: Count
     percent: float | None = None
     step: str | None = None
-    done: int | None = None
-    total: int | None = None
+    done: Count | None = None
+    total: Count | None = None
 
 
 class SetQueue(Request, tag="queue-set"):
     """`phxqctl queue set Q --concurrency N` (None: back to the configured limit)."""
 
-    queue: str
-    concurrency: int | None
+    queue: QueueName
+    concurrency: Concurrency | None
 
 
 class Queues(Request, tag="queues"):
@@ -132,11 +144,11 @@ class Metrics(Request, tag="metrics"):
 
 
 class Pause(Request, tag="pause"):
-    queue: str | None = None
+    queue: QueueName | None = None
 
 
 class Resume(Request, tag="resume"):
-    queue: str | None = None
+    queue: QueueName | None = None
 
 
 AnyRequest = (

@@ -31,6 +31,9 @@ INTERVAL = 1.0
 IDLE_LOOK = 5.0
 #: the file lists at most this many live jobs (running first, then retrying)
 MAX_JOBS = 1000
+#: the version of the file's keys: raised when one changes meaning or goes away (a reader
+#: that knows version N reads N's keys; keys are only ever added within a version)
+SCHEMA = 1
 
 
 def live_job(job: Job) -> dict[str, Any]:
@@ -84,7 +87,9 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def encode(now: dict[str, Any]) -> bytes:
-    return msgspec.json.encode({"updated_at": time.time(), "pid": os.getpid(), **now})
+    return msgspec.json.encode(
+        {"schema": SCHEMA, "updated_at": time.time(), "pid": os.getpid(), **now}
+    )
 
 
 async def write_now(path: Path, look: Callable[[], Awaitable[dict[str, Any]]]) -> None:

@@ -140,6 +140,9 @@ CALLS = st.none() | st.builds(
     kwargs=st.dictionaries(st.text(), VALUES, max_size=3),
 )
 SMALL = st.integers(-(2**63), 2**63 - 1)
+#: what a request's ids and counts may be (phxqd.contract's ranges: phxqd refuses others)
+JOB_IDS = st.integers(*contract.JOB_ID)
+COUNTS = st.integers(*contract.COUNT)
 JOBS = st.builds(
     model.Job,
     id=SMALL,
@@ -179,9 +182,9 @@ MESSAGES = st.one_of(
     st.builds(protocol.Ok, result=st.lists(JOBS, max_size=3)),
     st.builds(protocol.Err, code=st.sampled_from(list(protocol.ERROR_EXIT)), message=st.text()),
     st.builds(protocol.Submit, jobs=st.lists(SPECS, max_size=3)),
-    st.builds(protocol.Wait, ids=st.lists(SMALL, max_size=3), stream=st.booleans()),
-    st.builds(protocol.Logs, id=SMALL, offset=SMALL, limit=SMALL, follow=st.booleans()),
-    st.builds(protocol.Watch, ids=st.none() | st.lists(SMALL, max_size=3)),
+    st.builds(protocol.Wait, ids=st.lists(JOB_IDS, max_size=3), stream=st.booleans()),
+    st.builds(protocol.Logs, id=JOB_IDS, offset=COUNTS, limit=COUNTS, follow=st.booleans()),
+    st.builds(protocol.Watch, ids=st.none() | st.lists(JOB_IDS, max_size=3)),
     st.builds(protocol.Hello, proto=SMALL, client=st.text()),
 )
 
