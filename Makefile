@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit shells browser screenshots torture fuzz fuzz-cli bench clean tools mutants
+.PHONY: run test lint typecheck unit shells browser screenshots torture fuzz fuzz-cli bench clean tools mutants postgres
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict phxqd phxqctl fuzz bench
 
-unit: $(STAMP) shells browser tools
+unit: $(STAMP) shells browser tools postgres
 	$(BIN)/python -m pytest -q
 
 # zsh and fish for the completion tests (bash and tmux are there already). Installed when
@@ -68,6 +68,18 @@ tools:
 	    { apt-get update -q >/dev/null && \
 	      apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; }; } || \
 	echo "$$missing missing and not installable here: their tests will skip"
+
+# PostgreSQL for the tests of the PostgreSQL backend (tests/pgfixture.py starts a throwaway
+# cluster of its own; the server Debian's package may start is not used). Installed when
+# missing and we can (root with apt-get, as in CI); otherwise those tests skip, saying so,
+# except under CI=1 where a missing PostgreSQL fails them.
+postgres:
+	@export DEBIAN_FRONTEND=noninteractive; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }; }; } || \
+	echo "PostgreSQL missing and not installable here: its tests will skip"
 
 # 500 kill -9 cycles under load (make test runs 20)
 torture: $(STAMP)

@@ -26,6 +26,9 @@ import pytest
 from phxqd import config, protocol
 from phxqd.settings import Options, Settings
 
+#: the throwaway PostgreSQL of the PostgreSQL backend's tests (fixtures pg_cluster, pg_uri)
+pytest_plugins = ["tests.pgfixture"]
+
 READY_TIMEOUT = 30.0
 
 #: the source tree under test: what daemons, clients and jobs import (`make mutants` runs
