@@ -28,7 +28,7 @@ import msgspec
 from phxqd import config, logsetup, metrics, paths, server, statusfile, systemd
 from phxqd.core import Core
 from phxqd.hooks import Hooks
-from phxqd.local.journal import Corruption, Journal, JournalError
+from phxqd.local.journal import Corruption, Journal, JournalError, make_dirs
 from phxqd.local.recovery import StateDirBusy, lock_state_dir, recover
 from phxqd.model import QueueConfig
 from phxqd.settings import Options, Settings
@@ -200,7 +200,7 @@ async def run(
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         notifier.status("recovering the journal")
         for d in (settings.journal_dir, settings.logs_dir):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(d)
         recovered = recover(settings.journal_dir, cut_torn_tail=True, now=time.time())
         gc.freeze()  # the recovered jobs live on: keep them out of every later collection
         # A batch of 1,000 jobs allocates a few thousand short-lived tracked objects (specs,

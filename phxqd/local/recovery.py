@@ -24,6 +24,7 @@ from phxqd.local.journal import (
     Corruption,
     Scan,
     list_segments,
+    make_dirs,
     scan_segment,
 )
 from phxqd.local.state import Sharer, State
@@ -53,7 +54,7 @@ def lock_state_dir(state_dir: Path) -> int:
     Two daemons (or a daemon and `journal repair`) on one journal would corrupt it; the
     lock dies with the process, so a crash never leaves it stale.
     """
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_dirs(state_dir)
     fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
