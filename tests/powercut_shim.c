@@ -20,6 +20,8 @@
  * ':') are followed. $POWERCUT_KILL = "OP:SUFFIX:N" kills the process that loaded the shim
  * (the daemon, also when its snapshot child makes the call) right after the N-th OP on a
  * path ending in SUFFIX ("*" for any OP; SUFFIX may be empty).
+ * $POWERCUT_SYNC_DELAY_US makes each fsync/fdatasync of a followed file that much slower
+ * (a slow disk: the time a writer spends waiting on one is when other requests race it).
  * The shim removes LD_PRELOAD from the environment, so the daemon's jobs run without it.
  */
 #define _GNU_SOURCE
@@ -49,6 +51,7 @@ static char kill_op;
 static char kill_suffix[256];
 static long kill_nth, kill_count;
 static int killing;
+static useconds_t sync_delay;
 
 struct tracked { ino_t ino; int is_dir; char *path; };
 static struct tracked fds[MAXFD];
@@ -103,6 +106,8 @@ __attribute__((constructor)) static void init(void) {
             kill_nth = atol(colon + 1);
         }
     }
+    const char *delay = getenv("POWERCUT_SYNC_DELAY_US");
+    if (delay) sync_delay = (useconds_t)atol(delay);
     daemon_pid = getpid();
     unsetenv("LD_PRELOAD");
 }
@@ -297,6 +302,7 @@ static int do_sync(int (*real)(int), int fd) {
         errno = saved;
         return r;
     }
+    if (sync_delay) usleep(sync_delay);  /* a disk slower than this machine's */
     int r = real(fd);
     int saved = errno;
     if (r == 0) emit('S', t->ino, 0, 0, t->path, strlen(t->path), NULL, 0);

@@ -54,8 +54,11 @@ def build_shim(directory: Path) -> Path:
     return lib
 
 
-def shim_env(shim: Path, log: Path, dirs: list[Path], kill: str | None = None) -> dict[str, str]:
+def shim_env(
+    shim: Path, log: Path, dirs: list[Path], kill: str | None = None, sync_delay_us: int = 0
+) -> dict[str, str]:
     env = {"LD_PRELOAD": str(shim), "POWERCUT_LOG": str(log)}
+    env["POWERCUT_SYNC_DELAY_US"] = str(sync_delay_us)
     env["POWERCUT_DIRS"] = ":".join(str(d) for d in dirs)
     if kill is not None:
         env["POWERCUT_KILL"] = kill

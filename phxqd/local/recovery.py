@@ -92,8 +92,10 @@ def _recover(journal_dir: Path, cut_torn_tail: bool, now: float | None) -> Recov
                     f"records {snap_lsn + 1}..{first - 1} are missing "
                     "(no snapshot or segment holds them)",
                 )
-        elif first != expected:
+        elif first != expected and not expected < first <= snap_lsn + 1:
             raise Corruption(path, 0, f"segment starts at record {first}, expected {expected}")
+        # (A gap whose records the snapshot holds loses nothing. Older phxqd could leave
+        # one with fsync = "batch" and a power cut: an empty segment before the gap.)
         scan = scan_segment(path)
         if scan.tail_problem is not None:
             last = i == len(segments) - 1
