@@ -119,6 +119,9 @@ class Sequence:
     acked: dict[int, float] = field(default_factory=dict)
     last_cut: float = 0.0
     lost: int = 0
+    #: acknowledged submits (jobs) over all cycles, and those found after a cut
+    jobs_acked: int = 0
+    jobs_found: int = 0
     cuts: dict[str, int] = field(default_factory=dict)
     resurrected: int = 0
 
@@ -188,6 +191,7 @@ class Sequence:
             assert proc.returncode == -signal.SIGKILL, d.logtext()
             assert not self.acked.keys() & load.acked.keys(), "an id was handed out twice"
             self.acked.update(load.acked)
+            self.jobs_acked += len(load.acked)
             self.last_cut = load.gone_at or time.monotonic()
         ops, marker = read_log(log)
         if " ready: " not in d.logtext():
@@ -222,6 +226,7 @@ class Sequence:
                 f"{old[:10]}"
             )
         self.lost += len(missing)
+        self.jobs_found += len(kept)
         for i in missing:  # their ids are handed out again
             del self.acked[i]
 
@@ -264,7 +269,10 @@ def test_power_cuts_lose_no_acknowledged_job_and_phxqd_always_starts(
     for number in range(CYCLES):
         seq.cycle(number)
     seq.finish()
-    print(f"{model}/{policy}: cuts {seq.cuts}, jobs lost {seq.lost}, came back {seq.resurrected}")
+    print(
+        f"{model}/{policy}: cuts {seq.cuts}, jobs acknowledged {seq.jobs_acked}, found after"
+        f" cuts {seq.jobs_found}, lost {seq.lost}; unlinked segments back {seq.resurrected}"
+    )
     if model == "strict" and seq.cuts.get("unlink"):
         assert seq.resurrected, "a segment unlinked just before a cut is back after it"
 
