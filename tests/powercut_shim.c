@@ -9,7 +9,8 @@
  *   O  a file truncated by open(O_TRUNC)                                   ino, path
  *   W  bytes written at an offset                                          ino, offset, data
  *   T  ftruncate                                                           ino, length
- *   S  fsync/fdatasync of a file, logged once it returned                  ino
+ *   S  fsync/fdatasync of a file, logged once it returned                  ino, start (ns,
+ *      CLOCK_MONOTONIC: Python's time.monotonic)
  *   D  fsync of a directory: its entries, listed before the call           ino, path, entries
  *   R  rename                                                              old, new
  *   U  unlink                                                              path
@@ -37,6 +38,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAXFD 4096
@@ -302,10 +304,12 @@ static int do_sync(int (*real)(int), int fd) {
         errno = saved;
         return r;
     }
+    struct timespec began;
+    clock_gettime(CLOCK_MONOTONIC, &began);
     if (sync_delay) usleep(sync_delay);  /* a disk slower than this machine's */
     int r = real(fd);
     int saved = errno;
-    if (r == 0) emit('S', t->ino, 0, 0, t->path, strlen(t->path), NULL, 0);
+    if (r == 0) emit('S', t->ino, (long long)began.tv_sec * 1000000000LL + began.tv_nsec, 0, t->path, strlen(t->path), NULL, 0);
     errno = saved;
     return r;
 }
