@@ -321,7 +321,7 @@ class Journal:
             # left, which is fdatasync'd below: the snapshot that asked covers them, and
             # with "batch" a new segment holding them could be empty after a power cut,
             # leaving a gap that refused to start (found by tests/test_powercut.py).
-            while self._rotate and self._written_lsn < self._rotate_after:
+            while self._rotate and self._pending and self._written_lsn < self._rotate_after:
                 await self._write_batch()
             if self._rotate or self._segment_size >= self.segment_bytes:
                 await self._sync(force=True)
