@@ -32,7 +32,7 @@ from phxqd.core import Core
 from phxqd.hooks import Hooks
 from phxqd.local import formats
 from phxqd.local.backend import LocalBackend
-from phxqd.local.journal import Corruption, Journal, JournalError
+from phxqd.local.journal import Corruption, Journal, JournalError, make_dirs
 from phxqd.local.recovery import StateDirBusy, lock_state_dir, recover
 from phxqd.model import QueueConfig
 from phxqd.protocol import Refused
@@ -233,7 +233,7 @@ async def run(
     # Opened first: a SIGTERM during recovery waits for it, then stops cleanly.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         for d in (settings.journal_dir, settings.logs_dir):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(d)
         stats = Stats()
         if settings.store is not None:
             notifier.status("connecting to PostgreSQL")

@@ -51,6 +51,8 @@ FROM_CALLER = (
     # sees only what is listed here
     "PHXQ_TORTURE_CYCLES",
     "PHXQ_TORTURE_SEED",
+    "PHXQ_POWERCUT_CYCLES",
+    "PHXQ_POWERCUT_SEED",
     "CLI_FUZZ_EXAMPLES",
 )
 #: what the tests pin, whatever the caller had
