@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.bench_soak [--jobs 1000000] [--round 50000] [--commands 500]
                                          [--quick] [--quiet] [--tree OTHER_CHECKOUT]
+                                         [--postgres] [--http]
 
 A real phxqd (2 workers, the default config otherwise) runs rounds of `--round` jobs:
 `--commands` `true` commands, the rest no-op callables (`os:getpid`), submitted in
@@ -11,7 +12,10 @@ the daemon's RSS, open file descriptors and threads are read from /proc. Unless
 job per round, the status file is kept and each round is waited for with a streaming
 `wait` (what a busy installation has going). `--quick`: 5 rounds of 10,000 (under a
 minute). `--tree`: the phxqd of another source tree (a git worktree), to compare
-versions.
+versions. `--postgres`: phxqd on the PostgreSQL store (a throwaway server,
+bench/pg_server.py; the server's own memory is not counted). `--http`: phxqd serves HTTP
+and a dashboard stays open the whole run, as a browser tab would keep it: its live event
+stream read as it comes, and the overview page and the status API fetched every 2 s.
 
 Then `--hold` callables (100,000) are submitted with everything paused, run and kept, and
 cleared: RSS per queued job, per finished job kept (as `retention` keeps them), and what
@@ -25,12 +29,16 @@ the descriptors and threads, first and last.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
 import json
 import os
+import socket as socketlib
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.bench_journal import Daemon
@@ -99,17 +107,70 @@ def per_job(c: Client, pid: int, n: int) -> dict[str, float]:
     }
 
 
+def free_port() -> int:
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def dashboard(port: int, stop: threading.Event) -> None:
+    """An open dashboard tab: the overview page and the status every 2 s, beside a reader
+    of the live event stream (`events` thread)."""
+
+    def events() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        # (the stream ends when phxqd stops at the end of the run)
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn.request("GET", "/api/v1/events")
+            answer = conn.getresponse()
+            while not stop.is_set() and answer.read1(65536):
+                pass
+        conn.close()
+
+    threading.Thread(target=events, daemon=True).start()
+    while not stop.wait(2.0):
+        for path in ("/", "/api/v1/status"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", path)
+            conn.getresponse().read()
+            conn.close()
+
+
+@contextlib.contextmanager
+def store(postgres: bool) -> Iterator[str | None]:
+    if not postgres:
+        yield None
+        return
+    from bench.pg_server import PgServer
+
+    with PgServer() as pg:
+        yield pg.database("soak")
+
+
 def run(
-    jobs: int, per_round: int, commands: int, listeners: bool, tree: Path | None, hold: int
+    jobs: int,
+    per_round: int,
+    commands: int,
+    listeners: bool,
+    tree: Path | None,
+    hold: int,
+    postgres: bool = False,
+    serve_http: bool = False,
 ) -> tuple[list[tuple[int, int, int, int, float]], dict[str, object]]:
     rows: list[tuple[int, int, int, int, float]] = []  # (jobs so far, rss, fds, threads, s)
-    with tempfile.TemporaryDirectory(prefix="phxq-soak-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="phxq-soak-") as tmp, store(postgres) as uri:
         root = Path(tmp)
         d = Daemon(root, "always")
+        config = 'fsync = "always"\n'
         if listeners:
-            (root / "c.toml").write_text(
-                f'status_file = "{root / "status.json"}"\non_failure = ["true"]\n'
-            )
+            config += f'status_file = "{root / "status.json"}"\non_failure = ["true"]\n'
+        if uri is not None:
+            config += f'store = "{uri}"\n'
+        port = free_port() if serve_http else None
+        if port is not None:
+            config += f'http_listen = "127.0.0.1:{port}"\n'
+        (root / "c.toml").write_text(config)
         if tree is not None:
             d.env["PYTHONPATH"] = str(tree)
             d.cwd = tree
@@ -120,6 +181,8 @@ def run(
             pid = d.proc.pid
             if listeners:
                 threading.Thread(target=watcher, args=(d.socket, stop), daemon=True).start()
+            if port is not None:
+                threading.Thread(target=dashboard, args=(port, stop), daemon=True).start()
             t0 = time.perf_counter()
             passed = 0
             with Client(d.socket) as c:
@@ -148,6 +211,8 @@ def run(
         "fds_first_last": [rows[0][2], last[2]],
         "threads_first_last": [rows[0][3], last[3]],
         "listeners": listeners,
+        "store": "postgresql" if postgres else "journal",
+        "http_with_open_dashboard": serve_http,
         **held,
     }
     return rows, summary
@@ -177,10 +242,12 @@ def main() -> None:
     p.add_argument(
         "--hold", type=int, default=100_000, help="then: RSS per job of this many, queued, kept"
     )
+    p.add_argument("--postgres", action="store_true", help="on a throwaway PostgreSQL store")
+    p.add_argument("--http", action="store_true", help="serve HTTP, a dashboard open throughout")
     a = p.parse_args()
     jobs, per_round, commands = (50_000, 10_000, 100) if a.quick else (a.jobs, a.round, a.commands)
     hold = min(a.hold, 20_000) if a.quick else a.hold
-    rows, summary = run(jobs, per_round, commands, not a.quiet, a.tree, hold)
+    rows, summary = run(jobs, per_round, commands, not a.quiet, a.tree, hold, a.postgres, a.http)
     print(table(rows))
     print(json.dumps(summary))
 
