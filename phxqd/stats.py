@@ -51,6 +51,19 @@ class Histogram:
         return out
 
 
+#: how far back `Stats.last_minute` looks, in seconds
+RECENT_SECONDS = 60
+
+
+@dataclass(slots=True)
+class Second:
+    """The attempts that ended in one second: how many, and how long they ran in all."""
+
+    second: int
+    ended: int = 0
+    seconds: float = 0.0
+
+
 @dataclass
 class Stats:
     #: (event kind, queue) -> count; kinds: submitted, started, completed, failed,
@@ -63,18 +76,33 @@ class Stats:
     wait: dict[str, Histogram] = field(default_factory=dict)
     fsync: Histogram = field(default_factory=lambda: Histogram(SYNC_BUCKETS))
     snapshot: Histogram = field(default_factory=lambda: Histogram(JOB_BUCKETS))
-    #: (finished_at, seconds it ran) of attempts ended in the last minute, for status
-    recent: deque[tuple[float, float]] = field(default_factory=deque)
+    #: attempts ended in the last minute, for status: one `Second` per second in which
+    #: some ended (at most RECENT_SECONDS + 1 of them, however many jobs end)
+    recent: deque[Second] = field(default_factory=deque)
 
     def ended(self, at: float, seconds: float) -> None:
-        """An attempt ended for good (completed, or failed with no retry left)."""
-        self.recent.append((at, seconds))
+        """An attempt ended for good (completed, or failed with no retry left).
 
-    def last_minute(self, now: float) -> list[float]:
-        """How long each attempt that ended in the last minute ran."""
-        while self.recent and self.recent[0][0] < now - 60:
+        Counted in its second, not kept one by one: a daemon that nobody asks for its
+        status used to keep every end it had seen (about 140 bytes per job, for months).
+        An end older than the newest second counted (clocks of two sources) goes into it.
+        """
+        recent, second = self.recent, int(at)
+        if recent and second <= recent[-1].second:
+            last = recent[-1]
+        else:
+            last = Second(second)
+            recent.append(last)
+            while recent[0].second < second - RECENT_SECONDS:
+                recent.popleft()
+        last.ended += 1
+        last.seconds += seconds
+
+    def last_minute(self, now: float) -> tuple[int, float]:
+        """How many attempts ended in the last minute, and how long they ran in all."""
+        while self.recent and self.recent[0].second < now - RECENT_SECONDS:
             self.recent.popleft()
-        return [d for _, d in self.recent]
+        return sum(s.ended for s in self.recent), sum(s.seconds for s in self.recent)
 
     def count(self, event: AnyEvent, table: Mapping[int, Job]) -> None:
         """Called with each event after it was applied (live only: replays are not

@@ -30,8 +30,7 @@ class Views:
         summary = await self.backend.summary()
         running = [await self.backend.find(i) for i in self.dispatcher.running()]
         live = [j for j in running if j is not None and j.status == "running"]
-        durations = self.backend.stats.last_minute(now)
-        ended = len(durations)
+        ended, ran = self.backend.stats.last_minute(now)
         counts = summary.counts
         backlog = counts["pending"] + counts["retrying"] + counts["running"]
         per_second = ended / 60.0
@@ -55,7 +54,7 @@ class Views:
                 for j in live
             ],
             throughput_per_minute=ended,
-            average_seconds=sum(durations) / ended if ended else None,
+            average_seconds=ran / ended if ended else None,
             eta_seconds=backlog / per_second if per_second and backlog else None,
             fsync=health.durability,
             journal=JournalInfo(records=health.records, fsyncs=health.fsyncs),

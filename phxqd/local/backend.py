@@ -11,6 +11,7 @@ how many per queue (what concurrency limits count), and the jobs given back unst
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import Counter, deque
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.abc
 
+from phxqd import memory
 from phxqd.backend import SHUTDOWN, Begun, Ending, Health, Summary
 from phxqd.events import (
     AnyEvent,
@@ -42,6 +44,9 @@ from phxqd.model import FINISHED, WAITING, Job, JobSpec, Progress, SubmitResult
 from phxqd.notice import Notice
 from phxqd.settings import Settings
 from phxqd.stats import Stats
+
+#: forgetting this many jobs at once gives memory back to the system (`_forgotten`)
+TRIM_AFTER = 1000
 
 
 class LocalBackend:
@@ -77,6 +82,8 @@ class LocalBackend:
             {},
             {},
         )
+        #: when memory was last given back to the system (see `_forgotten`)
+        self._trimmed = -math.inf
         #: background snapshots and healing, stopped by `close`
         self._upkeep = anyio.CancelScope()
 
@@ -145,7 +152,9 @@ class LocalBackend:
     async def clear(self, status: str | None, queue: str | None) -> list[int]:
         events = self._state.clear(status, queue)
         await self._recorder.commit(events)
-        return [i for e in events if isinstance(e, Cleared) for i in e.ids]
+        ids = [i for e in events if isinstance(e, Cleared) for i in e.ids]
+        await self._forgotten(len(ids))
+        return ids
 
     async def forget_finished_before(self, cutoff: float) -> list[int]:
         ids = [
@@ -155,7 +164,16 @@ class LocalBackend:
         ]
         if ids:
             await self._recorder.commit([Cleared(ids)])
+            await self._forgotten(len(ids))
         return ids
+
+    async def _forgotten(self, count: int) -> None:
+        """Many jobs were forgotten: give the memory they held back to the system (see
+        phxqd/memory.py), at most once a second."""
+        now = time.monotonic()
+        if count >= TRIM_AFTER and now - self._trimmed >= 1.0:
+            self._trimmed = now
+            await anyio.to_thread.run_sync(memory.give_back)
 
     async def set_limit(self, queue: str, concurrency: int | None) -> None:
         await self._recorder.commit([QueueSet(queue, concurrency)])

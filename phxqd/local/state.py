@@ -50,6 +50,13 @@ from phxqd.protocol import Refused
 
 BACKOFF_BASE, BACKOFF_MAX, BACKOFF_JITTER = DEFAULT_BACKOFF
 
+#: A map is rebuilt once its table takes more than this many times the bytes its entries
+#: need (see `State._compact`), and at least `SHRINK_FLOOR` bytes
+SHRINK_FACTOR = 8
+SHRINK_FLOOR = 1 << 20
+#: bytes a dict needs per entry, table and index (about 42 in CPython 3.11, built by inserts)
+DICT_ENTRY_BYTES = 48
+
 #: Subtracted from the sequence number of a retrying job: among ready jobs of one priority,
 #: a retry whose backoff has elapsed goes before every pending job, FIFO among retries.
 RETRY_FIRST = 1 << 62
@@ -609,6 +616,48 @@ class State:
             self._blocked.pop(job_id, None)
             if job.key is not None and self.keys.get(job.key) == job_id:
                 del self.keys[job.key]
+        self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the maps that hold far fewer entries than their tables have room for,
+        and drop what is left of queues that have no job.
+
+        A Python dict never shrinks when entries are deleted: one that once held a million
+        jobs keeps a table for a million (about 40 MB) until it is rebuilt, however few it
+        holds now. New entries reuse that room, so memory is bounded by the peak, but a
+        daemon that once took a burst of a million jobs would hold the burst's tables for
+        months. So after jobs are forgotten (`clear`, retention), each map whose table is
+        over `SHRINK_FACTOR` times what its entries need (and over `SHRINK_FLOOR` bytes)
+        is copied into a new one, sized to what it holds: O(entries), and rare (the map
+        must have shrunk eightfold since it was last built). Also dropped: the (queue,
+        status) counts at zero, the heaps' entries of jobs gone from the queue, and the
+        empty ready heaps of queues, so queue names that come and go leave nothing behind
+        either.
+        """
+        for name in ("jobs", "keys", "_queued", "_blocked", "_dependents"):
+            table = getattr(self, name)
+            size = sys.getsizeof(table)
+            if size > SHRINK_FLOOR and size > SHRINK_FACTOR * DICT_ENTRY_BYTES * len(table):
+                setattr(self, name, dict(table))
+        for k in [k for k, n in self.counts.items() if not n]:
+            del self.counts[k]
+        # Heap entries of jobs that left the queue some other way than by being claimed
+        # (cancelled, cleared, taken back) stay until they reach the top: in a paused
+        # queue, or behind a delay, that may be never. Once they outnumber the live
+        # ones, the heap is rebuilt without them.
+        queued = self._queued
+        for queue, heap in list(self._ready.items()):
+            waiting = self.counts.get((queue, "pending"), 0) + self.counts.get(
+                (queue, "retrying"), 0
+            )
+            if len(heap) > 2 * waiting + 64:
+                heap[:] = [e for e in heap if queued.get(e[2]) == e[1]]
+                heapq.heapify(heap)
+            if not heap:
+                del self._ready[queue]
+        if len(self._delayed) > 2 * len(queued) + 64:
+            self._delayed = [e for e in self._delayed if queued.get(e[2]) == e[1]]
+            heapq.heapify(self._delayed)
 
     def _count(self, job: Job, delta: int) -> None:
         k = (job.queue, job.status)
