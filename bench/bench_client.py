@@ -16,8 +16,10 @@ runs them, with PHXQ_SOCKET set. Bytecode is written first (PYTHONDONTWRITEBYTEC
 dropped): an installed package has its .pyc files.
 
 Rows for context (not targets): the floor without `site` (python -S: no site-packages, so
-no editable-install path hook either), `phxqctl --help` (no connection), and the same
-status request through the typed Python API (`phxqctl.Client`, msgspec). With
+no editable-install path hook either), `import re` (the console script pip writes for any
+entry point imports it before phxqctl's own code runs) and `import re, argparse` (phxqctl's
+argument parser: what any argparse command line pays), `phxqctl --help` (no connection),
+and the same status request through the typed Python API (`phxqctl.Client`, msgspec). With
 `--editable`, the cost of the editable install's path hook, part of the floor, is printed
 from -X importtime. The daemon is this checkout's, the same in both cases.
 Prints a JSON summary on the last line.
@@ -44,6 +46,8 @@ def commands(python: str, ctl: str) -> dict[str, list[str]]:
         "phxqctl status": [ctl, "status"],
         "phxqctl submit -- true": [ctl, "submit", "--", "true"],
         "python -S -c pass": [python, "-S", "-c", "pass"],
+        "python -c 'import re'": [python, "-c", "import re"],
+        "python -c 'import re, argparse'": [python, "-c", "import re, argparse"],
         "phxqctl --help": [ctl, "--help"],
         "Client().status() (msgspec)": [
             python,
