@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit shells torture fuzz fuzz-cli bench clean
+.PHONY: run test lint typecheck unit shells browser screenshots torture fuzz fuzz-cli bench clean tools mutants
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict phxqd phxqctl fuzz bench
 
-unit: $(STAMP) shells
+unit: $(STAMP) shells browser tools
 	$(BIN)/python -m pytest -q
 
 # zsh and fish for the completion tests (bash and tmux are there already). Installed when
@@ -36,6 +36,38 @@ shells:
 	  { apt-get install -y -q zsh fish tmux >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null && apt-get install -y -q zsh fish tmux >/dev/null; }; }; } || \
 	echo "zsh/fish/tmux missing and not installable here: their tests will skip"
+
+# Debian's chromium and its chromedriver for the dashboard's browser tests, the same way:
+# installed when missing (root with apt-get), else those tests skip, or fail under CI=1.
+browser:
+	@export DEBIAN_FRONTEND=noninteractive; command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }; } || \
+	echo "chromium/chromedriver missing and not installable here: the browser tests will skip"
+
+# the dashboard's screenshots in docs/ (README shows one): a made-up day in headless Chromium
+screenshots: $(STAMP) browser
+	$(BIN)/python -m tests.web_screenshots docs
+
+# changes that break phxq (tests/mutants/mutants.toml), each applied to a copy of the tree
+# with the tests named for it run: prints which ones no test noticed. Not part of `test`.
+mutants: $(STAMP) tools
+	$(BIN)/python -m tests.mutants.run $(if $(ONLY),--only '$(ONLY)')
+
+# strace (the fsync-order and syscall-filter tests), a C compiler (the EIO shim of
+# test_faults) and systemd-analyze (test_units), installed as `shells` installs its
+# shells. Without them those tests skip, saying so, except under CI=1 where they fail.
+TOOLS := strace:strace cc:gcc systemd-analyze:systemd
+tools:
+	@export DEBIAN_FRONTEND=noninteractive; missing=; \
+	for t in $(TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	[ -z "$$missing" ] || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && \
+	      apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; }; } || \
+	echo "$$missing missing and not installable here: their tests will skip"
 
 # 500 kill -9 cycles under load (make test runs 20)
 torture: $(STAMP)

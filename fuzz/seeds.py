@@ -16,6 +16,7 @@ import msgspec
 from fuzz.harness import CHUNKED, HELLO_FRAME, SEP, build
 from phxqd import protocol as p
 from phxqd.model import Call, JobSpec
+from phxqd.schedules_model import ScheduleSpec
 
 
 def _enc(*requests: msgspec.Struct) -> list[bytes]:
@@ -79,6 +80,20 @@ SEEDS: dict[str, bytes] = {
     "queues": build(_enc(p.SetQueue("q", 2), p.SetQueue("q", None), p.Queues())),
     "pause-resume": build(_enc(p.Pause("q"), p.Resume("q"), p.Resume(None), p.Pause(None))),
     "metrics": build(_enc(p.Submit([CMD]), p.Metrics())),
+    "rates": build(_enc(p.SetRate("q", 2.0, 3), p.SetRate("q", None), p.Queues())),
+    "schedules": build(
+        _enc(
+            p.ScheduleAdd(ScheduleSpec("s", CMD, every=60.0)),
+            p.ScheduleAdd(ScheduleSpec("c", CMD, cron="*/5 * * * * *", tz="UTC")),
+            p.Schedules(),
+            p.ScheduleShow("s"),
+            p.ScheduleRun("s"),
+            p.SchedulePause("s"),
+            p.ScheduleResume("s"),
+            p.ScheduleRemove("c"),
+            p.ScheduleShow("c"),
+        )
+    ),
     "malformed": build([b"\xc1", msgspec.msgpack.encode({"op": "nonsense"}), b""]),
 }
 
@@ -89,6 +104,7 @@ WORDS = sorted(
         *(f for cls in p.AnyRequest.__args__ for f in cls.__struct_fields__),
         *JobSpec.__struct_fields__,
         *Call.__struct_fields__,
+        *ScheduleSpec.__struct_fields__,
         "op",
         "pending",
         "running",

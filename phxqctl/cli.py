@@ -16,7 +16,14 @@ from phxqctl import locate, render
 from phxqctl.errors import PhxqError, UsageError
 from phxqctl.report import progress
 from phxqctl.wire import Session
-from phxqd.contract import DEFAULT_QUEUE, FINISHED, MAX_BATCH, STATUSES, value_problem
+from phxqd.contract import (
+    DEFAULT_QUEUE,
+    FINISHED,
+    MAX_BATCH,
+    STATUSES,
+    request_problem,
+    value_problem,
+)
 
 #: typing costs a few ms to import; the annotations are strings (PEP 563) anyway
 TYPE_CHECKING = False
@@ -241,15 +248,80 @@ def _queue(p: argparse.ArgumentParser) -> None:
     qsub = p.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
     ql = qsub.add_parser("list", help="queues with counts and limits", formatter_class=Formatter)
     _common(ql)
-    qs = qsub.add_parser("set", help="set a queue's concurrency", formatter_class=Formatter)
+    qs = qsub.add_parser(
+        "set", help="set a queue's concurrency or start rate", formatter_class=Formatter
+    )
     _common(qs)
     qs.add_argument("queue")
     qs.add_argument(
         "--concurrency",
-        required=True,
         metavar="N|default",
         help="most jobs of the queue running at once; 'default' for the config's",
     )
+    qs.add_argument(
+        "--rate",
+        metavar="N/s|N/m|N/h|default",
+        help="how often jobs of the queue may start (a token bucket); 'default' for the config's",
+    )
+    qs.add_argument(
+        "--burst", type=int, default=1, metavar="N", help="starts allowed at once under --rate"
+    )
+
+
+def _schedule(p: argparse.ArgumentParser) -> None:
+    ssub = p.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
+    add = ssub.add_parser(
+        "add",
+        help="add (or replace) a schedule: NAME (--cron EXPR | --every DURATION) -- CMD...",
+        formatter_class=Formatter,
+    )
+    _common(add)
+    add.add_argument("name")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument(
+        "--cron",
+        metavar="EXPR",
+        help="5 fields (or 6, seconds first), names, ranges, steps, or @daily, @hourly...",
+    )
+    when.add_argument("--every", type=duration, metavar="DURATION", help="every 30s, 5m, 1h...")
+    add.add_argument("--tz", metavar="ZONE", help="time zone of --cron (default: the machine's)")
+    add.add_argument(
+        "--catch-up",
+        choices=("skip", "once", "all"),
+        default="skip",
+        help="fire times missed while phxqd was down: none, one run, or each (default: skip)",
+    )
+    add.add_argument(
+        "--overlap",
+        choices=("allow", "skip", "queue"),
+        default="skip",
+        help="when the previous run is still going: run anyway, skip this time, or run "
+        "once it ends (default: skip)",
+    )
+    add.add_argument("--queue", default=DEFAULT_QUEUE)
+    add.add_argument("--priority", type=int, default=0, help="higher runs first")
+    add.add_argument("--retries", type=int, help="retries after a failure (default: the queue's)")
+    add.add_argument("--backoff", type=backoff_policy, metavar="BASE[,MAX[,JITTER]]")
+    add.add_argument("--timeout", type=duration, help="kill the job after this long (30s, 5m)")
+    add.add_argument("--label", help="a note shown with each job")
+    add.add_argument("--cwd", help="working directory of the jobs (default: here)")
+    add.add_argument("--env", type=env_pair, action="append", default=[], metavar="NAME=VALUE")
+    add.add_argument("--shell", metavar="COMMAND", help="run COMMAND with /bin/sh -c")
+    add.add_argument("--call", metavar="MOD:FUNC", help="a Python callable instead of a command")
+    add.add_argument("--args", type=json_value(list), default=[], metavar="JSON")
+    add.add_argument("--kwargs", type=json_value(dict), default={}, metavar="JSON")
+    ls = ssub.add_parser("list", help="schedules and their next fire", formatter_class=Formatter)
+    _common(ls)
+    for action, what in (
+        ("show", "one schedule: next 5 fire times, last fire and its job"),
+        ("remove", "remove a schedule (its jobs stay)"),
+        ("pause", "stop firing a schedule (missed times are not caught up)"),
+        ("resume", "fire a paused schedule again"),
+        ("run", "fire a schedule now, once"),
+    ):
+        one = ssub.add_parser(action, help=what, formatter_class=Formatter)
+        _common(one)
+        one.add_argument("name")
 
 
 def _progress(p: argparse.ArgumentParser) -> None:
@@ -289,7 +361,11 @@ SYNTAX: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "clear": ("forget finished jobs (never pending or running ones)", _clear),
     "pause": ("stop starting jobs from a queue, or from all queues", _optional_queue),
     "resume": ("start jobs again from a queue, or from all queues", _optional_queue),
-    "queue": ("show queues, or set a queue's concurrency at run time", _queue),
+    "queue": ("show queues, or set a queue's concurrency or rate at run time", _queue),
+    "schedule": (
+        "cron and interval schedules: add, list, show, remove, pause, resume, run",
+        _schedule,
+    ),
     "progress": ("from inside a job: report its progress (shown by show and status)", _progress),
     "metrics": ("the daemon's metrics, in the Prometheus text format", _nothing),
     "watch": ("live view: counts, running jobs with progress and ETA, failures", _watch),
@@ -328,14 +404,19 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # argparse looks up a translation of its few words ("usage:", "options") a dozen times
     # per start: each look-up imports `locale`, normalises the language variables and
-    # probes for .mo files that Python does not ship. Skipping it saved ~2 ms of CPU of
-    # `phxqctl submit` (bench/bench_client.py); phxqctl's own messages are English anyway.
+    # probes for .mo files that Python does not ship (a large part of what parsing cost in
+    # a wheel install, bench/bench_client.py); phxqctl's own messages are English anyway.
     translate = argparse._  # type: ignore[attr-defined]
     argparse._ = _untranslated  # type: ignore[attr-defined]
     try:
         args = top_parser().parse_args(argv)
         rest = args.rest
         del args.rest
+        if args.command == "schedule" and "--" in rest:
+            # `schedule add NAME [options] -- CMD...`: argparse cannot put a positional
+            # NAME before options and a command after them, so the command is cut off first
+            cut = rest.index("--")
+            rest, args.argv = rest[:cut], rest[cut + 1 :]
         return command_parser(args.command).parse_args(rest, namespace=args)
     finally:
         argparse._ = translate  # type: ignore[attr-defined]
@@ -612,14 +693,31 @@ def _pause_resume(op: str, verb: str) -> Command:
 
 def do_queue(session: Session, args: argparse.Namespace, as_json: bool) -> int:
     if args.queue_command == "set":
-        if args.concurrency == "default":
-            limit = None
-        else:
+        if args.concurrency is None and args.rate is None:
+            raise UsageError("queue set needs --concurrency N, --rate N/s, or both")
+        per_second = None
+        if args.rate is not None and args.rate != "default":
+            from phxqd.rates import parse_rate
+
             try:
-                limit = int(args.concurrency)
-            except ValueError:
-                raise UsageError("--concurrency wants a number or 'default'") from None
-        queues = session.call("queue-set", queue=args.queue, concurrency=limit)
+                per_second = parse_rate(args.rate)
+            except ValueError as e:
+                raise UsageError(f"--rate: {e}") from None
+        if not 1 <= args.burst <= 1_000_000:
+            raise UsageError("--burst must be 1 to 1000000")
+        if args.concurrency is not None:
+            if args.concurrency == "default":
+                limit = None
+            else:
+                try:
+                    limit = int(args.concurrency)
+                except ValueError:
+                    raise UsageError("--concurrency wants a number or 'default'") from None
+            queues = session.call("queue-set", queue=args.queue, concurrency=limit)
+        if args.rate is not None:
+            queues = session.call(
+                "queue-rate", queue=args.queue, per_second=per_second, burst=args.burst
+            )
     else:
         queues = session.call("queues")
     if as_json:
@@ -628,6 +726,85 @@ def do_queue(session: Session, args: argparse.Namespace, as_json: bool) -> int:
     else:
         print(render.queue_table(queues))
     return 0
+
+
+def do_schedule(session: Session, args: argparse.Namespace, as_json: bool) -> int:
+    action = args.schedule_command
+    if action == "add":
+        job = schedule_job(args)
+        # the job's values checked as a submit's, with submit's words
+        if why := request_problem({"op": "submit", "jobs": [job]}):
+            raise UsageError(why)
+        schedule = {
+            "name": args.name,
+            "job": job,
+            "cron": args.cron,
+            "tz": args.tz,
+            "every": args.every,
+            "catch_up": args.catch_up,
+            "overlap": args.overlap,
+        }
+        info = session.call(
+            "schedule-add", schedule={k: v for k, v in schedule.items() if v is not None}
+        )
+        _print_schedule(info, as_json)
+    elif action == "list":
+        schedules = session.call("schedules")
+        if as_json:
+            for info in schedules:
+                render.print_json(info)
+        else:
+            print(render.schedule_table(schedules))
+    elif action == "run":
+        res = session.call("schedule-run", name=args.name)
+        if as_json:
+            render.print_json({**res["job"], "deduplicated": res["deduplicated"]})
+        else:
+            print(res["job"]["id"])
+    else:
+        info = session.call(f"schedule-{action}", name=args.name)
+        if action in ("show", "add") or as_json:
+            _print_schedule(info, as_json)
+        else:
+            past = {"remove": "removed", "pause": "paused", "resume": "resumed"}[action]
+            print(f"{past} schedule {args.name}")
+    return 0
+
+
+def _print_schedule(info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        render.print_json(info)
+    else:
+        print(render.schedule_detail(info))
+
+
+def schedule_job(args: argparse.Namespace) -> dict[str, Any]:
+    """The job spec each firing of `schedule add` submits (as `submit` would make it)."""
+    argv = list(getattr(args, "argv", []))
+    if args.shell is not None:
+        if argv:
+            raise UsageError("give either --shell COMMAND or a command after --, not both")
+        argv = ["/bin/sh", "-c", args.shell]
+    if args.call and argv:
+        raise UsageError("give either --call MOD:FUNC or a command, not both")
+    if not argv and not args.call:
+        raise UsageError("schedule add needs a command: phxqctl schedule add NAME ... -- CMD")
+    here = os.getcwd()
+    spec = {
+        "argv": argv,
+        "call": {"func": args.call, "args": args.args, "kwargs": args.kwargs}
+        if args.call
+        else None,
+        "queue": args.queue,
+        "priority": args.priority,
+        "max_retries": args.retries,
+        "backoff": args.backoff,
+        "timeout": args.timeout,
+        "label": args.label,
+        "cwd": os.path.join(here, args.cwd) if args.cwd else here,
+        "env": dict(args.env),
+    }
+    return {k: v for k, v in spec.items() if v is not None}
 
 
 def do_metrics(session: Session, args: argparse.Namespace, as_json: bool) -> int:
@@ -672,6 +849,7 @@ COMMANDS: dict[str, Command] = {
     "clear": do_clear,
     "progress": do_progress,
     "queue": do_queue,
+    "schedule": do_schedule,
     "metrics": do_metrics,
     "pause": _pause_resume("pause", "paused"),
     "resume": _pause_resume("resume", "resumed"),

@@ -28,6 +28,7 @@ from phxqctl.wire import Connection
 from phxqd import protocol
 from phxqd.contract import request_problem, value_problem
 from phxqd.model import Call, Job, JobSpec, SubmitResult, validate_spec
+from phxqd.schedules_model import ScheduleSpec
 
 __all__ = [
     "Client",
@@ -164,6 +165,54 @@ class Client:
         request = protocol.SetQueue(queue, concurrency)
         result: builtins_list[dict[str, Any]] = self._call_plain(request)
         return result
+
+    def set_rate(
+        self, queue: str, per_second: float | None, burst: int = 1
+    ) -> builtins_list[dict[str, Any]]:
+        """Limit how often jobs of a queue start (a token bucket of `burst`, refilled at
+        `per_second`; kept across restarts); None: back to the config's rate."""
+        request = protocol.SetRate(queue, per_second, burst)
+        result: builtins_list[dict[str, Any]] = self._call_plain(request)
+        return result
+
+    def schedule_add(
+        self,
+        name: str,
+        job: JobSpec,
+        *,
+        cron: str | None = None,
+        tz: str | None = None,
+        every: float | None = None,
+        catch_up: str = "skip",
+        overlap: str = "skip",
+    ) -> protocol.ScheduleInfo:
+        """Add (or replace) a schedule that submits `job` at each fire time of `cron`
+        (in `tz`) or every `every` seconds (docs/schedules.md)."""
+        spec = ScheduleSpec(name, job, cron, tz, every, catch_up, overlap)  # type: ignore[arg-type]
+        info: protocol.ScheduleInfo = self.call(protocol.ScheduleAdd(spec))
+        return info
+
+    def schedules(self) -> builtins_list[protocol.ScheduleInfo]:
+        result: builtins_list[protocol.ScheduleInfo] = self.call(protocol.Schedules())
+        return result
+
+    def schedule(self, name: str, action: str = "show") -> protocol.ScheduleInfo:
+        """`action` on schedule `name`: "show", "remove", "pause" or "resume"."""
+        kinds: dict[str, type[protocol.Request]] = {
+            "show": protocol.ScheduleShow,
+            "remove": protocol.ScheduleRemove,
+            "pause": protocol.SchedulePause,
+            "resume": protocol.ScheduleResume,
+        }
+        if action not in kinds:
+            raise ValueError(f"action is one of {', '.join(kinds)}, not {action!r}")
+        info: protocol.ScheduleInfo = self.call(kinds[action](name))
+        return info
+
+    def schedule_run(self, name: str) -> Job:
+        """Fire schedule `name` now, once; its job."""
+        result: SubmitResult = self.call(protocol.ScheduleRun(name))
+        return result.job
 
     def metrics(self) -> str:
         """The Prometheus text exposition of the daemon's metrics."""

@@ -155,6 +155,8 @@ def event_line(e: dict[str, Any]) -> str:
         return f"{when}  {e['count']} events dropped (this reader fell behind)"
     kind = e["event"]
     line = f"{when}  job {e['id']} {render.paint(kind, e['status'])}  ({e['queue']})"
+    if kind == "submitted" and (e.get("key") or "").startswith("schedule:"):
+        line += f"  by schedule {e['key'][9:].partition('@')[0].partition('!')[0]}"
     if kind == "progress" and e["progress"]:
         line += "  " + render.progress_text(e["progress"], width=10)
     if kind == "retrying" and e["run_at"]:
@@ -248,6 +250,7 @@ def screen_lines(
         head += ", ALL PAUSED"
     lines = [render.paint(render.clip(head, width - 8), "bold") + "  q: quit", ""]
     lines += render.counts_table(s)
+    lines += render.schedule_lines(s, now)
     lines += ["", render.paint(f"RUNNING ({len(s['running_jobs'])} of {s['workers']})", "bold")]
     room = max(rows - len(lines) - 3 - min(len(failures), RECENT_FAILURES) - 2, 1)
     for r in s["running_jobs"][:room]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 
 from phxqd.contract import STATUSES
 
@@ -267,7 +268,7 @@ def outcome_line(job: dict[str, Any]) -> str:
 def queue_table(queues: list[dict[str, Any]]) -> str:
     if not queues:
         return "no queues"
-    rows = [("QUEUE", "LIMIT", "ACTIVE", "PENDING", "RETRY", "FAILED", "")]
+    rows: list[tuple[str, ...]] = [("QUEUE", "LIMIT", "ACTIVE", "PENDING", "RETRY", "FAILED", "")]
     for q in queues:
         limit = "-" if q["concurrency"] is None else str(q["concurrency"])
         if q["concurrency_from"] == "runtime":
@@ -284,10 +285,95 @@ def queue_table(queues: list[dict[str, Any]]) -> str:
                 "paused" if q["paused"] else "",
             )
         )
+    rated = [q for q in queues if q.get("rate") is not None]
+    if rated:
+        rows[0] = (*rows[0][:-1], "RATE", "NEXT START", "")
+        now = time.time()
+        for i, q in enumerate(queues, 1):
+            rate = "-"
+            if q.get("rate") is not None:
+                rate = rate_text(q["rate"]) + (f" burst {q['burst']}" if q["burst"] > 1 else "")
+                rate += "*" if q["rate_from"] == "runtime" else ""
+            start = q.get("next_start")
+            rows[i] = (
+                *rows[i][:-1],
+                rate,
+                "now" if start is None else ago(start, now),
+                rows[i][-1],
+            )
     text = table(rows, right=(1, 2, 3, 4, 5))
-    if any(q["concurrency_from"] == "runtime" for q in queues):
+    if any("runtime" in (q["concurrency_from"], q.get("rate_from")) for q in queues):
         text += "\n* set at run time (phxqctl queue set), kept across restarts"
     return text
+
+
+def rate_text(per_second: float) -> str:
+    """10/s, 30/m, 2/h: the shortest with a whole N (as phxqd.rates.rate_text)."""
+    for unit, seconds in (("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        n = per_second * seconds
+        if n >= 1 and abs(n - round(n)) < 1e-9:
+            return f"{round(n)}/{unit}"
+    return f"{per_second * 3600:g}/h"
+
+
+def when(t: float | None, now: float) -> str:
+    """A time as local 'YYYY-MM-DD HH:MM:SS' with how far it is: '... (in 3m07s)'."""
+    if t is None:
+        return "-"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+    return f"{stamp} ({ago(t, now)})"
+
+
+def schedule_timing(info: dict[str, Any]) -> str:
+    if info["cron"] is not None:
+        return f"cron {info['cron']}" + (f" ({info['tz']})" if info["tz"] else "")
+    return f"every {span(info['every'])}"
+
+
+def schedule_table(schedules: list[dict[str, Any]]) -> str:
+    if not schedules:
+        return "no schedules"
+    now = time.time()
+    rows = [("NAME", "WHEN", "NEXT", "LAST JOB", "FIRED", "MISSED", "COMMAND")]
+    for info in schedules:
+        nxt = info["next_fires"][0] if info["next_fires"] else None
+        last = "-" if info["last_job"] is None else f"{info['last_job']} {info['last_status']}"
+        rows.append(
+            (
+                info["name"] + (" (config)" if info["source"] == "config" else ""),
+                schedule_timing(info),
+                "paused" if info["paused"] else ago(nxt, now),
+                last,
+                str(info["fired"]),
+                str(info["missed"]),
+                clip(command(info["job"]), 40),
+            )
+        )
+    return table(rows, right=(4, 5))
+
+
+def schedule_detail(info: dict[str, Any]) -> str:
+    now = time.time()
+    fields: list[tuple[str, str]] = [
+        ("name", info["name"]),
+        ("when", schedule_timing(info)),
+        ("zone", info["zone"]),
+        ("catch-up", info["catch_up"]),
+        ("overlap", info["overlap"]),
+        ("command", command(info["job"])),
+        ("queue", info["job"].get("queue", "default")),
+        ("from", "phxqd.toml" if info["source"] == "config" else "phxqctl schedule add"),
+    ]
+    if info["paused"]:
+        fields.append(("state", paint("paused", "retrying")))
+    for i, t in enumerate(info["next_fires"]):
+        fields.append(("next" if i == 0 else "", when(t, now)))
+    fields.append(("last fire", when(info["last_fire"], now)))
+    if info["last_job"] is not None:
+        fields.append(("last job", f"{info['last_job']} ({info['last_status'] or 'cleared'})"))
+    fields.append(("fired", f"{info['fired']} jobs, {info['missed']} fire times missed"))
+    width = max(len(k) for k, _ in fields)
+    return "\n".join(f"{paint(k.rjust(width), 'bold')}  {v}" for k, v in fields)
 
 
 def counts_table(s: dict[str, Any]) -> list[str]:
@@ -314,6 +400,20 @@ def counts_table(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def schedule_lines(s: dict[str, Any], now: float) -> list[str]:
+    """Schedules with their next fires, and queues a rate holds back (status, watch)."""
+    lines = []
+    if s.get("schedules"):
+        soon = ", ".join(f"{n['schedule']} {ago(n['at'], now)}" for n in s["next_fires"])
+        lines.append(f"schedules: {s['schedules']}" + (f"; next: {soon}" if soon else ""))
+    held = s.get("next_start") or {}
+    if held:
+        lines.append(
+            "rate-limited: " + ", ".join(f"{q} next start {ago(t, now)}" for q, t in held.items())
+        )
+    return lines
+
+
 def status_text(s: dict[str, Any], now: float) -> str:
     state = "writable" if s["writable"] else paint(f"NOT WRITABLE: {s['journal_error']}", "failed")
     up = span(s["uptime"])
@@ -331,6 +431,7 @@ def status_text(s: dict[str, Any], now: float) -> str:
         if s["eta_seconds"] is not None:
             line += f"; backlog done in about {span(s['eta_seconds'])}"
         lines.append(line)
+    lines += schedule_lines(s, now)
     running = s["running_jobs"]
     if running:
         lines.append("")

@@ -30,6 +30,7 @@ import msgspec
 from phxqd.feed import Feed
 from phxqd.model import Job, JobSpec, Progress, SubmitResult
 from phxqd.notice import Notice
+from phxqd.schedules_model import Fired, Schedule, ScheduleSpec
 from phxqd.stats import Stats
 
 
@@ -74,6 +75,12 @@ class Summary(msgspec.Struct):
     #: jobs claimed and not yet seen to end, by queue (what each queue's limit counts;
     #: on a shared store, over every node)
     busy: dict[str, int]
+    #: start rates in force (run time over config), by queue: (per second, burst)
+    rates: dict[str, tuple[float, int]] = {}
+    #: for each queue whose rate holds its next start back: when it may start
+    next_start: dict[str, float] = {}
+    #: the queues whose rate was set at run time (the others' is the config's)
+    rates_set: list[str] = []
 
 
 class Health(msgspec.Struct):
@@ -143,6 +150,40 @@ class Backend(Protocol):
 
     async def resume(self, queue: str | None) -> None: ...
 
+    async def set_rate(self, queue: str, per_second: float | None, burst: int) -> None:
+        """A queue's start rate (token bucket; None: back to the configured one). `claim`
+        then hands out at most `burst` jobs of it at once and `per_second` on average."""
+
+    # ------------------------------------------------------------- schedules
+    async def set_schedule(self, spec: ScheduleSpec, now: float, source: str) -> Schedule:
+        """Add or replace a schedule (`source` "config": declared in phxqd.toml, which a
+        runtime change may not override); its record (last fire) is kept."""
+
+    async def remove_schedule(self, name: str, source: str) -> None: ...
+
+    async def pause_schedule(self, name: str, paused: bool) -> Schedule: ...
+
+    async def schedules(self) -> list[Schedule]: ...
+
+    async def get_schedule(self, name: str) -> Schedule | None: ...
+
+    async def fire(
+        self,
+        name: str,
+        times: list[float],
+        now: float,
+        missed: int,
+        run: bool = True,
+        manual: bool = False,
+    ) -> Fired:
+        """One firing, as one atomic operation: record fire times `times` as the
+        schedule's last fire and submit their jobs (keys derived from the name and each
+        time), or neither. Refused if a time is at or before the recorded last fire: it
+        fired already, here or on another node (the guard that makes each fire time fire
+        once). The overlap policy is decided here, against the previous firing's job.
+        `run` False: the times passed without a run (missed; recorded all the same).
+        `manual`: `schedule run`, a job now, the last fire time untouched."""
+
     # --------------------------------------------------------------- running
     async def claimable(self) -> None:
         """Wait until the jobs submitted so far may be claimed (their submission is durable)."""
@@ -176,8 +217,19 @@ class Backend(Protocol):
 
     async def find(self, job_id: int) -> Job | None: ...
 
-    async def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
-        """Jobs newest first, filtered."""
+    async def select(
+        self,
+        status: str | None,
+        queue: str | None,
+        limit: int,
+        *,
+        before: int | None = None,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> list[Job]:
+        """Jobs newest first, filtered; `before`: only ids below it (the cursor of the
+        HTTP API's pages). A page must not cost a walk over every job: it starts at the
+        cursor."""
 
     async def summary(self) -> Summary: ...
 

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from phxqd.model import QueueConfig
+from phxqd.rates import parse_rate
+from phxqd.schedules_model import ScheduleConfig
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0)]
@@ -52,6 +54,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 10 * 1024 * 1024
     #: `[queues.NAME]` tables: a queue's concurrency limit and retry defaults
     queues: dict[str, QueueConfig] = {}
+    #: `[schedules.NAME]` tables: cron and interval schedules (docs/schedules.md)
+    schedules: dict[str, ScheduleConfig] = {}
     #: who else may use the daemon (its own user and root always may): user names or uids,
     #: group names or gids; checked per connection with SO_PEERCRED
     allow_users: list[str | int] = []
@@ -61,8 +65,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     client_idle_timeout: PositiveSeconds = 300.0
     #: a client that takes none of a reply for this long is disconnected
     client_send_timeout: PositiveSeconds = 60.0
-    #: "HOST:PORT" of an HTTP endpoint serving /metrics (Prometheus); None: none
+    #: "HOST:PORT" or a Unix socket path: the HTTP API, the dashboard and /metrics (extra
+    #: phxq[web]); None: no HTTP. `metrics_listen` is its older name, still read
+    http_listen: str | None = None
     metrics_listen: str | None = None
+    #: allow submitting jobs over HTTP (they run as phxqd's user; a control token is needed)
+    http_submit: bool = False
     #: the interpreter of the Python workers that run callable jobs (your project's venv)
     python: str | None = None
     #: extra import paths for callable jobs
@@ -123,16 +131,41 @@ def parse(data: bytes, where: str) -> Config:
                     f"{where}: `queues.{name}.{key}` must be {kind} of at least {least:g}, "
                     f"not {toml_value(value)}"
                 )
+        if queue.rate is not None:
+            try:
+                parse_rate(queue.rate)
+            except ValueError as e:
+                raise ConfigError(f"{where}: `queues.{name}.rate`: {e}") from None
+    if cfg.schedules:
+        from phxqd.schedules import check  # the cron library: only for files that need it
+
+        for name, table in cfg.schedules.items():
+            try:
+                why = check(table.spec(name, "/"))
+            except ValueError as e:
+                why = str(e)
+            if why:
+                raise ConfigError(f"{where}: `[schedules.{name}]`: {why}")
     for key in ("on_complete", "on_failure", "on_retry"):
         hook = getattr(cfg, key)
         if hook is not None and (not hook or (isinstance(hook, list) and not hook[0])):
             raise ConfigError(f"{where}: `{key}` must be a command, not {toml_value(hook)}")
+    for key in ("http_listen", "metrics_listen"):
+        address = getattr(cfg, key)
+        if address is not None:
+            from phxqd.web import listen  # standard library only: no web stack imported
+
+            try:
+                listen.parse(address)
+            except ValueError as e:
+                raise ConfigError(f"{where}: `{key}`: {e}") from None
     return cfg
 
 
 #: lower bounds of the `[queues.NAME]` keys (QueueConfig lives in model.py, unbounded)
 _QUEUE_BOUNDS: dict[str, float] = {
     "concurrency": 1,
+    "burst": 1,
     "retries": 0,
     "backoff_base": 0.0,
     "backoff_max": 0.0,
@@ -169,6 +202,14 @@ def explain(
                 msgspec.convert(table, type=QueueConfig)
             except msgspec.ValidationError as e:
                 return explain(e, table, QueueConfig, f"queues.{name}.")
+    if path.startswith("schedules[...]") and isinstance(raw.get("schedules"), dict):
+        for name, table in raw["schedules"].items():
+            if not isinstance(table, dict):
+                return f"`schedules.{name}` must be a table, not {toml_value(table)}"
+            try:
+                msgspec.convert(table, type=ScheduleConfig)
+            except msgspec.ValidationError as e:
+                return explain(e, table, ScheduleConfig, f"schedules.{name}.")
     if unknown := re.fullmatch(r"Object contains unknown field `(.+)`", what):
         key = unknown.group(1)
         hint = difflib.get_close_matches(key, struct.__struct_fields__, n=1)

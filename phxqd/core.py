@@ -3,6 +3,7 @@ settings name) and builds the parts that work on it, each in its own module, and
 what it needs:
 
 - the backend (backend.py; the embedded one in local/): what the queue is, kept durably;
+- `Scheduler` (schedules_runner.py): firing schedules at their times through the backend;
 - `Dispatcher` (dispatcher.py): starting the jobs the backend hands out, telling it of their
   starts and ends, retention, and reaping jobs left running by a previous daemon;
 - `Views` (views.py): status, queues, the status line and the status file's content;
@@ -21,6 +22,7 @@ from phxqd.backend import Backend
 from phxqd.dispatcher import Dispatcher
 from phxqd.handlers import Handlers
 from phxqd.joblogs import JobLogs
+from phxqd.schedules_runner import Scheduler
 from phxqd.settings import Settings
 from phxqd.streams import Streams
 from phxqd.views import Views
@@ -32,7 +34,8 @@ class Core:
         self.backend = backend
         self.logs = JobLogs(backend.find, settings)
         self.dispatcher = Dispatcher(backend, settings, self.logs, backend.wake)
-        self.views = Views(backend, self.dispatcher, settings)
+        self.scheduler = Scheduler(backend)
+        self.views = Views(backend, self.dispatcher, settings, self.scheduler)
         self.streams = Streams(backend, self.logs)
         self.handlers = Handlers(
             backend,
@@ -41,5 +44,6 @@ class Core:
             self.logs,
             self.views,
             lambda: metrics.render(self.views),
+            self.scheduler,
         )
         self.handle = self.handlers.handle

@@ -21,11 +21,12 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
 
-from phxqd import config, logsetup, metrics, paths, server, statusfile, systemd
+from phxqd import config, logsetup, paths, server, statusfile, systemd
 from phxqd.core import Core
 from phxqd.hooks import Hooks
 from phxqd.local import formats
@@ -33,8 +34,12 @@ from phxqd.local.backend import LocalBackend
 from phxqd.local.journal import Corruption, Journal, JournalError
 from phxqd.local.recovery import StateDirBusy, lock_state_dir, recover
 from phxqd.model import QueueConfig
+from phxqd.protocol import Refused
 from phxqd.settings import Options, Settings
 from phxqd.stats import Stats
+
+if TYPE_CHECKING:
+    from phxqd.web.app import Serving
 
 log = logging.getLogger("phxqd")
 
@@ -59,10 +64,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fsync", choices=["always", "batch", "off"], help="durability policy (default: always)"
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--http", metavar="HOST:PORT", help="serve the HTTP API and dashboard there")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     j = sub.add_parser("journal", help="check or mend a state dir (phxqd must not be running)")
     j.add_argument("action", choices=["verify", "repair"])
     j.add_argument(
+        "--state-dir", default=argparse.SUPPRESS, help="the state dir (default as for the daemon)"
+    )
+    t = sub.add_parser("http-token", help="print (or --rotate) the HTTP API's token")
+    t.add_argument("--read", action="store_true", help="the read-only token (default: control)")
+    t.add_argument("--rotate", action="store_true", help="replace it; the old one stops working")
+    t.add_argument(
         "--state-dir", default=argparse.SUPPRESS, help="the state dir (default as for the daemon)"
     )
     c = sub.add_parser(
@@ -92,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         workers=args.workers,
         fsync=args.fsync,
         log_level=args.log_level,
+        http=args.http,
     )
     try:
         if args.command == "journal" and (args.state_dir or os.environ.get("PHXQ_STATE_DIR")):
@@ -106,6 +119,13 @@ def main(argv: list[str] | None = None) -> None:
         logsetup.fatal("phxqd: --workers must be 1 or more")
     settings = Settings.from_config(cfg, opts)
     logsetup.setup(settings.log_level)
+    if args.command == "http-token":
+        from phxqd.web import tokens
+
+        kind: tokens.Kind = "read" if args.read else "control"
+        store = tokens.Tokens(settings.state_dir)
+        print(store.rotate(kind) if args.rotate else store.ensure()[kind])
+        sys.exit(0)
     state_dir = settings.state_dir
     try:
         lock = lock_state_dir(state_dir)
@@ -235,9 +255,14 @@ async def run(
         )
         core = Core(LocalBackend(recovered.state, journal, settings, stats=stats), settings)
         backend, views = core.backend, core.views
+        # bound before the task group: a taken port stops the start with one line
+        web = _open_web(core) if settings.http_listen else None
         async with anyio.create_task_group() as tg:
             await tg.start(backend.run)
             await core.dispatcher.reap()
+            await _declare_schedules(core)
+            scheduling = anyio.CancelScope()
+            tg.start_soon(_schedule, core, scheduling)
             try:
                 access = server.resolve_access(settings.allow_users, settings.allow_groups)
             except ValueError as e:
@@ -258,10 +283,8 @@ async def run(
             status_file = settings.status_file
             if status_file is not None:
                 tg.start_soon(statusfile.keep, status_file, backend.feed, views.status_export)
-            listen = settings.metrics_listen
-            http = await metrics.open_http(listen) if listen else None
-            if http is not None:
-                tg.start_soon(metrics.serve_http, views, http)
+            if web is not None:
+                tg.start_soon(web.run)
             # The socket is listening: a client connecting from now on is answered.
             ready = await views.status_line()
             notifier.ready(ready)
@@ -292,10 +315,13 @@ async def run(
             notifier.stopping(
                 stopping, needs=settings.shutdown_grace + settings.kill_grace + STOP_MARGIN
             )
+            scheduling.cancel()  # no firing once stopping: the next start catches up
             await core.dispatcher.shutdown()
             tg.start_soon(_exit_on_second_signal, signals)
             await dispatching.wait()
             serving.cancel()
+            if web is not None:
+                web.stop()
             notifier.status("stopping: writing a snapshot")
             try:
                 await backend.close()
@@ -310,6 +336,21 @@ async def run(
     log.info("stopped")
 
 
+def _open_web(core: Core) -> Serving:
+    """The HTTP API and dashboard, bound now (a taken port stops the start, saying so);
+    imported only here, so a daemon without `http_listen` never loads the web stack."""
+    try:
+        from phxqd.web import app
+    except ImportError as e:
+        raise SystemExit(
+            f"phxqd: http_listen needs the web extra ({e.name} is missing): pip install 'phxq[web]'"
+        ) from None
+    try:
+        return app.open_server(core)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"phxqd: http_listen {core.settings.http_listen}: {e}") from None
+
+
 async def _serve(
     listener: anyio.abc.SocketListener,
     core: Core,
@@ -320,6 +361,19 @@ async def _serve(
     with scope:
         async with listener:
             await server.serve(listener, core.handle, access, timeouts)
+
+
+async def _declare_schedules(core: Core) -> None:
+    """The config file's `[schedules.NAME]` become the queue's (at start and reload)."""
+    try:
+        await core.scheduler.reconcile(core.settings.schedules, time.time())
+    except Refused as e:
+        log.error("the config file's schedules could not be saved: %s", e.message)
+
+
+async def _schedule(core: Core, scope: anyio.CancelScope) -> None:
+    with scope:
+        await core.scheduler.run()
 
 
 async def _dispatch(core: Core, done: anyio.Event) -> None:
@@ -399,6 +453,7 @@ class Reloader:
         live.reload_from(new)
         logsetup.set_level(live.log_level)
         self.hooks.configure(live.hooks)
+        await _declare_schedules(self.core)
         # Python workers read the live settings; the idle ones are let go so the next
         # call gets a worker of the new kind.
         workers_pool = self.core.dispatcher.workers

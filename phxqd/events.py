@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from phxqd.model import Job, Progress
+from phxqd.schedules_model import Schedule
 
 
 class Event(msgspec.Struct, tag_field="e", array_like=True, gc=False):
@@ -107,6 +108,52 @@ class Resumed(Event, tag="resume"):
     queue: str | None
 
 
+class QueueRate(Event, tag="queue-rate"):
+    """A queue's start rate set at run time: at most `burst` starts at once, refilled at
+    `per_second` (None: back to the configured rate, if any)."""
+
+    queue: str
+    per_second: float | None
+    burst: int = 1
+
+
+class ScheduleSet(Event, tag="sched"):
+    """A schedule added or replaced, whole (its last fire kept by whoever decided)."""
+
+    schedule: Schedule
+
+
+class ScheduleRemoved(Event, tag="sched-rm"):
+    name: str
+
+
+class SchedulePaused(Event, tag="sched-pause"):
+    """A schedule paused (True) or resumed (False)."""
+
+    name: str
+    paused: bool
+
+
+class ScheduleFired(Event, tag="sched-fire"):
+    """A schedule's firing at fire time `at`, and the job it submitted, in one record: the
+    fire time and the job are durable together or not at all, so a crash at any instant
+    can neither lose a recorded firing's job nor fire the same time twice (`at` becomes
+    the schedule's `last_fire`, the guard of the next firing; the job's key is derived
+    from the name and `at`).
+
+    `job` None: the time passed without a run (missed after downtime, or skipped because
+    the previous run was still going). `missed`: fire times before `at` that got no run
+    of their own. `manual`: `schedule run NAME`, which leaves `last_fire` as it was.
+    """
+
+    name: str
+    at: float
+    job: Job | None
+    fired_at: float
+    missed: int = 0
+    manual: bool = False
+
+
 AnyEvent = (
     Submitted
     | SubmittedBatch
@@ -121,6 +168,11 @@ AnyEvent = (
     | QueueSet
     | Paused
     | Resumed
+    | QueueRate
+    | ScheduleSet
+    | ScheduleRemoved
+    | SchedulePaused
+    | ScheduleFired
 )
 
 
@@ -129,5 +181,7 @@ def submitted_jobs(event: AnyEvent) -> list[Job]:
     if isinstance(event, SubmittedBatch):
         return event.jobs
     if isinstance(event, Submitted):
+        return [event.job]
+    if isinstance(event, ScheduleFired) and event.job is not None:
         return [event.job]
     return []

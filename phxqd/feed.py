@@ -24,6 +24,7 @@ from phxqd.events import (
     Failed,
     Requeued,
     Retried,
+    ScheduleFired,
     Started,
     Submitted,
     SubmittedBatch,
@@ -65,6 +66,8 @@ def describe(event: AnyEvent, jobs: dict[int, Job]) -> list[JobEvent]:
             return [job_event("submitted", job, job.created_at)]
         case SubmittedBatch(new):
             return [job_event("submitted", job, job.created_at) for job in new]
+        case ScheduleFired(job=job) if job is not None:
+            return [job_event("submitted", job, job.created_at)]
         case Started(job_id, at):
             kind, ids = "started", [job_id]
         case Completed(job_id, at):

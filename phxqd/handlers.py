@@ -14,8 +14,10 @@ from phxqd import metrics, protocol
 from phxqd.backend import Backend
 from phxqd.dispatcher import Dispatcher
 from phxqd.joblogs import JobLogs
-from phxqd.model import STATUSES, Job, Progress, validate_spec
+from phxqd.model import STATUSES, Job, Progress, SubmitResult, validate_spec
 from phxqd.protocol import PROTOCOL_VERSION, Refused
+from phxqd.rates import MAX_BURST, MAX_PER_SECOND
+from phxqd.schedules_runner import Scheduler
 from phxqd.streams import Streams
 from phxqd.views import Views
 
@@ -29,6 +31,7 @@ class Handlers:
         logs: JobLogs,
         views: Views,
         render_metrics: Callable[[], Awaitable[bytes]],
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.backend = backend
         #: asked to stop the jobs it runs (cancel)
@@ -38,6 +41,8 @@ class Handlers:
         self.views = views
         #: the Prometheus text of the whole daemon
         self._render_metrics = render_metrics
+        #: the schedules' runner (schedule requests go through it: it must hear of changes)
+        self.scheduler = scheduler or Scheduler(backend)
 
     async def handle(self, req: protocol.Request) -> Any:
         """Answer one request; Refused becomes a typed error reply."""
@@ -94,8 +99,36 @@ class Handlers:
                     raise Refused("usage", "--concurrency must be 1 or more")
                 await backend.set_limit(queue, concurrency)
                 return await self.views.queues()
+            case protocol.SetRate(queue, per_second, burst):
+                if per_second is not None and not 0 < per_second <= MAX_PER_SECOND:
+                    raise Refused(
+                        "usage", f"--rate must be above 0 and at most {MAX_PER_SECOND:g}/s"
+                    )
+                if not 1 <= burst <= MAX_BURST:
+                    raise Refused("usage", f"--burst must be 1 to {MAX_BURST}")
+                if not queue or len(queue) > 200:
+                    raise Refused("usage", "queue names are 1 to 200 characters")
+                await backend.set_rate(queue, per_second, burst)
+                return await self.views.queues()
             case protocol.Queues():
                 return await self.views.queues()
+            case protocol.ScheduleAdd(spec):
+                s = await self.scheduler.add(spec, now)
+                return await self.scheduler.info(s, now)
+            case protocol.Schedules():
+                return await self.views.schedules()
+            case protocol.ScheduleShow(name):
+                return await self.scheduler.info(await self.scheduler.get(name), now)
+            case protocol.ScheduleRemove(name):
+                return await self.scheduler.info(await self.scheduler.remove(name), now)
+            case protocol.SchedulePause(name):
+                return await self.scheduler.info(await self.scheduler.pause(name, True, now), now)
+            case protocol.ScheduleResume(name):
+                return await self.scheduler.info(await self.scheduler.pause(name, False, now), now)
+            case protocol.ScheduleRun(name):
+                fired = await self.scheduler.run_now(name, now)
+                assert fired.job is not None
+                return SubmitResult(fired.job, fired.deduplicated)
             case protocol.Metrics():
                 await metrics.load_library()
                 return await self._render_metrics()

@@ -8,21 +8,17 @@ costs nothing to a daemon nobody scrapes. Everything is read from the state and 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.abc
 
 from phxqd.model import STATUSES
 
-log = logging.getLogger("phxqd.metrics")
-
 if TYPE_CHECKING:
     from phxqd.backend import Summary
+    from phxqd.schedules_model import Schedule
     from phxqd.stats import Histogram
     from phxqd.views import Views
 
@@ -34,56 +30,13 @@ async def load_library() -> None:
     await anyio.to_thread.run_sync(importlib.import_module, "prometheus_client")
 
 
-async def open_http(listen: str) -> anyio.abc.Listener[anyio.abc.SocketStream] | None:
-    """Bind the HTTP endpoint ("HOST:PORT") before phxqd says it is ready; None (and a log
-    line) if it cannot: metrics over the socket still work."""
-    host, _, port = listen.rpartition(":")
-    try:
-        return await anyio.create_tcp_listener(local_host=host or "127.0.0.1", local_port=int(port))
-    except (OSError, ValueError) as e:
-        log.error("metrics_listen %s: cannot listen (%s); phxqctl metrics still works", listen, e)
-        return None
-
-
-async def serve_http(views: Views, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
-    """A minimal HTTP endpoint for Prometheus: GET /metrics, anything else 404.
-
-    Loopback by default; one request per connection, small bounded reads.
-    """
-
-    async def answer(stream: anyio.abc.SocketStream) -> None:
-        async with stream:
-            with anyio.move_on_after(10):
-                request = b""
-                while b"\r\n\r\n" not in request and len(request) < 8192:
-                    try:
-                        request += await stream.receive(4096)
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        return
-                line = request.split(b"\r\n", 1)[0].split()
-                if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
-                    await load_library()
-                    body, status = await render(views), b"200 OK"
-                else:
-                    body, status = b"not found: try /metrics\n", b"404 Not Found"
-                head = (
-                    b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4"
-                    b"\r\nContent-Length: "
-                    + str(len(body)).encode()
-                    + b"\r\nConnection: close\r\n\r\n"
-                )
-                with contextlib.suppress(anyio.BrokenResourceError):
-                    await stream.send(head + body)
-
-    async with listener:
-        await listener.serve(answer)
-
-
 async def render(views: Views) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(views, await views.backend.summary()))
+    registry.register(
+        _Collector(views, await views.backend.summary(), await views.backend.schedules())
+    )
     data: bytes = generate_latest(registry)
     return data
 
@@ -91,9 +44,10 @@ async def render(views: Views) -> bytes:
 class _Collector:
     """prometheus_client collects synchronously: what needs the backend is asked first."""
 
-    def __init__(self, views: Views, summary: Summary) -> None:
+    def __init__(self, views: Views, summary: Summary, schedules: list[Schedule]) -> None:
         self.views = views
         self.summary = summary
+        self.schedules = sorted(schedules, key=lambda s: s.spec.name)
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (
@@ -179,6 +133,46 @@ class _Collector:
             "the status file)",
             value=backend.feed.listeners,
         )
+        yield from self._schedules()
+        rates = GaugeMetricFamily(
+            "phxq_queue_rate_per_second", "Start rate of rate-limited queues", labels=["queue"]
+        )
+        for queue, (per_second, _) in sorted(self.summary.rates.items()):
+            rates.add_metric([queue], per_second)
+        yield rates
+
+    def _schedules(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        scheduler = self.views.scheduler
+        last = GaugeMetricFamily(
+            "phxq_schedule_last_fire_timestamp",
+            "The newest fire time recorded of each schedule (Unix time)",
+            labels=["schedule"],
+        )
+        upcoming = GaugeMetricFamily(
+            "phxq_schedule_next_fire_timestamp",
+            "The next fire time of each schedule that is not paused (Unix time)",
+            labels=["schedule"],
+        )
+        fired = CounterMetricFamily(
+            "phxq_schedule_fired", "Jobs submitted by each schedule", labels=["schedule"]
+        )
+        missed = CounterMetricFamily(
+            "phxq_schedule_missed",
+            "Fire times of each schedule that got no run of their own (downtime, overlap)",
+            labels=["schedule"],
+        )
+        for s in self.schedules:
+            name = s.spec.name
+            if s.last_fire is not None:
+                last.add_metric([name], s.last_fire)
+            at = None if scheduler is None else scheduler.next_fire_of(name)
+            if at is not None and not s.paused:
+                upcoming.add_metric([name], at)
+            fired.add_metric([name], s.fired)
+            missed.add_metric([name], s.missed)
+        yield from (last, upcoming, fired, missed)
 
 
 def _buckets(h: Histogram) -> list[tuple[str, float]]:

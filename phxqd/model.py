@@ -160,6 +160,10 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     backoff_base: float | None = None
     backoff_max: float | None = None
     jitter: float | None = None
+    #: how often jobs of this queue may start: "N/s", "N/m" or "N/h" (a token bucket)
+    rate: str | None = None
+    #: starts allowed at once under `rate` (the bucket's size; default 1)
+    burst: int | None = None
 
     def backoff(self) -> tuple[float, float, float] | None:
         if self.backoff_base is None and self.backoff_max is None and self.jitter is None:

@@ -29,10 +29,13 @@ from phxqd.replies import ClearedCount as ClearedCount
 from phxqd.replies import HelloReply as HelloReply
 from phxqd.replies import JournalInfo as JournalInfo
 from phxqd.replies import LogPart as LogPart
+from phxqd.replies import NextFire as NextFire
 from phxqd.replies import QueueInfo as QueueInfo
 from phxqd.replies import RetriedCount as RetriedCount
 from phxqd.replies import RunningJob as RunningJob
+from phxqd.replies import ScheduleInfo as ScheduleInfo
 from phxqd.replies import StatusReply as StatusReply
+from phxqd.schedules_model import ScheduleSpec
 
 #: The ranges of phxqd.contract as msgspec constraints: a request with a value outside
 #: them does not decode, and gets a `usage` error naming the field and the bound
@@ -135,6 +138,47 @@ class SetQueue(Request, tag="queue-set"):
     concurrency: Concurrency | None
 
 
+class SetRate(Request, tag="queue-rate"):
+    """`phxqctl queue set Q --rate N/s [--burst B]` (per_second None: back to the
+    configured rate, if any)."""
+
+    queue: str
+    per_second: float | None
+    burst: int = 1
+
+
+class ScheduleAdd(Request, tag="schedule-add"):
+    """Add a schedule, or replace the one of that name (its last fire is kept)."""
+
+    schedule: ScheduleSpec
+
+
+class Schedules(Request, tag="schedules"):
+    pass
+
+
+class ScheduleShow(Request, tag="schedule-show"):
+    name: str
+
+
+class ScheduleRemove(Request, tag="schedule-remove"):
+    name: str
+
+
+class SchedulePause(Request, tag="schedule-pause"):
+    name: str
+
+
+class ScheduleResume(Request, tag="schedule-resume"):
+    name: str
+
+
+class ScheduleRun(Request, tag="schedule-run"):
+    """Fire a schedule now, once (its fire times are not changed)."""
+
+    name: str
+
+
 class Queues(Request, tag="queues"):
     pass
 
@@ -165,6 +209,14 @@ AnyRequest = (
     | Clear
     | ReportProgress
     | SetQueue
+    | SetRate
+    | ScheduleAdd
+    | Schedules
+    | ScheduleShow
+    | ScheduleRemove
+    | SchedulePause
+    | ScheduleResume
+    | ScheduleRun
     | Queues
     | Metrics
     | Pause
@@ -272,6 +324,14 @@ OPERATIONS: dict[type[Request], ReplySpec] = {
     Clear: ReplySpec(ClearedCount),
     ReportProgress: ReplySpec(Accepted),
     SetQueue: ReplySpec(list[QueueInfo]),
+    SetRate: ReplySpec(list[QueueInfo]),
+    ScheduleAdd: ReplySpec(ScheduleInfo),
+    Schedules: ReplySpec(list[ScheduleInfo]),
+    ScheduleShow: ReplySpec(ScheduleInfo),
+    ScheduleRemove: ReplySpec(ScheduleInfo),
+    SchedulePause: ReplySpec(ScheduleInfo),
+    ScheduleResume: ReplySpec(ScheduleInfo),
+    ScheduleRun: ReplySpec(SubmitResult),
     Queues: ReplySpec(list[QueueInfo]),
     Metrics: ReplySpec(bytes),
     Pause: ReplySpec(StatusReply),

@@ -17,7 +17,7 @@ from typing import Literal
 
 import msgspec
 
-from phxqd.model import Progress
+from phxqd.model import JobSpec, Progress
 
 
 class HelloReply(msgspec.Struct):
@@ -45,6 +45,40 @@ class JournalInfo(msgspec.Struct):
     fsyncs: int
 
 
+class NextFire(msgspec.Struct):
+    """One coming fire of a schedule (`status`)."""
+
+    schedule: str
+    at: float
+
+
+class ScheduleInfo(msgspec.Struct):
+    """One schedule (`schedule add/list/show/pause/resume/remove`): its definition, its
+    next fire times, its last fire and that firing's job."""
+
+    name: str
+    cron: str | None
+    #: the zone asked for; None: the machine's (`zone` says which that is)
+    tz: str | None
+    zone: str
+    every: float | None
+    catch_up: str
+    overlap: str
+    #: what each firing submits (its key is set per firing)
+    job: JobSpec
+    source: Literal["runtime", "config"]
+    paused: bool
+    #: the next fire times (at most 5; none while paused)
+    next_fires: list[float]
+    #: the newest fire time recorded, when that firing happened, its job and its status
+    last_fire: float | None
+    last_fired_at: float | None
+    last_job: int | None
+    last_status: str | None
+    fired: int
+    missed: int
+
+
 class StatusReply(msgspec.Struct):
     """`status`, `pause` and `resume`: counts, running jobs, the last minute's rates and the
     journal's health (docs/protocol.md, "Status map")."""
@@ -68,6 +102,11 @@ class StatusReply(msgspec.Struct):
     writable: bool
     journal_error: str | None
     uptime: float
+    #: how many schedules there are, and the soonest fires (at most 5, soonest first)
+    schedules: int = 0
+    next_fires: list[NextFire] = msgspec.field(default_factory=list)
+    #: queues whose start rate holds their next job back: when it may start
+    next_start: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class QueueInfo(msgspec.Struct):
@@ -81,6 +120,13 @@ class QueueInfo(msgspec.Struct):
     concurrency_from: Literal["runtime", "config"] | None
     paused: bool
     active: int
+    #: starts allowed per second (`queue set --rate`, or the config's `rate`), None: no rate
+    rate: float | None = None
+    #: starts allowed at once under the rate
+    burst: int | None = None
+    rate_from: Literal["runtime", "config"] | None = None
+    #: when the rate lets the queue's next job start (None: now, or no rate)
+    next_start: float | None = None
 
 
 class LogPart(msgspec.Struct):

@@ -22,6 +22,7 @@ from phxqd import config, paths
 from phxqd.hooks import HookSettings
 from phxqd.local.journal import FsyncPolicy
 from phxqd.model import QueueConfig
+from phxqd.schedules_model import ScheduleSpec
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Options:
     workers: int | None = None
     fsync: FsyncPolicy | None = None
     log_level: str | None = None
+    http: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -55,13 +57,19 @@ class Settings:
     allow_groups: list[str | int]
     client_idle_timeout: float
     client_send_timeout: float
+    #: the HTTP API and dashboard (`http_listen`, or `metrics_listen`, or --http)
+    http_listen: str | None
+    #: its older name, kept as read (a reload compares it)
     metrics_listen: str | None
+    http_submit: bool
     status_file: Path | None
 
     # Reloadable (RELOADABLE).
     workers: int
     #: `[queues.NAME]` of the config
     queues: dict[str, QueueConfig]
+    #: `[schedules.NAME]` of the config, as schedules (a job's cwd: its `cwd`, else home)
+    schedules: dict[str, ScheduleSpec]
     log_level: str
     kill_grace: float
     #: on a graceful stop, seconds running jobs get to finish before they are stopped
@@ -101,10 +109,13 @@ class Settings:
             allow_groups=cfg.allow_groups,
             client_idle_timeout=cfg.client_idle_timeout,
             client_send_timeout=cfg.client_send_timeout,
+            http_listen=opts.http or cfg.http_listen or cfg.metrics_listen,
             metrics_listen=cfg.metrics_listen,
+            http_submit=cfg.http_submit,
             status_file=Path(cfg.status_file) if cfg.status_file else None,
             workers=opts.workers or cfg.workers or config.default_workers(),
             queues=cfg.queues,
+            schedules={n: t.spec(n, str(Path.home())) for n, t in cfg.schedules.items()},
             log_level=opts.log_level or cfg.log_level,
             kill_grace=cfg.kill_grace,
             shutdown_grace=cfg.shutdown_grace,
@@ -149,6 +160,7 @@ class Settings:
 RELOADABLE: dict[str, tuple[str, ...]] = {
     "workers": ("workers",),
     "queues": ("queues",),
+    "schedules": ("schedules",),
     "log_level": ("log_level",),
     "kill_grace": ("kill_grace",),
     "shutdown_grace": ("shutdown_grace",),

@@ -13,15 +13,23 @@ from phxqd import statusfile
 from phxqd.backend import Backend
 from phxqd.dispatcher import Dispatcher
 from phxqd.model import STATUSES, QueueConfig
-from phxqd.replies import JournalInfo, QueueInfo, RunningJob, StatusReply
+from phxqd.replies import JournalInfo, QueueInfo, RunningJob, ScheduleInfo, StatusReply
+from phxqd.schedules_runner import Scheduler
 from phxqd.settings import Settings
 
 
 class Views:
-    def __init__(self, backend: Backend, dispatcher: Dispatcher, settings: Settings) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        dispatcher: Dispatcher,
+        settings: Settings,
+        scheduler: Scheduler | None = None,
+    ) -> None:
         self.backend = backend
         self.dispatcher = dispatcher
         self.settings = settings
+        self.scheduler = scheduler
         self.started_at = time.time()
 
     async def status(self) -> StatusReply:
@@ -61,7 +69,18 @@ class Views:
             writable=health.writable,
             journal_error=health.error,
             uptime=now - self.started_at,
+            schedules=len(await self.backend.schedules()),
+            next_fires=self.scheduler.next_fires() if self.scheduler is not None else [],
+            next_start=summary.next_start,
         )
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule with its next fire times, by name (list, metrics)."""
+        if self.scheduler is None:
+            return []
+        now = time.time()
+        found = sorted(await self.backend.schedules(), key=lambda s: s.spec.name)
+        return [await self.scheduler.info(s, now) for s in found]
 
     async def status_export(self) -> dict[str, Any]:
         """What the status file says (config `status_file`): see phxqd/statusfile.py."""
@@ -89,11 +108,14 @@ class Views:
         """Every queue that has jobs or settings: counts, limit and where it comes from."""
         summary = await self.backend.summary()
         counts = summary.queues
-        names = sorted({*counts, *summary.limits, *self.settings.queues, *summary.paused})
+        names = sorted(
+            {*counts, *summary.limits, *self.settings.queues, *summary.paused, *summary.rates}
+        )
         out = []
         for name in names:
             runtime = summary.limits.get(name)
             configured = self.settings.queues.get(name, QueueConfig()).concurrency
+            rate = summary.rates.get(name)
             out.append(
                 QueueInfo(
                     queue=name,
@@ -106,6 +128,14 @@ class Views:
                     else None,
                     paused=summary.paused_all or name in summary.paused,
                     active=summary.busy.get(name, 0),
+                    rate=rate[0] if rate else None,
+                    burst=rate[1] if rate else None,
+                    rate_from=None
+                    if rate is None
+                    else "runtime"
+                    if name in summary.rates_set
+                    else "config",
+                    next_start=summary.next_start.get(name),
                 )
             )
         return out

@@ -13,12 +13,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
+import psutil
 import pytest
 
 from phxqd import config, protocol
@@ -26,9 +28,77 @@ from phxqd.settings import Options, Settings
 
 READY_TIMEOUT = 30.0
 
-#: the caller's variables that change what phxqctl prints (colour, width): the tests set
-#: what they need themselves, so a run from a NO_COLOR=1 shell sees the same output
+#: the source tree under test: what daemons, clients and jobs import (`make mutants` runs
+#: the tests of a copy of the tree, which must be the one imported)
+ROOT = Path(__file__).resolve().parents[1]
+
+#: the caller's variables that change what phxqctl prints (colour, width). No longer used
+#: here (`clean_environment` drops every variable not asked for); kept for importers.
 CALLERS_OUTPUT_SETTINGS = frozenset({"NO_COLOR", "COLUMNS"})
+
+#: all the tests take from the caller's environment: where programs are, where pytest
+#: keeps its temp dirs, and the test knobs (CI=1: a missing tool fails; the torture
+#: settings). Everything else (NO_COLOR, LOGS_DIRECTORY, NOTIFY_SOCKET, PHXQ_JOB_ID from a
+#: run as a phxq job, http_proxy, TZ, LANG...) is dropped: a test does not depend on it.
+FROM_CALLER = (
+    "PATH",
+    "TMPDIR",
+    "CI",
+    # knobs of long runs (make torture, make fuzz-cli): a test reading one at import
+    # sees only what is listed here
+    "PHXQ_TORTURE_CYCLES",
+    "PHXQ_TORTURE_SEED",
+    "CLI_FUZZ_EXAMPLES",
+)
+#: what the tests pin, whatever the caller had
+PINNED = {"TZ": "UTC", "LANG": "C.UTF-8"}
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def clean_environment(home: Path, source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process the tests start (daemon, client, shell): an explicit
+    list, never the caller's whole environment. `home` is made if missing."""
+    source = os.environ if source is None else source
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: source[k] for k in FROM_CALLER if k in source}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(PINNED, HOME=str(home), PYTHONPATH=str(ROOT))
+    return env
+
+
+_callers_environment: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The test process itself runs in a clean environment too (in-process tests read
+    os.environ: the metrics test's HTTP client its proxy, the config its LOGS_DIRECTORY),
+    with a HOME of its own, so no test reads or writes the caller's home."""
+    _callers_environment.update(os.environ)
+    home = Path(tempfile.mkdtemp(prefix="phxq-tests-home-"))
+    env = clean_environment(home, _callers_environment)
+    env.pop("PYTHONPATH")  # this process has imported what it runs already
+    env.update({k: v for k, v in _callers_environment.items() if k.startswith("PYTEST_")})
+    os.environ.clear()
+    os.environ.update(env)
+    time.tzset()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home = os.environ.get("HOME")
+    if home and Path(home).name.startswith("phxq-tests-home-"):
+        shutil.rmtree(home, ignore_errors=True)
+    if _callers_environment:
+        os.environ.clear()
+        os.environ.update(_callers_environment)
+        time.tzset()
+
+
+def unavailable(why: str) -> NoReturn:
+    """Skip a test for a missing tool or privilege, saying so; under CI=1, fail it (CI
+    installs everything, so a skip there would hide a test that never runs)."""
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 class Daemon:
@@ -47,7 +117,7 @@ class Daemon:
         tmp.mkdir(parents=True, exist_ok=True)
         self.config.touch()
         self.env = {
-            **{k: v for k, v in os.environ.items() if k not in CALLERS_OUTPUT_SETTINGS},
+            **clean_environment(tmp / "home"),
             "PHXQ_SOCKET": str(self.socket),
             "PHXQ_STATE_DIR": str(self.state_dir),
             "PHXQ_CONFIG": str(self.config),
@@ -146,6 +216,16 @@ def until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "cond
         time.sleep(0.02)
 
 
+def gone(proc: psutil.Process) -> bool:
+    """Has this process ended (exited, or a zombie not yet reaped)? Safe against the race
+    of a process ending while it is looked at, and against its pid being reused (psutil
+    tells a later process with the same pid by its start time)."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 @pytest.fixture(autouse=True)
 def no_daemon_outlives_its_test() -> Iterator[None]:
     before = len(Daemon.started)
@@ -177,14 +257,12 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def need(tool: str) -> str:
-    """The path of a program the test needs (zsh, fish, tmux): `make test` installs them
-    as root with apt-get; without them the test skips, except under CI=1, where it fails."""
+    """The path of a program the test needs (zsh, fish, tmux, strace...): `make test`
+    installs them as root with apt-get; without them the test skips, except under CI=1,
+    where it fails."""
     path = shutil.which(tool)
     if path is None:
-        why = f"{tool} is not installed (make test installs it as root with apt-get)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+        unavailable(f"{tool} is not installed (make test installs it as root with apt-get)")
     return path
 
 
@@ -215,7 +293,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
     )
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+        unavailable(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
     try:
         yield mnt
     finally:

@@ -1,7 +1,7 @@
 """Who may use the socket: checked by the kernel's peer credentials (SO_PEERCRED).
 
 The test runs as root and forks a child that becomes `nobody` (a real other user) before
-it connects; skipped where the tests do not run as root.
+it connects; skipped where the tests do not run as root (failed under CI=1).
 """
 
 from __future__ import annotations
@@ -22,9 +22,17 @@ import pytest
 from phxqctl.errors import RemoteError
 from phxqctl.wire import Connection
 from phxqd import protocol
-from tests.conftest import Daemon
+from tests.conftest import Daemon, unavailable
 
-pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+
+@pytest.fixture(autouse=True)
+def as_root() -> None:
+    if os.getuid() != 0:
+        unavailable("needs root to act as another user")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        unavailable("there is no `nobody` user to act as")
 
 
 def as_user(user: str, act: Callable[[], bytes]) -> bytes:

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import Daemon, until
+from tests.conftest import Daemon, gone, until
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -72,12 +72,9 @@ def test_timeout_and_cancel_kill_the_worker(tmp_path: Path, daemon: Daemon) -> N
     assert "timed out" in daemon.job(timed)["error"]
     cancelled = call(daemon, "wait_for", "--args", json.dumps([never]))
     until(lambda: daemon.job(cancelled)["status"] == "running", what="the call to start")
-    pid = daemon.job(cancelled)["pid"]
+    worker = psutil.Process(daemon.job(cancelled)["pid"])
     daemon.ok("cancel", str(cancelled))
-    until(
-        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
-        what="the worker to be gone",
-    )
+    until(lambda: gone(worker), what="the worker to be gone")
 
 
 def test_progress_and_unstorable_results(daemon: Daemon) -> None:

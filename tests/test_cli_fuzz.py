@@ -262,6 +262,13 @@ SUBMIT_OPTIONS: dict[str, Any] = {
 }
 
 
+#: the submit options `schedule add` takes too
+SCHEDULE_JOB_OPTIONS = (
+    "--queue", "--priority", "--retries", "--backoff", "--timeout", "--label", "--cwd",
+    "--env", "--shell", "--call", "--args", "--kwargs",
+)  # fmt: skip
+
+
 def harmless(word: str) -> bool:
     """Not a word that could make phxqctl wait for ever on the paused daemon: the id of a
     job the fuzz submitted (pending for good: `wait`, `logs -f`, `watch` would wait on
@@ -317,10 +324,38 @@ def command_options(finished: list[int]) -> dict[str, tuple[dict[str, Any], Any]
         "pause": ({"--json": None}, queue_arg),
         "resume": ({"--json": None}, bad_queue.map(lambda q: [q])),
         "queue": (
-            {"--concurrency": st.one_of(INTEGER_TEXT, st.just("default")), "--json": None},
+            {
+                "--concurrency": st.one_of(INTEGER_TEXT, st.just("default")),
+                "--rate": st.one_of(TEXT, st.sampled_from(["10/s", "1.5/m", "0/h", "default"])),
+                "--burst": INTEGER_TEXT,
+                "--json": None,
+            },
             st.one_of(
                 st.just(["list"]),
                 TEXT.map(lambda q: ["set", q]),
+                st.lists(TEXT, max_size=2),
+            ),
+        ),
+        "schedule": (
+            {
+                "--cron": st.one_of(
+                    TEXT, st.sampled_from(["* * * * *", "*/5 * * * * *", "@daily"])
+                ),
+                "--every": DURATION_TEXT,
+                "--tz": st.one_of(TEXT, st.sampled_from(["UTC", "Europe/Riga"])),
+                "--catch-up": TEXT,
+                "--overlap": TEXT,
+                **{o: SUBMIT_OPTIONS[o] for o in SCHEDULE_JOB_OPTIONS},
+                "--json": None,
+            },
+            st.one_of(
+                st.just(["list"]),
+                st.tuples(st.sampled_from(["show", "remove", "pause", "resume", "run"]), TEXT).map(
+                    list
+                ),
+                st.tuples(TEXT, st.lists(TEXT, max_size=3)).map(
+                    lambda nw: ["add", nw[0], "--", *nw[1]]
+                ),
                 st.lists(TEXT, max_size=2),
             ),
         ),

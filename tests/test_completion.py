@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import Daemon, need
+from tests.conftest import Daemon, clean_environment, need
 
 BIN = str(Path(sys.executable).parent)
 
@@ -32,7 +32,7 @@ def script(name: str, env: dict[str, str] | None = None) -> str:
 
 
 def env_with(daemon: Daemon | None = None) -> dict[str, str]:
-    base = daemon.env if daemon is not None else dict(os.environ)
+    base = daemon.env if daemon is not None else clean_environment(Path(os.environ["HOME"]))
     return {**base, "PATH": BIN + os.pathsep + base.get("PATH", "")}
 
 

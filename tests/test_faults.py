@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon, until
+from tests.conftest import Daemon, unavailable, until
 
 SHIM = r"""
 #define _GNU_SOURCE
@@ -107,7 +107,7 @@ def build_fsync_shim(directory: Path) -> Path:
     """The SHIM library, compiled into `directory` (the test skips without a compiler)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        pytest.skip("no C compiler to build the fdatasync shim")
+        unavailable("no C compiler to build the fdatasync shim (make test installs gcc)")
     src, lib = directory / "shim.c", directory / "shim.so"
     src.write_text(SHIM)
     subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"], check=True)

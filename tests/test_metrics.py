@@ -62,8 +62,8 @@ def test_http_endpoint_on_loopback(tmp_path: Path) -> None:
         m = samples(r.read().decode())
     assert m["phxq_jobs_total", (("event", "completed"), ("queue", "default"))] == 1
     try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30)
-        raise AssertionError("/ should be 404")
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing-here", timeout=30)
+        raise AssertionError("/nothing-here should be 404")
     except urllib.error.HTTPError as e:
         assert e.code == 404
 

@@ -17,6 +17,7 @@ import msgspec
 
 from phxqd import protocol
 from phxqd.model import JobSpec
+from phxqd.schedules_model import ScheduleSpec
 from tests.conftest import Daemon, read_payload
 
 
@@ -118,6 +119,19 @@ def test_every_operation_answers_with_its_declared_types(daemon: Daemon) -> None
     assert c.call(protocol.Queues()) == [queue]
     assert b"phxq_" in c.call(protocol.Metrics())
     assert c.call(protocol.Resume(None)).paused == []
+    [queue] = c.call(protocol.SetRate("default", 2.0, 3))
+    assert (queue.rate, queue.burst, queue.rate_from) == (2.0, 3, "runtime")
+
+    nightly = ScheduleSpec("nightly", printer, cron="0 3 * * *", tz="Europe/Riga")
+    added = c.call(protocol.ScheduleAdd(nightly))
+    assert (added.name, added.zone, len(added.next_fires)) == ("nightly", "Europe/Riga", 5)
+    assert c.call(protocol.Schedules()) == [added]
+    assert c.call(protocol.SchedulePause("nightly")).paused
+    assert not c.call(protocol.ScheduleResume("nightly")).paused
+    ran = c.call(protocol.ScheduleRun("nightly"))
+    assert ran.job.key.startswith("schedule:nightly!run@")
+    assert c.call(protocol.ScheduleShow("nightly")).last_job == ran.job.id
+    assert c.call(protocol.ScheduleRemove("nightly")).name == "nightly"
     c.close()
 
     assert seen == set(protocol.OPERATIONS), set(protocol.OPERATIONS) - seen

@@ -89,12 +89,14 @@ class Run:
 def toml(values: dict[str, Any]) -> str:
     """A config file: JSON's numbers, strings and arrays are TOML's too; `queues` becomes
     its tables, after every plain key; None leaves the key out (its default)."""
+    nested = ("queues", "schedules")
     plain = [
-        f"{k} = {json.dumps(v)}\n" for k, v in values.items() if k != "queues" and v is not None
+        f"{k} = {json.dumps(v)}\n" for k, v in values.items() if k not in nested and v is not None
     ]
     tables = [
-        f"[queues.{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
-        for name, table in (values.get("queues") or {}).items()
+        f"[{kind}.{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+        for kind in nested
+        for name, table in (values.get(kind) or {}).items()
     ]
     return "".join(plain + tables)
 
@@ -132,6 +134,20 @@ def queue_defaults(run: Run, queues: dict[str, dict[str, Any]]) -> None:
     """A job submitted to the queue without --retries gets the queue's retries."""
     job = run.d.submit("true", opts=("--queue", "img"))
     assert run.d.job(job)["max_retries"] == queues["img"]["retries"]
+
+
+def schedules(run: Run, declared: dict[str, dict[str, Any]]) -> None:
+    """The schedules the daemon has from the file are the file's, and they fire: each
+    makes a job keyed by its name within a few of its one-second periods."""
+    listed = [json.loads(line) for line in run.d.ok("--json", "schedule", "list").splitlines()]
+    assert {s["name"]: s["source"] for s in listed} == dict.fromkeys(declared, "config")
+    for name in declared:
+        prefix = f"schedule:{name}@"
+        until(
+            lambda prefix=prefix: prefix in run.d.ok("--json", "list"),
+            SOON,
+            f"a job of schedule {name}",
+        )
 
 
 def log_level(run: Run, level: str) -> None:
@@ -340,6 +356,12 @@ CASES = [
         name="queues-concurrency",
     ),
     Case("queues", {"img": {"retries": 1}}, {"img": {"retries": 5}}, queue_defaults),
+    Case(
+        "schedules",
+        {"old": {"every": "1s", "command": ["true"]}},
+        {"new": {"every": 1, "command": "true"}},
+        schedules,
+    ),
     Case(
         "log_level",
         "info",

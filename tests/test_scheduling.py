@@ -38,6 +38,10 @@ def test_queue_concurrency_set_at_run_time_and_kept(tmp_path: Path) -> None:
         "concurrency_from": "runtime",
         "paused": False,
         "active": 0,
+        "rate": None,
+        "burst": None,
+        "rate_from": None,
+        "next_start": None,
     }
     script = (
         f"touch {running}/$PHXQ_JOB_ID; ls {running} | wc -l >> {seen}; sleep 0.1; "

@@ -153,6 +153,8 @@ def same_state(a: State, b: State) -> None:
     assert a.keys == b.keys
     assert a.next_id == b.next_id
     assert a.limits == b.limits
+    assert a.schedules == b.schedules
+    assert a.rates == b.rates
 
 
 @contextlib.contextmanager
@@ -976,6 +978,27 @@ def test_snapshot_keeps_the_claim_order_of_a_retried_job() -> None:
         restored = restore(s, restore_now)
         assert claim_all(s, T0 + 10) == [second.id, first.id]
         assert claim_all(restored, T0 + 10) == [second.id, first.id]
+
+
+@pytest.mark.parametrize("how", ["completed", "failed", "cancelled"])
+def test_keys_of_finished_jobs_are_not_live_after_a_snapshot(how: str) -> None:
+    """A restored finished job does not hold its key: the same key submitted again makes a
+    new job (a restore that took every key as live would hand back the finished one)."""
+    s = State()
+    old = submit(s, key="k", max_retries=0)
+    live = submit(s, key="other")
+    if how == "cancelled":
+        apply_all(s, s.cancel([old.id], T0)[0])
+    else:
+        _attempt(s, old.id, T0)
+        s.apply(s.outcome(old.id, 0 if how == "completed" else 1, None, T0, random.Random(1)))
+    assert s.jobs[old.id].status == how
+    for restored in (restore(s), restore(s, T0 + 10)):
+        assert restored.keys == {"other": live.id}
+        events, results = restored.submit([spec(key="k"), spec(key="other")], T0 + 11)
+        assert [r.deduplicated for r in results] == [False, True]
+        assert results[0].job.id not in (old.id, live.id) and results[1].job.id == live.id
+        assert len(events) == 1
 
 
 def _release_orders(s: State, d: Job, now: float) -> list[list[int]]:

@@ -31,6 +31,7 @@ from phxqd.events import (
     Failed,
     Paused,
     ProgressSaved,
+    QueueRate,
     QueueSet,
     Requeued,
     Resumed,
@@ -39,9 +40,11 @@ from phxqd.events import (
     submitted_jobs,
 )
 from phxqd.local.state import BACKOFF_BASE, BACKOFF_JITTER, BACKOFF_MAX, QueueDefaults, State
-from phxqd.model import DEFAULT_RETRIES, FINISHED, NO_RETRY_EXIT, WAITING
+from phxqd.model import DEFAULT_RETRIES, FINISHED, NO_RETRY_EXIT, WAITING, JobSpec
 from phxqd.model import Progress as JobProgress
 from phxqd.protocol import Refused
+from phxqd.schedules import due, fire_key, run_key
+from phxqd.schedules_model import OVERLAPS, ScheduleSpec
 from tests.test_state import (
     CONFIG_LIMITS,
     DEFAULTS,
@@ -114,6 +117,11 @@ class QueueMachine(RuleBasedStateMachine):
         self.paused: set[str] = set()
         self.paused_all = False
         self.limits: dict[str, int] = {}
+        self.rates: dict[str, tuple[float, int]] = {}
+        #: schedule name -> (its recorded last fire, the job of its last firing)
+        self.schedules: dict[str, tuple[float | None, int | None]] = {}
+        #: every key a firing ever gave a job: a fire time makes at most one job, ever
+        self.fire_keys: set[str] = set()
 
     # -------------------------------------------------------------- plumbing
 
@@ -515,6 +523,104 @@ class QueueMachine(RuleBasedStateMachine):
             self.apply([QueueSet(queue, None)])
             self.limits.pop(queue, None)
 
+    @rule(queue=st.sampled_from(QUEUES), per_second=st.sampled_from([None, 0.5, 10.0]))
+    def rate(self, queue: str, per_second: float | None) -> None:
+        self.apply([QueueRate(queue, per_second, 2)])
+        if per_second is None:
+            self.rates.pop(queue, None)
+        else:
+            self.rates[queue] = (per_second, 2)
+
+    @rule(
+        name=st.sampled_from(["a", "b"]),
+        every=st.sampled_from([1.0, 5.0, 60.0]),
+        overlap=st.sampled_from(OVERLAPS),
+        catch_up=st.sampled_from(["skip", "once", "all"]),
+    )
+    def schedule(self, name: str, every: float, overlap: Any, catch_up: Any) -> None:
+        """Add or replace a schedule: its record (last fire, last job) is kept."""
+        job = JobSpec(argv=["true"], queue=QUEUES[0])
+        sched = ScheduleSpec(name, job, every=every, overlap=overlap, catch_up=catch_up)
+        self.apply(self.state.set_schedule(sched, self.now))
+        self.schedules.setdefault(name, (None, None))
+
+    @precondition(lambda self: self.schedules)
+    @rule(pick=st.integers(0, 10), action=st.sampled_from(["remove", "pause", "resume"]))
+    def schedule_control(self, pick: int, action: str) -> None:
+        name = sorted(self.schedules)[pick % len(self.schedules)]
+        if action == "remove":
+            self.apply(self.state.remove_schedule(name))
+            del self.schedules[name]
+        else:
+            self.apply(self.state.pause_schedule(name, action == "pause"))
+            assert self.state.schedules[name].paused == (action == "pause")
+
+    @precondition(lambda self: self.schedules)
+    @rule(pick=st.integers(0, 10), manual=st.booleans())
+    def fire(self, pick: int, manual: bool) -> None:
+        """Fire what is due (or `schedule run`), checked against the model: the overlap
+        policy, one job per fire time, the last fire recorded."""
+        name = sorted(self.schedules)[pick % len(self.schedules)]
+        sched = self.state.schedules[name]
+        last_fire, last_job = self.schedules[name]
+        plan = due(sched, self.now)
+        if not manual and plan.latest is None:
+            return
+        times = plan.times or ([plan.latest] if plan.latest is not None else [])
+        before = jobs_of(self.state)
+        events, fired = self.state.fire(
+            name,
+            times,
+            self.now,
+            plan.missed,
+            run_key if manual else fire_key,
+            DEFAULTS,
+            bool(plan.times),
+            manual,
+        )
+        assert jobs_of(self.state) == before, "fire() changed the state"
+        prev = self.jobs.get(last_job) if last_job is not None else None
+        going = prev is not None and prev.status not in FINISHED
+        if manual:
+            times = [self.now]
+        elif not plan.times:
+            assert fired.skipped == "missed" and fired.job is None
+        elif going and sched.spec.overlap == "queue":
+            assert events == [] and fired.blocked_by == last_job
+            return
+        elif going and sched.spec.overlap == "skip":
+            assert fired.job is None and fired.skipped
+        new = [j.id for e in events for j in submitted_jobs(e)]
+        assert new == [j.id for j in fired.jobs]
+        for job in fired.jobs:
+            assert job.key is not None
+            if not manual:  # (`schedule run` fires no fire time)
+                assert job.key not in self.fire_keys, job.key
+                self.fire_keys.add(job.key)
+            self.jobs[job.id] = MJob(
+                status="pending",
+                queue=job.queue,
+                prio=0,
+                key=job.key,
+                run_at=self.now,
+                max_retries=job.max_retries,
+                backoff=job.backoff or (BACKOFF_BASE, BACKOFF_MAX, BACKOFF_JITTER),
+                after=(),
+            )
+            self.next_id += 1
+        self.apply(events)
+        self.enqueue(new)
+        recorded = last_fire if manual else times[-1]
+        self.schedules[name] = (recorded, new[-1] if new else last_job)
+        # the same fire time never fires again
+        if recorded is not None:
+            try:
+                self.state.fire(name, [recorded], self.now, 0, fire_key, DEFAULTS)
+            except Refused as e:
+                assert e.code == "refused"
+            else:
+                raise AssertionError(f"{name} fired {recorded} twice")
+
     @rule(dt=st.sampled_from([0.25, 1.0, 2.0, 5.0, 30.0, 120.0]))
     def tick(self, dt: float) -> None:
         self.now += dt
@@ -548,6 +654,8 @@ class QueueMachine(RuleBasedStateMachine):
                 ]
         assert s.next_id == self.next_id
         assert (s.paused, s.paused_all, s.limits) == (self.paused, self.paused_all, self.limits)
+        assert s.rates == self.rates
+        assert {n: (x.last_fire, x.last_job) for n, x in s.schedules.items()} == self.schedules
 
     @invariant()
     def counts_are_exact(self) -> None:

@@ -92,18 +92,24 @@ def test_a_batch_is_told_job_by_job_and_counted(daemon: Daemon, tmp_path: Path) 
 
 
 def test_watch_of_some_ids_and_cancel_cascade(daemon: Daemon, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
+    gate, other_gate = tmp_path / "gate", tmp_path / "other-gate"
     first = daemon.submit("sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 1")
     then = daemon.submit("true", opts=("--after", str(first), "--retries", "0"))
-    other = daemon.submit("true")
+    other = daemon.submit("sh", "-c", f"while [ ! -e {other_gate} ]; do sleep 0.05; done")
     w = Conn(daemon)
     w.send(protocol.Watch(ids=[then]))
+    # a watch of all jobs, opened after the first: once it has told of `other`'s end, so
+    # has the watch of [then] had its chance to (both are fed in order, one event at a time)
+    every = Conn(daemon)
+    every.send(protocol.Watch(ids=None))
+    other_gate.touch()
+    every.events_until(lambda e: e.id == other and e.event == "completed")
     daemon.ok("cancel", str(first))
-    [event] = w.events_until(lambda e: True)
+    [event] = w.events_until(lambda e: True)  # the first frame is then's: nothing of other's
     assert (event.id, event.event, event.status) == (then, "cancelled", "cancelled")
     assert f"job {first}" in (event.error or "")
-    assert other not in {e.id for e in [event]}
     w.close()
+    every.close()
 
     w = Conn(daemon)
     w.send(protocol.Watch(ids=[999]))

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from phxqctl import Client, PhxqError
+from phxqctl.errors import DaemonUnreachable
 from phxqd.model import JobSpec
 from tests.conftest import Daemon, until
 
@@ -35,10 +36,13 @@ def test_kill9_under_load_loses_no_acknowledged_job(tmp_path: Path) -> None:
         for t in threads:
             t.start()
         assert load.reached.wait(60), f"cycle {cycle}: clients stalled\n{d.logtext()}"
+        load.killed.set()
         d.kill9()
         for t in threads:
             t.join(30)
             assert not t.is_alive()
+        assert load.errors == [], f"cycle {cycle}: a client failed before the kill"
+        assert len(load.acked) >= target
         assert len(load.acked) == len(set(load.acked)), "an id was handed out twice"
         assert not acked & set(load.acked), "an id was reused"
         acked.update(load.acked)
@@ -56,6 +60,9 @@ class Load:
         self.acked: list[int] = []
         self.lock = threading.Lock()
         self.reached = threading.Event()
+        #: set just before the daemon is killed: an error before it is a failure
+        self.killed = threading.Event()
+        self.errors: list[Exception] = []
 
     def client(self, batch: int) -> None:
         try:
@@ -67,8 +74,11 @@ class Load:
                         self.acked.extend(r.job.id for r in results)
                         if len(self.acked) >= self.target:
                             self.reached.set()
-        except (PhxqError, OSError):
-            return  # the daemon was killed under us
+        except (DaemonUnreachable, OSError) as e:
+            if not self.killed.is_set():  # only the kill may end a client
+                self.errors.append(e)
+        except PhxqError as e:  # a refusal, or a reply that makes no sense: never right
+            self.errors.append(e)
 
 
 def check_consistent(d: Daemon, acked: set[int], highest: int, cycle: int) -> None:

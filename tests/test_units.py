@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import Daemon, until
+from tests.conftest import Daemon, need, unavailable, until
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
@@ -38,7 +38,7 @@ def systemd_analyze() -> str:
     if found:
         return found
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("systemd-analyze is missing and installing it needs root and apt-get")
+        unavailable("systemd-analyze is missing and installing it needs root and apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", "systemd"]
     r = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
@@ -47,7 +47,7 @@ def systemd_analyze() -> str:
         r = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
     found = shutil.which("systemd-analyze")
     if not found:
-        pytest.skip(f"could not install systemd: {r.stderr.strip()[-500:]}")
+        unavailable(f"could not install systemd: {r.stderr.strip()[-500:]}")
     return found
 
 
@@ -142,8 +142,7 @@ def test_daemon_and_jobs_stay_within_the_system_units_syscall_filter(
     a stop with a job running, and checks every system call made against the unit's
     SystemCallFilter= (a filtered call would fail with EPERM under systemd: a bug seen
     only in production)."""
-    if not shutil.which("strace"):
-        pytest.skip("strace is not installed")
+    need("strace")
     cache: dict[str, set[str]] = {}
     allowed: set[str] = set()
     for line in (UNITS / "phxqd.service").read_text().splitlines():

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import stat
+import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phxqctl import cli as phxqctl_cli
 from phxqctl import locate, mpack
 from phxqd import contract, model, paths, protocol
+from tests.conftest import clean_environment, read_payload
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 SCALARS = (
@@ -212,16 +215,51 @@ def _lists(value: Any) -> Any:
     return value
 
 
-def test_the_cli_submit_request_decodes_as_the_daemon_does() -> None:
-    args = phxqctl_cli.parse_args(
-        ["submit", "--queue", "q", "--retries", "2", "--env", "A=1", "--", "echo", "hi"]
+def test_the_cli_submit_request_decodes_as_the_daemon_does(tmp_path: Path) -> None:
+    """The real phxqctl builds and sends its submit to a socket the test answers in
+    phxqd's place: the bytes it sent decode, with phxqd's decoder, to the job asked for."""
+    sock_path = tmp_path / "phxqd.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock_path))
+    server.listen(1)
+    server.settimeout(60)
+    received: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(60)
+            for reply in (
+                {"proto": contract.PROTOCOL_VERSION},
+                [{"job": {"id": 7}, "deduplicated": False}],
+            ):
+                received.append(read_payload(conn))
+                payload = mpack.packb({"type": "ok", "result": reply})
+                conn.sendall(protocol.HEADER.pack(len(payload)) + payload)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    argv = ["submit", "--queue", "q", "--retries", "2", "--env", "A=1", "--", "echo", "hi"]
+    r = subprocess.run(
+        [sys.executable, "-m", "phxqctl", *argv],
+        cwd=tmp_path,
+        env={**clean_environment(tmp_path / "home"), "PHXQ_SOCKET": str(sock_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    assert args.command == "submit"
-    sent = mpack.packb({"op": "submit", "jobs": [{"argv": args.argv[1:], "queue": args.queue}]})
-    request = protocol.request_decoder.decode(sent)
-    assert request == protocol.Submit([model.JobSpec(argv=["echo", "hi"], queue="q")])
-    hello = mpack.packb({"op": "hello", "proto": contract.PROTOCOL_VERSION, "client": "phxqctl"})
-    assert protocol.request_decoder.decode(hello) == protocol.Hello(1, "phxqctl")
+    thread.join(60)
+    server.close()
+    assert (r.returncode, r.stdout, r.stderr) == (0, "7\n", "")
+    hello, sent = (protocol.request_decoder.decode(m) for m in received)
+    assert hello == protocol.Hello(contract.PROTOCOL_VERSION, "phxqctl")
+    assert sent == protocol.Submit(
+        [
+            model.JobSpec(
+                argv=["echo", "hi"], queue="q", max_retries=2, env={"A": "1"}, cwd=str(tmp_path)
+            )
+        ]
+    )
 
 
 # ------------------------------------------------------------ the socket

@@ -28,6 +28,7 @@ from phxqd.events import (
     Cleared,
     Paused,
     ProgressSaved,
+    QueueRate,
     QueueSet,
     Requeued,
     Resumed,
@@ -42,6 +43,9 @@ from phxqd.local.snapshots import Snapshots
 from phxqd.local.state import QueueDefaults, State
 from phxqd.model import FINISHED, WAITING, Job, JobSpec, Progress, SubmitResult
 from phxqd.notice import Notice
+from phxqd.rates import Bucket, parse_rate
+from phxqd.schedules import fire_key, run_key
+from phxqd.schedules_model import Fired, Schedule, ScheduleSpec
 from phxqd.settings import Settings
 from phxqd.stats import Stats
 
@@ -77,11 +81,11 @@ class LocalBackend:
         #: ids below this may be claimed: their submission is durable (see `claimable`)
         self._durable_below = 0
         #: the settings' queue tables, and what submits and claims make of them
-        self._queue_config: tuple[object, dict[str, QueueDefaults], dict[str, int]] = (
-            None,
-            {},
-            {},
-        )
+        self._queue_config: tuple[
+            object, dict[str, QueueDefaults], dict[str, int], dict[str, tuple[float, int]]
+        ] = (None, {}, {}, {})
+        #: the token bucket of each queue with a start rate (its tokens are not journaled)
+        self._buckets: dict[str, Bucket] = {}
         #: when memory was last given back to the system (see `_forgotten`)
         self._trimmed = -math.inf
         #: background snapshots and healing, stopped by `close`
@@ -184,6 +188,49 @@ class LocalBackend:
     async def resume(self, queue: str | None) -> None:
         await self._recorder.commit([Resumed(queue)])
 
+    async def set_rate(self, queue: str, per_second: float | None, burst: int) -> None:
+        await self._recorder.commit([QueueRate(queue, per_second, burst)])
+
+    # ------------------------------------------------------------- schedules
+    async def set_schedule(self, spec: ScheduleSpec, now: float, source: str) -> Schedule:
+        await self._recorder.commit(self._state.set_schedule(spec, now, source))
+        return self._state.schedule(spec.name)
+
+    async def remove_schedule(self, name: str, source: str) -> None:
+        await self._recorder.commit(self._state.remove_schedule(name, source))
+
+    async def pause_schedule(self, name: str, paused: bool) -> Schedule:
+        await self._recorder.commit(self._state.pause_schedule(name, paused))
+        return self._state.schedule(name)
+
+    async def schedules(self) -> list[Schedule]:
+        return list(self._state.schedules.values())
+
+    async def get_schedule(self, name: str) -> Schedule | None:
+        return self._state.schedules.get(name)
+
+    async def fire(
+        self,
+        name: str,
+        times: list[float],
+        now: float,
+        missed: int,
+        run: bool = True,
+        manual: bool = False,
+    ) -> Fired:
+        events, fired = self._state.fire(
+            name,
+            times,
+            now,
+            missed,
+            run_key if manual else fire_key,
+            self._queue_defaults(),
+            run,
+            manual,
+        )
+        await self._recorder.commit(events, keep=self._claimed)
+        return fired
+
     # --------------------------------------------------------------- running
     async def claimable(self) -> None:
         """Only jobs whose submission is durable may start: one that a crash could still
@@ -204,8 +251,34 @@ class LocalBackend:
             elif not (state.paused_all or job.queue in paused):
                 self._returned.remove(job)
                 return self._hold(job)
-        nxt = state.claim_next(now, self._durable_below, self._busy, self._config_limits())
-        return None if nxt is None else self._hold(nxt)
+        buckets = self._rate_buckets(now)
+        blocked = [q for q, b in buckets.items() if not b.can_take(now)] if buckets else ()
+        nxt = state.claim_next(now, self._durable_below, self._busy, self._config_limits(), blocked)
+        if nxt is None:
+            return None
+        bucket = buckets.get(nxt.queue)
+        if bucket is not None:
+            bucket.take(now)
+        return self._hold(nxt)
+
+    def _rate_buckets(self, now: float) -> dict[str, Bucket]:
+        """The bucket of each queue with a rate (run time over config), made or remade
+        when its rate changed."""
+        rates = self._rates()
+        buckets = self._buckets
+        if len(buckets) != len(rates) or any(q not in rates for q in buckets):
+            for q in [q for q in buckets if q not in rates]:
+                del buckets[q]
+        for q, (per_second, burst) in rates.items():
+            b = buckets.get(q)
+            if b is None or b.per_second != per_second or b.burst != burst:
+                buckets[q] = Bucket.full(per_second, burst, now)
+        return buckets
+
+    def _rates(self) -> dict[str, tuple[float, int]]:
+        config = self._from_queue_config()[2]
+        runtime = self._state.rates
+        return {**config, **runtime} if runtime else config
 
     def _hold(self, job: Job) -> Job:
         self._claimed.add(job.id)
@@ -218,7 +291,14 @@ class LocalBackend:
             self._busy[job.queue] -= 1
 
     def next_wakeup(self) -> float | None:
-        return self._state.next_wakeup()
+        wakeup = self._state.next_wakeup()
+        if self._buckets:
+            now = time.time()
+            for b in self._rate_buckets(now).values():
+                if not b.can_take(now):
+                    at = b.ready_at(now)
+                    wakeup = at if wakeup is None else min(wakeup, at)
+        return wakeup
 
     def report(self, begun: list[Begun], ended: list[Ending]) -> None:
         events: list[AnyEvent] = [Started(b.job.id, b.at, b.pid, b.pid_started) for b in begun]
@@ -287,8 +367,17 @@ class LocalBackend:
     async def find(self, job_id: int) -> Job | None:
         return self._state.jobs.get(job_id)
 
-    async def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
-        return self._state.select(status, queue, limit)
+    async def select(
+        self,
+        status: str | None,
+        queue: str | None,
+        limit: int,
+        *,
+        before: int | None = None,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> list[Job]:
+        return self._state.select(status, queue, limit, before=before, label=label, key=key)
 
     async def summary(self) -> Summary:
         s = self._state.summary()
@@ -300,7 +389,16 @@ class LocalBackend:
             self._state.paused_all,
             dict(self._state.limits),
             {queue: n for queue, n in self._busy.items() if n},
+            self._rates(),
+            self._next_starts(),
+            sorted(self._state.rates),
         )
+
+    def _next_starts(self) -> dict[str, float]:
+        now = time.time()
+        return {
+            q: b.ready_at(now) for q, b in self._rate_buckets(now).items() if not b.can_take(now)
+        }
 
     def health(self, count_files: bool = False) -> Health:
         j = self._journal
@@ -330,7 +428,9 @@ class LocalBackend:
     def _config_limits(self) -> dict[str, int]:
         return self._from_queue_config()[1]
 
-    def _from_queue_config(self) -> tuple[dict[str, QueueDefaults], dict[str, int]]:
+    def _from_queue_config(
+        self,
+    ) -> tuple[dict[str, QueueDefaults], dict[str, int], dict[str, tuple[float, int]]]:
         """What the `[queues.NAME]` tables say for submits (retries, backoff) and claims
         (limits), made again only when a reload put new tables in the settings: every
         submit and every claim asks."""
@@ -340,5 +440,6 @@ class LocalBackend:
                 queues,
                 {q: QueueDefaults(c.retries, c.backoff()) for q, c in queues.items()},
                 {q: c.concurrency for q, c in queues.items() if c.concurrency is not None},
+                {q: (parse_rate(c.rate), c.burst or 1) for q, c in queues.items() if c.rate},
             )
-        return self._queue_config[1], self._queue_config[2]
+        return self._queue_config[1], self._queue_config[2], self._queue_config[3]

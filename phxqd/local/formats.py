@@ -20,13 +20,17 @@ import os
 from pathlib import Path
 
 #: the format this phxqd writes
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 #: what each format added; docs/architecture.md "Formats" says the same
 HISTORY: dict[int, str] = {
     1: "journal segments of `u32 length | u32 crc32 | msgpack event` records (the events of "
     "phxqd/events.py, submits stored as `subs` arrays), snapshot PHXQSNP3 (PHXQSNP1 and "
     "PHXQSNP2 still read); the `format` file appeared within format 1, so a state dir "
     "without one is format 1",
+    2: "schedules and queue rates: the events `queue-rate`, `sched`, `sched-rm`, "
+    "`sched-pause` and `sched-fire` (a firing's fire time and its job in one record), and "
+    "two trailing fields of the PHXQSNP3 snapshot (`schedules`, `rates`), empty when read "
+    "from format 1",
 }
 #: the file's name in the state dir, and the words before the number in it
 FILE = "format"

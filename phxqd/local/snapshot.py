@@ -34,6 +34,7 @@ import msgspec
 from phxqd.local.journal import Corruption, fsync_dir
 from phxqd.local.state import Snapshot
 from phxqd.model import Job, StoredJob, as_jobs
+from phxqd.schedules_model import Schedule
 
 MAGIC = b"PHXQSNP3"
 #: older formats, read and never written: one msgpack `Snapshot`; chunks of jobs as maps
@@ -55,6 +56,9 @@ class SnapshotFile(msgspec.Struct, array_like=True):
     order: bytes
     #: msgpack arrays of at most CHUNK jobs each, decoded one at a time
     chunks: list[msgspec.Raw]
+    #: added after format 3 was out: a snapshot without them decodes with none
+    schedules: list[Schedule] = []
+    rates: dict[str, tuple[float, int]] = {}
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -79,6 +83,8 @@ def encode(snap: Snapshot) -> bytes:
             snap.limits,
             order.tobytes(),
             [msgspec.Raw(_encode_chunk(jobs[i : i + CHUNK])) for i in range(0, len(jobs), CHUNK)],
+            snap.schedules,
+            snap.rates,
         )
     )
     return MAGIC + HEADER.pack(len(payload), zlib.crc32(payload)) + payload
@@ -170,4 +176,14 @@ def _from_file(
     order.frombytes(file.order)
     if sys.byteorder != "little":
         order.byteswap()
-    return Snapshot(file.lsn, file.next_id, jobs, file.paused, file.paused_all, order, file.limits)
+    return Snapshot(
+        file.lsn,
+        file.next_id,
+        jobs,
+        file.paused,
+        file.paused_all,
+        order,
+        file.limits,
+        file.schedules,
+        file.rates,
+    )

@@ -122,6 +122,12 @@ class Snapshots:
     async def _snapshot(self) -> None:
         t0 = time.perf_counter()
         lsn = self.journal.last_lsn
+        # What the journal took before now is what this snapshot covers. What it takes
+        # while the snapshot is written is not, and must count towards the next one: a
+        # snapshot that began right after another (so little was counted yet) and ran
+        # slowly (a loaded machine) once dropped all that from the count, and the journal
+        # stayed at several times the live state until as much again was written.
+        covered = self.journal.bytes_since_snapshot
         directory = self.settings.journal_dir
         child = forked.start(directory, lambda: self.state.snapshot(lsn))
         try:
@@ -142,7 +148,7 @@ class Snapshots:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(forked.kill, child)
         size = await anyio.to_thread.run_sync(snapshot.publish, directory)
-        self.journal.bytes_since_snapshot = 0
+        self.journal.bytes_since_snapshot = max(0, self.journal.bytes_since_snapshot - covered)
         self._last_size = size
         segments = list_segments(directory)
         for (_, path), (next_first, _) in itertools.pairwise(segments):
@@ -150,3 +156,4 @@ class Snapshots:
                 path.unlink(missing_ok=True)
         self.stats.snapshot.observe(time.perf_counter() - t0)
         log.info("snapshot at record %d: %d bytes", lsn, size)
+        self.grown()  # what came meanwhile may make the next one due already

@@ -12,7 +12,7 @@ import heapq
 import math
 import random
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,10 +26,15 @@ from phxqd.events import (
     Failed,
     Paused,
     ProgressSaved,
+    QueueRate,
     QueueSet,
     Requeued,
     Resumed,
     Retried,
+    ScheduleFired,
+    SchedulePaused,
+    ScheduleRemoved,
+    ScheduleSet,
     Started,
     Submitted,
     SubmittedBatch,
@@ -47,6 +52,7 @@ from phxqd.model import (
     SubmitResult,
 )
 from phxqd.protocol import Refused
+from phxqd.schedules_model import Fired, Schedule, ScheduleSpec
 
 BACKOFF_BASE, BACKOFF_MAX, BACKOFF_JITTER = DEFAULT_BACKOFF
 
@@ -73,6 +79,9 @@ class Snapshot(msgspec.Struct):
     #: waiting jobs in the order they were queued (a retried job goes to the back)
     order: Sequence[int] = []
     limits: dict[str, int] = {}
+    schedules: list[Schedule] = []
+    #: start rates set at run time: queue -> (per second, burst)
+    rates: dict[str, tuple[float, int]] = {}
 
 
 class QueueDefaults(msgspec.Struct, frozen=True):
@@ -129,6 +138,11 @@ def backoff(
     return delay * (1 + jitter * rng.random())
 
 
+#: statuses with an index of their jobs' ids (`State._listed`): those that are usually few
+#: among many (pending and completed jobs can be a million; they are found by walking)
+LISTED = ("running", "retrying", "failed", "cancelled")
+
+
 @dataclass
 class State:
     """All jobs, their indexes and counters. See the module docstring for the rules."""
@@ -141,6 +155,11 @@ class State:
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     #: live idempotency keys -> job id
     keys: dict[str, int] = field(default_factory=dict)
+    #: the ids of the jobs in each of LISTED's statuses (pages of failed jobs must not
+    #: walk a million completed ones); kept by `_count`, like `counts`
+    _listed: dict[str, dict[int, None]] = field(
+        default_factory=lambda: {s: {} for s in LISTED}, compare=False, repr=False
+    )
     #: per queue, a heap of (-priority, seq, id) of jobs ready to run
     _ready: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     #: heap of (run_at, seq, id) of waiting jobs whose time has not come
@@ -156,6 +175,17 @@ class State:
     _blocked: dict[int, int] = field(default_factory=dict)
     #: shares what decoded jobs have in common (see Sharer)
     share: Sharer = field(default_factory=Sharer, compare=False, repr=False)
+    #: schedules by name (journaled: ScheduleSet, ScheduleFired, ...)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    #: start rates set at run time (`phxqctl queue set Q --rate`): queue -> (per second, burst)
+    rates: dict[str, tuple[float, int]] = field(default_factory=dict)
+    #: per schedule, what its last firing changed, so `take_back` can undo it: (its
+    #: first job's id, when it fired, then last_fire, last_job, last_fired_at, fired,
+    #: missed as they were before it). One firing may be several events (catch-up `all`),
+    #: applied together with one `fired_at`: the entry is the first one's.
+    _fire_undo: dict[str, tuple[int, float, float | None, int | None, float | None, int, int]] = (
+        field(default_factory=dict, compare=False, repr=False)
+    )
     #: jobs cancelled by the last `apply` because a job they run after did not complete
     #: (no event of their own says so; the live feed needs to know)
     _cascaded: list[Job] = field(default_factory=list, compare=False, repr=False)
@@ -344,18 +374,128 @@ class State:
             retry_at = now + backoff(job.attempts, rng, job.backoff or DEFAULT_BACKOFF)
         return Failed(job_id, now, exit_code, reason, retry_at)
 
+    def set_schedule(
+        self, spec: ScheduleSpec, now: float, source: str = "runtime"
+    ) -> list[AnyEvent]:
+        """Add or replace a schedule (checked already by phxqd.schedules.check).
+
+        Replacing keeps its record (last fire, counts, paused); a new timing (cron, zone,
+        interval) starts counting fire times from now, so the change fires nothing missed.
+        A schedule declared in the config file is the file's: a runtime `add` of its name
+        is refused (the file changes it, at a reload).
+        """
+        old = self.schedules.get(spec.name)
+        if old is not None and old.source == "config" and source == "runtime":
+            raise Refused(
+                "refused",
+                f"schedule {spec.name!r} is declared in phxqd.toml: change it there and reload",
+            )
+        # `every` schedules count from a whole second: `--every 1h` fires at :SS.000
+        anchor = float(math.floor(now))
+        if old is None:
+            new = Schedule(spec, anchor, "config" if source == "config" else "runtime")
+        else:
+            if old.spec == spec and old.source == source:
+                return []
+            new = msgspec.structs.replace(
+                old, spec=spec, source="config" if source == "config" else "runtime"
+            )
+            if old.spec.timing() != spec.timing():
+                new.anchor = anchor
+        return [ScheduleSet(new)]
+
+    def schedule(self, name: str) -> Schedule:
+        s = self.schedules.get(name)
+        if s is None:
+            raise Refused("not_found", f"no schedule {name!r}")
+        return s
+
+    def remove_schedule(self, name: str, source: str = "runtime") -> list[AnyEvent]:
+        s = self.schedule(name)
+        if s.source == "config" and source == "runtime":
+            raise Refused(
+                "refused",
+                f"schedule {name!r} is declared in phxqd.toml: remove it there and reload",
+            )
+        return [ScheduleRemoved(name)]
+
+    def pause_schedule(self, name: str, paused: bool) -> list[AnyEvent]:
+        s = self.schedule(name)
+        return [] if s.paused == paused else [SchedulePaused(name, paused)]
+
+    def fire(
+        self,
+        name: str,
+        times: Sequence[float],
+        now: float,
+        missed: int,
+        key: Callable[[str, float], str],
+        defaults: Mapping[str, QueueDefaults] | None = None,
+        run: bool = True,
+        manual: bool = False,
+    ) -> tuple[list[AnyEvent], Fired]:
+        """The events of one firing of schedule `name` at fire times `times` (oldest
+        first; several only for catch-up `all`), each job keyed by `key(name, time)`;
+        `missed` earlier fire times got no run.
+
+        Refused if a time is at or before the schedule's last recorded fire time: it fired
+        already (here, or on another node). The overlap policy looks at the job of the
+        previous firing: still waiting or running, `skip` records the times without a run,
+        `queue` returns `Fired(blocked_by=...)` and no events (the caller fires again once
+        that job has ended), `allow` fires. `run` False: the times passed without a run
+        (catch-up `skip` after a downtime), recorded as missed. `manual` (`schedule
+        run`): one job at `now`, whatever the overlap, the last fire time untouched.
+        """
+        s = self.schedule(name)
+        if not manual and s.last_fire is not None and times and times[0] <= s.last_fire:
+            raise Refused("refused", f"schedule {name!r} fired at {times[0]!r} already")
+        if manual:
+            times = [now]
+        if not times:
+            return [], Fired()
+        if not run and not manual:
+            return [ScheduleFired(name, times[-1], None, now, missed + len(times))], Fired(
+                skipped="missed"
+            )
+        prev = self.jobs.get(s.last_job) if s.last_job is not None else None
+        if prev is not None and not prev.finished and not manual:
+            if s.spec.overlap == "queue":
+                return [], Fired(blocked_by=prev.id)
+            if s.spec.overlap == "skip":
+                return [ScheduleFired(name, times[-1], None, now, missed + len(times))], Fired(
+                    skipped=f"job {prev.id} of the previous firing is still {prev.status}"
+                )
+        events: list[AnyEvent] = []
+        made: list[Job] = []
+        next_id = self.next_id
+        for i, at in enumerate(times):
+            spec = msgspec.structs.replace(s.spec.job, key=key(name, at))
+            holder = self.keys.get(spec.key) if spec.key is not None else None
+            job = None
+            if holder is None:
+                job = self._new_job(spec, next_id, now, defaults or {})
+                next_id += 1
+                made.append(job)
+            events.append(ScheduleFired(name, at, job, now, missed if i == 0 else 0, manual))
+        if not made:
+            existing = self.jobs[self.keys[key(name, times[-1])]]
+            return events, Fired(job=existing, deduplicated=True)
+        return events, Fired(job=made[-1], jobs=made)
+
     def claim_next(
         self,
         now: float,
         below_id: int | None = None,
         busy: Mapping[str, int] | None = None,
         limits: Mapping[str, int] | None = None,
+        blocked: Container[str] = (),
     ) -> Job | None:
         """The next job to start, taken off the ready heaps; the caller must start it.
 
         Jobs with an id of `below_id` or more are passed over for now: the caller uses it
         to start only jobs whose submission is already durable. A queue with `busy[q]`
-        jobs at its limit (`limits`, overridden by limits set at run time) is skipped.
+        jobs at its limit (`limits`, overridden by limits set at run time) is skipped, and
+        so is a queue in `blocked` (its start rate allows no start now).
         """
         self._promote(now)
         if self.paused_all:
@@ -363,7 +503,7 @@ class State:
         best: tuple[int, int, int] | None = None
         best_queue = ""
         for queue, heap in self._ready.items():
-            if queue in self.paused:
+            if queue in self.paused or queue in blocked:
                 continue
             limit = self.limits.get(queue, limits.get(queue) if limits else None)
             if limit is not None and busy is not None and busy.get(queue, 0) >= limit:
@@ -403,17 +543,74 @@ class State:
             "paused_all": self.paused_all,
         }
 
-    def select(self, status: str | None, queue: str | None, limit: int) -> list[Job]:
-        """Jobs newest first, filtered."""
+    def select(
+        self,
+        status: str | None,
+        queue: str | None,
+        limit: int,
+        *,
+        before: int | None = None,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> list[Job]:
+        """Jobs newest first, filtered; with `before`, only jobs whose id is below it
+        (keyset pagination: a page's last id is the next page's `before`).
+
+        Ids only grow and `jobs` is in id order, so a page after a cursor is found by
+        looking ids up downwards from it rather than by walking the newest jobs again.
+        Without a cursor the walk stops as soon as every job the counts say matches has
+        been found.
+        """
         out: list[Job] = []
-        if limit <= 0:
+        if limit <= 0 or not self.jobs:
             return out
-        for job in reversed(self.jobs.values()):
+        left = self._matching(status, queue) if before is None else len(self.jobs)
+        if left == 0:
+            return out
+        listed = self._listed.get(status) if status is not None else None
+        if listed is not None and len(listed) * 8 < len(self.jobs):
+            # few jobs of this status: sort their ids rather than walk past the others
+            ids = heapq.nlargest(
+                limit if label is None and key is None and queue is None else len(listed),
+                (i for i in listed if before is None or i < before),
+            )
+            table = self.jobs
+            candidates: Iterable[Job] = (table[i] for i in ids)
+            left = len(listed)
+        elif before is None:
+            candidates = reversed(self.jobs.values())
+        else:
+            candidates = self._below(before)
+        for job in candidates:
             if (status is None or job.status == status) and (queue is None or job.queue == queue):
-                out.append(job)
-                if len(out) >= limit:
+                left -= 1
+                if (label is None or job.label == label) and (key is None or job.key == key):
+                    out.append(job)
+                    if len(out) >= limit:
+                        break
+                if left <= 0:
                     break
         return out
+
+    def _matching(self, status: str | None, queue: str | None) -> int:
+        """How many jobs have this status and queue (None: any), from the counts."""
+        return sum(
+            n
+            for (q, st), n in self.counts.items()
+            if (status is None or st == status) and (queue is None or q == queue)
+        )
+
+    def _below(self, before: int) -> Iterator[Job]:
+        """The jobs with ids below `before`, highest first."""
+        table = self.jobs
+        if before > self.next_id:
+            before = self.next_id
+        lowest = next(iter(table))
+        find = table.get
+        for job_id in range(before - 1, lowest - 1, -1):
+            job = find(job_id)
+            if job is not None:
+                yield job
 
     def waits_for(self, job: Job) -> list[int]:
         """The jobs named in --after that have not completed yet."""
@@ -490,6 +687,41 @@ class State:
                     self.limits.pop(queue, None)
                 else:
                     self.limits[queue] = concurrency
+            case QueueRate(queue, per_second, burst):
+                if per_second is None:
+                    self.rates.pop(queue, None)
+                else:
+                    self.rates[queue] = (per_second, burst)
+            case ScheduleSet(schedule):
+                self.schedules[schedule.spec.name] = schedule
+            case ScheduleRemoved(name):
+                self.schedules.pop(name, None)
+                self._fire_undo.pop(name, None)
+            case SchedulePaused(name, paused):
+                if name in self.schedules:
+                    self.schedules[name].paused = paused
+            case ScheduleFired(name, at, job, fired_at, missed, manual):
+                if job is not None:
+                    self._add((job,))
+                s = self.schedules.get(name)
+                if s is not None:
+                    undo = self._fire_undo.get(name)
+                    if job is not None and (undo is None or undo[1] != fired_at):
+                        self._fire_undo[name] = (
+                            job.id,
+                            fired_at,
+                            s.last_fire,
+                            s.last_job,
+                            s.last_fired_at,
+                            s.fired,
+                            s.missed,
+                        )
+                    if job is not None:
+                        s.last_job, s.last_fired_at = job.id, fired_at
+                        s.fired += 1
+                    if not manual:
+                        s.last_fire = at
+                    s.missed += missed
             case Paused(queue):
                 if queue is None:
                     self.paused_all = True
@@ -508,8 +740,16 @@ class State:
 
         Not an event: it removes what an `apply` of an event that never reached the disk
         added, so memory matches the journal again (nobody was told the jobs exist, and
-        none has started: only durable jobs are claimed).
+        none has started: only durable jobs are claimed). A schedule's firing whose job is
+        taken back is undone too (its last fire time restored), so it fires again.
         """
+        ids = list(ids)
+        taken = set(ids)
+        for name, (job_id, _, *before) in list(self._fire_undo.items()):
+            s = self.schedules.get(name)
+            if job_id in taken and s is not None:
+                s.last_fire, s.last_job, s.last_fired_at, s.fired, s.missed = before  # type: ignore[assignment]
+                del self._fire_undo[name]
         self._remove(ids)
 
     def snapshot(self, lsn: int) -> Snapshot:
@@ -523,6 +763,8 @@ class State:
             self.paused_all,
             order,
             dict(self.limits),
+            [msgspec.structs.replace(s) for s in self.schedules.values()],
+            dict(self.rates),
         )
 
     @classmethod
@@ -540,6 +782,8 @@ class State:
             paused=set(snap.paused),
             paused_all=snap.paused_all,
             limits=dict(snap.limits),
+            schedules={s.spec.name: s for s in snap.schedules},
+            rates=dict(snap.rates),
         )
         jobs, counts, keys = state.jobs, state.counts, state.keys
         share = state.share
@@ -551,6 +795,8 @@ class State:
             counts[k] = counts.get(k, 0) + 1
             if job.key is not None and job.status not in FINISHED:
                 keys[job.key] = job.id
+            if job.status in LISTED:
+                state._listed[job.status][job.id] = None
         queued, delayed, ready = state._queued, state._delayed, state._ready
         waiting = sum(n for (_, st), n in counts.items() if st in WAITING)
         in_order: Sequence[int] = snap.order
@@ -601,6 +847,8 @@ class State:
             counts[k] = counts.get(k, 0) + 1
             if job.key is not None and job.status not in FINISHED:
                 keys[job.key] = job.id
+            if job.status in LISTED:
+                self._listed[job.status][job.id] = None
             if job.status in WAITING:
                 if job.after and self.waits_for(job):
                     self._block(job)
@@ -662,6 +910,12 @@ class State:
     def _count(self, job: Job, delta: int) -> None:
         k = (job.queue, job.status)
         self.counts[k] = self.counts.get(k, 0) + delta
+        listed = self._listed.get(job.status)
+        if listed is not None:
+            if delta > 0:
+                listed[job.id] = None
+            else:
+                listed.pop(job.id, None)
 
     def _set_status(self, job: Job, status: Status) -> None:
         self._count(job, -1)

@@ -6,7 +6,7 @@ takes phxq's source at COMMIT (`git archive`, no checkout), runs its phxqd and p
 (this venv's Python and libraries, the old source first on PYTHONPATH) in a temp dir, and
 leaves jobs in every state: completed (with a key, a result, progress), failed, cancelled,
 pending in a queue paused at run time (a key, a callable with arguments, `--after` waiting
-on another), delayed, retrying with its retry time an hour away, and running with progress
+on another), delayed, retrying with its retry time ten years away, and running with progress
 when phxqd is killed with SIGKILL; a queue limit set at run time. The first half is saved in
 a snapshot (a clean stop), the second half is only in journal segments. It writes
 tests/upgrades/NAME.tar.gz (the state dir without its lock) and NAME.json (what the test
@@ -29,6 +29,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+#: the delay and the retry backoff of the jobs that must still be waiting when the test
+#: reads the fixture, whenever that is: ten years (a fixture is good until then)
+FAR = "3650d"
+FAR_BACKOFF = "315360000,315360000,0"
 REPO = HERE.parent.parent
 
 
@@ -148,13 +152,11 @@ def scenario(old: OldPhxq) -> dict[str, int]:
     roles["callable_pending"] = old.submit(
         "--queue", "held", "--call", "builtins:dict", "--kwargs", '{"a": 1}'
     )
-    roles["delayed"] = old.submit("--delay", "1d", "--queue", "slow", "--", "true")
-    roles["retrying"] = old.submit(
-        "--retries", "2", "--backoff", "3600,3600,0", "--shell", "exit 1"
-    )
+    roles["delayed"] = old.submit("--delay", FAR, "--queue", "slow", "--", "true")
+    roles["retrying"] = old.submit("--retries", "2", "--backoff", FAR_BACKOFF, "--shell", "exit 1")
     old.until(roles["retrying"], "retrying")
     roles["running"] = old.submit(
-        "--backoff", "3600,3600,0", "--shell", f"{progress}; exec sleep 1000"
+        "--backoff", FAR_BACKOFF, "--shell", f"{progress}; exec sleep 1000"
     )
     running = old.until(roles["running"], "running")
     old.proc.kill()
