@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit shells browser screenshots torture fuzz fuzz-cli bench clean tools mutants
+.PHONY: run test lint typecheck unit shells browser screenshots torture fuzz fuzz-cli bench clean tools mutants postgres cc
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict phxqd phxqctl fuzz bench
 
-unit: $(STAMP) shells browser tools
+unit: $(STAMP) shells cc tools browser postgres
 	$(BIN)/python -m pytest -q
 
 # zsh and fish for the completion tests (bash and tmux are there already). Installed when
@@ -69,9 +69,32 @@ tools:
 	      apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; }; } || \
 	echo "$$missing missing and not installable here: their tests will skip"
 
-# 500 kill -9 cycles under load (make test runs 20)
-torture: $(STAMP)
+# PostgreSQL for the tests of the PostgreSQL backend (tests/pgfixture.py starts a throwaway
+# cluster of its own; the server Debian's package may start is not used). Installed when
+# missing and we can (root with apt-get, as in CI); otherwise those tests skip, saying so,
+# except under CI=1 where a missing PostgreSQL fails them.
+postgres:
+	@export DEBIAN_FRONTEND=noninteractive; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }; }; } || \
+	echo "PostgreSQL missing and not installable here: its tests will skip"
+
+# gcc for the LD_PRELOAD shims of the fault and power-cut tests (compiled by the tests),
+# installed like the shells above; under CI=1 the power-cut tests fail without it.
+cc:
+	@export DEBIAN_FRONTEND=noninteractive; command -v gcc >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q gcc libc6-dev >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q gcc libc6-dev >/dev/null; }; }; } || \
+	echo "gcc missing and not installable here: the power-cut tests will skip"
+
+# 500 kill -9 cycles under load (make test runs 20), and 100 power cuts for each model and
+# fsync policy (make test runs 5 each)
+torture: $(STAMP) cc
 	PHXQ_TORTURE_CYCLES=500 $(BIN)/python -m pytest -q tests/test_torture.py
+	PHXQ_POWERCUT_CYCLES=100 $(BIN)/python -m pytest -q tests/test_powercut.py
 
 # coverage-guided fuzzing of the request path (atheris, pip extra `fuzz`), not part of
 # `test` (which replays the seeds and fuzz/regressions/). FUZZ_SECONDS=60 by default; a

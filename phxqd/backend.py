@@ -240,6 +240,11 @@ class Backend(Protocol):
     async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
         """The jobs once each has finished durably, or as they are at the timeout."""
 
+    async def log_elsewhere(self, job_id: int) -> tuple[str, bytes] | None:
+        """Where the job's log is when it is not on this host (a shared store: the host
+        that ran its last attempt) and the tail kept with that attempt's outcome; None
+        when its log, if any, is here."""
+
     def ended(self, job_id: int) -> anyio.Event:
         """Set once the job has finished (or is gone): for a job still going, once its end
         is durable; for one that has finished already, at once. (`wait` is the one that

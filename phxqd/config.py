@@ -35,6 +35,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     workers: Positive | None = None
     #: always: ack after fdatasync; batch: ack after write, fdatasync every fsync_interval_ms;
     #: off: never fsync (tests and benchmarks only)
+    #: where the queue lives: None or "local", the journal in state_dir; a PostgreSQL URI,
+    #: the database every node naming it shares (docs/scale-out.md)
+    store: str | None = None
+    #: seconds a PostgreSQL node may go without a heartbeat before its jobs are retried
+    #: elsewhere
+    lease: PositiveSeconds = 30.0
     fsync: Literal["always", "batch", "off"] = "always"
     fsync_interval_ms: Positive = 50
     #: take a snapshot once the journal has grown by this many bytes since the last one,

@@ -32,7 +32,7 @@ class Core:
     def __init__(self, backend: Backend, settings: Settings) -> None:
         self.settings = settings
         self.backend = backend
-        self.logs = JobLogs(backend.find, settings)
+        self.logs = JobLogs(backend.find, settings, backend.log_elsewhere)
         self.dispatcher = Dispatcher(backend, settings, self.logs, backend.wake)
         self.scheduler = Scheduler(backend)
         self.views = Views(backend, self.dispatcher, settings, self.scheduler)

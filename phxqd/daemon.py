@@ -27,11 +27,12 @@ import anyio
 import msgspec
 
 from phxqd import config, logsetup, paths, server, statusfile, systemd
+from phxqd.backend import Backend
 from phxqd.core import Core
 from phxqd.hooks import Hooks
 from phxqd.local import formats
 from phxqd.local.backend import LocalBackend
-from phxqd.local.journal import Corruption, Journal, JournalError
+from phxqd.local.journal import Corruption, Journal, JournalError, make_dirs
 from phxqd.local.recovery import StateDirBusy, lock_state_dir, recover
 from phxqd.model import QueueConfig
 from phxqd.protocol import Refused
@@ -59,6 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="config file (default: user config dir phxq/phxqd.toml)")
     p.add_argument("--socket", help="Unix socket to listen on (env PHXQ_SOCKET)")
     p.add_argument("--state-dir", help="journal and snapshots (env PHXQ_STATE_DIR)")
+    p.add_argument(
+        "--store",
+        help='where the queue lives: "local" (the journal) or a postgresql:// URI (env PHXQ_STORE)',
+    )
     p.add_argument("--workers", type=int, help="most jobs running at once (default: CPUs)")
     p.add_argument(
         "--fsync", choices=["always", "batch", "off"], help="durability policy (default: always)"
@@ -101,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         config_required=bool(args.config or os.environ.get("PHXQ_CONFIG")),
         socket=args.socket,
         state_dir=args.state_dir,
+        store=args.store or os.environ.get("PHXQ_STORE") or None,
         workers=args.workers,
         fsync=args.fsync,
         log_level=args.log_level,
@@ -226,34 +232,20 @@ async def run(
     notifier = systemd.Notifier(sd.notify_socket)
     # Opened first: a SIGTERM during recovery waits for it, then stops cleanly.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        notifier.status("recovering the journal")
         for d in (settings.journal_dir, settings.logs_dir):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        recovered = recover(settings.journal_dir, cut_torn_tail=True, now=time.time())
-        formats.stamp(settings.state_dir)  # before the first record of this version
-        gc.freeze()  # the recovered jobs live on: keep them out of every later collection
-        # A batch of 1,000 jobs allocates a few thousand short-lived tracked objects (specs,
-        # results, events): at the default threshold of 700 the collector ran several
-        # times per batch, about 1.5 us per job. Jobs themselves are not tracked, so a
-        # larger young generation costs little memory.
-        gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
-        log.info(
-            "recovered %d jobs (snapshot at record %d, %d records replayed from %d segments)",
-            len(recovered.state.jobs),
-            recovered.snapshot_lsn,
-            recovered.records,
-            recovered.segments,
-        )
+            make_dirs(d)
         stats = Stats()
-        journal = Journal(
-            settings.journal_dir,
-            recovered.next_lsn,
-            settings.fsync,
-            batch_interval=settings.fsync_interval_ms / 1000,
-            segment_bytes=settings.segment_bytes,
-            on_sync=stats.fsync.observe,
-        )
-        core = Core(LocalBackend(recovered.state, journal, settings, stats=stats), settings)
+        if settings.store is not None:
+            notifier.status("connecting to PostgreSQL")
+            # the backend stops jobs of this node itself (a cancel from another node, a
+            # lost lease): through the dispatcher, built below
+            backend: Backend = await _open_postgres(
+                settings, stats, lambda ids, why: core.dispatcher.stop(ids, why)
+            )
+        else:
+            notifier.status("recovering the journal")
+            backend = _open_local(settings, stats)
+        core = Core(backend, settings)
         backend, views = core.backend, core.views
         # bound before the task group: a taken port stops the start with one line
         web = _open_web(core) if settings.http_listen else None
@@ -297,7 +289,7 @@ async def run(
                 VERSION,
                 settings.socket,
                 " (socket-activated)" if activated is not None else "",
-                settings.journal_dir.parent,
+                settings.journal_dir.parent if settings.store is None else "PostgreSQL",
                 settings.workers,
                 settings.fsync,
             )
@@ -349,6 +341,61 @@ def _open_web(core: Core) -> Serving:
         return app.open_server(core)
     except (OSError, ValueError) as e:
         raise SystemExit(f"phxqd: http_listen {core.settings.http_listen}: {e}") from None
+
+
+def _open_local(settings: Settings, stats: Stats) -> Backend:
+    """The embedded backend: the state recovered from the journal in the state dir."""
+    recovered = recover(settings.journal_dir, cut_torn_tail=True, now=time.time())
+    formats.stamp(settings.state_dir)  # before the first record of this version
+    gc.freeze()  # the recovered jobs live on: keep them out of every later collection
+    # A batch of 1,000 jobs allocates a few thousand short-lived tracked objects (specs,
+    # results, events): at the default threshold of 700 the collector ran several
+    # times per batch, about 1.5 us per job. Jobs themselves are not tracked, so a
+    # larger young generation costs little memory.
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
+    log.info(
+        "recovered %d jobs (snapshot at record %d, %d records replayed from %d segments)",
+        len(recovered.state.jobs),
+        recovered.snapshot_lsn,
+        recovered.records,
+        recovered.segments,
+    )
+    journal = Journal(
+        settings.journal_dir,
+        recovered.next_lsn,
+        settings.fsync,
+        batch_interval=settings.fsync_interval_ms / 1000,
+        segment_bytes=settings.segment_bytes,
+        on_sync=stats.fsync.observe,
+    )
+    return LocalBackend(recovered.state, journal, settings, stats=stats)
+
+
+async def _open_postgres(
+    settings: Settings, stats: Stats, stop: Callable[[list[int], str], object]
+) -> Backend:
+    """The shared store (`store = "postgresql://..."`): schema migrated, node registered.
+    Imported here: psycopg is an optional extra (`phxq[postgres]`)."""
+    assert settings.store is not None
+    try:
+        import psycopg
+
+        from phxqd.postgres.backend import PostgresBackend
+        from phxqd.postgres.schema import SchemaError
+    except ImportError as e:
+        raise SystemExit(
+            f"phxqd: store is PostgreSQL, but {e.name} is not installed:"
+            " pip install 'phxq[postgres]'"
+        ) from None
+    backend = PostgresBackend(settings.store, settings, lease=settings.lease, stats=stats)
+    backend.stopper = stop
+    try:
+        await backend.open()
+    except (psycopg.Error, SchemaError, OSError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"phxqd: cannot use the PostgreSQL store: {why}") from None
+    log.info("PostgreSQL store: this is node %d (lease %gs)", backend.node, settings.lease)
+    return backend
 
 
 async def _serve(

@@ -17,10 +17,17 @@ from phxqd.settings import Settings
 
 
 class JobLogs:
-    def __init__(self, find: Callable[[int], Awaitable[Job | None]], settings: Settings) -> None:
+    def __init__(
+        self,
+        find: Callable[[int], Awaitable[Job | None]],
+        settings: Settings,
+        elsewhere: Callable[[int], Awaitable[tuple[str, bytes] | None]] | None = None,
+    ) -> None:
         #: the job of an id, if it is known (to tell whether it has finished)
         self._find = find
         self.settings = settings
+        #: the host that has a log not kept here, and its tail (a shared store)
+        self._elsewhere = elsewhere
 
     def path(self, job_id: int) -> Path:
         return self.settings.logs_dir / f"{job_id}.log"
@@ -42,6 +49,18 @@ class JobLogs:
                 return b"", offset
 
         data, end = await anyio.to_thread.run_sync(read)
+        if not data and end == offset and self._elsewhere is not None and not path.exists():
+            # Run on another host (a shared store): the tail kept with its outcome, with
+            # the name of the host that has the whole log.
+            remote = await self._elsewhere(job_id)
+            if remote is not None:
+                host, tail = remote
+                whole = (
+                    f"[phxq: job {job_id} ran on {host}, which has its whole log; "
+                    f"its last {len(tail)} bytes follow]\n"
+                ).encode() + tail
+                data = whole[max(offset, 0) : max(offset, 0) + max(0, limit)]
+                end = max(offset, 0) + len(data)
         return protocol.LogPart(data, end, finished)
 
     def remove(self, ids: list[int]) -> None:

@@ -33,6 +33,7 @@ class Options:
     config_required: bool
     socket: str | None = None
     state_dir: str | None = None
+    store: str | None = None
     workers: int | None = None
     fsync: FsyncPolicy | None = None
     log_level: str | None = None
@@ -50,6 +51,10 @@ class Settings:
     #: where phxqd listens (under socket activation: the socket systemd passed), and the
     #: PHXQ_SOCKET jobs get
     socket: Path
+    #: None: the embedded journal; else the PostgreSQL URI of the shared store
+    store: str | None
+    #: with a shared store, seconds without a heartbeat before a node is taken for dead
+    lease: float
     fsync: FsyncPolicy
     fsync_interval_ms: int
     segment_bytes: int
@@ -102,6 +107,8 @@ class Settings:
             state_dir=state_dir,
             logs_dir=config.resolve_logs_dir(cfg, state_dir),
             socket=socket or paths.socket_path(opts.socket, cfg.socket),
+            store=store_uri(opts.store or cfg.store),
+            lease=cfg.lease,
             fsync=opts.fsync or cfg.fsync,
             fsync_interval_ms=cfg.fsync_interval_ms,
             segment_bytes=cfg.segment_bytes,
@@ -174,6 +181,14 @@ RELOADABLE: dict[str, tuple[str, ...]] = {
     "worker_max_jobs": ("worker_max_jobs",),
     "worker_max_rss": ("worker_max_rss",),
 }
+
+
+def store_uri(value: str | None) -> str | None:
+    """The store a flag or key names: None for the embedded journal ("local" or nothing),
+    else a PostgreSQL URI (checked by phxqd when it connects)."""
+    if value is None or value.strip() in ("", "local"):
+        return None
+    return value.strip()
 
 
 def reloadable_keys() -> frozenset[str]:

@@ -26,6 +26,9 @@ import pytest
 from phxqd import config, protocol
 from phxqd.settings import Options, Settings
 
+#: the throwaway PostgreSQL of the PostgreSQL backend's tests (fixtures pg_cluster, pg_uri)
+pytest_plugins = ["tests.pgfixture"]
+
 READY_TIMEOUT = 30.0
 
 #: the source tree under test: what daemons, clients and jobs import (`make mutants` runs
@@ -48,6 +51,8 @@ FROM_CALLER = (
     # sees only what is listed here
     "PHXQ_TORTURE_CYCLES",
     "PHXQ_TORTURE_SEED",
+    "PHXQ_POWERCUT_CYCLES",
+    "PHXQ_POWERCUT_SEED",
     "CLI_FUZZ_EXAMPLES",
 )
 #: what the tests pin, whatever the caller had

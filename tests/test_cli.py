@@ -285,6 +285,21 @@ def test_kill9_with_running_job_reaps_leftover_and_retries(tmp_path: Path) -> No
     d.kill9()
 
 
+def test_a_job_killed_with_sigkill_fails_that_attempt_and_is_retried(daemon: Daemon) -> None:
+    # The OOM killer, or an operator's kill -9: the attempt fails, its policy retries it,
+    # and phxqd carries on.
+    job_id = daemon.submit("sleep", "60", opts=("--retries", "1"))
+    pid = until(lambda: daemon.job(job_id)["pid"], what="the job to start")
+    os.kill(pid, signal.SIGKILL)
+    job = until(
+        lambda: (j := daemon.job(job_id))["attempts"] == 1 and j["status"] != "running" and j,
+        what="the killed attempt to be recorded",
+    )
+    assert job["status"] in ("retrying", "pending") and "killed by SIGKILL" in job["error"]
+    assert daemon.ctl("status").returncode == 0
+    daemon.ok("cancel", str(job_id))
+
+
 def test_a_second_daemon_on_the_same_socket_or_state_dir_refuses(
     daemon: Daemon, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shlex
 import signal
 import sys
@@ -139,8 +140,10 @@ def test_hooks_get_the_job_on_stdin(tmp_path: Path) -> None:
 
 def test_hooks_that_hang_or_fail_never_hold_up_jobs(tmp_path: Path) -> None:
     d = Daemon(tmp_path / "d")
+    # this run's own mark: a make test running beside this one has hooks of its own
+    marker = f"phxq-test-hanging-hook-{os.getpid()}"
     d.config.write_text(
-        'on_complete = "sleep 300 # phxq-test-hanging-hook"\n'
+        f'on_complete = "sleep 300 # {marker}"\n'
         'on_failure = "echo boom >&2; exit 7"\n'
         'on_retry = ["/nonexistent/hook"]\n'
         "hook_timeout = 0.5\n"
@@ -166,7 +169,7 @@ def test_hooks_that_hang_or_fail_never_hold_up_jobs(tmp_path: Path) -> None:
     def hanging() -> list[psutil.Process]:
         found = []
         for p in psutil.process_iter(["cmdline"]):
-            if "phxq-test-hanging-hook" in " ".join(p.info["cmdline"] or []):
+            if marker in " ".join(p.info["cmdline"] or []):
                 found.append(p)
         return found
 

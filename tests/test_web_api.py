@@ -380,3 +380,35 @@ def test_a_bad_address_is_one_clear_line(tmp_path: Path) -> None:
         d.logtext()
     )
     assert "Traceback" not in d.logtext()
+
+
+MALFORMED_HTTP = [
+    b"\x00\xff\xfe garbage\r\n\r\n",
+    b"GET /api/v1/status HTTP/9.9\r\n\r\n",
+    b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"POST /api/v1/jobs/1/cancel HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99\r\n\r\n{",
+    b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"GET /api/v1/jobs?limit=-1&before=%ff%00 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET /api/v1/jobs/99999999999999999999999 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"POST /api/v1/queues/%00/pause HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+    b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X: y\r\n" * 2000 + b"\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", MALFORMED_HTTP, ids=range(len(MALFORMED_HTTP)))
+def test_the_daemon_survives_malformed_http(web: tuple[Daemon, Http], raw: bytes) -> None:
+    """Bytes no client should send: an error status (or a closed connection), never a
+    5xx from phxq's own code, and the daemon answers the next request as before."""
+    d, h = web
+    with socket.create_connection(("127.0.0.1", h.port or 0), timeout=30) as s:
+        s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    if answer:
+        status = int(answer.split(b" ", 2)[1])
+        assert 400 <= status < 500 or status in (200, 505), answer[:200]
+    assert h.ok("GET", "/api/v1/status")["total"] == 0
+    assert d.proc is not None and d.proc.poll() is None
+    assert "Traceback" not in d.logtext()

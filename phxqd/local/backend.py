@@ -416,6 +416,9 @@ class LocalBackend:
     async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
         return await self._recorder.wait(ids, timeout)
 
+    async def log_elsewhere(self, job_id: int) -> tuple[str, bytes] | None:
+        return None  # one host: every log is here
+
     def ended(self, job_id: int) -> anyio.Event:
         return self._recorder.ended(job_id)
 

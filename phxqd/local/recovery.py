@@ -24,6 +24,7 @@ from phxqd.local.journal import (
     Corruption,
     Scan,
     list_segments,
+    make_dirs,
     scan_segment,
 )
 from phxqd.local.state import Sharer, State
@@ -53,7 +54,7 @@ def lock_state_dir(state_dir: Path) -> int:
     Two daemons (or a daemon and `journal repair`) on one journal would corrupt it; the
     lock dies with the process, so a crash never leaves it stale.
     """
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_dirs(state_dir)
     fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -91,8 +92,10 @@ def _recover(journal_dir: Path, cut_torn_tail: bool, now: float | None) -> Recov
                     f"records {snap_lsn + 1}..{first - 1} are missing "
                     "(no snapshot or segment holds them)",
                 )
-        elif first != expected:
+        elif first != expected and not expected < first <= snap_lsn + 1:
             raise Corruption(path, 0, f"segment starts at record {first}, expected {expected}")
+        # (A gap whose records the snapshot holds loses nothing. Older phxqd could leave
+        # one with fsync = "batch" and a power cut: an empty segment before the gap.)
         scan = scan_segment(path)
         if scan.tail_problem is not None:
             last = i == len(segments) - 1

@@ -36,6 +36,9 @@ class WebServer:
     def __init__(self, app: Any, sock: socket.socket) -> None:
         config = uvicorn.Config(
             app,
+            # httptools (llhttp), not h11: on a malformed chunked body h11's state machine
+            # raised inside uvicorn (a traceback in phxqd's log); httptools answers 400
+            http="httptools",
             log_config=None,
             access_log=False,
             lifespan="off",

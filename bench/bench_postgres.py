@@ -1,0 +1,248 @@
+"""phxq on PostgreSQL, against procrastinate on the same server and against phxq's own
+journal, in one run on this machine (docs/benchmarks.md, "Many hosts: PostgreSQL"):
+
+    .venv/bin/python -m bench.bench_postgres [--jobs 5000] [--submits 2000]
+
+PostgreSQL is a throwaway cluster (bench/pg_server.py) with `fsync = on` and
+`synchronous_commit = on`; phxq's journal runs with `fsync = "always"`; procrastinate
+commits each defer with the server's synchronous_commit (on). Measured:
+- durable submits/s: one client, one job per request; 16 client processes; batches of 1,000;
+- end to end: N jobs submitted while paused, then resumed, until the last completed, with
+  1, 2 and 3 phxq nodes (2 workers each) on one database: `true` commands and no-op Python
+  callables; procrastinate's worker (concurrency 8) on no-op tasks;
+- PostgreSQL's work per job over the end-to-end run: transactions committed in the
+  database and WAL bytes written by the server (pg_stat_database, pg_stat_wal).
+The nodes all run on this one 2-core machine (with the server): more nodes here share the
+same two cores, so the figures for 2 and 3 nodes show the cost of sharing, not a gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.bench_journal import Daemon, bench_batches, bench_concurrent, bench_single
+from bench.pg_server import PgServer
+from phxqctl import Client
+from phxqd.model import Call, JobSpec
+
+
+def phxq_node(root: Path, uri: str | None) -> Daemon:
+    root.mkdir(parents=True, exist_ok=True)
+    d = Daemon(root, "always")
+    if uri is not None:
+        with open(root / "c.toml", "a") as f:
+            f.write(f'store = "{uri}"\nlog_level = "warning"\n')
+    d.start()
+    return d
+
+
+def phxq_submits(root: Path, uri: str | None, n: int) -> dict[str, float]:
+    d = phxq_node(root, uri)
+    try:
+        with Client(d.socket) as c:
+            c.pause()
+        return {
+            "1 client": bench_single(d, n),
+            "16 clients": bench_concurrent(d, 16, max(n // 16, 1)),
+            "batches of 1,000": bench_batches(d, max(n // 1000, 5)),
+        }
+    finally:
+        d.close()
+
+
+def end_to_end(
+    root: Path, uri: str | None, nodes: int, spec: JobSpec, n: int, pg: PgServer | None, db: str
+) -> tuple[float, float, float]:
+    """(jobs/s, transactions per job, WAL bytes per job) from resume to the last done."""
+    daemons = [phxq_node(root / f"n{i}", uri) for i in range(nodes)]
+    try:
+        with Client(daemons[0].socket, timeout=600) as c:
+            c.pause()
+            ids = [r.job.id for r in c.submit_batch([spec] * n)]
+            before = pg.work(db) if pg is not None else (0, 0)
+            t0 = time.perf_counter()
+            c.resume()
+            jobs = c.wait(ids)
+            took = time.perf_counter() - t0
+            after = pg.work(db) if pg is not None else (0, 0)
+            bad = [j for j in jobs if j.status != "completed"]
+            if bad:
+                raise SystemExit(f"{len(bad)} jobs did not complete: {bad[0]}")
+        return n / took, (after[0] - before[0]) / n, (after[1] - before[1]) / n
+    finally:
+        for d in daemons:
+            d.close()
+
+
+def _procrastinate_defers(uri: str, n: int, start: float) -> float:
+    from bench import pg_tasks  # procrastinate is optional (pip extra bench)
+
+    app, noop = pg_tasks.build(uri)
+
+    async def go() -> float:
+        async with app.open_async():
+            await noop.defer_async()  # connected before the clock starts
+            while time.time() < start:
+                await asyncio.sleep(0.001)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await noop.defer_async()
+            return time.perf_counter() - t0
+
+    return asyncio.run(go())
+
+
+def procrastinate_submits(pg: PgServer, n: int) -> dict[str, float]:
+    uri = pg.database("procrastinate_submits")
+    _procrastinate_schema(uri)
+    one = n / _procrastinate_defers(uri, n, 0)
+    per = max(n // 16, 1)
+    start = time.time() + 2
+    with mp.get_context("spawn").Pool(16) as pool:
+        t0 = time.perf_counter()
+        pool.starmap(_procrastinate_defers, [(uri, per, start)] * 16)
+        many = 16 * per / (time.perf_counter() - t0 - max(start - time.time(), 0))
+    from bench import pg_tasks  # procrastinate is optional (pip extra bench)
+
+    app, noop = pg_tasks.build(uri)
+
+    async def batches() -> float:
+        async with app.open_async():
+            k = max(n // 1000, 5)
+            t0 = time.perf_counter()
+            for _ in range(k):
+                await noop.batch_defer_async(*([{}] * 1000))
+            return k * 1000 / (time.perf_counter() - t0)
+
+    return {"1 client": one, "16 clients": many, "batches of 1,000": asyncio.run(batches())}
+
+
+def _procrastinate_schema(uri: str) -> None:
+    from bench import pg_tasks
+
+    app, _ = pg_tasks.build(uri)
+
+    async def go() -> None:
+        async with app.open_async():
+            await app.schema_manager.apply_schema_async()
+
+    asyncio.run(go())
+
+
+def procrastinate_end_to_end(pg: PgServer, n: int) -> tuple[float, float, float]:
+    """Deferred in batches, then one worker (concurrency 8) until the queue is empty."""
+    db = "procrastinate_e2e"
+    uri = pg.database(db)
+    _procrastinate_schema(uri)
+    from bench import pg_tasks  # procrastinate is optional (pip extra bench)
+
+    app, noop = pg_tasks.build(uri)
+
+    async def go() -> tuple[float, float, float]:
+        async with app.open_async():
+            for _ in range(0, n, 1000):
+                await noop.batch_defer_async(*([{}] * 1000))
+            before = pg.work(db)
+            t0 = time.perf_counter()
+            await app.run_worker_async(concurrency=8, wait=False, install_signal_handlers=False)
+            took = time.perf_counter() - t0
+            after = pg.work(db)
+            total = (n + 999) // 1000 * 1000
+            return total / took, (after[0] - before[0]) / total, (after[1] - before[1]) / total
+
+    return asyncio.run(go())
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    out = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_postgres")
+    p.add_argument("--jobs", type=int, default=5000, help="jobs per end-to-end run")
+    p.add_argument("--submits", type=int, default=2000, help="jobs per submit measurement")
+    p.add_argument("--skip-procrastinate", action="store_true")
+    args = p.parse_args(argv)
+    have_procrastinate = not args.skip_procrastinate
+    if have_procrastinate:
+        try:
+            import procrastinate  # noqa: F401
+        except ImportError:
+            print("procrastinate is not installed (pip install procrastinate): skipped")
+            have_procrastinate = False
+    root = Path(tempfile.mkdtemp(prefix="phxq-bench-"))
+    say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    with PgServer() as pg:
+        say("submits: phxq on PostgreSQL")
+        subs = {
+            "phxq, PostgreSQL": phxq_submits(root / "s-pg", pg.database("submits"), args.submits)
+        }
+        say("submits: phxq, journal")
+        subs["phxq, journal (fsync always)"] = phxq_submits(root / "s-local", None, args.submits)
+        if have_procrastinate:
+            say("submits: procrastinate")
+            subs["procrastinate, PostgreSQL"] = procrastinate_submits(pg, args.submits)
+        kinds = list(next(iter(subs.values())))
+        print(
+            table(
+                "Durable submits per second",
+                ["system", *kinds],
+                [[name, *(f"{v[k]:,.0f}" for k in kinds)] for name, v in subs.items()],
+            )
+        )
+        rows: list[list[str]] = []
+        for label, spec in (
+            ("`true` commands", JobSpec(argv=["true"])),
+            ("no-op callables", JobSpec(call=Call("os:getpid"))),
+        ):
+            for nodes in (1, 2, 3):
+                say(f"end to end: {label}, {nodes} node(s) on PostgreSQL")
+                db = f"e2e_{nodes}_{'c' if spec.call else 't'}"
+                uri = pg.database(db)
+                rate, xacts, wal = end_to_end(root / f"e-{db}", uri, nodes, spec, args.jobs, pg, db)
+                rows.append(
+                    [
+                        f"phxq, PostgreSQL, {nodes} node(s)",
+                        label,
+                        f"{rate:,.0f}",
+                        f"{xacts:.2f}",
+                        f"{wal:,.0f}",
+                    ]
+                )
+            say(f"end to end: {label}, journal")
+            rate, _, _ = end_to_end(
+                root / f"e-local-{label[:4]}", None, 1, spec, args.jobs, None, ""
+            )
+            rows.append(["phxq, journal (fsync always)", label, f"{rate:,.0f}", "-", "-"])
+        if have_procrastinate:
+            say("end to end: procrastinate")
+            rate, xacts, wal = procrastinate_end_to_end(pg, args.jobs)
+            rows.append(
+                [
+                    "procrastinate, 1 worker, concurrency 8",
+                    "no-op tasks",
+                    f"{rate:,.0f}",
+                    f"{xacts:.2f}",
+                    f"{wal:,.0f}",
+                ]
+            )
+        print(
+            table(
+                f"End to end, {args.jobs:,} jobs (resume to the last completed)",
+                ["system", "jobs", "jobs/s", "transactions/job", "WAL bytes/job"],
+                rows,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

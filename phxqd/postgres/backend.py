@@ -1,0 +1,1588 @@
+"""`PostgresBackend`: the queue kept in PostgreSQL, shared by any number of phxqd nodes.
+
+It implements backend.Backend (see that module for the rules) with these choices:
+
+- a request is one transaction, answered once committed (`synchronous_commit` on: the
+  commit is in the WAL on disk, the promise the journal keeps locally);
+- claims: `claimable()` claims a batch, sized by this node's free slots, in one short
+  transaction (`SELECT ... FOR UPDATE SKIP LOCKED`, then `node` and `claim` set); `claim()`
+  hands them out one by one. No transaction is open while a job runs. A queue with a
+  concurrency limit is claimed under a lock on its `phxq_queues` row, counting the jobs
+  claimed by every node, so the limit holds across the cluster;
+- facts (`report`, `progress`) are queued and written in batches by the writer task, each
+  fenced by (node, claim): an attempt the cluster has given up on (this node lost its
+  lease) changes nothing when its outcome arrives late; it is logged and dropped.
+  Waiters are told once a fact is committed;
+- the nodes hear of each other's changes through LISTEN/NOTIFY (notices.py) on a
+  connection of its own, re-opened when it drops, and poll besides (a lost notification
+  costs time, never a job);
+- liveness (node.py): every node heartbeats; one at a time (an advisory lock) reaps the
+  nodes whose lease ran out; a node that cannot reach PostgreSQL for half its lease stops
+  its jobs and claims nothing until it can again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import psycopg
+import psycopg.errors
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from phxqd.backend import SHUTDOWN, Begun, Ending, Health, Summary
+from phxqd.feed import Feed, job_event
+from phxqd.model import FINISHED, STATUSES, Job, JobSpec, Progress, SubmitResult
+from phxqd.notice import Notice
+from phxqd.postgres import notices, rows, schema
+from phxqd.protocol import Refused
+from phxqd.schedules_model import Fired, Schedule, ScheduleSpec
+from phxqd.settings import Settings
+from phxqd.stats import Stats
+
+log = logging.getLogger("phxqd")
+
+#: the stop reason of jobs stopped because this node lost contact with PostgreSQL
+LOST_CONTACT = "phxqd lost contact with PostgreSQL"
+#: subtracted from a due retry's place: it goes before every pending job of its priority
+RETRY_FIRST = 1 << 62
+#: seconds between looks at the queue without a notification (the fallback)
+POLL = 1.0
+#: jobs that run under this many seconds (an average of the last ones) are claimed
+#: several per worker at once
+QUICK = 0.1
+#: seconds starts may wait for ends to write them together
+BEGIN_DELAY = 0.005
+#: how many jobs a worker's lane takes at once (run.lanes.DEPTH)
+LANE_DEPTH = 8
+#: the advisory lock of the reaper (one node at a time reaps)
+REAPER_LOCK = 0x70687872
+#: bytes of an attempt's log kept with its outcome (for `logs` on other hosts)
+LOG_TAIL = 64 * 1024
+WAITING = "('pending', 'retrying')"
+LIVE = "('pending', 'running', 'retrying')"
+FINISHED_SQL = "('completed', 'failed', 'cancelled')"
+
+
+@dataclass
+class Held:
+    """A job this node claimed: the claim that fences its facts."""
+
+    job: Job
+    node: int
+    claim: int
+
+
+@dataclass
+class Begin:
+    id: int
+    node: int
+    claim: int
+    at: float
+    pid: int | None
+    pid_started: float | None
+
+
+@dataclass
+class End:
+    """How a claim ends. `status` None: given back untouched (the claim released)."""
+
+    id: int
+    node: int
+    claim: int
+    queue: str
+    status: str | None
+    at: float
+    exit_code: int | None = None
+    error: str | None = None
+    run_at: float | None = None
+    result: bytes | None = None
+    attempts_delta: int = 0
+    #: to the back of the line (requeued) or the front of retries
+    new_place: bool = False
+    progress: bytes | None = None
+    ran: bool = False
+    started_at: float | None = None
+
+
+@dataclass
+class Facts:
+    """What the writer has yet to write."""
+
+    begins: list[Begin] = field(default_factory=list)
+    ends: list[End] = field(default_factory=list)
+    #: job id -> (node, claim, progress) not yet checkpointed
+    progress: dict[int, tuple[int, int, Progress]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.begins or self.ends)
+
+
+class PostgresBackend:
+    def __init__(
+        self,
+        uri: str,
+        settings: Settings,
+        lease: float = 30.0,
+        rng: random.Random | None = None,
+        stats: Stats | None = None,
+    ) -> None:
+        self.uri = uri
+        self.settings = settings
+        self.stats = stats or Stats()
+        self.feed = Feed()
+        self.lease = lease
+        self.wake = Notice()
+        self._rng = rng or random.Random()
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = (
+            AsyncConnectionPool(
+                uri,
+                min_size=1,
+                max_size=8,
+                open=False,
+                timeout=10.0,
+                kwargs={"autocommit": True},
+                configure=self._configure,
+            )
+        )
+        self.host = socket.gethostname()
+        self.node = 0
+        #: every node id this process has had (it rejoins as a new node after losing its
+        #: lease): the logs of jobs they ran are here
+        self._lives: set[int] = set()
+        #: asks the dispatcher to stop jobs it runs (cancel from another node, lost lease);
+        #: set by whoever builds the backend and the dispatcher
+        self.stopper: Callable[[list[int], str], object] | None = None
+        #: claimed in claimable(), handed out by claim()
+        self._batch: deque[Held] = deque()
+        #: handed to the dispatcher and not yet ended
+        self._handed: dict[int, Held] = {}
+        #: given back unstarted: handed out again before any other (still claimed)
+        self._returned: deque[Held] = deque()
+        self._facts = Facts()
+        self._facts_ready = anyio.Event()
+        self._written = anyio.Event()
+        self._writing = False
+        self._waiters: dict[int, anyio.Event] = {}
+        #: what the cluster's queue settings were when last read
+        self._paused_all = False
+        self._paused: set[str] = set()
+        self._limits: dict[str, int] = {}
+        #: whether a claim may find something (a notification came, the last one was full)
+        self._dirty = True
+        #: a queue setting changed since the last claim read them (a notification `w`)
+        self._settings_told = True
+        self._next_poll = 0.0
+        self._next_delayed: float | None = None
+        #: monotonic time of the last heartbeat PostgreSQL answered (sent at)
+        self._contact = time.monotonic()
+        self._cut_off = False
+        self._error: str | None = None
+        self._durability = "synchronous_commit=on"
+        self._transactions = 0
+        self._listening = False
+        #: how long this node's last jobs ran (a moving average; see `_free`)
+        self._quick = 1.0
+        #: job events to read and publish (see `_publisher`)
+        self._to_publish: deque[tuple[str, list[int], float]] = deque()
+        self._publish_ready = anyio.Event()
+
+    @staticmethod
+    async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        """Every connection commits durably whatever the server's default: an
+        acknowledged change must survive a crash of PostgreSQL's host."""
+        cur = await conn.execute("SHOW synchronous_commit")
+        row = await cur.fetchone()
+        if row is not None and row[0] in ("off", "local"):
+            await conn.execute("SET synchronous_commit = on")
+
+    # ------------------------------------------------------------------ life
+    async def open(self) -> None:
+        """Migrate the schema and register this node (before `run`)."""
+        async with await psycopg.AsyncConnection.connect(self.uri, autocommit=True) as conn:
+            await schema.migrate(conn)
+            cur = await conn.execute(
+                "INSERT INTO phxq_nodes (host, pid, state_dir, started_at, lease)"
+                " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                (self.host, os.getpid(), str(self.settings.state_dir), time.time(), self.lease),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            self.node = int(row[0])
+            self._lives.add(self.node)
+        await self._pool.open(wait=True, timeout=30.0)
+        self._contact = time.monotonic()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        if not self.node:
+            await self.open()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._writer)
+            tg.start_soon(self._listener)
+            tg.start_soon(self._heartbeat)
+            task_status.started()
+
+    async def recover_host(self, kill_leftover: Callable[[Job], None]) -> int:
+        """Jobs that earlier daemons on this host and state dir left claimed: kill what is
+        left of them, then fail the attempts (retried by policy) or release the claims."""
+        n = 0
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "UPDATE phxq_nodes SET gone = 'stopped' WHERE host = %s AND state_dir = %s"
+                " AND id <> %s AND gone IS DISTINCT FROM 'stopped' RETURNING id",
+                (self.host, str(self.settings.state_dir), self.node),
+            )
+            old = [r[0] for r in await cur.fetchall()]
+            if old:
+                n = await self._fail_claims(conn, old, "phxqd stopped while it ran", kill_leftover)
+        return n
+
+    async def close(self) -> None:
+        """Give back what is claimed and not started, write every fact, leave the cluster."""
+        for h in [*self._batch, *self._returned]:
+            self._facts.ends.append(End(h.job.id, h.node, h.claim, h.job.queue, None, time.time()))
+        self._batch.clear()
+        self._returned.clear()
+        self._facts_ready.set()
+        with anyio.move_on_after(max(self.lease, 5.0)):
+            while self._facts or self._writing:
+                self._written = anyio.Event()
+                await self._written.wait()
+        with contextlib.suppress(psycopg.Error):
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE phxq_nodes SET gone = 'stopped' WHERE id = %s", (self.node,)
+                )
+        await self._pool.close()
+
+    # --------------------------------------------------------------- helpers
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[Any, ...]]]:
+        async with self._pool.connection() as conn, conn.transaction():
+            yield conn
+        self._transactions += 1
+
+    async def _request(self, func: Callable[[psycopg.AsyncConnection[Any]], Any]) -> Any:
+        """Run a request's transaction: again after a deadlock, or after a connection that
+        broke before the commit was sent (a pooled connection PostgreSQL dropped, a
+        restart: nothing was done, so trying again is safe); refused when PostgreSQL cannot
+        be reached. A commit cut off on its way is the one case that cannot be known:
+        the refusal then says the change may have been made."""
+        broken = 0
+        for attempt in range(20):
+            committing = False
+            try:
+                async with self._pool.connection() as conn:
+                    async with conn.transaction():
+                        result = await func(conn)
+                        committing = True
+                    self._transactions += 1
+                    return result
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                await anyio.sleep(0.005 * (attempt + 1) * self._rng.random())
+            except psycopg.OperationalError as e:
+                self._error = str(e).strip()
+                if not committing and broken < 10:
+                    broken += 1
+                    continue
+                maybe = "; if this was a change, it may or may not have been made"
+                raise Refused(
+                    "refused",
+                    f"PostgreSQL cannot be reached ({self._error})" + (maybe if committing else ""),
+                ) from e
+            except PoolTimeout as e:
+                raise Refused("refused", f"PostgreSQL cannot be reached ({e})") from e
+        raise Refused("refused", "PostgreSQL kept reporting deadlocks; try again")
+
+    async def _notify(self, conn: psycopg.AsyncConnection[Any], payloads: list[str]) -> None:
+        if payloads:
+            await conn.execute(
+                "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) p", (notices.CHANNEL, payloads)
+            )
+
+    # -------------------------------------------------------------- requests
+    async def submit(self, specs: list[JobSpec], now: float) -> list[SubmitResult]:
+        async def tx(conn: psycopg.AsyncConnection[Any]) -> list[SubmitResult]:
+            return await self._submit(conn, specs, now)
+
+        results: list[SubmitResult] = await self._request(tx)
+        new = [r.job for r in results if not r.deduplicated]
+        for job in new:
+            self.stats.jobs["submitted", job.queue] += 1
+        return results
+
+    async def _submit(
+        self, conn: psycopg.AsyncConnection[Any], specs: list[JobSpec], now: float
+    ) -> list[SubmitResult]:
+        deps = sorted({d for s in specs for d in s.after})
+        status_of: dict[int, str] = {}
+        if deps:
+            cur = await conn.execute(
+                "SELECT id, status FROM phxq_jobs WHERE id = ANY(%s) ORDER BY id FOR SHARE",
+                (deps,),
+            )
+            status_of = dict(await cur.fetchall())
+            for spec in specs:
+                for dep in spec.after:
+                    st = status_of.get(dep)
+                    if st is None:
+                        raise Refused("not_found", f"no job {dep} (named in --after)")
+                    if st in ("failed", "cancelled"):
+                        raise Refused("refused", f"job {dep} (named in --after) is {st}")
+        # one new job per key in the batch: the first spec with it
+        first_of_key: dict[str, int] = {}
+        fresh: list[int] = []
+        for i, spec in enumerate(specs):
+            if spec.key is not None:
+                if spec.key in first_of_key:
+                    continue
+                first_of_key[spec.key] = i
+            fresh.append(i)
+        cur = await conn.execute(
+            "SELECT nextval('phxq_jobs_id_seq'), nextval('phxq_order') FROM generate_series(1, %s)",
+            (len(fresh),),
+        )
+        numbers = await cur.fetchall()
+        queues = self.settings.queues
+        jobs: dict[int, Job] = {}
+        cols: list[list[Any]] = [[] for _ in range(12)]
+        for i, (job_id, order) in zip(fresh, numbers, strict=True):
+            spec = specs[i]
+            retries, backoff = rows.defaults(spec, queues)
+            run_at = spec.run_at if spec.run_at is not None else now + (spec.delay or 0.0)
+            after = tuple(sorted(set(spec.after))) if spec.after else None
+            blocked = any(status_of.get(d) != "completed" for d in after or ())
+            jobs[i] = Job(
+                job_id,
+                tuple(spec.argv),
+                spec.queue,
+                spec.priority,
+                "pending",
+                now,
+                run_at,
+                spec.key,
+                spec.label,
+                spec.cwd,
+                dict(spec.env) if spec.env else None,
+                spec.timeout,
+                retries,
+                backoff,
+                after,
+                call=spec.call,
+            )
+            for col, value in zip(
+                cols,
+                (
+                    job_id,
+                    spec.queue,
+                    spec.priority,
+                    run_at,
+                    order,
+                    spec.key,
+                    retries,
+                    "{" + ",".join(map(str, after)) + "}" if after else None,
+                    blocked,
+                    rows.spec_bytes(spec, backoff),
+                    now,
+                    spec.label,
+                ),
+                strict=True,
+            ):
+                col.append(value)
+        cur = await conn.execute(
+            "INSERT INTO phxq_jobs (id, queue, priority, status, created_at, run_at, ord, key,"
+            " max_retries, after, blocked, spec, label)"
+            " SELECT u.id, u.queue, u.priority, 'pending', u.now, u.run_at, u.ord, u.key,"
+            " u.retries, u.after::bigint[], u.blocked, u.spec, u.label"
+            " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::float8[], %s::bigint[],"
+            " %s::text[], %s::int[], %s::text[], %s::bool[], %s::bytea[], %s::float8[],"
+            " %s::text[])"
+            " AS u(id, queue, priority, run_at, ord, key, retries, after, blocked, spec, now,"
+            " label)"
+            " ON CONFLICT (key) WHERE key IS NOT NULL AND status IN " + LIVE + " DO NOTHING"
+            " RETURNING id",
+            cols,
+        )
+        inserted = {r[0] for r in await cur.fetchall()}
+        existing: dict[str, Job] = {}
+        lost = [specs[i].key for i in fresh if jobs[i].id not in inserted]
+        if lost:
+            cur = await conn.execute(
+                f"SELECT {rows.JOB_COLUMNS} FROM phxq_jobs WHERE key = ANY(%s)"
+                " AND status IN " + LIVE,
+                (lost,),
+            )
+            existing = {j.key: j for j in map(rows.job_from_row, await cur.fetchall()) if j.key}
+            if len(existing) < len(lost):
+                # the live job of a key ended between the insert and the look: again
+                raise psycopg.errors.SerializationFailure("a key's job ended meanwhile")
+        results: list[SubmitResult] = []
+        for i, spec in enumerate(specs):
+            if i in jobs and jobs[i].id in inserted:
+                results.append(SubmitResult(jobs[i], False))
+            else:
+                assert spec.key is not None
+                first = jobs[first_of_key[spec.key]]
+                if first.id in inserted:
+                    results.append(SubmitResult(first, True))
+                else:
+                    results.append(SubmitResult(existing[spec.key], True))
+        await self._notify(conn, notices.encode("n", sorted(inserted)))
+        return results
+
+    async def cancel(self, ids: list[int], now: float) -> list[int]:
+        async def tx(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+            cur = await conn.execute(
+                "SELECT id, status, node FROM phxq_jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                (list(ids),),
+            )
+            found = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+            for i in ids:
+                if i not in found:
+                    raise Refused("not_found", f"no job {i}")
+                if found[i][0] in FINISHED:
+                    raise Refused("refused", f"job {i} is already {found[i][0]}")
+            unclaimed = [
+                i
+                for i, (_, node) in found.items()
+                if node is None or (node == self.node and i not in self._handed)
+            ]
+            running = [i for i in ids if i not in unclaimed]
+            if unclaimed:
+                await conn.execute(
+                    "UPDATE phxq_jobs SET status = 'cancelled', finished_at = %s,"
+                    " error = 'cancelled', node = NULL, blocked = false, pid = NULL"
+                    " WHERE id = ANY(%s)",
+                    (now, unclaimed),
+                )
+                cascaded = await self._cascade(conn, {"cancelled": unclaimed}, now)
+                await self._notify(conn, notices.encode("x", unclaimed + cascaded))
+            elsewhere: dict[int, list[int]] = {}
+            for i in running:
+                elsewhere.setdefault(found[i][1], []).append(i)
+            if running:
+                await conn.execute(
+                    "UPDATE phxq_jobs SET cancel = true WHERE id = ANY(%s)", (running,)
+                )
+                for node, its in elsewhere.items():
+                    await self._notify(conn, notices.encode("K", its, node))
+            return running
+
+        mine = {h.job.id for h in [*self._batch, *self._returned]} & set(ids)
+        if mine:  # claimed here, not handed out: given back first, then cancelled above
+            self._batch = deque(h for h in self._batch if h.job.id not in mine)
+            self._returned = deque(h for h in self._returned if h.job.id not in mine)
+        running: list[int] = await self._request(tx)
+        return running
+
+    async def retry(self, ids: list[int], now: float) -> list[Job]:
+        async def tx(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
+            wanted = list(dict.fromkeys(ids))
+            cur = await conn.execute(
+                f"SELECT {rows.JOB_COLUMNS} FROM phxq_jobs WHERE id = ANY(%s) ORDER BY id"
+                " FOR UPDATE",
+                (wanted,),
+            )
+            found = {j.id: j for j in map(rows.job_from_row, await cur.fetchall())}
+            keys: dict[str, int] = {}
+            for i in wanted:
+                job = found.get(i)
+                if job is None:
+                    raise Refused("not_found", f"no job {i}")
+                if job.status not in ("failed", "cancelled"):
+                    raise Refused(
+                        "refused",
+                        f"job {i} is {job.status}: only failed or cancelled jobs can be retried",
+                    )
+                if job.key is not None:
+                    if job.key in keys:
+                        raise Refused(
+                            "refused",
+                            f"job {i}: key {job.key!r} is live in job {keys[job.key]};"
+                            " one live job per key",
+                        )
+                    keys[job.key] = i
+            if keys:
+                cur = await conn.execute(
+                    "SELECT key, id FROM phxq_jobs WHERE key = ANY(%s) AND status IN " + LIVE,
+                    (list(keys),),
+                )
+                for key, holder in await cur.fetchall():
+                    raise Refused(
+                        "refused",
+                        f"job {keys[key]}: key {key!r} is live in job {holder};"
+                        " one live job per key",
+                    )
+            await self._check_deps(conn, [found[i] for i in wanted])
+            await self._requeue(conn, wanted, now)
+            return await self._jobs(conn, wanted)
+
+        return list(await self._request(tx))
+
+    async def _check_deps(self, conn: psycopg.AsyncConnection[Any], jobs: list[Job]) -> None:
+        deps = sorted({d for j in jobs for d in j.after or ()})
+        if not deps:
+            return
+        cur = await conn.execute(
+            "SELECT id, status FROM phxq_jobs WHERE id = ANY(%s) ORDER BY id FOR SHARE", (deps,)
+        )
+        status_of = dict(await cur.fetchall())
+        for job in jobs:
+            for d in job.after or ():
+                if status_of.get(d) in ("failed", "cancelled"):
+                    raise Refused(
+                        "refused",
+                        f"job {job.id} runs after job {d}, which is {status_of[d]}: "
+                        f"retry job {d} first",
+                    )
+
+    async def _requeue(
+        self, conn: psycopg.AsyncConnection[Any], ids: list[int], now: float
+    ) -> None:
+        """Finished jobs back to pending with a fresh retry budget, at the back of the line
+        (blocked again if a job they run after has not completed)."""
+        try:
+            await conn.execute(
+                "UPDATE phxq_jobs j SET status = 'pending', attempts = 0, finished_at = NULL,"
+                " exit_code = NULL, error = NULL, pid = NULL, run_at = %s, cancel = false,"
+                " ord = nextval('phxq_order'), blocked = EXISTS (SELECT 1 FROM phxq_jobs d"
+                "   WHERE d.id = ANY(j.after) AND d.status <> 'completed')"
+                " WHERE j.id = ANY(%s)",
+                (now, ids),
+            )
+        except psycopg.errors.UniqueViolation as e:
+            raise Refused("refused", "a key of these jobs is live in another job") from e
+        await self._notify(conn, notices.encode("n", ids))
+
+    async def retry_failed(self, queue: str | None, now: float) -> int:
+        async def tx(conn: psycopg.AsyncConnection[Any]) -> int:
+            cur = await conn.execute(
+                "SELECT j.id, j.key FROM phxq_jobs j WHERE j.status = 'failed'"
+                " AND (%s::text IS NULL OR j.queue = %s)"
+                " AND NOT EXISTS (SELECT 1 FROM phxq_jobs d WHERE d.id = ANY(j.after)"
+                "   AND d.status IN ('failed', 'cancelled'))"
+                " AND (j.key IS NULL OR NOT EXISTS (SELECT 1 FROM phxq_jobs k"
+                "   WHERE k.key = j.key AND k.status IN " + LIVE + "))"
+                " ORDER BY j.id FOR UPDATE",
+                (queue, queue),
+            )
+            ids: list[int] = []
+            newest: dict[str, int] = {}
+            for job_id, key in await cur.fetchall():
+                if key is None:
+                    ids.append(job_id)
+                else:
+                    newest[key] = job_id
+            ids.extend(newest.values())
+            if ids:
+                await self._requeue(conn, sorted(ids), now)
+            return len(ids)
+
+        return int(await self._request(tx))
+
+    async def clear(self, status: str | None, queue: str | None) -> list[int]:
+        if status is not None and status not in FINISHED:
+            raise Refused(
+                "usage",
+                "clear forgets finished jobs only: --status must be one "
+                f"of {', '.join(sorted(FINISHED))}",
+            )
+        wanted = sorted(FINISHED) if status is None else [status]
+
+        async def tx(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+            cur = await conn.execute(
+                "DELETE FROM phxq_jobs WHERE status = ANY(%s) AND (%s::text IS NULL OR queue = %s)"
+                " RETURNING id",
+                (wanted, queue, queue),
+            )
+            ids = sorted(r[0] for r in await cur.fetchall())
+            await self._notify(conn, notices.encode("k", ids))
+            return ids
+
+        return list(await self._request(tx))
+
+    async def forget_finished_before(self, cutoff: float) -> list[int]:
+        async def tx(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+            cur = await conn.execute(
+                "DELETE FROM phxq_jobs WHERE status IN " + FINISHED_SQL + " AND finished_at < %s"
+                " RETURNING id",
+                (cutoff,),
+            )
+            ids = sorted(r[0] for r in await cur.fetchall())
+            await self._notify(conn, notices.encode("k", ids))
+            return ids
+
+        return list(await self._request(tx))
+
+    async def _queue_change(self, sql: str, args: Sequence[Any]) -> None:
+        async def tx(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(sql, args)
+            await self._notify(conn, ["w"])
+            await self._read_settings(conn)
+
+        await self._request(tx)
+        self._dirty = True
+        self.wake.set()
+
+    async def set_limit(self, queue: str, concurrency: int | None) -> None:
+        await self._queue_change(
+            "INSERT INTO phxq_queues (queue, concurrency) VALUES (%s, %s)"
+            " ON CONFLICT (queue) DO UPDATE SET concurrency = excluded.concurrency",
+            (queue, concurrency),
+        )
+
+    async def pause(self, queue: str | None) -> None:
+        if queue is None:
+            await self._queue_change("UPDATE phxq_cluster SET paused_all = true", ())
+        else:
+            await self._queue_change(
+                "INSERT INTO phxq_queues (queue, paused) VALUES (%s, true)"
+                " ON CONFLICT (queue) DO UPDATE SET paused = true",
+                (queue,),
+            )
+
+    async def resume(self, queue: str | None) -> None:
+        if queue is None:
+            await self._queue_change(
+                "UPDATE phxq_cluster SET paused_all = false;"
+                " UPDATE phxq_queues SET paused = false WHERE paused",
+                (),
+            )
+        else:
+            await self._queue_change(
+                "UPDATE phxq_queues SET paused = false WHERE queue = %s", (queue,)
+            )
+
+    async def _read_settings(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        cur = await conn.execute("SELECT paused_all FROM phxq_cluster")
+        row = await cur.fetchone()
+        self._paused_all = bool(row and row[0])
+        cur = await conn.execute("SELECT queue, paused, concurrency FROM phxq_queues")
+        paused: set[str] = set()
+        limits: dict[str, int] = {}
+        for queue, is_paused, concurrency in await cur.fetchall():
+            if is_paused:
+                paused.add(queue)
+            if concurrency is not None:
+                limits[queue] = concurrency
+        self._paused, self._limits = paused, limits
+
+    # --------------------------------------------------------------- running
+    def _free(self) -> int:
+        """Jobs to claim now: a slot per free worker, or, while this node's jobs are quick
+        (the last ones ran under QUICK seconds), as many as its workers' lanes take ahead
+        (LANE_DEPTH each): one claim and one write per batch then, not per job."""
+        depth = LANE_DEPTH if self._quick < QUICK else 1
+        held = len(self._handed) + len(self._batch) + len(self._returned)
+        return self.settings.workers * depth - held
+
+    async def claimable(self) -> None:
+        """Claim a batch for this node's free slots, in one transaction (see the module
+        docstring), when a claim may find something: a notification said so, the last
+        batch was full, a delayed job is due, or the poll interval has passed; and only
+        once what is left of the last batch is under half of what this node can take (the
+        dispatcher awaits this before it starts anything: a claim per freed slot made every
+        job wait for a commit)."""
+        now = time.time()
+        if self._cut_off or self._free() <= 0:
+            return
+        depth = LANE_DEPTH if self._quick < QUICK else 1
+        if (len(self._batch) + len(self._returned)) * 2 >= self.settings.workers * depth:
+            return
+        if self._paused_all and not self._settings_told and time.monotonic() < self._next_poll:
+            return  # nothing may start until a resume, which is told (w)
+        due = self._next_delayed is not None and self._next_delayed <= now
+        if not (self._dirty or due or time.monotonic() >= self._next_poll):
+            return
+        self._dirty = False
+        self._next_poll = time.monotonic() + POLL
+        want = self._free()
+        try:
+            async with self._tx() as conn:
+                claimed = await self._claim(conn, want, now)
+        except psycopg.Error as e:
+            self._error = str(e).strip()
+            self._dirty = True
+            log.warning("cannot claim jobs: %s", self._error)
+            return
+        if len(claimed) >= want:
+            self._dirty = True  # there may be more
+        self._batch.extend(claimed)
+
+    async def _claim(self, conn: psycopg.AsyncConnection[Any], want: int, now: float) -> list[Held]:
+        self._settings_told = False
+        await self._read_settings(conn)
+        if self._paused_all:
+            return []
+        config = {q: c.concurrency for q, c in self.settings.queues.items() if c.concurrency}
+        limits = {**config, **self._limits}
+        excluded = sorted(self._paused | set(limits))
+        cur = await conn.execute(
+            f"SELECT {rows.JOB_COLUMNS}, ord FROM phxq_jobs"
+            " WHERE node IS NULL AND NOT blocked AND status IN " + WAITING + " AND run_at <= %s"
+            " AND NOT (queue = ANY(%s)) ORDER BY priority DESC, ord LIMIT %s"
+            " FOR UPDATE SKIP LOCKED",
+            (now, excluded, want),
+        )
+        found = list(await cur.fetchall())
+        limited = sorted(q for q in limits if q not in self._paused)
+        if limited:
+            await conn.execute(
+                "INSERT INTO phxq_queues (queue) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                (limited,),
+            )
+            cur = await conn.execute(
+                "SELECT queue FROM phxq_queues WHERE queue = ANY(%s) ORDER BY queue FOR UPDATE",
+                (limited,),
+            )
+            await cur.fetchall()
+            cur = await conn.execute(
+                "SELECT queue, count(*) FROM phxq_jobs WHERE node IS NOT NULL"
+                " AND queue = ANY(%s) GROUP BY queue",
+                (limited,),
+            )
+            busy = dict(await cur.fetchall())
+            for q in limited:
+                room = min(limits[q] - busy.get(q, 0), want)
+                if room <= 0:
+                    continue
+                cur = await conn.execute(
+                    f"SELECT {rows.JOB_COLUMNS}, ord FROM phxq_jobs WHERE queue = %s"
+                    " AND node IS NULL AND NOT blocked AND status IN "
+                    + WAITING
+                    + " AND run_at <= %s ORDER BY priority DESC, ord LIMIT %s"
+                    " FOR UPDATE SKIP LOCKED",
+                    (q, now, room),
+                )
+                found += await cur.fetchall()
+        found.sort(key=lambda r: (-r[2], r[-1]))
+        chosen = found[:want]
+        if len(chosen) < want:
+            cur = await conn.execute(
+                "SELECT min(run_at) FROM phxq_jobs WHERE node IS NULL AND NOT blocked"
+                " AND status IN " + WAITING + " AND run_at > %s",
+                (now,),
+            )
+            row = await cur.fetchone()
+            self._next_delayed = row[0] if row else None
+        if not chosen:
+            return []
+        # This node's row, locked: a reaper declaring this node lost meanwhile either went
+        # first (then nothing is claimed) or waits for this claim to commit and then frees
+        # what it claimed. No claim is ever left to a node already taken for dead.
+        cur = await conn.execute(
+            "SELECT 1 FROM phxq_nodes WHERE id = %s AND gone IS NULL FOR SHARE", (self.node,)
+        )
+        if await cur.fetchone() is None:
+            return []
+        cur = await conn.execute(
+            "UPDATE phxq_jobs SET node = %s, claim = claim + 1 WHERE id = ANY(%s)"
+            " RETURNING id, claim",
+            (self.node, [r[0] for r in chosen]),
+        )
+        claims = dict(await cur.fetchall())
+        return [
+            Held(job, self.node, claims[job.id])
+            for job in (rows.job_from_row(r[:-1]) for r in chosen)
+        ]
+
+    def paused(self, queue: str) -> bool:
+        return self._paused_all or queue in self._paused
+
+    def claim(self, now: float) -> Job | None:
+        for h in list(self._returned):
+            if not self.paused(h.job.queue):
+                self._returned.remove(h)
+                return self._hand(h)
+        if self._cut_off:
+            return None
+        while self._batch:
+            h = self._batch.popleft()
+            if self.paused(h.job.queue):  # paused since it was claimed: given back
+                self._facts.ends.append(End(h.job.id, h.node, h.claim, h.job.queue, None, now))
+                self._facts_ready.set()
+                continue
+            return self._hand(h)
+        return None
+
+    def _hand(self, h: Held) -> Job:
+        self._handed[h.job.id] = h
+        return h.job
+
+    def next_wakeup(self) -> float | None:
+        poll = time.time() + max(self._next_poll - time.monotonic(), 0.0)
+        if self._next_delayed is not None:
+            return min(self._next_delayed, poll)
+        return poll
+
+    def report(self, begun: list[Begun], ended: list[Ending]) -> None:
+        facts = self._facts
+        for b in begun:
+            h = self._handed.get(b.job.id)
+            if h is None:
+                continue
+            job = h.job
+            job.status, job.attempts, job.started_at = "running", job.attempts + 1, b.at
+            job.pid, job.pid_started = b.pid, b.pid_started
+            job.exit_code = job.error = job.progress = job.result = None
+            facts.begins.append(Begin(job.id, h.node, h.claim, b.at, b.pid, b.pid_started))
+            self.stats.jobs["started", job.queue] += 1
+        now = time.time()
+        for e in ended:
+            h = self._handed.pop(e.job.id, None)
+            if h is None:
+                continue
+            job = h.job
+            pending = facts.progress.pop(job.id, None)
+            progress = rows.encode(pending[2]) if pending else None
+            end = End(job.id, h.node, h.claim, job.queue, None, now, progress=progress)
+            if e.started:
+                end.ran, end.started_at = True, job.started_at
+                took = max(now - (job.started_at or now), 0.0)
+                self._quick += (took - self._quick) / 8
+                if e.cancelled and e.stop_reason == SHUTDOWN:
+                    end.status, end.attempts_delta, end.new_place = "pending", -1, True
+                elif e.cancelled and e.stop_reason != LOST_CONTACT:
+                    end.status, end.error = "cancelled", e.error or "cancelled"
+                else:
+                    error = e.error if not e.cancelled else LOST_CONTACT + " while it ran"
+                    status, end.error, end.run_at = rows.outcome(
+                        job, e.exit_code, error, now, self._rng, e.retryable
+                    )
+                    end.status, end.exit_code = status, e.exit_code
+                    end.new_place = status == "retrying"
+                    if status == "completed" and e.result is not None:
+                        end.result = rows.encode(e.result)
+            elif e.stop_reason is None:  # never ran: it goes to another worker, here
+                self._returned.append(h)
+                continue
+            elif e.stop_reason not in (SHUTDOWN, LOST_CONTACT):
+                end.status, end.error = "cancelled", e.stop_reason
+            facts.ends.append(end)
+        if begun or ended:
+            self._facts_ready.set()
+
+    def progress(
+        self, job_id: int, attempt: int, make: Callable[[Progress | None], Progress]
+    ) -> bool:
+        h = self._handed.get(job_id)
+        if h is None or h.job.status != "running" or h.job.attempts != attempt:
+            return False
+        job = h.job
+        new = make(job.progress)
+        job.progress = new
+        if job_id not in self._facts.progress:
+            self._facts_ready.set()  # the writer checkpoints it (at most once a second)
+        self._facts.progress[job_id] = (h.node, h.claim, new)
+        if self.feed.active:
+            self.feed.publish([job_event("progress", job, time.time(), new)])
+        return True
+
+    # ---------------------------------------------------------------- writer
+    async def _writer(self) -> None:
+        """Writes the queued facts, a batch per transaction, fenced by (node, claim).
+        A batch PostgreSQL does not take is kept and tried again: facts are never lost
+        while phxqd runs (and those of an attempt the cluster gave up on are dropped)."""
+        last_progress = 0.0
+        while True:
+            if not self._facts:
+                with anyio.move_on_after(1.0 if self._facts.progress else 3600):
+                    await self._facts_ready.wait()
+                self._facts_ready = anyio.Event()
+            if self._facts.begins and not self._facts.ends:
+                # Nobody waits for a start: a moment's wait lets the ends of quick jobs
+                # go in the same transaction (one commit per batch, not two)
+                await anyio.sleep(BEGIN_DELAY)
+            facts = self._facts
+            checkpoint = time.monotonic() - last_progress >= 1.0
+            if not facts and not (checkpoint and facts.progress):
+                continue
+            self._facts = Facts(progress={} if checkpoint else facts.progress)
+            if checkpoint:
+                last_progress = time.monotonic()
+            else:
+                facts.progress = {}
+            self._writing = True
+            try:
+                await self._write(facts)
+            except psycopg.Error as e:
+                self._error = str(e).strip()
+                log.warning("cannot record job starts and ends yet: %s", self._error)
+                self._facts.begins[:0] = facts.begins
+                self._facts.ends[:0] = facts.ends
+                for k, v in facts.progress.items():
+                    self._facts.progress.setdefault(k, v)
+                await anyio.sleep(0.2)
+            finally:
+                self._writing = False
+                self._written.set()
+
+    async def _write(self, facts: Facts) -> None:
+        tails = await anyio.to_thread.run_sync(self._tails, [e.id for e in facts.ends if e.ran])
+        now = time.time()
+        ended: list[tuple[int, str]] = []
+        async with self._tx() as conn:
+            payloads: list[str] = []
+            if not facts.ends:
+                # Starts and progress alone need not wait for the disk: a start lost by a
+                # crash of PostgreSQL is told again by the job's end (fenced by its claim)
+                await conn.execute("SET LOCAL synchronous_commit = off")
+            if facts.begins:
+                b = facts.begins
+                cur = await conn.execute(
+                    "UPDATE phxq_jobs j SET status = 'running', attempts = j.attempts + 1,"
+                    " started_at = u.at, pid = u.pid, pid_started = u.ps, exit_code = NULL,"
+                    " error = NULL, progress = NULL, result = NULL, log_tail = NULL,"
+                    " ran_on = u.node, ran_host = %s"
+                    " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[],"
+                    " %s::int[], %s::float8[]) AS u(id, node, claim, at, pid, ps)"
+                    " WHERE j.id = u.id AND j.node = u.node AND j.claim = u.claim RETURNING j.id",
+                    (
+                        self.host,
+                        [x.id for x in b],
+                        [x.node for x in b],
+                        [x.claim for x in b],
+                        [x.at for x in b],
+                        [x.pid for x in b],
+                        [x.pid_started for x in b],
+                    ),
+                )
+                applied = {r[0] for r in await cur.fetchall()}
+                self._dropped("start", [x for x in b if x.id not in applied])
+                payloads += notices.encode("s", sorted(applied))
+            if facts.progress:
+                p = list(facts.progress.items())
+                await conn.execute(
+                    "UPDATE phxq_jobs j SET progress = u.p FROM unnest(%s::bigint[],"
+                    " %s::bigint[], %s::bigint[], %s::bytea[]) AS u(id, node, claim, p)"
+                    " WHERE j.id = u.id AND j.node = u.node AND j.claim = u.claim"
+                    " AND j.status = 'running'",
+                    (
+                        [k for k, _ in p],
+                        [v[0] for _, v in p],
+                        [v[1] for _, v in p],
+                        [rows.encode(v[2]) for _, v in p],
+                    ),
+                )
+            if facts.ends:
+                e = facts.ends
+                cur = await conn.execute(
+                    "UPDATE phxq_jobs j SET status = coalesce(u.status, j.status),"
+                    " finished_at = CASE WHEN u.status IN " + FINISHED_SQL + " THEN u.at"
+                    "   ELSE j.finished_at END,"
+                    " exit_code = CASE WHEN u.status IS NULL THEN j.exit_code ELSE u.exit_code END,"
+                    " error = CASE WHEN u.status IS NULL THEN j.error ELSE u.error END,"
+                    " run_at = coalesce(u.run_at, j.run_at), result = u.result,"
+                    " pid = CASE WHEN u.status IS NULL THEN j.pid ELSE NULL END,"
+                    " pid_started = CASE WHEN u.status IS NULL THEN j.pid_started ELSE NULL END,"
+                    " node = NULL, cancel = false, attempts = j.attempts + u.delta,"
+                    " progress = coalesce(u.progress, j.progress),"
+                    " log_tail = coalesce(u.tail, j.log_tail),"
+                    " ord = CASE WHEN u.place THEN nextval('phxq_order')"
+                    "   - CASE WHEN u.status = 'retrying' THEN %s ELSE 0 END ELSE j.ord END"
+                    " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[],"
+                    " %s::float8[], %s::int[], %s::text[], %s::float8[], %s::bytea[], %s::int[],"
+                    " %s::bool[], %s::bytea[], %s::bytea[])"
+                    " AS u(id, node, claim, status, at, exit_code, error, run_at, result, delta,"
+                    " place, progress, tail)"
+                    " WHERE j.id = u.id AND j.node = u.node AND j.claim = u.claim"
+                    " RETURNING j.id, j.status",
+                    (
+                        RETRY_FIRST,
+                        [x.id for x in e],
+                        [x.node for x in e],
+                        [x.claim for x in e],
+                        [x.status for x in e],
+                        [x.at for x in e],
+                        [x.exit_code for x in e],
+                        [x.error for x in e],
+                        [x.run_at for x in e],
+                        [x.result for x in e],
+                        [x.attempts_delta for x in e],
+                        [x.new_place for x in e],
+                        [x.progress for x in e],
+                        [tails.get(x.id) for x in e],
+                    ),
+                )
+                ended = [(r[0], r[1]) for r in await cur.fetchall()]
+                applied = {i for i, _ in ended}
+                self._dropped("outcome", [x for x in e if x.id not in applied])
+                payloads += await self._after_ends(conn, ended, now)
+            await self._notify(conn, payloads)
+        self._error = None
+        by_id = {x.id: x for x in facts.ends}
+        for job_id, status in ended:
+            end = by_id[job_id]
+            kind = {"retrying": "retried", "pending": None}.get(status, status)
+            if kind is not None and end.status is not None:
+                self.stats.jobs[kind, end.queue] += 1
+            if status in ("completed", "failed") and end.started_at is not None:
+                self.stats.ended(end.at, max(end.at - end.started_at, 0.0))
+        self._tell([i for i, st in ended if st in FINISHED])
+        if ended:
+            self._dirty = True
+            self.wake.set()
+
+    def _dropped(self, what: str, late: Sequence[Begin | End]) -> None:
+        for x in late:
+            log.warning(
+                "job %d: dropping the %s of claim %d by node %d: the cluster gave up on that"
+                " attempt (its node lost its lease)",
+                x.id,
+                what,
+                x.claim,
+                x.node,
+            )
+
+    def _tails(self, ids: list[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for job_id in ids:
+            path = self.settings.logs_dir / f"{job_id}.log"
+            with contextlib.suppress(OSError), open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(size - LOG_TAIL, 0))
+                out[job_id] = f.read()
+        return out
+
+    async def _after_ends(
+        self, conn: psycopg.AsyncConnection[Any], ended: list[tuple[int, str]], now: float
+    ) -> list[str]:
+        """In the finishing transaction: release the jobs waiting on the completed, cancel
+        those waiting on the failed and cancelled; the notifications that tell it."""
+        by: dict[str, list[int]] = {}
+        for i, st in ended:
+            by.setdefault(st, []).append(i)
+        payloads: list[str] = []
+        for st, kind in (
+            ("completed", "c"),
+            ("failed", "f"),
+            ("cancelled", "x"),
+            ("retrying", "r"),
+            ("pending", "n"),
+        ):
+            payloads += notices.encode(kind, by.get(st, []))
+        released = await self._release_dependents(conn, by.get("completed", []))
+        payloads += notices.encode("n", released)
+        dead: dict[str, list[int]] = {st: by[st] for st in ("failed", "cancelled") if st in by}
+        payloads += notices.encode("x", await self._cascade(conn, dead, now))
+        return payloads
+
+    async def _release_dependents(
+        self, conn: psycopg.AsyncConnection[Any], completed: list[int]
+    ) -> list[int]:
+        if not completed:
+            return []
+        # Locked first, checked in a later statement: its snapshot then sees every
+        # dependency committed before the lock was had (two jobs that one waits on,
+        # ending at once on two nodes, cannot both miss the other's end).
+        cur = await conn.execute(
+            "SELECT id FROM phxq_jobs WHERE blocked AND after && %s::bigint[]"
+            " AND status IN " + WAITING + " ORDER BY id FOR UPDATE",
+            (completed,),
+        )
+        waiting = [r[0] for r in await cur.fetchall()]
+        if not waiting:
+            return []
+        cur = await conn.execute(
+            "UPDATE phxq_jobs j SET blocked = false, ord = nextval('phxq_order')"
+            " WHERE j.id = ANY(%s) AND j.blocked AND NOT EXISTS (SELECT 1 FROM phxq_jobs d"
+            "   WHERE d.id = ANY(j.after) AND d.status <> 'completed') RETURNING j.id",
+            (waiting,),
+        )
+        return [r[0] for r in await cur.fetchall()]
+
+    async def _cascade(
+        self, conn: psycopg.AsyncConnection[Any], dead: dict[str, list[int]], now: float
+    ) -> list[int]:
+        """Cancel the jobs waiting on jobs that failed or were cancelled, and those
+        waiting on them, and so on."""
+        out: list[int] = []
+        for st, ids in dead.items():
+            frontier, status = ids, st
+            while frontier:
+                cur = await conn.execute(
+                    "UPDATE phxq_jobs j SET status = 'cancelled', finished_at = %s,"
+                    " blocked = false, error = 'job ' || (SELECT min(x) FROM unnest(j.after) x"
+                    "   WHERE x = ANY(%s)) || ', which it runs after, ' || %s"
+                    " WHERE j.blocked AND j.after && %s::bigint[] AND j.status IN "
+                    + WAITING
+                    + " RETURNING j.id",
+                    (now, frontier, status, frontier),
+                )
+                frontier, status = [r[0] for r in await cur.fetchall()], "cancelled"
+                out += frontier
+        return out
+
+    # ------------------------------------------------------ notifications
+    async def _listener(self) -> None:
+        """LISTEN on a connection of its own; re-opened when it drops (after which every
+        node looks again at once: notifications sent meanwhile are lost)."""
+        delay = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.uri, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {notices.CHANNEL}")
+                    self._listening = True
+                    delay = 0.1
+                    self._heard_gap()
+                    while True:
+                        async for n in conn.notifies(timeout=max(self.lease / 3, 0.2)):
+                            self._heard(n.payload)
+                        # quiet for a while: make sure the connection is still there
+                        await conn.execute("SELECT 1")
+            except psycopg.Error as e:
+                if self._listening:
+                    log.warning("lost the LISTEN connection (%s); opening it again", e)
+                self._listening = False
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _heard_gap(self) -> None:
+        """Notifications may have been missed: look at everything again."""
+        self._dirty = True
+        self._settings_told = True
+        self.wake.set()
+        for event in self._waiters.values():  # the waiters look again
+            event.set()
+        self._waiters.clear()
+
+    def _heard(self, payload: str) -> None:
+        n = notices.decode(payload)
+        if n is None:
+            return
+        if n.kind == "K":
+            if n.node == self.node:
+                self._cancel_asked(n.ids)
+            return
+        if n.kind in ("n", "w", "c", "f", "x", "r", "q"):
+            self._dirty = True
+            self.wake.set()
+        if n.kind == "w":
+            self._settings_told = True
+            return
+        if n.kind == "k":
+            self._remove_logs(n.ids)
+        if n.kind in notices.ENDED:
+            self._tell(n.ids)
+        if self.feed.active and n.kind in notices.KINDS:
+            self._publish_soon(notices.KINDS[n.kind], n.ids)
+
+    def _cancel_asked(self, ids: list[int]) -> None:
+        """Another node cancelled jobs this one holds: those running are stopped (the
+        dispatcher reports how they ended); those claimed and not handed out yet end here,
+        without having run."""
+        wanted = set(ids)
+        waiting = [h for h in [*self._batch, *self._returned] if h.job.id in wanted]
+        if waiting:
+            self._batch = deque(h for h in self._batch if h.job.id not in wanted)
+            self._returned = deque(h for h in self._returned if h.job.id not in wanted)
+            now = time.time()
+            for h in waiting:
+                self._facts.ends.append(
+                    End(h.job.id, h.node, h.claim, h.job.queue, "cancelled", now, error="cancelled")
+                )
+            self._facts_ready.set()
+        running = [i for i in ids if i in self._handed]
+        if running and self.stopper is not None:
+            self.stopper(running, "cancelled")
+
+    def _remove_logs(self, ids: list[int]) -> None:
+        """Jobs cleared by any node: their logs here go too (job ids are the cluster's)."""
+        logs: Path = self.settings.logs_dir
+        for job_id in ids:
+            with contextlib.suppress(OSError):
+                (logs / f"{job_id}.log").unlink()
+
+    def _publish_soon(self, kind: str, ids: list[int]) -> None:
+        self._to_publish.append((kind, ids, time.time()))
+        self._publish_ready.set()
+
+    async def _publisher(self) -> None:
+        """Job events for the feed, read after the change that a notification told of."""
+        while True:
+            while not self._to_publish:
+                await self._publish_ready.wait()
+                self._publish_ready = anyio.Event()
+            batch = list(self._to_publish)
+            self._to_publish.clear()
+            ids = sorted({i for _, its, _ in batch for i in its})
+            try:
+                async with self._pool.connection() as conn:
+                    jobs = {j.id: j for j in await self._jobs(conn, ids)}
+            except psycopg.Error:
+                continue
+            self.feed.publish(
+                [job_event(kind, jobs[i], at) for kind, its, at in batch for i in its if i in jobs]
+            )
+
+    def _tell(self, ids: list[int]) -> None:
+        for job_id in ids:
+            event = self._waiters.pop(job_id, None)
+            if event is not None:
+                event.set()
+
+    # -------------------------------------------------------------- liveness
+    async def _heartbeat(self) -> None:
+        """Tell the cluster this node lives; reap the nodes that do not (one at a time);
+        stop this node's jobs when PostgreSQL has not answered for half the lease."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._publisher)
+            period = max(self.lease / 6, 0.05)
+            while True:
+                sent = time.monotonic()
+                try:
+                    with anyio.fail_after(self.lease / 3):
+                        await self._beat()
+                    self._contact = sent
+                    self._error = None
+                    if self._cut_off:
+                        log.warning("in contact with PostgreSQL again: claiming jobs again")
+                        self._cut_off = False
+                        self._dirty = True
+                        self.wake.set()
+                except (psycopg.Error, TimeoutError) as e:
+                    self._error = str(e).strip() or "PostgreSQL did not answer"
+                silent = time.monotonic() - self._contact
+                if silent > self.lease / 2 and not self._cut_off:
+                    self._cut_off = True
+                    log.error(
+                        "no answer from PostgreSQL for %.1fs (lease %gs): stopping this node's"
+                        " %d job(s) and claiming none until it answers",
+                        silent,
+                        self.lease,
+                        len(self._handed),
+                    )
+                    for h in [*self._batch, *self._returned]:
+                        self._facts.ends.append(
+                            End(h.job.id, h.node, h.claim, h.job.queue, None, time.time())
+                        )
+                    self._batch.clear()
+                    self._returned.clear()
+                    if self.stopper is not None and self._handed:
+                        self.stopper(list(self._handed), LOST_CONTACT)
+                await anyio.sleep(period)
+
+    async def _beat(self) -> None:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "UPDATE phxq_nodes SET heartbeat_at = now() WHERE id = %s RETURNING gone",
+                (self.node,),
+            )
+            row = await cur.fetchone()
+            if row is None or row[0] is not None:
+                await self._lost_lease(conn)
+                return
+            cur = await conn.execute(
+                "SELECT id FROM phxq_jobs WHERE node = %s AND cancel", (self.node,)
+            )
+            self._cancel_asked([r[0] for r in await cur.fetchall()])
+            if self._waiters:
+                cur = await conn.execute(
+                    "SELECT id FROM phxq_jobs WHERE id = ANY(%s) AND status NOT IN " + FINISHED_SQL,
+                    (list(self._waiters),),
+                )
+                going = {r[0] for r in await cur.fetchall()}
+                self._tell([i for i in self._waiters if i not in going])
+            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (REAPER_LOCK,))
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                await self._reap(conn)
+
+    async def _lost_lease(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The cluster declared this node lost (it was silent past its lease): its claims
+        are void. Stop what still runs here and go on as a new node."""
+        log.error("this node was declared lost by the cluster: stopping its jobs, rejoining")
+        if self.stopper is not None and self._handed:
+            self.stopper(list(self._handed), LOST_CONTACT)
+        self._batch.clear()
+        self._returned.clear()
+        cur = await conn.execute(
+            "INSERT INTO phxq_nodes (host, pid, state_dir, started_at, lease)"
+            " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+            (self.host, os.getpid(), str(self.settings.state_dir), time.time(), self.lease),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        self.node = int(row[0])
+        self._lives.add(self.node)
+
+    async def _reap(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        cur = await conn.execute(
+            "UPDATE phxq_nodes SET gone = 'lost' WHERE gone IS NULL"
+            " AND heartbeat_at < now() - make_interval(secs => lease) RETURNING id, host"
+        )
+        lost = list(await cur.fetchall())
+        # claims of nodes already gone (a safety net: none should be left)
+        cur = await conn.execute(
+            "SELECT DISTINCT j.node, coalesce(n.host, '?') FROM phxq_jobs j"
+            " LEFT JOIN phxq_nodes n ON n.id = j.node WHERE j.node IS NOT NULL"
+            " AND (n.id IS NULL OR n.gone IS NOT NULL)"
+        )
+        lost += await cur.fetchall()
+        if not lost:
+            return
+        for node, host in lost:
+            log.warning(
+                "node %d on %s stopped answering: its jobs are retried elsewhere", node, host
+            )
+        await self._fail_claims(
+            conn, [r[0] for r in lost], "its node stopped answering while it ran", None
+        )
+        await conn.execute(
+            "DELETE FROM phxq_nodes WHERE gone IS NOT NULL"
+            " AND heartbeat_at < now() - interval '7 days'"
+        )
+
+    async def _fail_claims(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        nodes: list[int],
+        why: str,
+        kill_leftover: Callable[[Job], None] | None,
+    ) -> int:
+        """The claims of nodes that are gone: attempts that ran fail (retried by policy;
+        cancelled if a cancel was asked), claims that did not run are released."""
+        cur = await conn.execute(
+            f"SELECT {rows.JOB_COLUMNS}, cancel FROM phxq_jobs WHERE node = ANY(%s)"
+            " ORDER BY id FOR UPDATE",
+            (nodes,),
+        )
+        found = await cur.fetchall()
+        now = time.time()
+        ended: list[tuple[int, str]] = []
+        for r in found:
+            job, cancel = rows.job_from_row(r[:-1]), r[-1]
+            status: str | None
+            error: str | None
+            run_at: float | None
+            if job.status != "running":
+                status, error, run_at = (
+                    ("cancelled", "cancelled", None) if cancel else (None, None, None)
+                )
+            else:
+                if kill_leftover is not None:
+                    kill_leftover(job)
+                if cancel:
+                    status, error, run_at = "cancelled", "cancelled", None
+                else:
+                    status, error, run_at = rows.outcome(job, None, why, now, self._rng)
+            await conn.execute(
+                "UPDATE phxq_jobs SET node = NULL, cancel = false, pid = NULL, pid_started = NULL,"
+                " status = coalesce(%s, status), error = coalesce(%s, error),"
+                " run_at = coalesce(%s, run_at),"
+                " finished_at = CASE WHEN %s IN " + FINISHED_SQL + " THEN %s ELSE finished_at END,"
+                " ord = CASE WHEN %s = 'retrying' THEN nextval('phxq_order') - %s ELSE ord END"
+                " WHERE id = %s",
+                (status, error, run_at, status, now, status, RETRY_FIRST, job.id),
+            )
+            ended.append((job.id, status or job.status))
+        payloads = await self._after_ends(conn, ended, now)
+        payloads += notices.encode("n", [i for i, st in ended if st in ("pending", "retrying")])
+        await self._notify(conn, payloads)
+        return sum(1 for r in found if r[3] == "running")
+
+    # --------------------------------------------------------------- queries
+    async def _jobs(self, conn: psycopg.AsyncConnection[Any], ids: list[int]) -> list[Job]:
+        cur = await conn.execute(
+            f"SELECT {rows.JOB_COLUMNS} FROM phxq_jobs WHERE id = ANY(%s) ORDER BY id", (ids,)
+        )
+        return [rows.job_from_row(r) for r in await cur.fetchall()]
+
+    async def _read(self, func: Callable[[psycopg.AsyncConnection[Any]], Any]) -> Any:
+        """A query, asked again on another connection if the one it got had broken."""
+        for broken in range(10):
+            try:
+                async with self._pool.connection() as conn:
+                    return await func(conn)
+            except psycopg.OperationalError as e:
+                self._error = str(e).strip()
+                if broken == 9:
+                    raise Refused("refused", f"PostgreSQL cannot be reached ({self._error})") from e
+            except PoolTimeout as e:
+                raise Refused("refused", f"PostgreSQL cannot be reached ({e})") from e
+        raise AssertionError("unreachable")
+
+    async def find(self, job_id: int) -> Job | None:
+        async def q(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
+            return await self._jobs(conn, [job_id])
+
+        found: list[Job] = await self._read(q)
+        return found[0] if found else None
+
+    async def get(self, job_id: int) -> Job:
+        job = await self.find(job_id)
+        if job is None:
+            raise Refused("not_found", f"no job {job_id}")
+        return job
+
+    async def select(
+        self,
+        status: str | None,
+        queue: str | None,
+        limit: int,
+        *,
+        before: int | None = None,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> list[Job]:
+        limit = max(limit, 0)
+
+        async def q(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
+            # newest first from the cursor down the primary key: a page never walks the table
+            cur = await conn.execute(
+                f"SELECT {rows.JOB_COLUMNS} FROM phxq_jobs WHERE (%s::text IS NULL OR status = %s)"
+                " AND (%s::text IS NULL OR queue = %s) AND (%s::bigint IS NULL OR id < %s)"
+                " AND (%s::text IS NULL OR label = %s) AND (%s::text IS NULL OR key = %s)"
+                " ORDER BY id DESC LIMIT %s",
+                [status, status, queue, queue, before, before, label, label, key, key, limit],
+            )
+            return [rows.job_from_row(r) for r in await cur.fetchall()]
+
+        return list(await self._read(q))
+
+    async def summary(self) -> Summary:
+        async def q(conn: psycopg.AsyncConnection[Any]) -> Summary:
+            cur = await conn.execute(
+                "SELECT queue, status, count(*) FROM phxq_jobs GROUP BY queue, status"
+            )
+            counts = dict.fromkeys(STATUSES, 0)
+            queues: dict[str, dict[str, int]] = {}
+            total = 0
+            for queue, status, n in await cur.fetchall():
+                counts[status] += n
+                total += n
+                queues.setdefault(queue, dict.fromkeys(STATUSES, 0))[status] = n
+            cur = await conn.execute(
+                "SELECT queue, count(*) FROM phxq_jobs WHERE node IS NOT NULL GROUP BY queue"
+            )
+            busy = {q: int(n) for q, n in await cur.fetchall()}
+            await self._read_settings(conn)
+            return Summary(
+                counts,
+                queues,
+                total,
+                sorted(self._paused),
+                self._paused_all,
+                dict(self._limits),
+                busy,
+            )
+
+        summary: Summary = await self._read(q)
+        return summary
+
+    # ------------------------------------------ schedules and rates: not here yet
+    # On a shared store each fire time must be claimed by exactly one node (a
+    # compare-and-set of the schedule's row in the transaction that inserts its jobs) and a
+    # queue's start rate needs its token bucket in a row the claims update. Until those are
+    # built, both are refused in one line rather than kept per node, where they would fire
+    # once per node and rate each node apart (docs/scale-out.md says so).
+    @staticmethod
+    def _not_yet(what: str) -> Refused:
+        return Refused(
+            "refused",
+            f"{what} are not supported on the PostgreSQL store yet: use the local journal "
+            "(see docs/scale-out.md)",
+        )
+
+    async def set_rate(self, queue: str, per_second: float | None, burst: int) -> None:
+        raise self._not_yet("queue start rates")
+
+    async def set_schedule(self, spec: ScheduleSpec, now: float, source: str) -> Schedule:
+        raise self._not_yet("schedules")
+
+    async def remove_schedule(self, name: str, source: str) -> None:
+        raise self._not_yet("schedules")
+
+    async def pause_schedule(self, name: str, paused: bool) -> Schedule:
+        raise self._not_yet("schedules")
+
+    async def schedules(self) -> list[Schedule]:
+        return []  # none can be added
+
+    async def get_schedule(self, name: str) -> Schedule | None:
+        return None
+
+    async def fire(
+        self,
+        name: str,
+        times: list[float],
+        now: float,
+        missed: int,
+        run: bool = True,
+        manual: bool = False,
+    ) -> Fired:
+        raise self._not_yet("schedules")
+
+    def health(self, count_files: bool = False) -> Health:
+        return Health(
+            "postgresql",
+            self._error is None and not self._cut_off,
+            self._error,
+            self._durability,
+            self._transactions,
+            0,
+            0,
+            None,
+        )
+
+    async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
+        async def q(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
+            return await self._jobs(conn, ids)
+
+        jobs: list[Job] = await self._read(q)
+        known = {j.id for j in jobs}
+        for i in ids:
+            if i not in known:
+                raise Refused("not_found", f"no job {i}")
+        by_id = {j.id: j for j in jobs}
+        going = [j.id for j in jobs if not j.finished]
+
+        async def look(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
+            return await self._jobs(conn, going)
+
+        with anyio.move_on_after(timeout if timeout is not None else float("inf")):
+            while going:
+                event = self._waiters.setdefault(going[0], anyio.Event())
+                with anyio.move_on_after(POLL * 5):
+                    await event.wait()
+                # only the jobs still going are read again (a wait for 10,000 jobs)
+                fresh = await self._read(look)
+                gone = set(going) - {j.id for j in fresh}
+                for i in gone:
+                    by_id.pop(i, None)
+                by_id.update((j.id, j) for j in fresh)
+                going = [j.id for j in fresh if not j.finished]
+        with contextlib.suppress(Refused):
+            if going:
+                by_id.update((j.id, j) for j in await self._read(look))
+        return [by_id[i] for i in ids if i in by_id]
+
+    async def log_elsewhere(self, job_id: int) -> tuple[str, bytes] | None:
+        async def q(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
+            cur = await conn.execute(
+                "SELECT ran_on, ran_host, log_tail FROM phxq_jobs WHERE id = %s", (job_id,)
+            )
+            row: tuple[Any, ...] | None = await cur.fetchone()
+            return row
+
+        row = await self._read(q)
+        if row is None or row[0] is None or row[0] in self._lives:
+            return None
+        ran_on, host, tail = row
+        return f"{host} (node {ran_on})", bytes(tail or b"")
+
+    def ended(self, job_id: int) -> anyio.Event:
+        return self._waiters.setdefault(job_id, anyio.Event())

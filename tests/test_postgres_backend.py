@@ -1,0 +1,189 @@
+"""The rules of backend.py, checked in process on the PostgreSQL backend (as
+tests/test_backend.py checks them on the local one): a real PostgreSQL, real anyio, no
+daemon and no socket. And the schema's migrations, with several nodes starting at once."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import psycopg
+import pytest
+
+from phxqd.backend import SHUTDOWN, Begun, Ending
+from phxqd.model import Job, JobSpec, QueueConfig
+from phxqd.postgres import schema
+from phxqd.postgres.backend import PostgresBackend
+from phxqd.protocol import Refused
+from phxqd.settings import Settings
+from tests.conftest import settings_in
+from tests.pgfixture import Cluster
+
+HANG = 30.0
+
+
+@contextlib.asynccontextmanager
+async def running(uri: str, settings: Settings) -> AsyncIterator[PostgresBackend]:
+    backend = PostgresBackend(uri, settings, lease=30.0, rng=random.Random(7))
+    with anyio.fail_after(HANG):
+        async with anyio.create_task_group() as tg:
+            await tg.start(backend.run)
+            yield backend
+            await backend.close()
+            tg.cancel_scope.cancel()
+
+
+def spec(*argv: str, **fields: object) -> JobSpec:
+    return JobSpec(argv=list(argv or ("true",)), **fields)  # type: ignore[arg-type]
+
+
+def test_claims_keep_priority_limits_pauses_and_give_backs(pg_uri: str, tmp_path: Path) -> None:
+    settings = settings_in(tmp_path, queues={"q": QueueConfig(concurrency=1)}, workers=4)
+
+    async def main() -> None:
+        async with running(pg_uri, settings) as b:
+            now = time.time()
+            low, high, other = (
+                r.job
+                for r in await b.submit([spec(queue="q"), spec(queue="q", priority=5), spec()], now)
+            )
+            await b.claimable()
+            got = [b.claim(now), b.claim(now), b.claim(now)]
+            assert [j.id if j else None for j in got] == [high.id, other.id, None], (
+                "q is at its limit after its best job; the next is another queue's"
+            )
+            assert (await b.summary()).busy == {"q": 1, "default": 1}
+            b.report([Begun(high, now, None, None)], [])
+            b.report([], [Ending(high, True, exit_code=0)])
+            [done] = await b.wait([high.id], HANG)
+            assert done.status == "completed" and done.attempts == 1
+            await b.pause("q")
+            await b.claimable()
+            assert b.claim(now) is None, "q is paused"
+            await b.resume("q")
+            await b.claimable()
+            again = b.claim(now)
+            assert again is not None and again.id == low.id
+            b.report([], [Ending(again, False)])  # given back unstarted: first in line
+            assert b.claim(now) is again
+            held = got[1]
+            assert held is not None
+            b.report([], [Ending(again, False, stop_reason=SHUTDOWN), Ending(held, False)])
+            assert b.claim(now) is held
+            b.report([], [Ending(held, False, stop_reason="cancelled")])
+            [cancelled] = await b.wait([other.id], HANG)
+            assert (cancelled.status, cancelled.attempts) == ("cancelled", 0)
+
+    anyio.run(main)
+
+
+async def claim(b: PostgresBackend, job_id: int) -> Job:
+    """Claim until `job_id` comes (others are given back)."""
+    with anyio.fail_after(HANG):
+        while True:
+            await b.claimable()
+            while (job := b.claim(time.time())) is not None:
+                if job.id == job_id:
+                    return job
+                b.report([], [Ending(job, False, stop_reason=SHUTDOWN)])
+            await anyio.sleep(0.02)
+
+
+def test_retries_by_policy_keys_and_cascades(pg_uri: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(pg_uri, settings_in(tmp_path)) as b:
+            quick = (0.05, 0.05, 0.0)
+            [job] = [r.job for r in await b.submit([spec(max_retries=1, backoff=quick)], 0)]
+            [after] = [r.job for r in await b.submit([spec(after=[job.id])], time.time())]
+            with pytest.raises(Refused) as refused:
+                await b.submit([spec(after=[10**9])], time.time())
+            assert refused.value.code == "not_found"
+            first = await b.submit([spec(key="k")], time.time())
+            again = await b.submit([spec(key="k"), spec(key="k")], time.time())
+            assert [r.deduplicated for r in again] == [True, True]
+            assert {r.job.id for r in again} == {first[0].job.id}
+            with b.feed.listen() as listener:
+                for attempt in (1, 2):
+                    claimed = await claim(b, job.id)
+                    b.report([Begun(claimed, time.time(), 123, 1.0)], [])
+                    b.report([], [Ending(claimed, True, exit_code=3, error="exit 3")])
+                    expected = "retrying" if attempt == 1 else "failed"
+                    with anyio.fail_after(HANG):
+                        while (await b.get(job.id)).status != expected:
+                            await anyio.sleep(0.02)
+                    assert (await b.get(job.id)).attempts == attempt
+                with anyio.fail_after(HANG):
+                    events: list[tuple[str, int]] = []
+                    while ("cancelled", after.id) not in events:
+                        events += [(e.event, e.id) for e in await listener.take()]
+            assert ("failed", job.id) in events
+            dead = await b.get(after.id)
+            assert dead.status == "cancelled" and f"job {job.id}" in (dead.error or "")
+
+    anyio.run(main)
+
+
+def test_a_late_outcome_is_dropped(pg_uri: str, tmp_path: Path) -> None:
+    """An outcome fenced by a claim the cluster no longer holds changes nothing."""
+
+    async def main() -> None:
+        async with running(pg_uri, settings_in(tmp_path)) as b:
+            [job] = [r.job for r in await b.submit([spec()], time.time())]
+            await b.claimable()
+            assert b.claim(time.time()) is not None
+            b.report([Begun(job, time.time(), None, None)], [])
+            async with await psycopg.AsyncConnection.connect(pg_uri, autocommit=True) as c:
+                # what a reaper does to a node it took for dead
+                await c.execute("UPDATE phxq_jobs SET node = NULL, status = 'retrying'")
+            b.report([], [Ending(job, True, exit_code=0)])
+            with anyio.fail_after(HANG):
+                while b._facts or b._writing:
+                    await anyio.sleep(0.02)
+            assert (await b.get(job.id)).status == "retrying"
+
+    anyio.run(main)
+
+
+def test_nodes_starting_at_once_migrate_the_schema_once(pg_cluster: Cluster) -> None:
+    name = f"empty{time.monotonic_ns()}"
+    pg_cluster.sql(f"CREATE DATABASE {name}")
+    uri = pg_cluster.uri(name)
+    before: list[int] = []
+
+    async def main() -> None:
+        async def one() -> None:
+            before.append(await schema.migrate_uri(uri))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(one)
+
+    anyio.run(main)
+    assert sorted(before) == [0, schema.VERSION, schema.VERSION, schema.VERSION]
+    assert pg_cluster.sql("SELECT count(*) FROM phxq_schema", name) == str(schema.VERSION)
+    pg_cluster.sql(f"UPDATE phxq_schema SET version = {schema.VERSION + 1}", name)
+    with pytest.raises(schema.SchemaError, match="newer than this phxqd"):
+        anyio.run(schema.migrate_uri, uri)
+
+
+def test_a_cancel_from_another_node_ends_a_job_claimed_and_not_yet_handed_out(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        async with (
+            running(pg_uri, settings_in(tmp_path / "a")) as a,
+            running(pg_uri, settings_in(tmp_path / "b")) as b,
+        ):
+            [job] = [r.job for r in await b.submit([spec()], time.time())]
+            await a.claimable()  # claimed by a, in its batch, not handed to its dispatcher
+            assert [h.job.id for h in a._batch] == [job.id]
+            assert await b.cancel([job.id], time.time()) == [job.id], "a holds it"
+            [done] = await b.wait([job.id], HANG)
+            assert done.status == "cancelled" and done.attempts == 0
+            assert a.claim(time.time()) is None, "a does not hand it out any more"
+
+    anyio.run(main)
