@@ -1,7 +1,13 @@
 """Client start-up: median wall time of `phxqctl status` and `phxqctl submit -- true`
-against `python -c pass`, the floor (issue #6: within 1.5x the floor).
+against `python -c pass` of the same interpreter, the floor (issue #19: submit within 2x).
 
-    .venv/bin/python -m bench.bench_client [--runs N] [--fsync always|batch|off]
+    .venv/bin/python -m bench.bench_client [--runs N] [--fsync always|batch|off] [--editable]
+
+phxqctl is measured as users install it: the bench builds a wheel of this tree (`pip wheel
+--no-deps .`), installs it with its dependencies in a venv of its own in the temp dir, and
+runs that venv's `phxqctl` console script and `python`. `--editable` measures this
+checkout's .venv instead, whose editable install adds an import hook to every start of its
+interpreter (the floor included), which users of a wheel never pay.
 
 A real phxqd (2 workers, paused so submitted jobs do not run and take the CPU) in a temp
 dir; each round runs every command once, in turn, so load from elsewhere on the machine
@@ -10,9 +16,12 @@ runs them, with PHXQ_SOCKET set. Bytecode is written first (PYTHONDONTWRITEBYTEC
 dropped): an installed package has its .pyc files.
 
 Rows for context (not targets): the floor without `site` (python -S: no site-packages, so
-no editable-install path hook either), `phxqctl --help` (no connection), and the same
-status request through the typed Python API (`phxqctl.Client`, msgspec). The cost of
-the editable install's path hook, part of the floor, is printed from -X importtime.
+no editable-install path hook either), `import re` (the console script pip writes for any
+entry point imports it before phxqctl's own code runs) and `import re, argparse` (phxqctl's
+argument parser: what any argparse command line pays), `phxqctl --help` (no connection),
+and the same status request through the typed Python API (`phxqctl.Client`, msgspec). With
+`--editable`, the cost of the editable install's path hook, part of the floor, is printed
+from -X importtime. The daemon is this checkout's, the same in both cases.
 Prints a JSON summary on the last line.
 """
 
@@ -37,6 +46,8 @@ def commands(python: str, ctl: str) -> dict[str, list[str]]:
         "phxqctl status": [ctl, "status"],
         "phxqctl submit -- true": [ctl, "submit", "--", "true"],
         "python -S -c pass": [python, "-S", "-c", "pass"],
+        "python -c 'import re'": [python, "-c", "import re"],
+        "python -c 'import re, argparse'": [python, "-c", "import re, argparse"],
         "phxqctl --help": [ctl, "--help"],
         "Client().status() (msgspec)": [
             python,
@@ -44,6 +55,32 @@ def commands(python: str, ctl: str) -> dict[str, list[str]]:
             "from phxqctl import Client; Client().status()",
         ],
     }
+
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def wheel_venv(root: Path) -> Path:
+    """The python of a new venv under `root` holding phxq as built into a wheel from this
+    tree and installed with its dependencies, the way users install it."""
+    dist, venv = root / "dist", root / "venv"
+    pip_wheel = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--quiet",
+        "-w",
+        str(dist),
+        str(HERE),
+    ]
+    subprocess.run(pip_wheel, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    python = venv / "bin" / "python"
+    (wheel,) = dist.glob("phxq-*.whl")
+    subprocess.run([python, "-m", "pip", "install", "--quiet", wheel], check=True)
+    return python
 
 
 def editable_hook_ms(python: str, env: dict[str, str]) -> float | None:
@@ -63,10 +100,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--fsync", default="always", choices=["always", "batch", "off"])
+    ap.add_argument(
+        "--editable", action="store_true", help="this checkout's .venv instead of a wheel"
+    )
     opts = ap.parse_args()
-    python = sys.executable
-    ctl = str(Path(python).parent / "phxqctl")
     with tempfile.TemporaryDirectory(prefix="phxq-bench-client-") as tmp:
+        python = sys.executable if opts.editable else str(wheel_venv(Path(tmp)))
+        ctl = str(Path(python).parent / "phxqctl")
         d = Daemon(Path(tmp), opts.fsync)
         d.start()
         env = {k: v for k, v in d.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -81,13 +121,14 @@ def main() -> None:
                     t0 = time.perf_counter()
                     subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
                     times[name].append(time.perf_counter() - t0)
-            hook = editable_hook_ms(python, env)
+            hook = editable_hook_ms(python, env) if opts.editable else None
         finally:
             d.kill()
     medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
     floor = medians["python -c pass (floor)"]
+    install = "editable install (.venv)" if opts.editable else "wheel installed in its own venv"
     print(
-        f"client start-up, median of {opts.runs} runs each "
+        f"client start-up, {install}, median of {opts.runs} runs each "
         f"(fsync={opts.fsync}, {os.cpu_count()} CPUs)"
     )
     print(f"{'command':32} {'median ms':>10} {'p90 ms':>8} {'x floor':>8}")
@@ -96,8 +137,9 @@ def main() -> None:
         print(f"{name:32} {medians[name]:10.1f} {p90:8.1f} {medians[name] / floor:8.2f}")
     if hook is not None:
         print(f"editable-install path hook (in the floor): {hook:.1f} ms by -X importtime")
-    target = 1.5
+    target = 2.0
     summary = {
+        "install": "editable" if opts.editable else "wheel",
         "runs": opts.runs,
         "fsync": opts.fsync,
         "floor_ms": round(floor, 1),

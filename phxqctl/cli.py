@@ -402,15 +402,28 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    args = top_parser().parse_args(argv)
-    rest = args.rest
-    del args.rest
-    if args.command == "schedule" and "--" in rest:
-        # `schedule add NAME [options] -- CMD...`: argparse cannot put a positional
-        # NAME before options and a command after them, so the command is cut off first
-        cut = rest.index("--")
-        rest, args.argv = rest[:cut], rest[cut + 1 :]
-    return command_parser(args.command).parse_args(rest, namespace=args)
+    # argparse looks up a translation of its few words ("usage:", "options") a dozen times
+    # per start: each look-up imports `locale`, normalises the language variables and
+    # probes for .mo files that Python does not ship (a large part of what parsing cost in
+    # a wheel install, bench/bench_client.py); phxqctl's own messages are English anyway.
+    translate = argparse._  # type: ignore[attr-defined]
+    argparse._ = _untranslated  # type: ignore[attr-defined]
+    try:
+        args = top_parser().parse_args(argv)
+        rest = args.rest
+        del args.rest
+        if args.command == "schedule" and "--" in rest:
+            # `schedule add NAME [options] -- CMD...`: argparse cannot put a positional
+            # NAME before options and a command after them, so the command is cut off first
+            cut = rest.index("--")
+            rest, args.argv = rest[:cut], rest[cut + 1 :]
+        return command_parser(args.command).parse_args(rest, namespace=args)
+    finally:
+        argparse._ = translate  # type: ignore[attr-defined]
+
+
+def _untranslated(message: str) -> str:
+    return message
 
 
 def main(argv: list[str] | None = None) -> None:

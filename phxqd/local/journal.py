@@ -18,18 +18,21 @@ new segment.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import itertools
 import logging
 import os
+import queue
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args
+from typing import Any, Literal, TypeVar, Union, get_args
 
 import anyio
 import msgspec
@@ -221,6 +224,7 @@ class Journal:
         self.written_bytes = 0
         #: called with the seconds of each write+fdatasync, for metrics
         self.on_sync = on_sync
+        self._disk = DiskThread()
 
     # ----------------------------------------------------------- caller's side
 
@@ -278,15 +282,18 @@ class Journal:
         After a failure it waits for `restart` (the owner first makes everything in memory
         durable another way) and carries on in a new segment; it returns once closed.
         """
-        while True:
-            try:
-                self._open_segment(self._written_lsn + 1)
-                await self._write_loop()
-                return
-            except OSError as e:
-                self._fail(e)
-            await self._restarted.wait()
-            self._restarted = anyio.Event()
+        try:
+            while True:
+                try:
+                    self._open_segment(self._written_lsn + 1)
+                    await self._write_loop()
+                    return
+                except OSError as e:
+                    self._fail(e)
+                await self._restarted.wait()
+                self._restarted = anyio.Event()
+        finally:
+            self._disk.stop()
 
     def segments(self) -> int:
         """Segment files on disk now (a directory listing: for metrics, not hot paths)."""
@@ -346,7 +353,7 @@ class Journal:
             sync = self.policy == "always"
             if sync or len(data) > 1024 * 1024:
                 t0 = time.perf_counter()
-                await anyio.to_thread.run_sync(_write_and_sync, fd, data, sync)
+                await self._disk.call(_write_and_sync, fd, data, sync)
                 if sync and self.on_sync is not None:
                     self.on_sync(time.perf_counter() - t0)
             else:  # a small write() into the page cache does not block: skip the thread hop
@@ -369,7 +376,7 @@ class Journal:
         if not self._unsynced or (self.policy == "off" and not force):
             return
         if force or time.monotonic() - self._last_sync >= self.batch_interval:
-            await anyio.to_thread.run_sync(os.fdatasync, self._fd)
+            await self._disk.call(os.fdatasync, self._fd)
             self.fsyncs += 1
             self._unsynced = False
             self._last_sync = time.monotonic()
@@ -409,6 +416,72 @@ class Journal:
     def _close_segment(self) -> None:
         os.close(self._fd)
         self._fd = -1
+
+
+T = TypeVar("T")
+
+
+class DiskThread:
+    """One long-lived thread for the writer's blocking write()s and fdatasyncs, one at a
+    time, in order.
+
+    Why not `anyio.to_thread.run_sync`: with one producer the hand-off to its worker pool
+    and back (capacity limiter, checkpoints, its own wake-ups) cost more per request than
+    the fdatasync itself (bench/bench_ab.py --clients 1). This hands the call over through a
+    queue and comes back with one `call_soon_threadsafe`. The call is never abandoned: a
+    cancelled writer still waits for the write under way (as `run_sync` did), so nothing
+    writes to a segment once the writer has moved on.
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[
+            tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the thread; its result or its exception."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="phxqd-journal", daemon=True)
+            self._thread.start()
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._calls.put((fn, args, done))
+        with anyio.CancelScope(shield=True):
+            result: T = await done
+        return result
+
+    def stop(self) -> None:
+        """End the thread once the calls queued are done (it is started again if needed)."""
+        if self._thread is not None:
+            self._calls.put(None)
+            self._thread = None
+
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            fn, args, done = item
+            try:
+                result = fn(*args)
+            except BaseException as e:  # handed to the awaiting task
+                _report(done, _set_exception, e)
+            else:
+                _report(done, _set_result, result)
+
+
+def _report(
+    done: asyncio.Future[Any], how: Callable[[asyncio.Future[Any], Any], None], value: Any
+) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        done.get_loop().call_soon_threadsafe(how, done, value)
+
+
+def _set_result(done: asyncio.Future[Any], value: Any) -> None:
+    if not done.done():
+        done.set_result(value)
+
+
+def _set_exception(done: asyncio.Future[Any], error: BaseException) -> None:
+    if not done.done():
+        done.set_exception(error)
 
 
 def _write_and_sync(fd: int, data: bytes, sync: bool) -> None:
