@@ -165,9 +165,30 @@ def test_nodes_starting_at_once_migrate_the_schema_once(pg_cluster: Cluster) -> 
     anyio.run(main)
     assert sorted(before) == [0, schema.VERSION, schema.VERSION, schema.VERSION]
     assert pg_cluster.sql("SELECT count(*) FROM phxq_schema", name) == str(schema.VERSION)
-    pg_cluster.sql(f"UPDATE phxq_schema SET version = {schema.VERSION + 1}", name)
+    pg_cluster.sql(
+        f"UPDATE phxq_schema SET version = {schema.VERSION + 1} WHERE version = {schema.VERSION}",
+        name,
+    )
     with pytest.raises(schema.SchemaError, match="newer than this phxqd"):
         anyio.run(schema.migrate_uri, uri)
+
+
+def test_a_database_of_the_first_release_is_migrated_forward(pg_cluster: Cluster) -> None:
+    """Migration 1 as the first release left it, then a newer phxqd starts: the later
+    migrations run (the schedules table, the rate columns), and only those."""
+    name = f"old{time.monotonic_ns()}"
+    pg_cluster.sql(f"CREATE DATABASE {name}")
+    pg_cluster.sql(
+        "CREATE TABLE phxq_schema (version integer PRIMARY KEY,"
+        " applied_at timestamptz NOT NULL DEFAULT now())",
+        name,
+    )
+    pg_cluster.sql(schema.MIGRATIONS[0], name)
+    pg_cluster.sql("INSERT INTO phxq_schema (version) VALUES (1)", name)
+    pg_cluster.sql("INSERT INTO phxq_queues (queue, concurrency) VALUES ('q', 2)", name)
+    assert anyio.run(schema.migrate_uri, pg_cluster.uri(name)) == 1
+    assert pg_cluster.sql("SELECT count(*) FROM phxq_schedules", name) == "0"
+    assert pg_cluster.sql("SELECT queue, concurrency, rate FROM phxq_queues", name) == "q|2|"
 
 
 def test_a_cancel_from_another_node_ends_a_job_claimed_and_not_yet_handed_out(
