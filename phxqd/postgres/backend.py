@@ -1725,6 +1725,10 @@ class PostgresBackend:
             at = times
             if not manual and s.last_fire is not None and at and at[0] <= s.last_fire:
                 raise Refused("refused", f"schedule {name!r} fired at {at[0]!r} already")
+            if s.paused and not manual:
+                # paused on another node after this one's Scheduler looked: nothing
+                # fires, nothing is recorded (the resume counts the times as missed)
+                return Fired(skipped="the schedule is paused"), []
             if manual:
                 at = [now]
             if not at:
