@@ -240,7 +240,10 @@ async def run(
             # the backend stops jobs of this node itself (a cancel from another node, a
             # lost lease): through the dispatcher, built below
             backend: Backend = await _open_postgres(
-                settings, stats, lambda ids, why: core.dispatcher.stop(ids, why)
+                settings,
+                stats,
+                lambda ids, why: core.dispatcher.stop(ids, why),
+                lambda: core.scheduler.changed(),
             )
         else:
             notifier.status("recovering the journal")
@@ -372,10 +375,14 @@ def _open_local(settings: Settings, stats: Stats) -> Backend:
 
 
 async def _open_postgres(
-    settings: Settings, stats: Stats, stop: Callable[[list[int], str], object]
+    settings: Settings,
+    stats: Stats,
+    stop: Callable[[list[int], str], object],
+    schedules_told: Callable[[], object],
 ) -> Backend:
     """The shared store (`store = "postgresql://..."`): schema migrated, node registered.
-    Imported here: psycopg is an optional extra (`phxq[postgres]`)."""
+    Imported here: psycopg is an optional extra (`phxq[postgres]`). `schedules_told`:
+    a schedule changed on another node (this node's Scheduler reads them again)."""
     assert settings.store is not None
     try:
         import psycopg
@@ -389,6 +396,7 @@ async def _open_postgres(
         ) from None
     backend = PostgresBackend(settings.store, settings, lease=settings.lease, stats=stats)
     backend.stopper = stop
+    backend.schedules_told = schedules_told
     try:
         await backend.open()
     except (psycopg.Error, SchemaError, OSError) as e:

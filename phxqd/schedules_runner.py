@@ -143,8 +143,12 @@ class Scheduler:
                     name, [plan.latest], now, plan.missed - 1, run=False
                 )
         except Refused as e:
+            if e.code == "refused" and "already" in e.message:
+                # another node fired it first (a shared store): nothing amiss
+                log.debug("schedule %s: not fired: %s", name, e.message)
+                return
             log.warning("schedule %s: not fired: %s", name, e.message)
-            if e.code == "refused" and "already" not in e.message:
+            if e.code == "refused":
                 self._retry_later(name)
             return
         self._fault_point("schedule-after-fire")

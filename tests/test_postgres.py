@@ -168,18 +168,28 @@ def test_an_unreachable_store_is_one_line(tmp_path: Path) -> None:
     assert lines and lines[-1].startswith("phxqd: cannot use the PostgreSQL store:"), lines
 
 
-def test_schedules_and_rates_are_refused_in_one_line_not_kept_per_node(
-    pg_uri: str, tmp_path: Path
-) -> None:
-    """Not on this store yet (docs/scale-out.md): refused, never fired once per node."""
+def test_schedules_and_rates_on_one_node(pg_uri: str, tmp_path: Path) -> None:
+    """Kept in PostgreSQL: the commands answer as on the local journal, and a node
+    started again finds them (the rows, not the node, hold them)."""
     d = node(tmp_path, pg_uri).start()
-    for args in (
-        ("schedule", "add", "nightly", "--every", "1h", "--", "true"),
-        ("queue", "set", "q", "--rate", "5/s"),
-    ):
-        r = d.ctl(*args)
-        assert r.returncode == 5, r.stderr
-        [line] = r.stderr.splitlines()
-        assert "not supported on the PostgreSQL store yet" in line
-    assert d.ok("--json", "schedule", "list").strip() == "", "none kept"
-    d.ok("list")  # the node still answers
+    d.ok("schedule", "add", "nightly", "--cron", "0 3 * * *", "--", "true")
+    [listed] = [json.loads(line) for line in d.ok("--json", "schedule", "list").splitlines()]
+    assert (listed["name"], listed["source"], listed["paused"]) == ("nightly", "runtime", False)
+    assert len(listed["next_fires"]) == 5
+    ran = d.json("schedule", "run", "nightly")
+    assert ran["key"].startswith("schedule:nightly!run@")
+    d.ok("wait", str(ran["id"]))
+    show = d.json("schedule", "show", "nightly")
+    assert (show["fired"], show["last_job"], show["last_fire"]) == (1, ran["id"], None)
+    assert d.json("schedule", "pause", "nightly")["paused"] is True
+    d.ok("queue", "set", "q", "--rate", "5/s", "--burst", "2")
+    d.stop()
+    d.start()
+    assert d.json("schedule", "show", "nightly")["paused"] is True
+    queues = [json.loads(line) for line in d.ok("--json", "queue", "list").splitlines()]
+    [queue] = [q for q in queues if q["queue"] == "q"]
+    assert (queue["rate"], queue["burst"], queue["rate_from"]) == (5.0, 2, "runtime")
+    d.ok("schedule", "remove", "nightly")
+    r = d.ctl("schedule", "show", "nightly")
+    assert r.returncode == 4 and "no schedule 'nightly'" in r.stderr
+    assert d.ok("--json", "schedule", "list").strip() == ""

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import msgspec
 import psycopg
 import pytest
 
@@ -19,6 +20,7 @@ from phxqd.model import Job, JobSpec, QueueConfig
 from phxqd.postgres import schema
 from phxqd.postgres.backend import PostgresBackend
 from phxqd.protocol import Refused
+from phxqd.schedules_model import ScheduleSpec
 from phxqd.settings import Settings
 from tests.conftest import settings_in
 from tests.pgfixture import Cluster
@@ -165,9 +167,30 @@ def test_nodes_starting_at_once_migrate_the_schema_once(pg_cluster: Cluster) -> 
     anyio.run(main)
     assert sorted(before) == [0, schema.VERSION, schema.VERSION, schema.VERSION]
     assert pg_cluster.sql("SELECT count(*) FROM phxq_schema", name) == str(schema.VERSION)
-    pg_cluster.sql(f"UPDATE phxq_schema SET version = {schema.VERSION + 1}", name)
+    pg_cluster.sql(
+        f"UPDATE phxq_schema SET version = {schema.VERSION + 1} WHERE version = {schema.VERSION}",
+        name,
+    )
     with pytest.raises(schema.SchemaError, match="newer than this phxqd"):
         anyio.run(schema.migrate_uri, uri)
+
+
+def test_a_database_of_the_first_release_is_migrated_forward(pg_cluster: Cluster) -> None:
+    """Migration 1 as the first release left it, then a newer phxqd starts: the later
+    migrations run (the schedules table, the rate columns), and only those."""
+    name = f"old{time.monotonic_ns()}"
+    pg_cluster.sql(f"CREATE DATABASE {name}")
+    pg_cluster.sql(
+        "CREATE TABLE phxq_schema (version integer PRIMARY KEY,"
+        " applied_at timestamptz NOT NULL DEFAULT now())",
+        name,
+    )
+    pg_cluster.sql(schema.MIGRATIONS[0], name)
+    pg_cluster.sql("INSERT INTO phxq_schema (version) VALUES (1)", name)
+    pg_cluster.sql("INSERT INTO phxq_queues (queue, concurrency) VALUES ('q', 2)", name)
+    assert anyio.run(schema.migrate_uri, pg_cluster.uri(name)) == 1
+    assert pg_cluster.sql("SELECT count(*) FROM phxq_schedules", name) == "0"
+    assert pg_cluster.sql("SELECT queue, concurrency, rate FROM phxq_queues", name) == "q|2|"
 
 
 def test_a_cancel_from_another_node_ends_a_job_claimed_and_not_yet_handed_out(
@@ -185,5 +208,57 @@ def test_a_cancel_from_another_node_ends_a_job_claimed_and_not_yet_handed_out(
             [done] = await b.wait([job.id], HANG)
             assert done.status == "cancelled" and done.attempts == 0
             assert a.claim(time.time()) is None, "a does not hand it out any more"
+
+    anyio.run(main)
+
+
+def test_each_fire_time_fires_on_one_node_and_overlap_reads_the_last_job(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    """Two nodes fire the same times at once, many times over: one job per time, the
+    other node refused `fired already`; a paused schedule fires nothing; overlap `skip`
+    and `queue` look at the previous firing's job whichever node made it."""
+
+    async def main() -> None:
+        async with (
+            running(pg_uri, settings_in(tmp_path / "a")) as a,
+            running(pg_uri, settings_in(tmp_path / "b")) as b,
+        ):
+            now = float(int(time.time()))
+            await a.set_schedule(
+                ScheduleSpec("s", spec(), every=1.0, overlap="allow"), now, "runtime"
+            )
+            outcomes: list[str] = []
+
+            async def fire(node: PostgresBackend, at: float) -> None:
+                try:
+                    fired = await node.fire("s", [at], at, 0)
+                    outcomes.append(f"job {fired.job.id if fired.job else None}")
+                except Refused as e:
+                    assert "already" in e.message, e.message
+                    outcomes.append("refused")
+
+            for k in range(1, 21):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(fire, a, now + k)
+                    tg.start_soon(fire, b, now + k)
+            assert outcomes.count("refused") == 20 and len(set(outcomes)) == 21
+            s = await b.get_schedule("s")
+            assert s is not None and (s.fired, s.last_fire) == (20, now + 20)
+            # paused on B: A's firing does nothing and records nothing
+            await b.pause_schedule("s", True)
+            assert (await a.fire("s", [now + 21], now + 21, 0)).skipped == "the schedule is paused"
+            await b.pause_schedule("s", False)
+            # overlap: the previous job (made by B) is still pending
+            running_spec = ScheduleSpec("s", spec(), every=1.0, overlap="skip")
+            await b.set_schedule(running_spec, now, "runtime")
+            assert (await b.fire("s", [now + 22], now + 22, 0)).skipped is not None
+            await a.set_schedule(
+                msgspec.structs.replace(running_spec, overlap="queue"), now, "runtime"
+            )
+            queued = await a.fire("s", [now + 23], now + 23, 0)
+            assert queued.blocked_by == s.last_job and not queued.jobs
+            s = await a.get_schedule("s")
+            assert s is not None and s.last_fire == now + 22, "a blocked firing records nothing"
 
     anyio.run(main)

@@ -20,6 +20,7 @@ from phxqd.model import Call, JobSpec
 from tests.conftest import Daemon, until
 from tests.pgfixture import Cluster
 from tests.test_postgres import node
+from tests.test_schedules_daemon import fired, lines
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 #: the lease of the nodes in these tests (30 s in production): short, so a lost node's
@@ -284,3 +285,56 @@ def test_logs_on_another_host_show_the_tail_and_retention_purges_everywhere(
         30,
         "its log to be removed where it is",
     )
+
+
+def test_an_every_second_schedule_fires_each_time_once_on_three_nodes(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    """Every node runs a Scheduler; each fire time gets exactly one job, whichever node
+    fires it. A schedule added on A, paused on B, removed on C is seen by every node; once
+    A stops, the others fire it (their Schedulers were told of it when A added it)."""
+    a, b, c = three(tmp_path, pg_uri)
+    # catch-up `all`: a fire time a loaded machine reaches late still gets its job, so
+    # every time between the first and the last must be there
+    a.ok("schedule", "add", "tick", "--every", "1s", "--catch-up", "all", "--", "true")
+    for d in (a, b, c):
+        assert [s["name"] for s in lines(d, "schedule", "list")] == ["tick"]
+    until(lambda: len(fired(b, "tick")) >= 3, 30, "three fire times")
+    a.stop()
+    stopped = time.time()
+    until(lambda: max(fired(b, "tick")) > stopped + 1.5, 30, "fires after A stopped")
+    b.ok("schedule", "pause", "tick")
+    paused = time.time()
+    assert c.json("schedule", "show", "tick")["paused"] is True
+    time.sleep(2.0)  # two periods paused: no node fires
+    c.ok("schedule", "remove", "tick")
+    for d in (b, c):
+        assert d.ok("--json", "schedule", "list").strip() == ""
+    ticks = fired(c, "tick")
+    assert all(len(jobs) == 1 for jobs in ticks.values()), "one job per fire time"
+    times = sorted(ticks)
+    assert times == [times[0] + k for k in range(len(times))], "every fire time, once"
+    assert times[-1] <= paused + 1.0, "none fired while paused"
+    assert len({job["key"] for jobs in ticks.values() for job in jobs}) == len(times)
+
+
+def test_a_start_rate_holds_across_the_cluster(pg_uri: str, tmp_path: Path) -> None:
+    nodes = three(tmp_path, pg_uri, workers=2)
+    nodes[0].ok("queue", "set", "slow", "--rate", "8/s", "--burst", "2")
+    [queue] = [q for q in lines(nodes[2], "queue", "list") if q["queue"] == "slow"]
+    assert (queue["rate"], queue["burst"], queue["rate_from"]) == (8.0, 2, "runtime")
+    ran = tmp_path / "ran"
+    with client(nodes[1]) as cl:
+        ids = [r.job.id for r in cl.submit_batch(mark_specs(ran, 40, queue="slow"))]
+        jobs = cl.wait(ids, timeout=60)
+    assert [j.status for j in jobs] == ["completed"] * 40
+    starts = sorted(j.started_at for j in jobs if j.started_at is not None)
+    # In every one-second window, no more starts than the bucket lets go (8, and its
+    # burst of 2), with the slack of a burst: the bucket counts claims, and a claimed job
+    # starts a moment later on its node (three nodes on a loaded machine)
+    for i, t in enumerate(starts):
+        window = sum(1 for u in starts[i:] if u < t + 1.0)
+        assert window <= 8 + 2 + 2, (window, [round(u - t, 3) for u in starts[i:]])
+    assert starts[-1] - starts[0] >= (40 - 2) / 8 - 0.5, "the rate held them back"
+    by_node = collections.Counter(line.split()[2] for line in ran.read_text().splitlines())
+    assert len(by_node) >= 2, f"the nodes shared the queue: {by_node}"

@@ -37,6 +37,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import msgspec
 import psycopg
 import psycopg.errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -45,8 +46,10 @@ from phxqd.backend import SHUTDOWN, Begun, Ending, Health, Summary
 from phxqd.feed import Feed, job_event
 from phxqd.model import FINISHED, STATUSES, Job, JobSpec, Progress, SubmitResult
 from phxqd.notice import Notice
-from phxqd.postgres import notices, rows, schema
+from phxqd.postgres import notices, rows, schedule_rows, schema
 from phxqd.protocol import Refused
+from phxqd.rates import Bucket, parse_rate
+from phxqd.schedules import fire_key, run_key
 from phxqd.schedules_model import Fired, Schedule, ScheduleSpec
 from phxqd.settings import Settings
 from phxqd.stats import Stats
@@ -164,6 +167,9 @@ class PostgresBackend:
         #: asks the dispatcher to stop jobs it runs (cancel from another node, lost lease);
         #: set by whoever builds the backend and the dispatcher
         self.stopper: Callable[[list[int], str], object] | None = None
+        #: tells this node's Scheduler that the schedules changed (on another node, or
+        #: notifications were missed); set by whoever builds the backend and the Scheduler
+        self.schedules_told: Callable[[], object] | None = None
         #: claimed in claimable(), handed out by claim()
         self._batch: deque[Held] = deque()
         #: handed to the dispatcher and not yet ended
@@ -179,6 +185,10 @@ class PostgresBackend:
         self._paused_all = False
         self._paused: set[str] = set()
         self._limits: dict[str, int] = {}
+        #: start rates set at run time: queue -> (per second, burst)
+        self._rates_set: dict[str, tuple[float, int]] = {}
+        #: when a queue held back by its rate has a start again (a claim looks then)
+        self._next_token: float | None = None
         #: whether a claim may find something (a notification came, the last one was full)
         self._dirty = True
         #: a queue setting changed since the last claim read them (a notification `w`)
@@ -637,6 +647,13 @@ class PostgresBackend:
         self._dirty = True
         self.wake.set()
 
+    async def set_rate(self, queue: str, per_second: float | None, burst: int) -> None:
+        await self._queue_change(
+            "INSERT INTO phxq_queues (queue, rate, burst) VALUES (%s, %s, %s)"
+            " ON CONFLICT (queue) DO UPDATE SET rate = excluded.rate, burst = excluded.burst",
+            (queue, per_second, None if per_second is None else burst),
+        )
+
     async def set_limit(self, queue: str, concurrency: int | None) -> None:
         await self._queue_change(
             "INSERT INTO phxq_queues (queue, concurrency) VALUES (%s, %s)"
@@ -670,15 +687,33 @@ class PostgresBackend:
         cur = await conn.execute("SELECT paused_all FROM phxq_cluster")
         row = await cur.fetchone()
         self._paused_all = bool(row and row[0])
-        cur = await conn.execute("SELECT queue, paused, concurrency FROM phxq_queues")
+        cur = await conn.execute("SELECT queue, paused, concurrency, rate, burst FROM phxq_queues")
         paused: set[str] = set()
         limits: dict[str, int] = {}
-        for queue, is_paused, concurrency in await cur.fetchall():
+        rates: dict[str, tuple[float, int]] = {}
+        for queue, is_paused, concurrency, rate, burst in await cur.fetchall():
             if is_paused:
                 paused.add(queue)
             if concurrency is not None:
                 limits[queue] = concurrency
-        self._paused, self._limits = paused, limits
+            if rate is not None:
+                rates[queue] = (rate, burst or 1)
+        self._paused, self._limits, self._rates_set = paused, limits, rates
+
+    def _rates(self) -> dict[str, tuple[float, int]]:
+        """The start rates in force: run time over the config file's `[queues.NAME]`."""
+        config = {
+            q: (parse_rate(c.rate), c.burst or 1) for q, c in self.settings.queues.items() if c.rate
+        }
+        return {**config, **self._rates_set}
+
+    @staticmethod
+    def _bucket(rate: tuple[float, int], row: tuple[Any, ...] | None, now: float) -> Bucket:
+        """A queue's shared bucket from its row (bucket_rate, bucket_burst, tokens,
+        tokens_at): full when it has none yet or was counted under another rate."""
+        if row is not None and row[2] is not None and (row[0], row[1]) == rate:
+            return Bucket(rate[0], rate[1], float(row[2]), float(row[3]))
+        return Bucket.full(rate[0], rate[1], now)
 
     # --------------------------------------------------------------- running
     def _free(self) -> int:
@@ -704,7 +739,7 @@ class PostgresBackend:
             return
         if self._paused_all and not self._settings_told and time.monotonic() < self._next_poll:
             return  # nothing may start until a resume, which is told (w)
-        due = self._next_delayed is not None and self._next_delayed <= now
+        due = any(t is not None and t <= now for t in (self._next_delayed, self._next_token))
         if not (self._dirty or due or time.monotonic() >= self._next_poll):
             return
         self._dirty = False
@@ -729,7 +764,8 @@ class PostgresBackend:
             return []
         config = {q: c.concurrency for q, c in self.settings.queues.items() if c.concurrency}
         limits = {**config, **self._limits}
-        excluded = sorted(self._paused | set(limits))
+        rates = self._rates()
+        excluded = sorted(self._paused | set(limits) | set(rates))
         cur = await conn.execute(
             f"SELECT {rows.JOB_COLUMNS}, ord FROM phxq_jobs"
             " WHERE node IS NULL AND NOT blocked AND status IN " + WAITING + " AND run_at <= %s"
@@ -738,17 +774,25 @@ class PostgresBackend:
             (now, excluded, want),
         )
         found = list(await cur.fetchall())
-        limited = sorted(q for q in limits if q not in self._paused)
+        # Queues with a limit or a rate: claimed under a lock on their phxq_queues row,
+        # which holds the count of what every node claimed (limit) and the token bucket
+        # every node's claims take from (rate)
+        limited = sorted(q for q in set(limits) | set(rates) if q not in self._paused)
+        buckets: dict[str, Bucket] = {}
+        self._next_token = None
         if limited:
             await conn.execute(
                 "INSERT INTO phxq_queues (queue) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
                 (limited,),
             )
             cur = await conn.execute(
-                "SELECT queue FROM phxq_queues WHERE queue = ANY(%s) ORDER BY queue FOR UPDATE",
+                "SELECT queue, bucket_rate, bucket_burst, tokens, tokens_at FROM phxq_queues"
+                " WHERE queue = ANY(%s) ORDER BY queue FOR UPDATE",
                 (limited,),
             )
-            await cur.fetchall()
+            for q, *bucket_row in await cur.fetchall():
+                if q in rates:
+                    buckets[q] = self._bucket(rates[q], tuple(bucket_row), now)
             cur = await conn.execute(
                 "SELECT queue, count(*) FROM phxq_jobs WHERE node IS NOT NULL"
                 " AND queue = ANY(%s) GROUP BY queue",
@@ -756,7 +800,15 @@ class PostgresBackend:
             )
             busy = dict(await cur.fetchall())
             for q in limited:
-                room = min(limits[q] - busy.get(q, 0), want)
+                room = want
+                if q in limits:
+                    room = min(limits[q] - busy.get(q, 0), room)
+                bucket = buckets.get(q)
+                if bucket is not None:
+                    if not bucket.can_take(now):
+                        at = bucket.ready_at(now)
+                        self._next_token = min(self._next_token or at, at)
+                    room = min(int(bucket.tokens), room)
                 if room <= 0:
                     continue
                 cur = await conn.execute(
@@ -794,10 +846,42 @@ class PostgresBackend:
             (self.node, [r[0] for r in chosen]),
         )
         claims = dict(await cur.fetchall())
+        if buckets:
+            await self._take_tokens(conn, buckets, [r[1] for r in chosen], now)
         return [
             Held(job, self.node, claims[job.id])
             for job in (rows.job_from_row(r[:-1]) for r in chosen)
         ]
+
+    async def _take_tokens(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        buckets: dict[str, Bucket],
+        queues: list[str],
+        now: float,
+    ) -> None:
+        """A token per job claimed from a rated queue, written back to the locked rows."""
+        for q in queues:
+            bucket = buckets.get(q)
+            if bucket is not None:
+                bucket.take(now)
+        for bucket in buckets.values():
+            if not bucket.can_take(now):
+                at = bucket.ready_at(now)
+                self._next_token = min(self._next_token or at, at)
+        await conn.execute(
+            "UPDATE phxq_queues q SET bucket_rate = u.rate, bucket_burst = u.burst,"
+            " tokens = u.tokens, tokens_at = u.at FROM unnest(%s::text[], %s::float8[],"
+            " %s::int[], %s::float8[], %s::float8[]) AS u(queue, rate, burst, tokens, at)"
+            " WHERE q.queue = u.queue",
+            (
+                list(buckets),
+                [b.per_second for b in buckets.values()],
+                [b.burst for b in buckets.values()],
+                [b.tokens for b in buckets.values()],
+                [b.at for b in buckets.values()],
+            ),
+        )
 
     def paused(self, queue: str) -> bool:
         return self._paused_all or queue in self._paused
@@ -824,9 +908,7 @@ class PostgresBackend:
 
     def next_wakeup(self) -> float | None:
         poll = time.time() + max(self._next_poll - time.monotonic(), 0.0)
-        if self._next_delayed is not None:
-            return min(self._next_delayed, poll)
-        return poll
+        return min(t for t in (self._next_delayed, self._next_token, poll) if t is not None)
 
     def report(self, begun: list[Begun], ended: list[Ending]) -> None:
         facts = self._facts
@@ -1158,6 +1240,8 @@ class PostgresBackend:
         for event in self._waiters.values():  # the waiters look again
             event.set()
         self._waiters.clear()
+        if self.schedules_told is not None:
+            self.schedules_told()
 
     def _heard(self, payload: str) -> None:
         n = notices.decode(payload)
@@ -1166,6 +1250,10 @@ class PostgresBackend:
         if n.kind == "K":
             if n.node == self.node:
                 self._cancel_asked(n.ids)
+            return
+        if n.kind == "S":
+            if self.schedules_told is not None:
+                self.schedules_told()
             return
         if n.kind in ("n", "w", "c", "f", "x", "r", "q"):
             self._dirty = True
@@ -1470,6 +1558,19 @@ class PostgresBackend:
             )
             busy = {q: int(n) for q, n in await cur.fetchall()}
             await self._read_settings(conn)
+            rates = self._rates()
+            next_start: dict[str, float] = {}
+            if rates:
+                cur = await conn.execute(
+                    "SELECT queue, bucket_rate, bucket_burst, tokens, tokens_at FROM phxq_queues"
+                    " WHERE queue = ANY(%s)",
+                    (list(rates),),
+                )
+                now = time.time()
+                for q, *bucket_row in await cur.fetchall():
+                    bucket = self._bucket(rates[q], tuple(bucket_row), now)
+                    if not bucket.can_take(now):
+                        next_start[q] = bucket.ready_at(now)
             return Summary(
                 counts,
                 queues,
@@ -1478,42 +1579,108 @@ class PostgresBackend:
                 self._paused_all,
                 dict(self._limits),
                 busy,
+                rates,
+                next_start,
+                sorted(self._rates_set),
             )
 
         summary: Summary = await self._read(q)
         return summary
 
-    # ------------------------------------------ schedules and rates: not here yet
-    # On a shared store each fire time must be claimed by exactly one node (a
-    # compare-and-set of the schedule's row in the transaction that inserts its jobs) and a
-    # queue's start rate needs its token bucket in a row the claims update. Until those are
-    # built, both are refused in one line rather than kept per node, where they would fire
-    # once per node and rate each node apart (docs/scale-out.md says so).
-    @staticmethod
-    def _not_yet(what: str) -> Refused:
-        return Refused(
-            "refused",
-            f"{what} are not supported on the PostgreSQL store yet: use the local journal "
-            "(see docs/scale-out.md)",
+    # ------------------------------------------------------------- schedules
+    # A schedule is a row of phxq_schedules. Every node runs a Scheduler; at a fire time
+    # each tries `fire`, which locks the row and checks its last fire: the first node
+    # records the time and submits the job in that transaction, the others are refused
+    # ("fired already"). A change is told to every node's Scheduler (notification `S`).
+    async def _schedule_row(
+        self, conn: psycopg.AsyncConnection[Any], name: str, lock: bool = False
+    ) -> Schedule | None:
+        cur = await conn.execute(
+            f"SELECT {schedule_rows.COLUMNS} FROM phxq_schedules WHERE name = %s"
+            + (" FOR UPDATE" if lock else ""),
+            (name,),
+        )
+        row = await cur.fetchone()
+        return None if row is None else schedule_rows.schedule_from_row(row)
+
+    async def _save_schedule(self, conn: psycopg.AsyncConnection[Any], s: Schedule) -> None:
+        await conn.execute(
+            "INSERT INTO phxq_schedules (name, spec, anchor, source, paused, last_fire,"
+            " last_job, last_fired_at, fired, missed)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, anchor = excluded.anchor,"
+            " source = excluded.source, paused = excluded.paused,"
+            " last_fire = excluded.last_fire, last_job = excluded.last_job,"
+            " last_fired_at = excluded.last_fired_at, fired = excluded.fired,"
+            " missed = excluded.missed",
+            (
+                s.spec.name,
+                schedule_rows.spec_bytes(s.spec),
+                s.anchor,
+                s.source,
+                s.paused,
+                s.last_fire,
+                s.last_job,
+                s.last_fired_at,
+                s.fired,
+                s.missed,
+            ),
         )
 
-    async def set_rate(self, queue: str, per_second: float | None, burst: int) -> None:
-        raise self._not_yet("queue start rates")
-
     async def set_schedule(self, spec: ScheduleSpec, now: float, source: str) -> Schedule:
-        raise self._not_yet("schedules")
+        async def tx(conn: psycopg.AsyncConnection[Any]) -> Schedule:
+            old = await self._schedule_row(conn, spec.name, lock=True)
+            new = schedule_rows.replaced(old, spec, now, source)
+            if new is None:
+                assert old is not None
+                return old
+            await self._save_schedule(conn, new)
+            await self._notify(conn, ["S"])
+            return new
+
+        s: Schedule = await self._request(tx)
+        return s
 
     async def remove_schedule(self, name: str, source: str) -> None:
-        raise self._not_yet("schedules")
+        async def tx(conn: psycopg.AsyncConnection[Any]) -> None:
+            found = await self._schedule_row(conn, name, lock=True)
+            schedule_rows.check_remove(found, name, source)
+            await conn.execute("DELETE FROM phxq_schedules WHERE name = %s", (name,))
+            await self._notify(conn, ["S"])
+
+        await self._request(tx)
 
     async def pause_schedule(self, name: str, paused: bool) -> Schedule:
-        raise self._not_yet("schedules")
+        async def tx(conn: psycopg.AsyncConnection[Any]) -> Schedule:
+            s = await self._schedule_row(conn, name, lock=True)
+            if s is None:
+                raise Refused("not_found", f"no schedule {name!r}")
+            if s.paused != paused:
+                await conn.execute(
+                    "UPDATE phxq_schedules SET paused = %s WHERE name = %s", (paused, name)
+                )
+                s.paused = paused
+                await self._notify(conn, ["S"])
+            return s
+
+        s: Schedule = await self._request(tx)
+        return s
 
     async def schedules(self) -> list[Schedule]:
-        return []  # none can be added
+        async def q(conn: psycopg.AsyncConnection[Any]) -> list[Schedule]:
+            cur = await conn.execute(
+                f"SELECT {schedule_rows.COLUMNS} FROM phxq_schedules ORDER BY name"
+            )
+            return [schedule_rows.schedule_from_row(r) for r in await cur.fetchall()]
+
+        return list(await self._read(q))
 
     async def get_schedule(self, name: str) -> Schedule | None:
-        return None
+        async def q(conn: psycopg.AsyncConnection[Any]) -> Schedule | None:
+            return await self._schedule_row(conn, name)
+
+        s: Schedule | None = await self._read(q)
+        return s
 
     async def fire(
         self,
@@ -1524,7 +1691,86 @@ class PostgresBackend:
         run: bool = True,
         manual: bool = False,
     ) -> Fired:
-        raise self._not_yet("schedules")
+        """See backend.Backend.fire. The row is locked first (`FOR UPDATE` reads the
+        newest committed version after waiting), so the check of its last fire and the
+        write of the new one are one compare-and-set: of the nodes that fire one time at
+        once, one submits, the others are refused."""
+
+        async def record(
+            conn: psycopg.AsyncConnection[Any],
+            last_fire: float | None,
+            missed: int,
+            job: Job | None = None,
+            fired: int = 0,
+        ) -> None:
+            await conn.execute(
+                "UPDATE phxq_schedules SET last_fire = coalesce(%s, last_fire),"
+                " missed = missed + %s, fired = fired + %s,"
+                " last_job = coalesce(%s, last_job), last_fired_at = coalesce(%s, last_fired_at)"
+                " WHERE name = %s",
+                (
+                    last_fire,
+                    missed,
+                    fired,
+                    None if job is None else job.id,
+                    None if job is None else now,
+                    name,
+                ),
+            )
+
+        async def tx(conn: psycopg.AsyncConnection[Any]) -> tuple[Fired, list[Job]]:
+            s = await self._schedule_row(conn, name, lock=True)
+            if s is None:
+                raise Refused("not_found", f"no schedule {name!r}")
+            at = times
+            if not manual and s.last_fire is not None and at and at[0] <= s.last_fire:
+                raise Refused("refused", f"schedule {name!r} fired at {at[0]!r} already")
+            if s.paused and not manual:
+                # paused on another node after this one's Scheduler looked: nothing
+                # fires, nothing is recorded (the resume counts the times as missed)
+                return Fired(skipped="the schedule is paused"), []
+            if manual:
+                at = [now]
+            if not at:
+                return Fired(), []
+            if not run and not manual:
+                await record(conn, at[-1], missed + len(at))
+                return Fired(skipped="missed"), []
+            if s.last_job is not None and not manual:
+                cur = await conn.execute(
+                    "SELECT status FROM phxq_jobs WHERE id = %s", (s.last_job,)
+                )
+                row = await cur.fetchone()
+                if row is not None and row[0] not in FINISHED:
+                    if s.spec.overlap == "queue":
+                        return Fired(blocked_by=s.last_job), []
+                    if s.spec.overlap == "skip":
+                        await record(conn, at[-1], missed + len(at))
+                        why = f"job {s.last_job} of the previous firing is still {row[0]}"
+                        return Fired(skipped=why), []
+            key = run_key if manual else fire_key
+            specs = [msgspec.structs.replace(s.spec.job, key=key(name, t)) for t in at]
+            results = await self._submit(conn, specs, now)
+            made = [r.job for r in results if not r.deduplicated]
+            await record(
+                conn,
+                None if manual else at[-1],
+                missed,
+                made[-1] if made else None,
+                len(made),
+            )
+            if not made:
+                return Fired(job=results[-1].job, deduplicated=True), []
+            return Fired(job=made[-1], jobs=made), made
+
+        fired, made = await self._request(tx)
+        for job in made:
+            self.stats.jobs["submitted", job.queue] += 1
+        if made:
+            self._dirty = True
+            self.wake.set()
+        result: Fired = fired
+        return result
 
     def health(self, count_files: bool = False) -> Health:
         return Health(

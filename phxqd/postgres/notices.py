@@ -8,6 +8,8 @@ lists are cut into several notifications. The kinds:
     c  completed     f  failed for good          r  failed, will retry
     x  cancelled     k  cleared (their logs go)  w  a queue setting changed (no ids)
     K  cancel asked of a node: `K NODE IDS`      (that node stops the jobs)
+    S  a schedule was added, changed, paused or removed (no ids: every node's
+       Scheduler reads the schedules again)
 
 A notification is a hint: every node also polls, so one that missed some (its LISTEN
 connection was down) loses only time, never a job.
@@ -91,6 +93,6 @@ def decode(payload: str) -> Notice | None:
                 ids.extend(range(int(a), int(b) + 1) if sep else (int(a),))
     except (ValueError, IndexError):
         return None
-    if kind not in KINDS and kind not in "kwK":
+    if kind not in KINDS and kind not in ("k", "w", "K", "S"):
         return None
     return Notice(kind, ids, node)

@@ -105,6 +105,34 @@ MIGRATIONS: list[str] = [
     CREATE INDEX phxq_jobs_finished ON phxq_jobs (finished_at)
         WHERE status IN ('completed', 'failed', 'cancelled');
     """,
+    # 2: schedules, and queue start rates held across the cluster
+    """
+    -- `rate`, `burst`: the start rate set at run time (NULL: the config's, if any);
+    -- the token bucket the claims share: `tokens` at `tokens_at`, counted under
+    -- `bucket_rate` and `bucket_burst` (a new rate starts a full bucket)
+    ALTER TABLE phxq_queues
+        ADD COLUMN rate double precision,
+        ADD COLUMN burst integer,
+        ADD COLUMN bucket_rate double precision,
+        ADD COLUMN bucket_burst integer,
+        ADD COLUMN tokens double precision,
+        ADD COLUMN tokens_at double precision;
+
+    -- one row per schedule; `last_fire` is the guard of a firing (each fire time fires
+    -- once, on whichever node locks the row first)
+    CREATE TABLE phxq_schedules (
+        name text PRIMARY KEY,
+        spec bytea NOT NULL,
+        anchor double precision NOT NULL,
+        source text NOT NULL,
+        paused boolean NOT NULL DEFAULT false,
+        last_fire double precision,
+        last_job bigint,
+        last_fired_at double precision,
+        fired integer NOT NULL DEFAULT 0,
+        missed integer NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 #: the version a database is at once every migration here has run
