@@ -1,7 +1,7 @@
 """`phxqctl completion bash|zsh|fish`: shell completion scripts, made from the parsers.
 
 The commands, their options and the values of options with fixed choices (`--status`)
-are read from phxqctl.cli's own argparse definitions, so the scripts cannot drift from
+are read from phxqctl's own argparse parsers (phxqctl.syntax), so the scripts cannot drift from
 the command line. Queue names (`--queue`, `pause`, `resume`, `queue set`) are asked of
 phxqd when completing (`phxqctl --json queue list`), with `default` if it does not answer.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from phxqctl import cli
+from phxqctl import syntax
+from phxqctl.args import SYNTAX
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class Command:
 
 
 def commands() -> list[Command]:
-    return [Command(name, what, cli.command_parser(name)) for name, (what, _) in cli.SYNTAX.items()]
+    return [Command(name, what, syntax.command_parser(name)) for name, (what, _) in SYNTAX.items()]
 
 
 def script(shell: str) -> str:

@@ -34,3 +34,11 @@ class NotInAJob(PhxqError):
 
 class UsageError(PhxqError):
     exit_status = 2
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A message as one line of printable text, whatever a user put in it (newlines,
+    escape sequences, bytes that were not UTF-8), and not a screenful."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

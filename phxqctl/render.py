@@ -11,7 +11,6 @@ escape codes never upset the alignment.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import time
 
@@ -147,6 +146,24 @@ def status_style(_row: int, _col: int, cell: str) -> str:
 # -------------------------------------------------------------------- jobs
 
 
+#: what shlex.quote leaves unquoted (its `[^\w@%+=:,./-]` with re.ASCII)
+_SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    """shlex.join, without importing shlex, which imports `re` (a part of `phxqctl
+    status`'s start the size of its request): the same quoting (tests/test_cli_fast.py)."""
+    return " ".join(_shell_quote(a) for a in argv)
+
+
+def _shell_quote(arg: str) -> str:
+    if not arg:
+        return "''"
+    if _SHELL_SAFE.issuperset(arg):
+        return arg
+    return "'" + arg.replace("'", "'\"'\"'") + "'"
+
+
 def command(job: dict[str, Any]) -> str:
     call = job.get("call")
     if call is not None:
@@ -155,7 +172,7 @@ def command(job: dict[str, Any]) -> str:
             *(f"{k}={v!r}" for k, v in call.get("kwargs", {}).items()),
         ]
         return f"{call['func']}({', '.join(parts)})"
-    return shlex.join(job["argv"])
+    return shell_join(job["argv"])
 
 
 def job_table(jobs: list[dict[str, Any]], now: float) -> str:
@@ -437,7 +454,7 @@ def status_text(s: dict[str, Any], now: float) -> str:
         lines.append("")
         lines.append(f"running ({len(running)} of {s['workers']}):")
         for r in running:
-            what = r.get("call") or shlex.join(r["argv"])
+            what = r.get("call") or shell_join(r["argv"])
             lines.append(clip(f"{r['id']:>6}  {span(now - r['started_at']):>7}  {what}", WIDTH))
             if r["progress"]:
                 lines.append(" " * 16 + progress_text(r["progress"]))
