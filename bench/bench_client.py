@@ -5,23 +5,28 @@ against `python -c pass` of the same interpreter, the floor (issue #19: submit w
 
 phxqctl is measured as users install it: the bench builds a wheel of this tree (`pip wheel
 --no-deps .`), installs it with its dependencies in a venv of its own in the temp dir, and
-runs that venv's `phxqctl` console script and `python`. `--editable` measures this
-checkout's .venv instead, whose editable install adds an import hook to every start of its
-interpreter (the floor included), which users of a wheel never pay.
+runs that venv's `phxqctl` script and `python`. `--editable` measures this checkout's
+.venv instead, whose editable install adds an import hook to every start of its
+interpreter (the floor included), which users of a wheel never pay. The installed
+`phxqctl` must be bin/phxqctl (pyproject.toml, script-files), not the wrapper pip writes
+for a [project.scripts] entry point, which imports `re` first: the bench checks it.
 
 A real phxqd (2 workers, paused so submitted jobs do not run and take the CPU) in a temp
 dir; each round runs every command once, in turn, so load from elsewhere on the machine
-falls on all of them alike. Commands run through the venv's console script, as a user
-runs them, with PHXQ_SOCKET set. Bytecode is written first (PYTHONDONTWRITEBYTECODE is
-dropped): an installed package has its .pyc files.
+falls on all of them alike. Commands run through the venv's script, as a user runs them,
+with PHXQ_SOCKET set. Bytecode is written first (PYTHONDONTWRITEBYTECODE is dropped): an
+installed package has its .pyc files.
 
 Rows for context (not targets): the floor without `site` (python -S: no site-packages, so
-no editable-install path hook either), `import re` (the console script pip writes for any
-entry point imports it before phxqctl's own code runs) and `import re, argparse` (phxqctl's
-argument parser: what any argparse command line pays), `phxqctl --help` (no connection),
-and the same status request through the typed Python API (`phxqctl.Client`, msgspec). With
-`--editable`, the cost of the editable install's path hook, part of the floor, is printed
-from -X importtime. The daemon is this checkout's, the same in both cases.
+no editable-install path hook either), `import socket` (what the socket module alone
+would cost; phxqctl uses _socket), `import phxqctl.cli` (the client's imports, without
+parsing or connecting), `import re` (what pip's wrapper of an entry point would cost
+before phxqctl's own code) and `import re, argparse` (what any argparse command line
+pays: phxqctl's fast path parses the common ones without either), `phxqctl --help`
+(argparse, no connection), and the same status request through the typed Python API
+(`phxqctl.Client`, msgspec). With `--editable`, the cost of the editable install's path
+hook, part of the floor, is printed from -X importtime. The daemon is this checkout's,
+the same in both cases.
 Prints a JSON summary on the last line.
 """
 
@@ -46,6 +51,8 @@ def commands(python: str, ctl: str) -> dict[str, list[str]]:
         "phxqctl status": [ctl, "status"],
         "phxqctl submit -- true": [ctl, "submit", "--", "true"],
         "python -S -c pass": [python, "-S", "-c", "pass"],
+        "python -c 'import socket'": [python, "-c", "import socket"],
+        "python -c 'import phxqctl.cli'": [python, "-c", "import phxqctl.cli"],
         "python -c 'import re'": [python, "-c", "import re"],
         "python -c 'import re, argparse'": [python, "-c", "import re, argparse"],
         "phxqctl --help": [ctl, "--help"],
@@ -83,6 +90,14 @@ def wheel_venv(root: Path) -> Path:
     return python
 
 
+def plain_script(path: Path) -> bool:
+    """Whether `phxqctl` is bin/phxqctl as installed (its interpreter line rewritten), not
+    the wrapper of an entry point (which imports `re` before anything else)."""
+    text = path.read_text()
+    here = (HERE / "bin" / "phxqctl").read_text()
+    return text.partition("\n")[2] == here.partition("\n")[2] and "import re" not in text
+
+
 def editable_hook_ms(python: str, env: dict[str, str]) -> float | None:
     """Cumulative import time of the editable install's finder, as -X importtime says."""
     r = subprocess.run(
@@ -107,6 +122,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="phxq-bench-client-") as tmp:
         python = sys.executable if opts.editable else str(wheel_venv(Path(tmp)))
         ctl = str(Path(python).parent / "phxqctl")
+        script = plain_script(Path(ctl))
         d = Daemon(Path(tmp), opts.fsync)
         d.start()
         env = {k: v for k, v in d.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -127,9 +143,10 @@ def main() -> None:
     medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
     floor = medians["python -c pass (floor)"]
     install = "editable install (.venv)" if opts.editable else "wheel installed in its own venv"
+    kind = "bin/phxqctl" if script else "NOT bin/phxqctl (an entry point's wrapper?)"
     print(
         f"client start-up, {install}, median of {opts.runs} runs each "
-        f"(fsync={opts.fsync}, {os.cpu_count()} CPUs)"
+        f"(fsync={opts.fsync}, {os.cpu_count()} CPUs); phxqctl installed as {kind}"
     )
     print(f"{'command':32} {'median ms':>10} {'p90 ms':>8} {'x floor':>8}")
     for name, t in times.items():
@@ -141,6 +158,7 @@ def main() -> None:
     summary = {
         "install": "editable" if opts.editable else "wheel",
         "runs": opts.runs,
+        "plain_script": script,
         "fsync": opts.fsync,
         "floor_ms": round(floor, 1),
         "status_ratio": round(medians["phxqctl status"] / floor, 2),
