@@ -129,13 +129,15 @@ def main() -> None:
         try:
             subprocess.run([ctl, "pause"], env=env, check=True, stdout=subprocess.DEVNULL)
             cmds = commands(python, ctl)
+            # run from the temp dir: `python -c` puts the working directory first on the
+            # path, and from this checkout it would import phxqctl from here, not the wheel
             for argv in cmds.values():  # warm up: .pyc files, page cache
-                subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+                subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, cwd=tmp)
             times: dict[str, list[float]] = {name: [] for name in cmds}
             for _ in range(opts.runs):
                 for name, argv in cmds.items():
                     t0 = time.perf_counter()
-                    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+                    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, cwd=tmp)
                     times[name].append(time.perf_counter() - t0)
             hook = editable_hook_ms(python, env) if opts.editable else None
         finally:
