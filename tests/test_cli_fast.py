@@ -220,3 +220,19 @@ def test_the_phxqctl_script_imports_neither_argparse_nor_re(daemon: Daemon) -> N
         assert "phxqctl.cli" in modules, r.stderr
         costly = {"re", "argparse", "typing", "contextlib", "collections", "msgspec", "socket"}
         assert not modules & costly, (argv, modules & costly)
+
+
+def test_phxqctl_is_installed_as_the_plain_script() -> None:
+    """Not a [project.scripts] entry point (pip's wrapper imports `re` first): setuptools
+    installs bin/phxqctl itself. Building a wheel to see it takes ~10 s with build
+    isolation; bench/bench_client.py builds one and checks the script it installs."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "phxqctl" not in project["project"].get("scripts", {})
+    assert "bin/phxqctl" in project["tool"]["setuptools"]["script-files"]
+    script = ROOT / "bin" / "phxqctl"
+    assert os.access(script, os.X_OK)
+    first, _, body = script.read_text().partition("\n")
+    assert first.startswith("#!") and "python" in first  # setuptools rewrites it so
+    assert "import re" not in body and "from phxqctl.cli import main" in body
