@@ -132,6 +132,21 @@ class Facts:
         return bool(self.begins or self.ends)
 
 
+@dataclass(eq=False)
+class Watch:
+    """A `wait` under way: the jobs it waits on, and those told ended since it looked."""
+
+    ids: set[int]
+    told: set[int] = field(default_factory=set)
+    event: anyio.Event = field(default_factory=anyio.Event)
+
+    def tell(self, ids: Sequence[int]) -> None:
+        hit = self.ids.intersection(ids)
+        if hit:
+            self.told |= hit
+            self.event.set()
+
+
 class PostgresBackend:
     def __init__(
         self,
@@ -181,6 +196,7 @@ class PostgresBackend:
         self._written = anyio.Event()
         self._writing = False
         self._waiters: dict[int, anyio.Event] = {}
+        self._watches: set[Watch] = set()
         #: what the cluster's queue settings were when last read
         self._paused_all = False
         self._paused: set[str] = set()
@@ -1240,6 +1256,8 @@ class PostgresBackend:
         for event in self._waiters.values():  # the waiters look again
             event.set()
         self._waiters.clear()
+        for watch in self._watches:
+            watch.tell(list(watch.ids))
         if self.schedules_told is not None:
             self.schedules_told()
 
@@ -1321,6 +1339,8 @@ class PostgresBackend:
             event = self._waiters.pop(job_id, None)
             if event is not None:
                 event.set()
+        for watch in self._watches:
+            watch.tell(ids)
 
     # -------------------------------------------------------------- liveness
     async def _heartbeat(self) -> None:
@@ -1785,35 +1805,48 @@ class PostgresBackend:
         )
 
     async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
-        async def q(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
-            return await self._jobs(conn, ids)
+        # Watched before the first read: an end told between the read and the wait is
+        # not missed (it was, and the wait then lasted a poll)
+        watch = Watch(set(ids))
+        self._watches.add(watch)
+        try:
+            return await self._wait(ids, watch, timeout)
+        finally:
+            self._watches.discard(watch)
 
-        jobs: list[Job] = await self._read(q)
-        known = {j.id for j in jobs}
-        for i in ids:
-            if i not in known:
-                raise Refused("not_found", f"no job {i}")
+    async def _wait(self, ids: list[int], watch: Watch, timeout: float | None) -> list[Job]:
+        def read(wanted: set[int]) -> Callable[[psycopg.AsyncConnection[Any]], Any]:
+            return lambda conn: self._jobs(conn, sorted(wanted))
+
+        jobs: list[Job] = await self._read(read(set(ids)))
         by_id = {j.id: j for j in jobs}
-        going = [j.id for j in jobs if not j.finished]
-
-        async def look(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
-            return await self._jobs(conn, going)
-
+        for i in ids:
+            if i not in by_id:
+                raise Refused("not_found", f"no job {i}")
+        going = {j.id for j in jobs if not j.finished}
+        watch.ids = going
         with anyio.move_on_after(timeout if timeout is not None else float("inf")):
             while going:
-                event = self._waiters.setdefault(going[0], anyio.Event())
-                with anyio.move_on_after(POLL * 5):
-                    await event.wait()
-                # only the jobs still going are read again (a wait for 10,000 jobs)
-                fresh = await self._read(look)
-                gone = set(going) - {j.id for j in fresh}
-                for i in gone:
+                # only the jobs told ended are read again (a wait for 10,000 jobs read
+                # every one still going at each end); all of them after a quiet poll
+                told = watch.told & going
+                if not told:
+                    watch.told, watch.event = set(), anyio.Event()
+                    with anyio.move_on_after(POLL * 5) as quiet:
+                        await watch.event.wait()
+                    told = set(going) if quiet.cancelled_caught else watch.told & going
+                    if not told:
+                        continue  # told again of what was read already
+                watch.told, watch.event = set(), anyio.Event()
+                fresh: list[Job] = await self._read(read(told))
+                for i in told - {j.id for j in fresh}:  # cleared meanwhile
                     by_id.pop(i, None)
+                    going.discard(i)
                 by_id.update((j.id, j) for j in fresh)
-                going = [j.id for j in fresh if not j.finished]
+                going -= {j.id for j in fresh if j.finished}
         with contextlib.suppress(Refused):
             if going:
-                by_id.update((j.id, j) for j in await self._read(look))
+                by_id.update((j.id, j) for j in await self._read(read(going)))
         return [by_id[i] for i in ids if i in by_id]
 
     async def log_elsewhere(self, job_id: int) -> tuple[str, bytes] | None:
