@@ -238,15 +238,7 @@ class PostgresBackend:
         """Migrate the schema and register this node (before `run`)."""
         async with await psycopg.AsyncConnection.connect(self.uri, autocommit=True) as conn:
             await schema.migrate(conn)
-            cur = await conn.execute(
-                "INSERT INTO phxq_nodes (host, pid, state_dir, started_at, lease)"
-                " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                (self.host, os.getpid(), str(self.settings.state_dir), time.time(), self.lease),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            self.node = int(row[0])
-            self._lives.add(self.node)
+            await self._register(conn)
         await self._pool.open(wait=True, timeout=30.0)
         self._contact = time.monotonic()
 
@@ -1417,6 +1409,11 @@ class PostgresBackend:
             self.stopper(list(self._handed), LOST_CONTACT)
         self._batch.clear()
         self._returned.clear()
+        await self._register(conn)
+
+    async def _register(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Join the cluster as a new node (at start, and again after losing the lease:
+        the claims of the old node id are void, so its facts stay fenced off)."""
         cur = await conn.execute(
             "INSERT INTO phxq_nodes (host, pid, state_dir, started_at, lease)"
             " VALUES (%s, %s, %s, %s, %s) RETURNING id",
