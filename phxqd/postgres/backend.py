@@ -44,7 +44,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from phxqd.backend import SHUTDOWN, Begun, Ending, Health, Summary
 from phxqd.feed import Feed, job_event
-from phxqd.model import FINISHED, STATUSES, Job, JobSpec, Progress, SubmitResult
+from phxqd.model import FINISHED, STATUSES, Job, JobSpec, Progress, SubmitResult, new_job
 from phxqd.notice import Notice
 from phxqd.postgres import notices, rows, schedule_rows, schema
 from phxqd.protocol import Refused
@@ -285,15 +285,21 @@ class PostgresBackend:
         self._returned.clear()
         self._facts_ready.set()
         with anyio.move_on_after(max(self.lease, 5.0)):
-            while self._facts or self._writing:
-                self._written = anyio.Event()
-                await self._written.wait()
+            await self.settle()
         with contextlib.suppress(psycopg.Error):
             async with self._pool.connection() as conn:
                 await conn.execute(
                     "UPDATE phxq_nodes SET gone = 'stopped' WHERE id = %s", (self.node,)
                 )
         await self._pool.close()
+
+    async def settle(self) -> None:
+        """Return once every fact reported so far is written (or given up on)."""
+        while self._facts or self._writing:
+            if self._written.is_set():  # shared by every caller waiting at once
+                self._written = anyio.Event()
+            self._facts_ready.set()
+            await self._written.wait()
 
     # --------------------------------------------------------------- helpers
     @contextlib.asynccontextmanager
@@ -389,34 +395,16 @@ class PostgresBackend:
         for i, (job_id, order) in zip(fresh, numbers, strict=True):
             spec = specs[i]
             retries, backoff = rows.defaults(spec, queues)
-            run_at = spec.run_at if spec.run_at is not None else now + (spec.delay or 0.0)
-            after = tuple(sorted(set(spec.after))) if spec.after else None
+            job = jobs[i] = new_job(spec, job_id, now, retries, backoff)
+            after = job.after
             blocked = any(status_of.get(d) != "completed" for d in after or ())
-            jobs[i] = Job(
-                job_id,
-                tuple(spec.argv),
-                spec.queue,
-                spec.priority,
-                "pending",
-                now,
-                run_at,
-                spec.key,
-                spec.label,
-                spec.cwd,
-                dict(spec.env) if spec.env else None,
-                spec.timeout,
-                retries,
-                backoff,
-                after,
-                call=spec.call,
-            )
             for col, value in zip(
                 cols,
                 (
                     job_id,
                     spec.queue,
                     spec.priority,
-                    run_at,
+                    job.run_at,
                     order,
                     spec.key,
                     retries,
