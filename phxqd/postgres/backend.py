@@ -217,6 +217,7 @@ class PostgresBackend:
         self._dirty = True
         #: a queue setting changed since the last claim read them (a notification `w`)
         self._settings_told = True
+        self._settings_read = 0.0
         self._next_poll = 0.0
         self._next_delayed: float | None = None
         #: monotonic time of the last heartbeat PostgreSQL answered (sent at)
@@ -308,7 +309,9 @@ class PostgresBackend:
             yield conn
         self._transactions += 1
 
-    async def _request(self, func: Callable[[psycopg.AsyncConnection[Any]], Any]) -> Any:
+    async def _request(
+        self, func: Callable[[psycopg.AsyncConnection[Any]], Any], pipeline: bool = False
+    ) -> Any:
         """Run a request's transaction: again after a deadlock, or after a connection that
         broke before the commit was sent (a pooled connection PostgreSQL dropped, a
         restart: nothing was done, so trying again is safe); refused when PostgreSQL cannot
@@ -319,7 +322,13 @@ class PostgresBackend:
             committing = False
             try:
                 async with self._pool.connection() as conn:
-                    async with conn.transaction():
+                    # pipeline: what `func` sends without reading it goes with the next
+                    # statement it reads, or with the commit (fewer round trips; errors
+                    # then surface later, so only for transactions that expect none)
+                    async with (
+                        conn.pipeline() if pipeline else contextlib.nullcontext(),
+                        conn.transaction(),
+                    ):
                         result = await func(conn)
                         committing = True
                     self._transactions += 1
@@ -351,7 +360,9 @@ class PostgresBackend:
         async def tx(conn: psycopg.AsyncConnection[Any]) -> list[SubmitResult]:
             return await self._submit(conn, specs, now)
 
-        results: list[SubmitResult] = await self._request(tx)
+        # in pipeline mode: BEGIN with the ids' draw, the insert, the notification with
+        # the commit (three round trips, not five)
+        results: list[SubmitResult] = await self._request(tx, pipeline=True)
         new = [r.job for r in results if not r.deduplicated]
         for job in new:
             self.stats.jobs["submitted", job.queue] += 1
@@ -689,6 +700,7 @@ class PostgresBackend:
             )
 
     async def _read_settings(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._settings_read = time.monotonic()
         # both sent before either is read: one round trip in pipeline mode
         all_cur = await conn.execute("SELECT paused_all FROM phxq_cluster")
         cur = await conn.execute("SELECT queue, paused, concurrency, rate, burst FROM phxq_queues")
@@ -786,6 +798,9 @@ class PostgresBackend:
         queues with one are claimed under a lock on their `phxq_queues` row, which holds
         the count of what every node claimed (limit) and the token bucket every node's
         claims take from (rate)."""
+        # The settings are read again when a notification told of a change (or may have
+        # been missed), and once per poll interval; the statement heeds them regardless
+        read = self._settings_told or time.monotonic() >= self._settings_read + POLL
         self._settings_told = False
         node = self.node
         config = {q: c.concurrency for q, c in self.settings.queues.items() if c.concurrency}
@@ -811,7 +826,8 @@ class PostgresBackend:
                 " RETURNING " + CLAIMED_COLUMNS,
                 (node, now, want, node),
             )
-            await self._read_settings(conn)
+            if read:
+                await self._read_settings(conn)
             got = list(await cur.fetchall())
             self._next_token = None
         if len(got) < want:
@@ -1094,8 +1110,14 @@ class PostgresBackend:
                 # crash of PostgreSQL is told again by the job's end (fenced by its claim)
                 await conn.execute("SET LOCAL synchronous_commit = off")
             begun_cur = ended_cur = released_cur = None
-            if facts.begins:
-                b = facts.begins
+            # A job that began and ended since the last write (a quick one) is written once,
+            # by its end: one row version, not two
+            ending = {(x.id, x.node, x.claim): x for x in facts.ends if x.ran}
+            began = {(x.id, x.node, x.claim): x for x in facts.begins}
+            with_end = [began.get((x.id, x.node, x.claim)) if x.ran else None for x in facts.ends]
+            alone = [x for k, x in began.items() if k not in ending]
+            if alone:
+                b = alone
                 begun_cur = await conn.execute(
                     "UPDATE phxq_jobs j SET status = 'running', attempts = j.attempts + 1,"
                     " started_at = u.at, pid = u.pid, pid_started = u.ps, exit_code = NULL,"
@@ -1131,27 +1153,40 @@ class PostgresBackend:
             if facts.ends:
                 e = facts.ends
                 ended_cur = await conn.execute(
+                    # u.began: the attempt's start too (what the starts' statement sets,
+                    # unless the end sets it)
                     "UPDATE phxq_jobs j SET status = coalesce(u.status, j.status),"
                     " finished_at = CASE WHEN u.status IN " + FINISHED_SQL + " THEN u.at"
                     "   ELSE j.finished_at END,"
-                    " exit_code = CASE WHEN u.status IS NULL THEN j.exit_code ELSE u.exit_code END,"
-                    " error = CASE WHEN u.status IS NULL THEN j.error ELSE u.error END,"
+                    " exit_code = CASE WHEN u.status IS NOT NULL THEN u.exit_code"
+                    "   WHEN u.began THEN NULL ELSE j.exit_code END,"
+                    " error = CASE WHEN u.status IS NOT NULL THEN u.error"
+                    "   WHEN u.began THEN NULL ELSE j.error END,"
                     " run_at = coalesce(u.run_at, j.run_at), result = u.result,"
-                    " pid = CASE WHEN u.status IS NULL THEN j.pid ELSE NULL END,"
-                    " pid_started = CASE WHEN u.status IS NULL THEN j.pid_started ELSE NULL END,"
-                    " node = NULL, cancel = false, attempts = j.attempts + u.delta,"
-                    " progress = coalesce(u.progress, j.progress),"
-                    " log_tail = coalesce(u.tail, j.log_tail),"
+                    " pid = CASE WHEN u.status IS NOT NULL THEN NULL"
+                    "   WHEN u.began THEN u.pid ELSE j.pid END,"
+                    " pid_started = CASE WHEN u.status IS NOT NULL THEN NULL"
+                    "   WHEN u.began THEN u.ps ELSE j.pid_started END,"
+                    " started_at = CASE WHEN u.began THEN u.began_at ELSE j.started_at END,"
+                    " ran_on = CASE WHEN u.began THEN u.node ELSE j.ran_on END,"
+                    " ran_host = CASE WHEN u.began THEN %s ELSE j.ran_host END,"
+                    " node = NULL, cancel = false,"
+                    " attempts = j.attempts + u.delta + CASE WHEN u.began THEN 1 ELSE 0 END,"
+                    " progress = coalesce(u.progress, CASE WHEN u.began THEN NULL"
+                    "   ELSE j.progress END),"
+                    " log_tail = coalesce(u.tail, CASE WHEN u.began THEN NULL ELSE j.log_tail END),"
                     " ord = CASE WHEN u.place THEN nextval('phxq_order')"
                     "   - CASE WHEN u.status = 'retrying' THEN %s ELSE 0 END ELSE j.ord END"
                     " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[],"
                     " %s::float8[], %s::int[], %s::text[], %s::float8[], %s::bytea[], %s::int[],"
-                    " %s::bool[], %s::bytea[], %s::bytea[])"
+                    " %s::bool[], %s::bytea[], %s::bytea[], %s::bool[], %s::float8[], %s::int[],"
+                    " %s::float8[])"
                     " AS u(id, node, claim, status, at, exit_code, error, run_at, result, delta,"
-                    " place, progress, tail)"
+                    " place, progress, tail, began, began_at, pid, ps)"
                     " WHERE j.id = u.id AND j.node = u.node AND j.claim = u.claim"
-                    " RETURNING j.id, j.status",
+                    " RETURNING j.id, j.status, u.began",
                     (
+                        self.host,
                         RETRY_FIRST,
                         [x.id for x in e],
                         [x.node for x in e],
@@ -1166,6 +1201,10 @@ class PostgresBackend:
                         [x.new_place for x in e],
                         [x.progress for x in e],
                         [tails.get(x.id) for x in e],
+                        [w is not None for w in with_end],
+                        [w.at if w else None for w in with_end],
+                        [w.pid if w else None for w in with_end],
+                        [w.pid_started if w else None for w in with_end],
                     ),
                 )
                 completed = [x.id for x in e if x.status == "completed"]
@@ -1173,14 +1212,18 @@ class PostgresBackend:
                     released_cur = await self._release_dependents(conn, completed)
             if want:
                 claimed = await self._claim(conn, want, time.time())
+            started: set[int] = set()
             if begun_cur is not None:
-                applied = {r[0] for r in await begun_cur.fetchall()}
-                self._dropped("start", [x for x in facts.begins if x.id not in applied])
-                payloads += notices.encode("s", sorted(applied))
+                started = {r[0] for r in await begun_cur.fetchall()}
+                self._dropped("start", [x for x in alone if x.id not in started])
             if ended_cur is not None:
-                ended = [(r[0], r[1]) for r in await ended_cur.fetchall()]
+                rows_ended = await ended_cur.fetchall()
+                ended = [(r[0], r[1]) for r in rows_ended]
+                started |= {r[0] for r in rows_ended if r[2]}
                 applied = {i for i, _ in ended}
                 self._dropped("outcome", [x for x in facts.ends if x.id not in applied])
+            payloads += notices.encode("s", sorted(started))
+            if ended_cur is not None:
                 payloads += await self._after_ends(conn, ended, now, released=True)
             if released_cur is not None:
                 payloads += notices.encode("n", [r[0] for r in await released_cur.fetchall()])
