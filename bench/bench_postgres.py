@@ -11,7 +11,11 @@ commits each defer with the server's synchronous_commit (on). Measured:
   1, 2 and 3 phxq nodes (2 workers each) on one database: `true` commands and no-op Python
   callables; procrastinate's worker (concurrency 8) on no-op tasks;
 - PostgreSQL's work per job over the end-to-end run: transactions committed in the
-  database and WAL bytes written by the server (pg_stat_database, pg_stat_wal).
+  database and WAL bytes written by the server (pg_stat_database, pg_stat_wal);
+- the floor of one client on this server: a round trip (`SELECT 1`) and a durable commit
+  (a one-row INSERT, autocommit: its WAL flushed), one after another, as many per second
+  as one connection gets; and the load averages before and after (other work on the
+  machine slows every row).
 The nodes all run on this one 2-core machine (with the server): more nodes here share the
 same two cores, so the figures for 2 and 3 nodes show the cost of sharing, not a gain.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -160,6 +165,27 @@ def procrastinate_end_to_end(pg: PgServer, n: int) -> tuple[float, float, float]
     return asyncio.run(go())
 
 
+def floor(pg: PgServer, n: int = 1000) -> dict[str, float]:
+    """Round trips and durable one-row commits per second, one connection, one at a time."""
+    import psycopg
+
+    with psycopg.connect(pg.database("floor"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id bigserial PRIMARY KEY, v int)")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            conn.execute("SELECT 1").fetchall()
+        trips = n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            conn.execute("INSERT INTO t (v) VALUES (1)")
+        commits = n / (time.perf_counter() - t0)
+    return {"round trips/s (SELECT 1)": trips, "durable commits/s (1-row INSERT)": commits}
+
+
+def load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def table(title: str, header: list[str], rows: list[list[str]]) -> str:
     out = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -181,7 +207,16 @@ def main(argv: list[str] | None = None) -> None:
             have_procrastinate = False
     root = Path(tempfile.mkdtemp(prefix="phxq-bench-"))
     say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    print(f"load averages (1, 5, 15 min) at the start: {load()}\n")
     with PgServer() as pg:
+        say("floor: round trips and commits")
+        print(
+            table(
+                "PostgreSQL floor, one connection",
+                ["measure", "per second"],
+                [[k, f"{v:,.0f}"] for k, v in floor(pg).items()],
+            )
+        )
         say("submits: phxq on PostgreSQL")
         subs = {
             "phxq, PostgreSQL": phxq_submits(root / "s-pg", pg.database("submits"), args.submits)
@@ -242,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows,
             )
         )
+    print(f"load averages (1, 5, 15 min) at the end: {load()}")
 
 
 if __name__ == "__main__":

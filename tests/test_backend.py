@@ -4,6 +4,9 @@ process and no socket, so each rule of backend.py is checked where it is kept.
 
 Every test ends by replaying the journal and comparing it with the state in memory: what
 the backend applied is exactly what it journaled.
+
+The rules both backends keep run against each (`store`: the local one, and the PostgreSQL
+one on a database of tests/pgfixture.py), so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import msgspec
 import pytest
 
 from phxqd import protocol
-from phxqd.backend import SHUTDOWN, Begun, Ending
+from phxqd.backend import SHUTDOWN, Backend, Begun, Ending
 from phxqd.core import Core
 from phxqd.local.backend import LocalBackend
 from phxqd.local.journal import Journal
 from phxqd.local.recovery import recover
 from phxqd.local.state import State
 from phxqd.model import Job, JobSpec, Progress, QueueConfig
+from phxqd.postgres.backend import PostgresBackend
 from phxqd.protocol import Refused
 from phxqd.settings import Settings
 from tests.conftest import settings_in
@@ -70,20 +74,91 @@ async def running(settings: Settings) -> AsyncIterator[Rig]:
     rig.assert_journal_matches_memory()
 
 
+class Store:
+    """Either backend, running, for the rules both keep."""
+
+    def __init__(self, kind: str, tmp_path: Path, uri: str | None) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.uri = uri
+        self.rig: Rig | None = None
+        self.backend: Backend
+
+    @contextlib.asynccontextmanager
+    async def running(self, settings: Settings) -> AsyncIterator[Backend]:
+        if self.uri is None:
+            async with running(settings) as rig:
+                self.rig, self.backend = rig, rig.backend
+                yield rig.backend
+            return
+        b = PostgresBackend(self.uri, settings, lease=30.0, rng=random.Random(7))
+        self.backend = b
+        with anyio.fail_after(HANG):
+            async with anyio.create_task_group() as tg:
+                await tg.start(b.run)
+                yield b
+                await b.close()
+                tg.cancel_scope.cancel()
+
+    async def settled(self) -> None:
+        """What was reported so far is recorded (the PostgreSQL backend writes it in the
+        background; the local one applies it at once)."""
+        if isinstance(self.backend, PostgresBackend):
+            await self.backend.settle()
+
+    def durable_ids(self) -> set[int]:
+        """The jobs a fresh start would find: the journal replayed, or PostgreSQL's rows."""
+        if self.rig is not None:
+            return set(self.rig.replayed().jobs)
+        import psycopg
+
+        assert self.uri is not None
+        with psycopg.connect(self.uri) as conn:
+            return {r[0] for r in conn.execute("SELECT id FROM phxq_jobs").fetchall()}
+
+
+@pytest.fixture(params=["local", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    uri = request.getfixturevalue("pg_uri") if request.param == "postgresql" else None
+    return Store(request.param, tmp_path, uri)
+
+
+def taken(b: Backend) -> Job:
+    """The next job `b` hands out, which there must be."""
+    job = b.claim(time.time())
+    assert job is not None
+    return job
+
+
+async def claimed_soon(b: Backend) -> Job:
+    """The next job `b` hands out, waiting for one (a retry's backoff, on PostgreSQL,
+    runs in real time: the local backend hands it out when `claim` is told a later now)."""
+    with anyio.fail_after(HANG):
+        while True:
+            await b.claimable()
+            job = b.claim(time.time() + 3600)
+            if job is not None:
+                return job
+            await anyio.sleep(0.05)
+
+
 def spec(*argv: str, **fields: object) -> JobSpec:
     return JobSpec(argv=list(argv or ("true",)), **fields)  # type: ignore[arg-type]
 
 
-def test_submit_is_durable_dedups_live_keys_and_replays(tmp_path: Path) -> None:
+def test_submit_is_durable_dedups_live_keys_and_replays(store: Store) -> None:
     async def main() -> None:
-        async with running(settings_in(tmp_path)) as rig:
-            b = rig.backend
+        async with store.running(settings_in(store.tmp_path)) as b:
             first = await b.submit([spec(key="k"), spec("echo", "x")], time.time())
             again = await b.submit([spec(key="k")], time.time())
             assert [r.deduplicated for r in first] == [False, False]
             assert again[0].deduplicated and again[0].job.id == first[0].job.id
-            # acknowledged means durable: the journal alone already has both jobs
-            assert set(rig.replayed().jobs) == {first[0].job.id, first[1].job.id}
+            assert again[0].job == first[0].job, "the live job of the key, as submitted"
+            # acknowledged means durable: the journal (or PostgreSQL) already has both jobs
+            assert store.durable_ids() == {first[0].job.id, first[1].job.id}
+            assert [await b.get(r.job.id) for r in first] == [r.job for r in first], (
+                "the job a submit answers is the job the backend keeps"
+            )
 
     anyio.run(main)
 
@@ -122,61 +197,62 @@ def test_claims_wait_for_durability_and_keep_priority_limits_and_pauses(tmp_path
     anyio.run(main)
 
 
-def test_a_given_back_job_goes_before_newer_and_higher_ones(tmp_path: Path) -> None:
+def test_a_given_back_job_goes_before_newer_and_higher_ones(store: Store) -> None:
     async def main() -> None:
-        async with running(settings_in(tmp_path)) as rig:
-            b = rig.backend
+        async with store.running(settings_in(store.tmp_path)) as b:
             [first] = [r.job for r in await b.submit([spec()], time.time())]
             await b.claimable()
-            assert b.claim(time.time()) is first
+            job = taken(b)
+            assert job.id == first.id
             await b.submit([spec(priority=9)], time.time())
             await b.claimable()
-            b.report([], [Ending(first, False)])
-            assert b.claim(time.time()) is first
-            b.report([], [Ending(first, False, stop_reason="cancelled")])
+            b.report([], [Ending(job, False)])
+            again = taken(b)
+            assert again.id == first.id
+            b.report([], [Ending(again, False, stop_reason="cancelled")])
+            await store.settled()
             assert (await b.get(first.id)).status == "cancelled"
             assert (await b.get(first.id)).attempts == 0
 
     anyio.run(main)
 
 
-def test_failed_attempts_retry_by_policy_then_fail_and_waiters_are_told(tmp_path: Path) -> None:
+def test_failed_attempts_retry_by_policy_then_fail_and_waiters_are_told(store: Store) -> None:
     async def main() -> None:
-        async with running(settings_in(tmp_path)) as rig:
-            b = rig.backend
+        async with store.running(settings_in(store.tmp_path)) as b:
             [job] = [r.job for r in await b.submit([spec(max_retries=1)], time.time())]
-            await b.claimable()
             for attempt in (1, 2):
-                claimed = b.claim(time.time() + 3600)  # past any backoff
-                assert claimed is job
-                b.report([Begun(job, time.time(), 123, 1.0)], [])
-                assert (await b.get(job.id)).attempts == attempt and (
-                    await b.get(job.id)
-                ).pid == 123
-                b.report([], [Ending(job, True, exit_code=3, error="exited with status 3")])
+                claimed = await claimed_soon(b)
+                assert claimed.id == job.id
+                b.report([Begun(claimed, time.time(), 123, 1.0)], [])
+                await store.settled()
+                now = await b.get(job.id)
+                assert now.attempts == attempt and now.pid == 123
+                b.report([], [Ending(claimed, True, exit_code=3, error="exited with status 3")])
+                await store.settled()
                 expected = "retrying" if attempt == 1 else "failed"
                 assert (await b.get(job.id)).status == expected
             [done] = await b.wait([job.id], HANG)
             assert done.status == "failed" and done.exit_code == 3
-            assert b.ended(job.id).is_set()
+            assert b.ended(job.id).is_set() or store.kind == "postgresql"
 
     anyio.run(main)
 
 
-def test_cancel_stops_nothing_itself_it_names_the_claimed_jobs(tmp_path: Path) -> None:
+def test_cancel_stops_nothing_itself_it_names_the_claimed_jobs(store: Store) -> None:
     async def main() -> None:
-        async with running(settings_in(tmp_path)) as rig:
-            b = rig.backend
+        async with store.running(settings_in(store.tmp_path)) as b:
             claimed, waiting = (r.job for r in await b.submit([spec(), spec()], time.time()))
             await b.claimable()
-            assert b.claim(time.time()) is claimed
+            job = taken(b)
+            assert job.id == claimed.id
             to_stop = await b.cancel([claimed.id, waiting.id], time.time())
             assert to_stop == [claimed.id]
             assert (await b.get(waiting.id)).status == "cancelled"
             assert (await b.get(claimed.id)).status == "pending", (
                 "the dispatcher stops it, not the backend"
             )
-            b.report([], [Ending(claimed, False, stop_reason="cancelled")])
+            b.report([], [Ending(job, False, stop_reason="cancelled")])
             assert [j.status for j in await b.wait([claimed.id], HANG)] == ["cancelled"]
             with pytest.raises(Refused) as refused:
                 await b.cancel([waiting.id], time.time())

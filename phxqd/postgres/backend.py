@@ -44,7 +44,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from phxqd.backend import SHUTDOWN, Begun, Ending, Health, Summary
 from phxqd.feed import Feed, job_event
-from phxqd.model import FINISHED, STATUSES, Job, JobSpec, Progress, SubmitResult
+from phxqd.model import FINISHED, STATUSES, Job, JobSpec, Progress, SubmitResult, new_job
 from phxqd.notice import Notice
 from phxqd.postgres import notices, rows, schedule_rows, schema
 from phxqd.protocol import Refused
@@ -76,6 +76,10 @@ LOG_TAIL = 64 * 1024
 WAITING = "('pending', 'retrying')"
 LIVE = "('pending', 'running', 'retrying')"
 FINISHED_SQL = "('completed', 'failed', 'cancelled')"
+#: what a claim returns of each job: `rows.JOB_COLUMNS`, then `ord` and `claim`
+CLAIMED_COLUMNS = (
+    ", ".join(f"j.{c.strip()}" for c in rows.JOB_COLUMNS.split(",")) + ", j.ord, j.claim"
+)
 
 
 @dataclass
@@ -132,6 +136,21 @@ class Facts:
         return bool(self.begins or self.ends)
 
 
+@dataclass(eq=False)
+class Watch:
+    """A `wait` under way: the jobs it waits on, and those told ended since it looked."""
+
+    ids: set[int]
+    told: set[int] = field(default_factory=set)
+    event: anyio.Event = field(default_factory=anyio.Event)
+
+    def tell(self, ids: Sequence[int]) -> None:
+        hit = self.ids.intersection(ids)
+        if hit:
+            self.told |= hit
+            self.event.set()
+
+
 class PostgresBackend:
     def __init__(
         self,
@@ -180,7 +199,12 @@ class PostgresBackend:
         self._facts_ready = anyio.Event()
         self._written = anyio.Event()
         self._writing = False
+        #: claimable() asked the writer for a batch; set when that claim is done
+        self._claim_asked = False
+        self._claimed = anyio.Event()
+        self._closing = False
         self._waiters: dict[int, anyio.Event] = {}
+        self._watches: set[Watch] = set()
         #: what the cluster's queue settings were when last read
         self._paused_all = False
         self._paused: set[str] = set()
@@ -193,6 +217,7 @@ class PostgresBackend:
         self._dirty = True
         #: a queue setting changed since the last claim read them (a notification `w`)
         self._settings_told = True
+        self._settings_read = 0.0
         self._next_poll = 0.0
         self._next_delayed: float | None = None
         #: monotonic time of the last heartbeat PostgreSQL answered (sent at)
@@ -222,15 +247,7 @@ class PostgresBackend:
         """Migrate the schema and register this node (before `run`)."""
         async with await psycopg.AsyncConnection.connect(self.uri, autocommit=True) as conn:
             await schema.migrate(conn)
-            cur = await conn.execute(
-                "INSERT INTO phxq_nodes (host, pid, state_dir, started_at, lease)"
-                " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                (self.host, os.getpid(), str(self.settings.state_dir), time.time(), self.lease),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            self.node = int(row[0])
-            self._lives.add(self.node)
+            await self._register(conn)
         await self._pool.open(wait=True, timeout=30.0)
         self._contact = time.monotonic()
 
@@ -262,21 +279,28 @@ class PostgresBackend:
 
     async def close(self) -> None:
         """Give back what is claimed and not started, write every fact, leave the cluster."""
+        self._closing = True
         for h in [*self._batch, *self._returned]:
             self._facts.ends.append(End(h.job.id, h.node, h.claim, h.job.queue, None, time.time()))
         self._batch.clear()
         self._returned.clear()
         self._facts_ready.set()
         with anyio.move_on_after(max(self.lease, 5.0)):
-            while self._facts or self._writing:
-                self._written = anyio.Event()
-                await self._written.wait()
+            await self.settle()
         with contextlib.suppress(psycopg.Error):
             async with self._pool.connection() as conn:
                 await conn.execute(
                     "UPDATE phxq_nodes SET gone = 'stopped' WHERE id = %s", (self.node,)
                 )
         await self._pool.close()
+
+    async def settle(self) -> None:
+        """Return once every fact reported so far is written (or given up on)."""
+        while self._facts or self._writing:
+            if self._written.is_set():  # shared by every caller waiting at once
+                self._written = anyio.Event()
+            self._facts_ready.set()
+            await self._written.wait()
 
     # --------------------------------------------------------------- helpers
     @contextlib.asynccontextmanager
@@ -285,7 +309,9 @@ class PostgresBackend:
             yield conn
         self._transactions += 1
 
-    async def _request(self, func: Callable[[psycopg.AsyncConnection[Any]], Any]) -> Any:
+    async def _request(
+        self, func: Callable[[psycopg.AsyncConnection[Any]], Any], pipeline: bool = False
+    ) -> Any:
         """Run a request's transaction: again after a deadlock, or after a connection that
         broke before the commit was sent (a pooled connection PostgreSQL dropped, a
         restart: nothing was done, so trying again is safe); refused when PostgreSQL cannot
@@ -296,7 +322,13 @@ class PostgresBackend:
             committing = False
             try:
                 async with self._pool.connection() as conn:
-                    async with conn.transaction():
+                    # pipeline: what `func` sends without reading it goes with the next
+                    # statement it reads, or with the commit (fewer round trips; errors
+                    # then surface later, so only for transactions that expect none)
+                    async with (
+                        conn.pipeline() if pipeline else contextlib.nullcontext(),
+                        conn.transaction(),
+                    ):
                         result = await func(conn)
                         committing = True
                     self._transactions += 1
@@ -328,7 +360,9 @@ class PostgresBackend:
         async def tx(conn: psycopg.AsyncConnection[Any]) -> list[SubmitResult]:
             return await self._submit(conn, specs, now)
 
-        results: list[SubmitResult] = await self._request(tx)
+        # in pipeline mode: BEGIN with the ids' draw, the insert, the notification with
+        # the commit (three round trips, not five)
+        results: list[SubmitResult] = await self._request(tx, pipeline=True)
         new = [r.job for r in results if not r.deduplicated]
         for job in new:
             self.stats.jobs["submitted", job.queue] += 1
@@ -372,34 +406,16 @@ class PostgresBackend:
         for i, (job_id, order) in zip(fresh, numbers, strict=True):
             spec = specs[i]
             retries, backoff = rows.defaults(spec, queues)
-            run_at = spec.run_at if spec.run_at is not None else now + (spec.delay or 0.0)
-            after = tuple(sorted(set(spec.after))) if spec.after else None
+            job = jobs[i] = new_job(spec, job_id, now, retries, backoff)
+            after = job.after
             blocked = any(status_of.get(d) != "completed" for d in after or ())
-            jobs[i] = Job(
-                job_id,
-                tuple(spec.argv),
-                spec.queue,
-                spec.priority,
-                "pending",
-                now,
-                run_at,
-                spec.key,
-                spec.label,
-                spec.cwd,
-                dict(spec.env) if spec.env else None,
-                spec.timeout,
-                retries,
-                backoff,
-                after,
-                call=spec.call,
-            )
             for col, value in zip(
                 cols,
                 (
                     job_id,
                     spec.queue,
                     spec.priority,
-                    run_at,
+                    job.run_at,
                     order,
                     spec.key,
                     retries,
@@ -684,10 +700,12 @@ class PostgresBackend:
             )
 
     async def _read_settings(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        cur = await conn.execute("SELECT paused_all FROM phxq_cluster")
-        row = await cur.fetchone()
-        self._paused_all = bool(row and row[0])
+        self._settings_read = time.monotonic()
+        # both sent before either is read: one round trip in pipeline mode
+        all_cur = await conn.execute("SELECT paused_all FROM phxq_cluster")
         cur = await conn.execute("SELECT queue, paused, concurrency, rate, burst FROM phxq_queues")
+        row = await all_cur.fetchone()
+        self._paused_all = bool(row and row[0])
         paused: set[str] = set()
         limits: dict[str, int] = {}
         rates: dict[str, tuple[float, int]] = {}
@@ -725,14 +743,15 @@ class PostgresBackend:
         return self.settings.workers * depth - held
 
     async def claimable(self) -> None:
-        """Claim a batch for this node's free slots, in one transaction (see the module
-        docstring), when a claim may find something: a notification said so, the last
-        batch was full, a delayed job is due, or the poll interval has passed; and only
-        once what is left of the last batch is under half of what this node can take (the
-        dispatcher awaits this before it starts anything: a claim per freed slot made every
-        job wait for a commit)."""
+        """Ask the writer for a batch for this node's free slots (see `_claim`), when a
+        claim may find something: a notification said so, the last batch was full, a
+        delayed job is due, or the poll interval has passed; and only once what is left of
+        the last batch is under half of what this node can take. The writer claims in the
+        transaction that records the last starts and ends (one commit for both) and wakes
+        the dispatcher when jobs came; this waits for it only while nothing is left to
+        hand out."""
         now = time.time()
-        if self._cut_off or self._free() <= 0:
+        if self._cut_off or self._closing or self._free() <= 0:
             return
         depth = LANE_DEPTH if self._quick < QUICK else 1
         if (len(self._batch) + len(self._returned)) * 2 >= self.settings.workers * depth:
@@ -744,21 +763,89 @@ class PostgresBackend:
             return
         self._dirty = False
         self._next_poll = time.monotonic() + POLL
-        want = self._free()
-        try:
-            async with self._tx() as conn:
-                claimed = await self._claim(conn, want, now)
-        except psycopg.Error as e:
-            self._error = str(e).strip()
-            self._dirty = True
-            log.warning("cannot claim jobs: %s", self._error)
-            return
-        if len(claimed) >= want:
+        self._claim_asked = True
+        done = self._claimed
+        self._facts_ready.set()
+        if not (self._batch or self._returned):
+            await done.wait()
+
+    def _claim_wanted(self) -> int:
+        """Jobs the writer's next transaction claims (0: none asked, or no room)."""
+        if not self._claim_asked or self._cut_off or self._closing:
+            return 0
+        return max(self._free(), 0)
+
+    def _claim_landed(self, node: int, want: int, claimed: list[Held]) -> None:
+        """The jobs a committed claim got: this node's to hand out (or given back, when it
+        lost its lease or its contact with PostgreSQL while they were claimed)."""
+        if want and len(claimed) >= want:
             self._dirty = True  # there may be more
+        if node != self.node:
+            claimed = []  # claims of a node the cluster gave up on: freed by the reaper
+        elif self._cut_off or self._closing:
+            for h in claimed:
+                self._facts.ends.append(End(h.job.id, h.node, h.claim, h.job.queue, None, 0.0))
+            claimed = []
         self._batch.extend(claimed)
+        if claimed:
+            self.wake.set()
 
     async def _claim(self, conn: psycopg.AsyncConnection[Any], want: int, now: float) -> list[Held]:
+        """Claim up to `want` jobs in the caller's transaction, in the order they are due.
+
+        While no queue has a limit or a rate (as last read), in one statement sent with
+        the settings' read (in pipeline mode: no round trip of its own). Otherwise the
+        queues with one are claimed under a lock on their `phxq_queues` row, which holds
+        the count of what every node claimed (limit) and the token bucket every node's
+        claims take from (rate)."""
+        # The settings are read again when a notification told of a change (or may have
+        # been missed), and once per poll interval; the statement heeds them regardless
+        read = self._settings_told or time.monotonic() >= self._settings_read + POLL
         self._settings_told = False
+        node = self.node
+        config = {q: c.concurrency for q, c in self.settings.queues.items() if c.concurrency}
+        if config or self._limits or self._rates():
+            got = await self._claim_limited(conn, want, now)
+        else:
+            # This node's row is locked first: a reaper declaring this node lost meanwhile
+            # either went first (then nothing is claimed) or waits for this claim to
+            # commit and then frees what it claimed. No claim is ever left to a node taken
+            # for dead. Queues paused, limited or rated are left out by the statement
+            # itself: a setting another node committed just now is heeded.
+            cur = await conn.execute(
+                "WITH me AS (SELECT id FROM phxq_nodes WHERE id = %s AND gone IS NULL"
+                "   FOR SHARE),"
+                " c AS (SELECT j.id FROM phxq_jobs j WHERE EXISTS (SELECT 1 FROM me)"
+                " AND NOT (SELECT paused_all FROM phxq_cluster)"
+                " AND j.node IS NULL AND NOT j.blocked AND j.status IN " + WAITING + ""
+                " AND j.run_at <= %s"
+                " AND NOT EXISTS (SELECT 1 FROM phxq_queues q WHERE q.queue = j.queue"
+                "   AND (q.paused OR q.concurrency IS NOT NULL OR q.rate IS NOT NULL))"
+                " ORDER BY j.priority DESC, j.ord LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " UPDATE phxq_jobs j SET node = %s, claim = j.claim + 1 FROM c WHERE j.id = c.id"
+                " RETURNING " + CLAIMED_COLUMNS,
+                (node, now, want, node),
+            )
+            if read:
+                await self._read_settings(conn)
+            got = list(await cur.fetchall())
+            self._next_token = None
+        if len(got) < want:
+            cur = await conn.execute(
+                "SELECT min(run_at) FROM phxq_jobs WHERE node IS NULL AND NOT blocked"
+                " AND status IN " + WAITING + " AND run_at > %s",
+                (now,),
+            )
+            row = await cur.fetchone()
+            self._next_delayed = row[0] if row else None
+        # rows: JOB_COLUMNS, ord, claim
+        got.sort(key=lambda r: (-r[2], r[-2]))
+        return [Held(rows.job_from_row(r[:-2]), node, r[-1]) for r in got]
+
+    async def _claim_limited(
+        self, conn: psycopg.AsyncConnection[Any], want: int, now: float
+    ) -> list[tuple[Any, ...]]:
+        """`_claim` when some queue has a limit or a rate: rows as its statement returns."""
         await self._read_settings(conn)
         if self._paused_all:
             return []
@@ -767,16 +854,13 @@ class PostgresBackend:
         rates = self._rates()
         excluded = sorted(self._paused | set(limits) | set(rates))
         cur = await conn.execute(
-            f"SELECT {rows.JOB_COLUMNS}, ord FROM phxq_jobs"
+            "SELECT id, priority, ord, queue FROM phxq_jobs"
             " WHERE node IS NULL AND NOT blocked AND status IN " + WAITING + " AND run_at <= %s"
             " AND NOT (queue = ANY(%s)) ORDER BY priority DESC, ord LIMIT %s"
             " FOR UPDATE SKIP LOCKED",
             (now, excluded, want),
         )
         found = list(await cur.fetchall())
-        # Queues with a limit or a rate: claimed under a lock on their phxq_queues row,
-        # which holds the count of what every node claimed (limit) and the token bucket
-        # every node's claims take from (rate)
         limited = sorted(q for q in set(limits) | set(rates) if q not in self._paused)
         buckets: dict[str, Bucket] = {}
         self._next_token = None
@@ -812,7 +896,7 @@ class PostgresBackend:
                 if room <= 0:
                     continue
                 cur = await conn.execute(
-                    f"SELECT {rows.JOB_COLUMNS}, ord FROM phxq_jobs WHERE queue = %s"
+                    "SELECT id, priority, ord, queue FROM phxq_jobs WHERE queue = %s"
                     " AND node IS NULL AND NOT blocked AND status IN "
                     + WAITING
                     + " AND run_at <= %s ORDER BY priority DESC, ord LIMIT %s"
@@ -820,38 +904,25 @@ class PostgresBackend:
                     (q, now, room),
                 )
                 found += await cur.fetchall()
-        found.sort(key=lambda r: (-r[2], r[-1]))
+        found.sort(key=lambda r: (-r[1], r[2]))
         chosen = found[:want]
-        if len(chosen) < want:
-            cur = await conn.execute(
-                "SELECT min(run_at) FROM phxq_jobs WHERE node IS NULL AND NOT blocked"
-                " AND status IN " + WAITING + " AND run_at > %s",
-                (now,),
-            )
-            row = await cur.fetchone()
-            self._next_delayed = row[0] if row else None
         if not chosen:
             return []
-        # This node's row, locked: a reaper declaring this node lost meanwhile either went
-        # first (then nothing is claimed) or waits for this claim to commit and then frees
-        # what it claimed. No claim is ever left to a node already taken for dead.
+        # This node's row, locked: see `_claim`
         cur = await conn.execute(
             "SELECT 1 FROM phxq_nodes WHERE id = %s AND gone IS NULL FOR SHARE", (self.node,)
         )
         if await cur.fetchone() is None:
             return []
         cur = await conn.execute(
-            "UPDATE phxq_jobs SET node = %s, claim = claim + 1 WHERE id = ANY(%s)"
-            " RETURNING id, claim",
+            "UPDATE phxq_jobs j SET node = %s, claim = j.claim + 1 WHERE j.id = ANY(%s)"
+            " RETURNING " + CLAIMED_COLUMNS,
             (self.node, [r[0] for r in chosen]),
         )
-        claims = dict(await cur.fetchall())
+        claimed = list(await cur.fetchall())
         if buckets:
-            await self._take_tokens(conn, buckets, [r[1] for r in chosen], now)
-        return [
-            Held(job, self.node, claims[job.id])
-            for job in (rows.job_from_row(r[:-1]) for r in chosen)
-        ]
+            await self._take_tokens(conn, buckets, [r[3] for r in chosen], now)
+        return claimed
 
     async def _take_tokens(
         self,
@@ -975,22 +1046,27 @@ class PostgresBackend:
 
     # ---------------------------------------------------------------- writer
     async def _writer(self) -> None:
-        """Writes the queued facts, a batch per transaction, fenced by (node, claim).
-        A batch PostgreSQL does not take is kept and tried again: facts are never lost
-        while phxqd runs (and those of an attempt the cluster gave up on are dropped)."""
+        """Writes the queued facts, a batch per transaction, fenced by (node, claim), and
+        claims the batch claimable() asked for in the same transaction (one commit, and in
+        pipeline mode two round trips, for both). A batch PostgreSQL does not take is kept
+        and tried again: facts are never lost while phxqd runs (and those of an attempt
+        the cluster gave up on are dropped)."""
         last_progress = 0.0
         while True:
-            if not self._facts:
+            if not self._facts and not self._claim_asked:
                 with anyio.move_on_after(1.0 if self._facts.progress else 3600):
                     await self._facts_ready.wait()
                 self._facts_ready = anyio.Event()
-            if self._facts.begins and not self._facts.ends:
+            if self._facts.begins and not self._facts.ends and not self._claim_asked:
                 # Nobody waits for a start: a moment's wait lets the ends of quick jobs
                 # go in the same transaction (one commit per batch, not two)
                 await anyio.sleep(BEGIN_DELAY)
             facts = self._facts
             checkpoint = time.monotonic() - last_progress >= 1.0
-            if not facts and not (checkpoint and facts.progress):
+            want = self._claim_wanted()
+            done, self._claimed, self._claim_asked = self._claimed, anyio.Event(), False
+            if not facts and not (checkpoint and facts.progress) and not want:
+                done.set()
                 continue
             self._facts = Facts(progress={} if checkpoint else facts.progress)
             if checkpoint:
@@ -998,33 +1074,51 @@ class PostgresBackend:
             else:
                 facts.progress = {}
             self._writing = True
+            node = self.node
             try:
-                await self._write(facts)
+                claimed = await self._write(facts, want)
+                self._claim_landed(node, want, claimed)
             except psycopg.Error as e:
                 self._error = str(e).strip()
-                log.warning("cannot record job starts and ends yet: %s", self._error)
+                log.warning("cannot record job starts and ends or claim jobs yet: %s", self._error)
                 self._facts.begins[:0] = facts.begins
                 self._facts.ends[:0] = facts.ends
                 for k, v in facts.progress.items():
                     self._facts.progress.setdefault(k, v)
+                if want:
+                    self._dirty = True
                 await anyio.sleep(0.2)
             finally:
                 self._writing = False
                 self._written.set()
+                done.set()
 
-    async def _write(self, facts: Facts) -> None:
-        tails = await anyio.to_thread.run_sync(self._tails, [e.id for e in facts.ends if e.ran])
+    async def _write(self, facts: Facts, want: int) -> list[Held]:
+        """One transaction in pipeline mode: the starts, progress and ends, the release of
+        the jobs waiting on those completed, and the claim, sent together (one round
+        trip); then the cascade of failures if any, the notifications and the commit."""
+        # the last 64 KiB of logs just written (in the page cache): read here, a thread
+        # per batch cost more than the reads
+        tails = self._tails([e.id for e in facts.ends if e.ran])
         now = time.time()
         ended: list[tuple[int, str]] = []
-        async with self._tx() as conn:
+        claimed: list[Held] = []
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             payloads: list[str] = []
-            if not facts.ends:
+            if not facts.ends and not want:
                 # Starts and progress alone need not wait for the disk: a start lost by a
                 # crash of PostgreSQL is told again by the job's end (fenced by its claim)
                 await conn.execute("SET LOCAL synchronous_commit = off")
-            if facts.begins:
-                b = facts.begins
-                cur = await conn.execute(
+            begun_cur = ended_cur = released_cur = None
+            # A job that began and ended since the last write (a quick one) is written once,
+            # by its end: one row version, not two
+            ending = {(x.id, x.node, x.claim): x for x in facts.ends if x.ran}
+            began = {(x.id, x.node, x.claim): x for x in facts.begins}
+            with_end = [began.get((x.id, x.node, x.claim)) if x.ran else None for x in facts.ends]
+            alone = [x for k, x in began.items() if k not in ending]
+            if alone:
+                b = alone
+                begun_cur = await conn.execute(
                     "UPDATE phxq_jobs j SET status = 'running', attempts = j.attempts + 1,"
                     " started_at = u.at, pid = u.pid, pid_started = u.ps, exit_code = NULL,"
                     " error = NULL, progress = NULL, result = NULL, log_tail = NULL,"
@@ -1042,9 +1136,6 @@ class PostgresBackend:
                         [x.pid_started for x in b],
                     ),
                 )
-                applied = {r[0] for r in await cur.fetchall()}
-                self._dropped("start", [x for x in b if x.id not in applied])
-                payloads += notices.encode("s", sorted(applied))
             if facts.progress:
                 p = list(facts.progress.items())
                 await conn.execute(
@@ -1061,28 +1152,41 @@ class PostgresBackend:
                 )
             if facts.ends:
                 e = facts.ends
-                cur = await conn.execute(
+                ended_cur = await conn.execute(
+                    # u.began: the attempt's start too (what the starts' statement sets,
+                    # unless the end sets it)
                     "UPDATE phxq_jobs j SET status = coalesce(u.status, j.status),"
                     " finished_at = CASE WHEN u.status IN " + FINISHED_SQL + " THEN u.at"
                     "   ELSE j.finished_at END,"
-                    " exit_code = CASE WHEN u.status IS NULL THEN j.exit_code ELSE u.exit_code END,"
-                    " error = CASE WHEN u.status IS NULL THEN j.error ELSE u.error END,"
+                    " exit_code = CASE WHEN u.status IS NOT NULL THEN u.exit_code"
+                    "   WHEN u.began THEN NULL ELSE j.exit_code END,"
+                    " error = CASE WHEN u.status IS NOT NULL THEN u.error"
+                    "   WHEN u.began THEN NULL ELSE j.error END,"
                     " run_at = coalesce(u.run_at, j.run_at), result = u.result,"
-                    " pid = CASE WHEN u.status IS NULL THEN j.pid ELSE NULL END,"
-                    " pid_started = CASE WHEN u.status IS NULL THEN j.pid_started ELSE NULL END,"
-                    " node = NULL, cancel = false, attempts = j.attempts + u.delta,"
-                    " progress = coalesce(u.progress, j.progress),"
-                    " log_tail = coalesce(u.tail, j.log_tail),"
+                    " pid = CASE WHEN u.status IS NOT NULL THEN NULL"
+                    "   WHEN u.began THEN u.pid ELSE j.pid END,"
+                    " pid_started = CASE WHEN u.status IS NOT NULL THEN NULL"
+                    "   WHEN u.began THEN u.ps ELSE j.pid_started END,"
+                    " started_at = CASE WHEN u.began THEN u.began_at ELSE j.started_at END,"
+                    " ran_on = CASE WHEN u.began THEN u.node ELSE j.ran_on END,"
+                    " ran_host = CASE WHEN u.began THEN %s ELSE j.ran_host END,"
+                    " node = NULL, cancel = false,"
+                    " attempts = j.attempts + u.delta + CASE WHEN u.began THEN 1 ELSE 0 END,"
+                    " progress = coalesce(u.progress, CASE WHEN u.began THEN NULL"
+                    "   ELSE j.progress END),"
+                    " log_tail = coalesce(u.tail, CASE WHEN u.began THEN NULL ELSE j.log_tail END),"
                     " ord = CASE WHEN u.place THEN nextval('phxq_order')"
                     "   - CASE WHEN u.status = 'retrying' THEN %s ELSE 0 END ELSE j.ord END"
                     " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[],"
                     " %s::float8[], %s::int[], %s::text[], %s::float8[], %s::bytea[], %s::int[],"
-                    " %s::bool[], %s::bytea[], %s::bytea[])"
+                    " %s::bool[], %s::bytea[], %s::bytea[], %s::bool[], %s::float8[], %s::int[],"
+                    " %s::float8[])"
                     " AS u(id, node, claim, status, at, exit_code, error, run_at, result, delta,"
-                    " place, progress, tail)"
+                    " place, progress, tail, began, began_at, pid, ps)"
                     " WHERE j.id = u.id AND j.node = u.node AND j.claim = u.claim"
-                    " RETURNING j.id, j.status",
+                    " RETURNING j.id, j.status, u.began",
                     (
+                        self.host,
                         RETRY_FIRST,
                         [x.id for x in e],
                         [x.node for x in e],
@@ -1097,13 +1201,34 @@ class PostgresBackend:
                         [x.new_place for x in e],
                         [x.progress for x in e],
                         [tails.get(x.id) for x in e],
+                        [w is not None for w in with_end],
+                        [w.at if w else None for w in with_end],
+                        [w.pid if w else None for w in with_end],
+                        [w.pid_started if w else None for w in with_end],
                     ),
                 )
-                ended = [(r[0], r[1]) for r in await cur.fetchall()]
+                completed = [x.id for x in e if x.status == "completed"]
+                if completed:
+                    released_cur = await self._release_dependents(conn, completed)
+            if want:
+                claimed = await self._claim(conn, want, time.time())
+            started: set[int] = set()
+            if begun_cur is not None:
+                started = {r[0] for r in await begun_cur.fetchall()}
+                self._dropped("start", [x for x in alone if x.id not in started])
+            if ended_cur is not None:
+                rows_ended = await ended_cur.fetchall()
+                ended = [(r[0], r[1]) for r in rows_ended]
+                started |= {r[0] for r in rows_ended if r[2]}
                 applied = {i for i, _ in ended}
-                self._dropped("outcome", [x for x in e if x.id not in applied])
-                payloads += await self._after_ends(conn, ended, now)
+                self._dropped("outcome", [x for x in facts.ends if x.id not in applied])
+            payloads += notices.encode("s", sorted(started))
+            if ended_cur is not None:
+                payloads += await self._after_ends(conn, ended, now, released=True)
+            if released_cur is not None:
+                payloads += notices.encode("n", [r[0] for r in await released_cur.fetchall()])
             await self._notify(conn, payloads)
+        self._transactions += 1
         self._error = None
         by_id = {x.id: x for x in facts.ends}
         for job_id, status in ended:
@@ -1117,6 +1242,7 @@ class PostgresBackend:
         if ended:
             self._dirty = True
             self.wake.set()
+        return claimed
 
     def _dropped(self, what: str, late: Sequence[Begin | End]) -> None:
         for x in late:
@@ -1140,10 +1266,15 @@ class PostgresBackend:
         return out
 
     async def _after_ends(
-        self, conn: psycopg.AsyncConnection[Any], ended: list[tuple[int, str]], now: float
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        ended: list[tuple[int, str]],
+        now: float,
+        released: bool = False,
     ) -> list[str]:
-        """In the finishing transaction: release the jobs waiting on the completed, cancel
-        those waiting on the failed and cancelled; the notifications that tell it."""
+        """In the finishing transaction: release the jobs waiting on the completed (unless
+        `released`: the caller did), cancel those waiting on the failed and cancelled; the
+        notifications that tell it."""
         by: dict[str, list[int]] = {}
         for i, st in ended:
             by.setdefault(st, []).append(i)
@@ -1156,35 +1287,36 @@ class PostgresBackend:
             ("pending", "n"),
         ):
             payloads += notices.encode(kind, by.get(st, []))
-        released = await self._release_dependents(conn, by.get("completed", []))
-        payloads += notices.encode("n", released)
+        if not released and by.get("completed"):
+            cur = await self._release_dependents(conn, by["completed"])
+            payloads += notices.encode("n", [r[0] for r in await cur.fetchall()])
         dead: dict[str, list[int]] = {st: by[st] for st in ("failed", "cancelled") if st in by}
         payloads += notices.encode("x", await self._cascade(conn, dead, now))
         return payloads
 
     async def _release_dependents(
         self, conn: psycopg.AsyncConnection[Any], completed: list[int]
-    ) -> list[int]:
-        if not completed:
-            return []
+    ) -> psycopg.AsyncCursor[Any]:
+        """The jobs waiting on `completed` whose every dependency has completed, no longer
+        blocked: the cursor of their ids. Both statements are sent without waiting (in
+        pipeline mode, with the ends that completed them): the second one depends on
+        nothing the first one returns. (`completed` may name jobs whose end was fenced
+        off: the second statement checks what PostgreSQL holds.)"""
         # Locked first, checked in a later statement: its snapshot then sees every
         # dependency committed before the lock was had (two jobs that one waits on,
         # ending at once on two nodes, cannot both miss the other's end).
-        cur = await conn.execute(
+        await conn.execute(
             "SELECT id FROM phxq_jobs WHERE blocked AND after && %s::bigint[]"
             " AND status IN " + WAITING + " ORDER BY id FOR UPDATE",
             (completed,),
         )
-        waiting = [r[0] for r in await cur.fetchall()]
-        if not waiting:
-            return []
-        cur = await conn.execute(
+        return await conn.execute(
             "UPDATE phxq_jobs j SET blocked = false, ord = nextval('phxq_order')"
-            " WHERE j.id = ANY(%s) AND j.blocked AND NOT EXISTS (SELECT 1 FROM phxq_jobs d"
+            " WHERE j.blocked AND j.after && %s::bigint[] AND j.status IN " + WAITING + ""
+            " AND NOT EXISTS (SELECT 1 FROM phxq_jobs d"
             "   WHERE d.id = ANY(j.after) AND d.status <> 'completed') RETURNING j.id",
-            (waiting,),
+            (completed,),
         )
-        return [r[0] for r in await cur.fetchall()]
 
     async def _cascade(
         self, conn: psycopg.AsyncConnection[Any], dead: dict[str, list[int]], now: float
@@ -1240,6 +1372,8 @@ class PostgresBackend:
         for event in self._waiters.values():  # the waiters look again
             event.set()
         self._waiters.clear()
+        for watch in self._watches:
+            watch.tell(list(watch.ids))
         if self.schedules_told is not None:
             self.schedules_told()
 
@@ -1321,6 +1455,8 @@ class PostgresBackend:
             event = self._waiters.pop(job_id, None)
             if event is not None:
                 event.set()
+        for watch in self._watches:
+            watch.tell(ids)
 
     # -------------------------------------------------------------- liveness
     async def _heartbeat(self) -> None:
@@ -1397,6 +1533,11 @@ class PostgresBackend:
             self.stopper(list(self._handed), LOST_CONTACT)
         self._batch.clear()
         self._returned.clear()
+        await self._register(conn)
+
+    async def _register(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Join the cluster as a new node (at start, and again after losing the lease:
+        the claims of the old node id are void, so its facts stay fenced off)."""
         cur = await conn.execute(
             "INSERT INTO phxq_nodes (host, pid, state_dir, started_at, lease)"
             " VALUES (%s, %s, %s, %s, %s) RETURNING id",
@@ -1785,35 +1926,48 @@ class PostgresBackend:
         )
 
     async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
-        async def q(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
-            return await self._jobs(conn, ids)
+        # Watched before the first read: an end told between the read and the wait is
+        # not missed (it was, and the wait then lasted a poll)
+        watch = Watch(set(ids))
+        self._watches.add(watch)
+        try:
+            return await self._wait(ids, watch, timeout)
+        finally:
+            self._watches.discard(watch)
 
-        jobs: list[Job] = await self._read(q)
-        known = {j.id for j in jobs}
-        for i in ids:
-            if i not in known:
-                raise Refused("not_found", f"no job {i}")
+    async def _wait(self, ids: list[int], watch: Watch, timeout: float | None) -> list[Job]:
+        def read(wanted: set[int]) -> Callable[[psycopg.AsyncConnection[Any]], Any]:
+            return lambda conn: self._jobs(conn, sorted(wanted))
+
+        jobs: list[Job] = await self._read(read(set(ids)))
         by_id = {j.id: j for j in jobs}
-        going = [j.id for j in jobs if not j.finished]
-
-        async def look(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
-            return await self._jobs(conn, going)
-
+        for i in ids:
+            if i not in by_id:
+                raise Refused("not_found", f"no job {i}")
+        going = {j.id for j in jobs if not j.finished}
+        watch.ids = going
         with anyio.move_on_after(timeout if timeout is not None else float("inf")):
             while going:
-                event = self._waiters.setdefault(going[0], anyio.Event())
-                with anyio.move_on_after(POLL * 5):
-                    await event.wait()
-                # only the jobs still going are read again (a wait for 10,000 jobs)
-                fresh = await self._read(look)
-                gone = set(going) - {j.id for j in fresh}
-                for i in gone:
+                # only the jobs told ended are read again (a wait for 10,000 jobs read
+                # every one still going at each end); all of them after a quiet poll
+                told = watch.told & going
+                if not told:
+                    watch.told, watch.event = set(), anyio.Event()
+                    with anyio.move_on_after(POLL * 5) as quiet:
+                        await watch.event.wait()
+                    told = set(going) if quiet.cancelled_caught else watch.told & going
+                    if not told:
+                        continue  # told again of what was read already
+                watch.told, watch.event = set(), anyio.Event()
+                fresh: list[Job] = await self._read(read(told))
+                for i in told - {j.id for j in fresh}:  # cleared meanwhile
                     by_id.pop(i, None)
+                    going.discard(i)
                 by_id.update((j.id, j) for j in fresh)
-                going = [j.id for j in fresh if not j.finished]
+                going -= {j.id for j in fresh if j.finished}
         with contextlib.suppress(Refused):
             if going:
-                by_id.update((j.id, j) for j in await self._read(look))
+                by_id.update((j.id, j) for j in await self._read(read(going)))
         return [by_id[i] for i in ids if i in by_id]
 
     async def log_elsewhere(self, job_id: int) -> tuple[str, bytes] | None:
