@@ -116,8 +116,12 @@ def runner_floor(n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _phxq_rate(where: Path, kind: str, n: int, tree: Path | None) -> float:
-    return run(where, [KINDS[kind]()] * n, tree).per_s
+def _phxq_rate(
+    where: Path, kind: str, n: int, tree: Path | None, cpu: list[tuple[float, float]]
+) -> float:
+    r = run(where, [KINDS[kind]()] * n, tree)
+    cpu.append((r.daemon_cpu_us, r.children_cpu_us))
+    return r.per_s
 
 
 def compare(kinds: list[str], n: int, repeat: int, base: Path | None) -> dict[str, Any]:
@@ -130,6 +134,7 @@ def compare(kinds: list[str], n: int, repeat: int, base: Path | None) -> dict[st
         k = 0
         for kind in kinds:
             rows: dict[str, list[float]] = {}
+            cpu: dict[str, list[tuple[float, float]]] = {"base": [], "this": []}
             for r in range(repeat):
                 contenders: list[tuple[str, Callable[[], float]]] = []
                 if kind == "commands":
@@ -140,12 +145,18 @@ def compare(kinds: list[str], n: int, repeat: int, base: Path | None) -> dict[st
                     if name == "this" or tree is not None:
                         k += 1
                         where = Path(tmp) / f"{kind}{k}"
-                        contenders.append((name, partial(_phxq_rate, where, kind, n, tree)))
+                        contenders.append(
+                            (name, partial(_phxq_rate, where, kind, n, tree, cpu[name]))
+                        )
                 for name, measure in contenders:
                     rate = measure()
                     rows.setdefault(name, []).append(rate)
                     load = os.getloadavg()[0]
-                    print(f"{kind} round {r + 1} {name:5} {rate:8,.0f} /s  load {load:.2f}",
+                    own = ""
+                    if name in cpu:
+                        own = f"  CPU µs/job: daemon {cpu[name][-1][0]:,.0f}"
+                        own += f", children {cpu[name][-1][1]:,.0f}"
+                    print(f"{kind} round {r + 1} {name:5} {rate:8,.0f} /s  load {load:.2f}{own}",
                           flush=True)  # fmt: skip
             medians = {name: statistics.median(v) for name, v in rows.items()}
             results[kind] = {
@@ -155,6 +166,11 @@ def compare(kinds: list[str], n: int, repeat: int, base: Path | None) -> dict[st
             for name, m in medians.items():
                 if name != "this":
                     results[kind][f"this/{name}"] = round(medians["this"] / m, 2)
+            for name, us in cpu.items():
+                if us:
+                    row = results[kind][name]
+                    row["daemon_cpu_us_per_job"] = round(statistics.median(u[0] for u in us))
+                    row["children_cpu_us_per_job"] = round(statistics.median(u[1] for u in us))
     results["load_after"] = os.getloadavg()
     return results
 
