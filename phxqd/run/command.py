@@ -85,7 +85,7 @@ async def run_command(
     try:
         out = Output(log_path, scratches, ran_before=job.started_at is not None)
         try:
-            proc, ticks = await spawners.call(functools.partial(_spawn, job, out.fd, env))
+            proc, started_at = await spawners.call(functools.partial(_spawn, job, out.fd, env))
         finally:
             os.close(out.fd)
     except (OSError, ValueError) as e:  # ValueError: a NUL byte (jobs journaled before
@@ -99,7 +99,7 @@ async def run_command(
 
     pidfd = os.pidfd_open(proc.pid)
     try:
-        started(proc.pid, create_time(proc.pid, ticks))
+        started(proc.pid, started_at)
         timed_out = await _wait_exit(pidfd, out, log_cap, job.timeout, stop)
         if timed_out or stop.reason is not None:
             with anyio.CancelScope(shield=True):
@@ -122,9 +122,11 @@ async def run_command(
     return Outcome(code, None if code == 0 else describe(code))
 
 
-def _spawn(job: Job, log_fd: int, env: dict[str, str]) -> tuple[Child, int | None]:
+def _spawn(job: Job, log_fd: int, env: dict[str, str]) -> tuple[Child, float | None]:
     """Spawn the job's program, found in PATH by phxqd (looked up again if it moved); the
-    child and, if known, its start time in clock ticks (see `boot_ticks`)."""
+    child and its start time (see `create_time`: from the clock read around the spawn if
+    no tick passed meanwhile, else from /proc, which is a read the thread waits on, not
+    the event loop)."""
     program = find_program(job.argv[0], env, job.cwd)
     before = boot_ticks()
     try:
@@ -135,7 +137,7 @@ def _spawn(job: Job, log_fd: int, env: dict[str, str]) -> tuple[Child, int | Non
         _found.clear()  # it moved: look again
         before = boot_ticks()
         child = _start(job, None, log_fd, env)
-    return child, before if boot_ticks() == before else None
+    return child, create_time(child.pid, before if boot_ticks() == before else None)
 
 
 def _start(job: Job, program: str | None, log_fd: int, env: dict[str, str]) -> Child:
