@@ -256,8 +256,13 @@ class Dispatcher:
                 self._reports([Ended(job, stop, Outcome(None), False)])
                 return
 
+            # Its start time is when phxqd starts it, taken before the spawn: spawns run
+            # side by side in threads and may finish out of order, and the start times
+            # must keep the dispatch order (priority, then the order submitted).
+            at = time.time()
+
             def started(pid: int | None, create_time: float | None) -> None:
-                self.backend.report([Begun(job, time.time(), pid, create_time)], [])
+                self.backend.report([Begun(job, at, pid, create_time)], [])
                 self._started(job.id)
 
             try:
