@@ -5,9 +5,8 @@ and reaps jobs left running by a previous daemon.
 Each command slot is one task in the dispatcher's task group (it runs one command, then
 the next while the backend's next job is a command: no task and no dispatcher round per
 job), and each Python worker lane another, so stopping the daemon stops (and requeues)
-every one of them. The jobs in
-flight are the dispatcher's alone (`_active`): others ask it to stop some (`stop`) or how
-many run (`running`).
+every one of them. The jobs in flight are the dispatcher's alone (`_active`): others ask
+it to stop some (`stop`) or how many run (`running`).
 """
 
 from __future__ import annotations
