@@ -1,6 +1,7 @@
 """End-to-end throughput of no-op jobs, submit to completion, with 2 workers.
 
     .venv/bin/python -m bench.bench_pool [--jobs N] [--repeat R] [--kind commands|callables]
+    .venv/bin/python -m bench.bench_pool --compare [--base TREE] [--jobs N] [--repeat R] [--kind K]
 
 A real phxqd (fsync=always, 2 workers) starts paused; N jobs are submitted in batches,
 then the queue is resumed and the clock runs until the client has been told that the last
@@ -10,6 +11,14 @@ workers). Each kind runs R times, each in a fresh daemon; the median and the ran
 printed. Also printed, per job: the CPU time of the daemon and of its children (the
 workers, the `true` processes) during the run, read from /proc, and the raw spawn rate of
 `true` with 2 at a time (the floor for commands). A JSON summary is the last line.
+
+`--compare` measures, round after round so that the machine's noise falls on all alike:
+for commands, the runner floor (`floor`: `os.posix_spawn` of `/usr/bin/true` two at a time
+and `os.wait`, no store, no event loop: what any runner on this machine pays at least),
+task-spooler (bench/peers/tsp.py, 900 jobs at most), the phxqd of `--base` (a source tree,
+e.g. `git worktree add /tmp/phxq-base COMMIT`) and this one; for callables the two
+phxqds. It prints each run, the load average, then medians and ratios of this phxqd to
+each other row (above 1: this one is faster).
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +100,81 @@ def run(root: Path, specs: list[JobSpec], tree: Path | None = None) -> Run:
         d.kill()
 
 
+def runner_floor(n: int) -> float:
+    """`true` run n times, two at a time, by the leanest runner Python allows: jobs/s."""
+    env = dict(os.environ)
+    t0 = time.perf_counter()
+    started = 0
+    for _ in range(min(2, n)):
+        os.posix_spawn("/usr/bin/true", ["true"], env)
+        started += 1
+    for _ in range(n):
+        os.wait()
+        if started < n:
+            os.posix_spawn("/usr/bin/true", ["true"], env)
+            started += 1
+    return n / (time.perf_counter() - t0)
+
+
+def _phxq_rate(
+    where: Path, kind: str, n: int, tree: Path | None, cpu: list[tuple[float, float]]
+) -> float:
+    r = run(where, [KINDS[kind]()] * n, tree)
+    cpu.append((r.daemon_cpu_us, r.children_cpu_us))
+    return r.per_s
+
+
+def compare(kinds: list[str], n: int, repeat: int, base: Path | None) -> dict[str, Any]:
+    """Round-robin runs of the floor, tsp, the base phxqd and this one; see the doc."""
+    from bench.peers import Ctx, tsp
+
+    results: dict[str, Any] = {"jobs": n, "load_before": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="phxq-bench-") as tmp:
+        ctx = Ctx(Path(tmp), None, False)
+        k = 0
+        for kind in kinds:
+            rows: dict[str, list[float]] = {}
+            cpu: dict[str, list[tuple[float, float]]] = {"base": [], "this": []}
+            for r in range(repeat):
+                contenders: list[tuple[str, Callable[[], float]]] = []
+                if kind == "commands":
+                    contenders.append(("floor", lambda: runner_floor(n)))
+                    if tsp.missing() is None:
+                        contenders.append(("tsp", partial(tsp.throughput, ctx, "true", n)))
+                for name, tree in (("base", base), ("this", None)):
+                    if name == "this" or tree is not None:
+                        k += 1
+                        where = Path(tmp) / f"{kind}{k}"
+                        contenders.append(
+                            (name, partial(_phxq_rate, where, kind, n, tree, cpu[name]))
+                        )
+                for name, measure in contenders:
+                    rate = measure()
+                    rows.setdefault(name, []).append(rate)
+                    load = os.getloadavg()[0]
+                    own = ""
+                    if name in cpu:
+                        own = f"  CPU µs/job: daemon {cpu[name][-1][0]:,.0f}"
+                        own += f", children {cpu[name][-1][1]:,.0f}"
+                    print(f"{kind} round {r + 1} {name:5} {rate:8,.0f} /s  load {load:.2f}{own}",
+                          flush=True)  # fmt: skip
+            medians = {name: statistics.median(v) for name, v in rows.items()}
+            results[kind] = {
+                name: {"median": round(medians[name]), "runs": [round(x) for x in v]}
+                for name, v in rows.items()
+            }
+            for name, m in medians.items():
+                if name != "this":
+                    results[kind][f"this/{name}"] = round(medians["this"] / m, 2)
+            for name, us in cpu.items():
+                if us:
+                    row = results[kind][name]
+                    row["daemon_cpu_us_per_job"] = round(statistics.median(u[0] for u in us))
+                    row["children_cpu_us_per_job"] = round(statistics.median(u[1] for u in us))
+    results["load_after"] = os.getloadavg()
+    return results
+
+
 def raw_spawn_rate(n: int) -> float:
     """`true` run n times, two at a time, from Python: what any job runner pays."""
     per_thread = n // 2
@@ -129,8 +215,19 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=5000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--kind", choices=sorted(KINDS), action="append")
+    p.add_argument("--compare", action="store_true", help="round-robin against peers")
+    p.add_argument("--base", type=Path, help="with --compare: another phxq source tree")
     args = p.parse_args()
     n = args.jobs
+    if args.compare:
+        if args.base is not None and not (args.base / "phxqd" / "__init__.py").is_file():
+            raise SystemExit(f"{args.base} holds no phxqd/ package")
+        base = args.base.resolve() if args.base is not None else None
+        out = compare(args.kind or ["commands", "callables"], n, args.repeat, base)
+        for k, v in out.items():
+            print(f"{k:12} {v}")
+        print(json.dumps(out))
+        return
     results: dict[str, Any] = {"jobs": n, "workers": 2, "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="phxq-bench-") as tmp:
         spawn = [raw_spawn_rate(2000) for _ in range(args.repeat)]

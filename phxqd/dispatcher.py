@@ -2,10 +2,11 @@
 tells the backend of their starts and ends, forgets finished jobs past their retention,
 and reaps jobs left running by a previous daemon.
 
-Each running command is one task in the dispatcher's task group, and each Python worker
-lane another, so stopping the daemon stops (and requeues) every one of them. The jobs in
-flight are the dispatcher's alone (`_active`): others ask it to stop some (`stop`) or how
-many run (`running`).
+Each command slot is one task in the dispatcher's task group (it runs one command, then
+the next while the backend's next job is a command: no task and no dispatcher round per
+job), and each Python worker lane another, so stopping the daemon stops (and requeues)
+every one of them. The jobs in flight are the dispatcher's alone (`_active`): others ask
+it to stop some (`stop`) or how many run (`running`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from phxqd.run import command, output, proctree
 from phxqd.run.attempt import Outcome, Stop
 from phxqd.run.lanes import Ended, Report, Start, WorkerPool
 from phxqd.run.output import Scratches
+from phxqd.run.spawn import Spawners
 from phxqd.settings import Settings
 
 log = logging.getLogger("phxqd")
@@ -45,10 +47,15 @@ class Dispatcher:
         self._last_sweep = -math.inf
         #: the scratch files command jobs write to until they have a log (see run/output.py)
         self.scratches = Scratches(settings.logs_dir)
+        #: the threads that make command processes (see run/spawn.py)
+        self.spawners = Spawners()
         self.workers = WorkerPool(settings, report=self._reports, lane_ended=self._wake.set)
         #: commands running; a command claimed but waiting for a slot
         self._commands = 0
         self._held: Job | None = None
+        #: commands handed to a slot whose start is not recorded yet (see `starts_settled`)
+        self._starting: set[int] = set()
+        self._starts_done: anyio.Event | None = None
         self.stopping = False
 
     # ------------------------------------------------------ what others may ask
@@ -62,6 +69,21 @@ class Dispatcher:
         for job_id in asked:
             self._active[job_id].request(reason)
         return asked
+
+    async def starts_settled(self) -> None:
+        """Until every command handed to a slot so far has its start recorded (or has
+        ended unstarted). A pause waits for this before it is acknowledged: a command
+        claimed before the pause may still be in its spawn (a thread, see run/spawn.py),
+        and must show as running once the pause is answered, never start after it."""
+        while self._starting:
+            self._starts_done = done = anyio.Event()
+            await done.wait()
+
+    def _started(self, job_id: int) -> None:
+        self._starting.discard(job_id)
+        if not self._starting and self._starts_done is not None:
+            self._starts_done.set()
+            self._starts_done = None
 
     def reconfigured(self) -> None:
         """The live settings changed (a reload): look again at once. More workers or a
@@ -93,6 +115,7 @@ class Dispatcher:
             await self._let_running_jobs_finish()
         self.workers.close()
         self.scratches.close()
+        self.spawners.close()
 
     def _fill(self, runners: anyio.abc.TaskGroup) -> None:
         """Hand startable jobs to free slots and to lanes with room, in the backend's order."""
@@ -113,7 +136,8 @@ class Dispatcher:
                     stop.on_request = self._wake.set
                     return
                 self._commands += 1
-                runners.start_soon(self._run, job)
+                self._starting.add(job.id)
+                runners.start_soon(self._command_slot, job)
                 continue
             ticket = self.workers.ticket(job, stop, self.logs.path(job.id))
             if lane is None:
@@ -197,6 +221,32 @@ class Dispatcher:
             if self._active.pop(e.job.id, None) is not None:
                 self._wake.set()
 
+    async def _command_slot(self, job: Job | None) -> None:
+        """A command slot: `job`, then the jobs the backend hands out next while they are
+        commands, in this one task. The slot ends (and the dispatcher fills it) when
+        there is none, when the next is a callable (held for the dispatcher, which gives
+        it a lane in this slot's place), when stopping, or when a reload lowered
+        `workers` below the slots in use."""
+        try:
+            while job is not None:
+                await self._run(job)
+                job = self._next_command()
+        finally:
+            self._commands -= 1
+            self._wake.set()
+
+    def _next_command(self) -> Job | None:
+        if self.stopping or self._commands + len(self.workers.lanes) > self.settings.workers:
+            return None
+        job = self._next_job(time.time())
+        if job is not None and job.call is not None:
+            self._held = job
+            self._active[job.id].on_request = self._wake.set
+            return None
+        if job is not None:
+            self._starting.add(job.id)
+        return job
+
     async def _run(self, job: Job) -> None:
         """One command job, start to end (callables go to worker lanes instead)."""
         stop = self._active[job.id]
@@ -205,12 +255,24 @@ class Dispatcher:
                 self._reports([Ended(job, stop, Outcome(None), False)])
                 return
 
-            async def started(pid: int | None, create_time: float | None) -> None:
-                self.backend.report([Begun(job, time.time(), pid, create_time)], [])
+            # Its start time is when phxqd starts it, taken before the spawn: spawns run
+            # side by side in threads and may finish out of order, and the start times
+            # must keep the dispatch order (priority, then the order submitted).
+            at = time.time()
+
+            def started(pid: int | None, create_time: float | None) -> None:
+                self.backend.report([Begun(job, at, pid, create_time)], [])
+                self._started(job.id)
 
             try:
                 outcome = await command.run_command(
-                    job, self.logs.path(job.id), self.scratches, self.settings, stop, started
+                    job,
+                    self.logs.path(job.id),
+                    self.scratches,
+                    self.spawners,
+                    self.settings,
+                    stop,
+                    started,
                 )
             except Exception as e:
                 # a bug of ours must cost one attempt, never the daemon
@@ -218,7 +280,7 @@ class Dispatcher:
                 outcome = Outcome(None, f"internal error in phxqd: {e!r}")
             self._reports([Ended(job, stop, outcome)])
         finally:
-            self._commands -= 1
+            self._started(job.id)
             if self._active.pop(job.id, None) is not None:  # ended without a report
                 self.backend.report([], [Ending(job, False, stop_reason=stop.reason or SHUTDOWN)])
                 self._wake.set()

@@ -136,6 +136,7 @@ class Handlers:
                 return protocol.Accepted(self.progress(req, now))
             case protocol.Pause(queue):
                 await backend.pause(queue)
+                await self.dispatcher.starts_settled()  # none starts after the answer
                 return await self.views.status()
             case protocol.Resume(queue):
                 await backend.resume(queue)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
+
+import anyio
+import pytest
 
 from phxqd.run import spawn
 from tests.conftest import Daemon
@@ -72,3 +76,38 @@ def test_a_nul_byte_is_refused_not_cut_short(tmp_path: Path) -> None:
                 raise AssertionError(f"spawned with a NUL in {cwd!r} {argv!r} {env!r}")
     finally:
         os.close(log)
+
+
+def test_spawner_threads_leave_the_event_loop_free_and_hand_back_errors() -> None:
+    """A spawn blocks its thread until the child has exec'd, never the event loop nor
+    another spawn: here two calls wait on each other (a barrier of two), and a task on
+    the loop runs meanwhile; an exception comes back to the caller."""
+    barrier = threading.Barrier(2, timeout=10)
+    loop_ran = threading.Event()
+
+    def blocked() -> int:
+        barrier.wait()
+        assert loop_ran.wait(10)
+        return threading.get_ident()
+
+    def broken() -> None:
+        raise OSError(2, "no such file")
+
+    async def main() -> None:
+        spawners = spawn.Spawners()
+        idents: list[int] = []
+
+        async def one() -> None:
+            idents.append(await spawners.call(blocked))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            tg.start_soon(one)
+            await anyio.sleep(0)
+            loop_ran.set()
+        assert len(set(idents)) == 2 and threading.get_ident() not in idents
+        with pytest.raises(OSError, match="no such file"):
+            await spawners.call(broken)
+        spawners.close()
+
+    anyio.run(main)

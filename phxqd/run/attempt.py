@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from phxqd.model import Job
 
 
@@ -31,18 +29,19 @@ class Outcome:
 
 
 class Stop:
-    """A handle to ask a running job to stop, and why."""
+    """A handle to ask a running job to stop, and why. Whoever runs the job looks at
+    `reason` and sets `on_request` to be told at once (a command's wait, a worker lane,
+    the dispatcher for a job waiting for a slot)."""
+
+    __slots__ = ("on_request", "reason")
 
     def __init__(self) -> None:
-        self.scope = anyio.CancelScope()
         self.reason: str | None = None
-        #: told of the request too (a worker lane, whose job has no scope of its own)
         self.on_request: Callable[[], None] | None = None
 
     def request(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
-        self.scope.cancel()
         if self.on_request is not None:
             self.on_request()
 

@@ -9,10 +9,13 @@ How many jobs run at once is the dispatcher's business, not this module's.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import math
 import os
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -61,19 +64,20 @@ async def run_command(
     job: Job,
     log_path: Path,
     scratches: Scratches,
+    spawners: spawn.Spawners,
     settings: Settings,
     stop: Stop,
-    started: Callable[[int | None, float | None], Awaitable[None]],
+    started: Callable[[int | None, float | None], None],
 ) -> Outcome:
     """Run one attempt of `job` to its end, a timeout, or `stop`.
 
-    `started` is awaited once the process exists (or failed to), so the journal records the
-    pid before the job can finish. If the caller itself is cancelled (daemon shutdown), the
-    process tree is killed before the cancellation propagates. Output goes to the job's log,
-    or a scratch file that becomes it (see `output`). With `log_max_bytes` (as it is when
-    the job starts), the log is trimmed to about that size every second while the job runs
-    and once more at its end. `kill_grace` is read when the job is stopped: a reload
-    meanwhile counts.
+    The process is made in one of `spawners`' threads. `started` is called once it exists
+    (or failed to), so the journal records the pid before the job can finish. If the
+    caller itself is cancelled (daemon shutdown), the process tree is killed before the
+    cancellation propagates. Output goes to the job's log, or a scratch file that becomes
+    it (see `output`). With `log_max_bytes` (as it is when the job starts), the log is
+    trimmed to about that size every second while the job runs and once more at its end.
+    `kill_grace` is read when the job is stopped: a reload meanwhile counts.
     """
     socket, log_cap = settings.socket, settings.log_max_bytes
     env = command_env(job, socket)
@@ -81,27 +85,23 @@ async def run_command(
     try:
         out = Output(log_path, scratches, ran_before=job.started_at is not None)
         try:
-            before = boot_ticks()
-            proc = _spawn(job, out.fd, env)
-            ticks = before if boot_ticks() == before else None
+            proc, started_at = await spawners.call(functools.partial(_spawn, job, out.fd, env))
         finally:
             os.close(out.fd)
     except (OSError, ValueError) as e:  # ValueError: a NUL byte (jobs journaled before
         # submit refused them)
         if out is not None:
             out.end()
-        await started(None, None)
+        started(None, None)
         where = f" (cwd {job.cwd})" if job.cwd else ""
         why = e.strerror if isinstance(e, OSError) else str(e)
         return Outcome(None, f"cannot start {job.argv[0]!r}{where}: {why}", retryable=False)
 
     pidfd = os.pidfd_open(proc.pid)
     try:
-        await started(proc.pid, create_time(proc.pid, ticks))
-        timeout = job.timeout if job.timeout is not None else float("inf")
-        with anyio.move_on_after(timeout) as timer, stop.scope:
-            await _wait_exit(pidfd, out, log_cap)
-        if timer.cancelled_caught or stop.scope.cancelled_caught:
+        started(proc.pid, started_at)
+        timed_out = await _wait_exit(pidfd, out, log_cap, job.timeout, stop)
+        if timed_out or stop.reason is not None:
             with anyio.CancelScope(shield=True):
                 await kill_tree(proc, pidfd, settings.kill_grace, (job.id, socket))
         code = proc.wait()
@@ -117,21 +117,27 @@ async def run_command(
 
     if stop.reason is not None:
         return Outcome(code, f"{stop.reason} ({describe(code)})", cancelled=True)
-    if timer.cancelled_caught:
+    if timed_out:
         return Outcome(code, f"timed out after {job.timeout:g}s ({describe(code)})")
     return Outcome(code, None if code == 0 else describe(code))
 
 
-def _spawn(job: Job, log_fd: int, env: dict[str, str]) -> Child:
-    """Spawn the job's program, found in PATH by phxqd (looked up again if it moved)."""
+def _spawn(job: Job, log_fd: int, env: dict[str, str]) -> tuple[Child, float | None]:
+    """Spawn the job's program, found in PATH by phxqd (looked up again if it moved); the
+    child and its start time (see `create_time`: from the clock read around the spawn if
+    no tick passed meanwhile, else from /proc, which is a read the thread waits on, not
+    the event loop)."""
     program = find_program(job.argv[0], env, job.cwd)
+    before = boot_ticks()
     try:
-        return _start(job, program, log_fd, env)
+        child = _start(job, program, log_fd, env)
     except FileNotFoundError:
         if program is None:
             raise
         _found.clear()  # it moved: look again
-        return _start(job, None, log_fd, env)
+        before = boot_ticks()
+        child = _start(job, None, log_fd, env)
+    return child, create_time(child.pid, before if boot_ticks() == before else None)
 
 
 def _start(job: Job, program: str | None, log_fd: int, env: dict[str, str]) -> Child:
@@ -159,22 +165,68 @@ def _popen(
     )
 
 
-async def _wait_exit(pidfd: int, out: Output, log_cap: int | None) -> None:
-    """Until the job's process exits: its scratch output is published once it has run
-    PUBLISH_AFTER, and with `log_cap` its log is trimmed every TRIM_EVERY seconds."""
-    if out.scratch is not None:
-        with anyio.move_on_after(PUBLISH_AFTER):
-            await anyio.wait_readable(pidfd)
-            return
-        out.publish()
-    if log_cap is None:
-        await anyio.wait_readable(pidfd)
-        return
-    while True:
-        with anyio.move_on_after(TRIM_EVERY):
-            await anyio.wait_readable(pidfd)
-            return
-        await trim_log_soon(out.log_path, log_cap)
+class _Wake:
+    """What `_wait_exit` sleeps on: the pidfd turning readable (the process exited), a
+    stop request, or a timer. A bare future and callbacks: the anyio scopes and
+    `wait_readable` this replaced were a third of phxqd's Python work per `true` job."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.exited = False
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def exit(self) -> None:
+        self.exited = True
+        self.wake()
+
+    def wake(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    async def sleep(self, until: float) -> None:
+        """Until woken, or the loop's clock reaches `until`."""
+        timer = self.loop.call_at(until, self.wake) if until != math.inf else None
+        try:
+            await self.future
+        finally:
+            if timer is not None:
+                timer.cancel()
+        self.future = self.loop.create_future()
+
+
+async def _wait_exit(
+    pidfd: int, out: Output, log_cap: int | None, timeout: float | None, stop: Stop
+) -> bool:
+    """Until the job's process exits (False), its timeout passes (True) or it is asked to
+    stop (False: `stop.reason` says so). Meanwhile its scratch output is published once it
+    has run PUBLISH_AFTER, and with `log_cap` its log is trimmed every TRIM_EVERY seconds."""
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    deadline = now + timeout if timeout is not None else math.inf
+    publish_at = now + PUBLISH_AFTER if out.scratch is not None else math.inf
+    trim_at = now + TRIM_EVERY if log_cap is not None else math.inf
+    wake = _Wake(loop)
+    loop.add_reader(pidfd, wake.exit)
+    stop.on_request = wake.wake
+    try:
+        while not wake.exited:
+            if stop.reason is not None:
+                return False
+            now = loop.time()
+            if now >= deadline:
+                return True
+            if now >= publish_at:
+                out.publish()
+                publish_at = math.inf
+            if now >= trim_at and log_cap is not None:
+                await trim_log_soon(out.log_path, log_cap)
+                trim_at = loop.time() + TRIM_EVERY
+                continue
+            await wake.sleep(min(deadline, publish_at, trim_at))
+        return False
+    finally:
+        stop.on_request = None
+        loop.remove_reader(pidfd)
 
 
 #: seconds between two looks at a running job's log size

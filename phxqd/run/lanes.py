@@ -6,7 +6,7 @@ passes `worker_max_rss`. These, the interpreter, its import paths and `kill_grac
 from the live `Settings` each time they are used, so a reload reaches the lanes at once.
 
 A `Lane` is one worker in use, driven by one task: the dispatcher pushes jobs into it, and
-it may send a few ahead of the one running (`DEPTH`, only while the lane's jobs are quick:
+it may send a few ahead of the one running (`AHEAD`, only while the lane's jobs are quick:
 a job queued behind a long one would wait for it), so the worker never waits for phxqd
 between two short jobs and phxqd handles many replies per wake-up. The worker says which
 job it starts (see `phxqd.run.child`), so the lane always knows the one job a crash, a timeout
@@ -48,10 +48,12 @@ from phxqd.settings import Settings
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(FromWorker)
 
-#: the most jobs a lane has sent to its worker at once (the running one included)
-DEPTH = 8
-#: jobs are sent ahead only while the lane's last job, and the one running, took less
-SHORT = 0.005
+#: how many jobs a lane may have sent to its worker at once (the running one included),
+#: by how quick its jobs are: while the last one, and the one running so far, took less
+#: than `seconds`, up to `depth`; else one. So a job waits at most ~40 ms behind quick
+#: ones in a worker, and no-op calls go 32 to a write and a wake-up (half the daemon's
+#: CPU per call of 8, bench_pool --compare).
+AHEAD = ((0.001, 32), (0.005, 8))
 
 
 @dataclass
@@ -254,13 +256,12 @@ class Lane:
     def room(self, now: float) -> int:
         if not self.accepting:
             return 0
-        limit = 1
-        if self.worker.last_run < SHORT and (
-            self.running is None
-            or self.running.started is None
-            or now - self.running.started < SHORT
-        ):
-            limit = DEPTH
+        limit, running = 1, self.running
+        so_far = 0.0 if running is None or running.started is None else now - running.started
+        for seconds, depth in AHEAD:
+            if self.worker.last_run < seconds and so_far < seconds:
+                limit = depth
+                break
         return limit - len(self.inflight)
 
     def push(self, ticket: Ticket) -> None:
