@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 import random
 import sys
+from collections import Counter
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -66,6 +68,13 @@ DICT_ENTRY_BYTES = 48
 #: Subtracted from the sequence number of a retrying job: among ready jobs of one priority,
 #: a retry whose backoff has elapsed goes before every pending job, FIFO among retries.
 RETRY_FIRST = 1 << 62
+
+_ID = operator.attrgetter("id")
+_QUEUE = operator.attrgetter("queue")
+_STATUS = operator.attrgetter("status")
+_AFTER = operator.attrgetter("after")
+_RUN_AT = operator.attrgetter("run_at")
+_PRIORITY = operator.attrgetter("priority")
 
 
 class Snapshot(msgspec.Struct):
@@ -785,18 +794,24 @@ class State:
             schedules={s.spec.name: s for s in snap.schedules},
             rates=dict(snap.rates),
         )
-        jobs, counts, keys = state.jobs, state.counts, state.keys
-        share = state.share
-        for job in snap.jobs:
-            if not shared:
+        all_jobs = snap.jobs
+        if not shared:
+            share = state.share
+            for job in all_jobs:
                 share(job)
-            jobs[job.id] = job
-            k = (job.queue, job.status)
-            counts[k] = counts.get(k, 0) + 1
+        # In bulk, with builtins that loop in C (map, zip, Counter): a Python loop over a
+        # million jobs doing this cost a second of a restart (see bench/bench_restart.py).
+        state.jobs = jobs = dict(zip(map(_ID, all_jobs), all_jobs, strict=True))
+        counts = state.counts
+        counts.update(Counter(zip(map(_QUEUE, all_jobs), map(_STATUS, all_jobs), strict=True)))
+        keys = state.keys
+        for job in all_jobs:
             if job.key is not None and job.status not in FINISHED:
                 keys[job.key] = job.id
-            if job.status in LISTED:
-                state._listed[job.status][job.id] = None
+        if any(counts.get((q, s)) for q, s in counts if s in LISTED):
+            for job in all_jobs:
+                if job.status in LISTED:
+                    state._listed[job.status][job.id] = None
         queued, delayed, ready = state._queued, state._delayed, state._ready
         waiting = sum(n for (_, st), n in counts.items() if st in WAITING)
         in_order: Sequence[int] = snap.order
@@ -804,22 +819,28 @@ class State:
             listed = set(in_order)
             in_order = [
                 *in_order,
-                *(j.id for j in snap.jobs if j.status in WAITING and j.id not in listed),
+                *(j.id for j in all_jobs if j.status in WAITING and j.id not in listed),
             ]
-        seq = 0
         due = -math.inf if now is None else now  # without a clock, everything waits
-        for job_id in in_order:
-            job = jobs[job_id]
+        ordered = list(map(jobs.__getitem__, in_order))
+        if state._ready_in_bulk(ordered, due):
+            return state
+        seq = 0
+        for job in ordered:
             seq += 1
-            if job.after and state.waits_for(job):
+            if job.after is not None and state.waits_for(job):
                 state._seq = seq
                 state._block(job)
                 seq = state._seq
                 continue
+            job_id = job.id
             key = seq - RETRY_FIRST if job.status == "retrying" else seq
             queued[job_id] = key
             if job.run_at <= due:
-                ready.setdefault(job.queue, []).append((-job.priority, key, job_id))
+                heap = ready.get(job.queue)
+                if heap is None:
+                    heap = ready[job.queue] = []
+                heap.append((-job.priority, key, job_id))
             else:
                 delayed.append((job.run_at, key, job_id))
         state._seq = seq
@@ -827,6 +848,35 @@ class State:
         for heap in ready.values():
             heapq.heapify(heap)
         return state
+
+    def _ready_in_bulk(self, ordered: list[Job], due: float) -> bool:
+        """`from_snapshot`'s waiting jobs onto their heap at C speed, in the common case
+        (one queue, all due, none blocked or retrying); False, with nothing done, if not.
+
+        The ids are the jobs' own int objects and each sequence number is one object in
+        both `_queued` and the heap entry: a million extra ints would be 32 MB.
+        """
+        if not ordered or due == -math.inf:
+            return False
+        queue = ordered[0].queue
+        statuses = set(map(_STATUS, ordered))
+        if (
+            statuses != {"pending"}
+            or any(map(_AFTER, ordered))
+            or max(map(_RUN_AT, ordered)) > due
+            or set(map(_QUEUE, ordered)) != {queue}
+        ):
+            return False
+        ids = list(map(_ID, ordered))
+        seqs = range(1, len(ordered) + 1)
+        self._queued = dict(zip(ids, seqs, strict=True))
+        # the same int objects as the dict's values, not new ones from a second range()
+        keys = list(self._queued.values())
+        heap = list(zip(map(operator.neg, map(_PRIORITY, ordered)), keys, ids, strict=True))
+        heapq.heapify(heap)  # already a heap when every priority is the same: O(n) check
+        self._ready[queue] = heap
+        self._seq = len(ordered)
+        return True
 
     # ------------------------------------------------------------------- helpers
 
