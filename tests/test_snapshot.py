@@ -159,3 +159,15 @@ def test_a_restore_in_bulk_queues_as_one_by_one_does(tmp_path: Path, delayed: bo
             s.apply(e)
     assert claims(back, 50) == claims(state, 50)
     assert len(claims(back, 50)) == 0
+
+
+@pytest.mark.parametrize("n", [0, 3, snapshot.CHUNK + 1])
+def test_a_streamed_snapshot_is_the_same_file(tmp_path: Path, n: int) -> None:
+    # the snapshot child writes it a chunk at a time, the jobs briefly made StoredJobs
+    state = filled(n)
+    if n:
+        state.jobs[1].env, state.jobs[1].result = {"A": "1"}, {"out": [1]}
+    expected = snapshot.encode(state.snapshot(5))
+    snapshot.write_streamed(tmp_path, state.snapshot(5))
+    assert (tmp_path / snapshot.TEMPORARY).read_bytes() == expected
+    assert all(type(j) is Job for j in state.jobs.values())

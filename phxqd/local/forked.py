@@ -97,7 +97,7 @@ def _child(
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         gc.disable()  # a collection would touch (and copy) every object for nothing
         os.nice(CHILD_NICENESS)
-        snapshot.write_temporary(directory, snapshot.encode(take()))
+        snapshot.write_streamed(directory, take())
         code = 0
     except BaseException as e:
         message = f"phxqd: the snapshot process failed: {e!r}\n"

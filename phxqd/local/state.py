@@ -762,7 +762,8 @@ class State:
         self._remove(ids)
 
     def snapshot(self, lsn: int) -> Snapshot:
-        place = {**self._blocked, **self._queued}
+        # (no merged copy of a million entries when nothing is blocked, the usual case)
+        place = {**self._blocked, **self._queued} if self._blocked else self._queued
         order = sorted(place, key=place.__getitem__)
         return Snapshot(
             lsn,
