@@ -26,14 +26,14 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from phxqd.local.journal import Corruption, fsync_dir
-from phxqd.local.state import Snapshot
+from phxqd.local.state import Sharer, Snapshot
 from phxqd.model import Job, StoredJob, as_jobs
 from phxqd.schedules_model import Schedule
 
@@ -175,7 +175,7 @@ def publish(directory: Path) -> int:
     return size
 
 
-def load(directory: Path, share: Callable[[Job], None] | None = None) -> Snapshot | None:
+def load(directory: Path, share: Sharer | None = None) -> Snapshot | None:
     """The snapshot, None if there is none; each job goes through `share` as it is decoded."""
     path = directory / FILENAME
     try:
@@ -189,7 +189,7 @@ def load(directory: Path, share: Callable[[Job], None] | None = None) -> Snapsho
         return None
 
 
-def _decode(path: Path, data: mmap.mmap, share: Callable[[Job], None] | None) -> Snapshot:
+def _decode(path: Path, data: mmap.mmap, share: Sharer | None) -> Snapshot:
     start = len(MAGIC) + HEADER.size
     magic = data[: len(MAGIC)]
     if len(data) < start or magic not in (MAGIC, MAGIC_V2, MAGIC_V1):
@@ -217,15 +217,12 @@ def _jobs_from_arrays(chunk: msgspec.Raw) -> list[Job]:
     return as_jobs(_chunk_decoder.decode(chunk))
 
 
-def _from_file(
-    file: SnapshotFile, share: Callable[[Job], None] | None, as_arrays: bool
-) -> Snapshot:
+def _from_file(file: SnapshotFile, share: Sharer | None, as_arrays: bool) -> Snapshot:
     jobs: list[Job] = []
     for chunk in file.chunks:
         decoded = _jobs_from_arrays(chunk) if as_arrays else _v2_chunk_decoder.decode(chunk)
         if share is not None:
-            for job in decoded:
-                share(job)
+            share.all(decoded)
         jobs += decoded
     order = array("q")
     order.frombytes(file.order)
