@@ -135,3 +135,39 @@ def test_the_second_snapshot_format_is_still_read(tmp_path: Path) -> None:
     back = State.from_snapshot(got, 2000.0, shared=True)
     assert back.summary() == state.summary()
     assert claims(back, 30) == claims(state, 30)
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+def test_a_restore_in_bulk_queues_as_one_by_one_does(tmp_path: Path, delayed: bool) -> None:
+    # One queue, all pending: from_snapshot builds its heap in bulk (State._ready_in_bulk).
+    # A delayed job, or none: the jobs go through the general path; both must agree with
+    # the state that was saved, before and after more jobs come.
+    state = State()
+    specs = [JobSpec(argv=["true"], priority=i % 3) for i in range(40)]
+    if delayed:
+        specs.append(JobSpec(argv=["true"], delay=5000.0))
+    for e in state.submit(specs, 1000.0)[0]:
+        state.apply(e)
+    snapshot.write(tmp_path, snapshot.encode(state.snapshot(1)))
+    snap = snapshot.load(tmp_path, Sharer())
+    assert snap is not None
+    back = State.from_snapshot(snap, 2000.0, shared=True)
+    assert back.summary() == state.summary()
+    more = [JobSpec(argv=["true"], priority=p) for p in (2, 0)]
+    for s in (state, back):
+        for e in s.submit(more, 1500.0)[0]:
+            s.apply(e)
+    assert claims(back, 50) == claims(state, 50)
+    assert len(claims(back, 50)) == 0
+
+
+@pytest.mark.parametrize("n", [0, 3, snapshot.CHUNK + 1])
+def test_a_streamed_snapshot_is_the_same_file(tmp_path: Path, n: int) -> None:
+    # the snapshot child writes it a chunk at a time, the jobs briefly made StoredJobs
+    state = filled(n)
+    if n:
+        state.jobs[1].env, state.jobs[1].result = {"A": "1"}, {"out": [1]}
+    expected = snapshot.encode(state.snapshot(5))
+    snapshot.write_streamed(tmp_path, state.snapshot(5))
+    assert (tmp_path / snapshot.TEMPORARY).read_bytes() == expected
+    assert all(type(j) is Job for j in state.jobs.values())

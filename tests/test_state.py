@@ -30,12 +30,15 @@ from phxqd.events import (
     Resumed,
     Retried,
     Started,
+    Submitted,
+    SubmittedBatch,
     submitted_jobs,
 )
 from phxqd.local.state import (
     BACKOFF_BASE,
     BACKOFF_JITTER,
     BACKOFF_MAX,
+    BULK,
     QueueDefaults,
     Refused,
     Snapshot,
@@ -1222,3 +1225,25 @@ def test_snapshot_round_trip(
         live, back = claim_all(s, at), claim_all(restored, at)
         note(f"at {at}: live {live}, restored {back}")
         assert back == live
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+def test_a_batch_added_in_bulk_is_the_jobs_added_one_by_one(delayed: bool) -> None:
+    # 40 jobs of one queue, all due at once: State._add_in_bulk; with a delayed one among
+    # them, the loop of `_add`. Either way the same as 40 Submitted events.
+    specs = [JobSpec(argv=["true"], priority=i % 3, cwd="/srv") for i in range(40)]
+    if delayed:
+        specs[7] = JobSpec(argv=["true"], delay=5.0)
+    bulk, single = State(), State()
+    for s in (bulk, single):
+        submit(s, priority=1)  # a job queued before the batch
+    events, _ = bulk.submit(specs, T0)
+    (batch,) = events
+    assert isinstance(batch, SubmittedBatch) and len(batch.jobs) >= BULK
+    bulk.apply(batch)
+    for job in msgspec.msgpack.decode(msgspec.msgpack.encode(batch.jobs), type=list[Job]):
+        single.apply(Submitted(job))
+    same_state(bulk, single)
+    assert bulk._queued == single._queued
+    assert bulk.jobs[10].cwd is bulk.jobs[30].cwd
+    assert claim_all(bulk, T0 + 10) == claim_all(single, T0 + 10)

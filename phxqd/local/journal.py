@@ -118,36 +118,44 @@ class Scan:
     size: int
     #: why the bytes after good_bytes are not a record (None when the file ends cleanly)
     tail_problem: str | None
+    #: whole records read (with `each`, `events` stays empty)
+    records: int = 0
 
 
-def scan_segment(path: Path) -> Scan:
+def scan_segment(path: Path, each: Callable[[AnyEvent], None] | None = None) -> Scan:
     """Read every whole record; stop at the first bad one and say why.
 
     Whether a bad record is a torn tail or corruption is the caller's call: only the very
-    end of the newest segment may be torn.
+    end of the newest segment may be torn. `each`: every event is handed to it as soon as
+    it is decoded, and none is kept (recovery: a segment of 690,000 submitted jobs decoded
+    at once left the heap full of the holes of their dropped duplicate strings, ~90 bytes
+    a job of RSS for good).
     """
     data = path.read_bytes()
     events: list[AnyEvent] = []
-    pos, size = 0, len(data)
+    keep = events.append if each is None else each
+    records, pos, size = 0, 0, len(data)
     hsize = RECORD_HEADER.size
     while pos < size:
         if size - pos < hsize:
-            return Scan(events, pos, size, "partial record header")
+            return Scan(events, pos, size, "partial record header", records)
         length, crc = RECORD_HEADER.unpack_from(data, pos)
         if length > MAX_RECORD:
-            return Scan(events, pos, size, f"record length {length} is impossible")
+            return Scan(events, pos, size, f"record length {length} is impossible", records)
         end = pos + hsize + length
         if end > size:
-            return Scan(events, pos, size, "partial record")
+            return Scan(events, pos, size, "partial record", records)
         payload = data[pos + hsize : end]
         if zlib.crc32(payload) != crc:
-            return Scan(events, pos, size, "checksum mismatch")
+            return Scan(events, pos, size, "checksum mismatch", records)
         try:
-            events.append(decode_record(payload))
+            event = decode_record(payload)
         except (msgspec.DecodeError, UnicodeDecodeError) as e:  # the latter: not UTF-8
-            return Scan(events, pos, size, f"undecodable record ({e})")
+            return Scan(events, pos, size, f"undecodable record ({e})", records)
+        keep(event)
+        records += 1
         pos = end
-    return Scan(events, pos, size, None)
+    return Scan(events, pos, size, None, records)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import itertools
 import logging
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
+from phxqd.events import AnyEvent
 from phxqd.local import snapshot
 from phxqd.local.journal import (
     MAX_RECORD,
@@ -96,7 +99,16 @@ def _recover(journal_dir: Path, cut_torn_tail: bool, now: float | None) -> Recov
             raise Corruption(path, 0, f"segment starts at record {first}, expected {expected}")
         # (A gap whose records the snapshot holds loses nothing. Older phxqd could leave
         # one with fsync = "batch" and a power cut: an empty segment before the gap.)
-        scan = scan_segment(path)
+        # Each event applied as soon as it is decoded (see scan_segment); if the segment
+        # then proves damaged, Corruption ends the recovery and this state is dropped.
+        lsn = itertools.count(first)
+
+        def replay(event: AnyEvent, lsn: Iterator[int] = lsn) -> None:
+            if next(lsn) > snap_lsn:
+                state.apply(event)
+                out.records += 1
+
+        scan = scan_segment(path, replay)
         if scan.tail_problem is not None:
             last = i == len(segments) - 1
             if not last or _whole_record_after(path, scan):
@@ -111,11 +123,7 @@ def _recover(journal_dir: Path, cut_torn_tail: bool, now: float | None) -> Recov
                     scan.tail_problem,
                     scan.size - scan.good_bytes,
                 )
-        for k, event in enumerate(scan.events):
-            if first + k > snap_lsn:
-                state.apply(event)
-                out.records += 1
-        expected = first + len(scan.events)
+        expected = first + scan.records
         out.segments += 1
     if expected is not None:
         out.next_lsn = max(expected, snap_lsn + 1)

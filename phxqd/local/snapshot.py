@@ -26,13 +26,14 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from phxqd.local.journal import Corruption, fsync_dir
-from phxqd.local.state import Snapshot
+from phxqd.local.state import Sharer, Snapshot
 from phxqd.model import Job, StoredJob, as_jobs
 from phxqd.schedules_model import Schedule
 
@@ -70,28 +71,84 @@ _v1_decoder = msgspec.msgpack.Decoder(Snapshot)
 
 def encode(snap: Snapshot) -> bytes:
     """Done on the event loop, so the bytes match the state at one instant."""
+    payload = b"".join(_payload(snap, in_place=False))
+    return MAGIC + HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _payload(snap: Snapshot, in_place: bool) -> Iterator[bytes]:
+    """The msgpack `SnapshotFile` of `snap`, in parts whose concatenation is its encoding
+    (msgpack nests by concatenation), so a writer need never hold the whole of it.
+
+    `in_place`: each chunk's jobs are made `StoredJob`s (the same layout, see model.py)
+    while it is encoded, and made `Job`s again after, instead of copied into tuples of
+    their fields: for the snapshot child (forked.py), where a tuple per job took a
+    reference to each of its fields, and every page holding a float or int of a job was
+    copied for that.
+    """
     jobs = snap.jobs
     order = array("q", snap.order)
     if sys.byteorder != "little":
         order.byteswap()
-    payload = _encoder.encode(
-        SnapshotFile(
-            snap.lsn,
-            snap.next_id,
-            snap.paused,
-            snap.paused_all,
-            snap.limits,
-            order.tobytes(),
-            [msgspec.Raw(_encode_chunk(jobs[i : i + CHUNK])) for i in range(0, len(jobs), CHUNK)],
-            snap.schedules,
-            snap.rates,
-        )
-    )
-    return MAGIC + HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    yield _array_header(len(SnapshotFile.__struct_fields__))
+    for value in (snap.lsn, snap.next_id, snap.paused, snap.paused_all, snap.limits):
+        yield _encoder.encode(value)
+    yield _encoder.encode(order.tobytes())
+    del order
+    yield _array_header(-(-len(jobs) // CHUNK))
+    encode_chunk = _encode_chunk_in_place if in_place else _encode_chunk
+    for i in range(0, len(jobs), CHUNK):
+        yield encode_chunk(jobs[i : i + CHUNK])
+    yield _encoder.encode(snap.schedules)
+    yield _encoder.encode(snap.rates)
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def _encode_chunk(jobs: list[Job]) -> bytes:
     return _encoder.encode([msgspec.structs.astuple(job) for job in jobs])
+
+
+def _encode_chunk_in_place(jobs: list[Job]) -> bytes:
+    stored: list[Any] = jobs
+    try:
+        for job in stored:
+            job.__class__ = StoredJob
+        return _encoder.encode(stored)
+    finally:
+        for job in stored:
+            job.__class__ = Job
+
+
+def write_streamed(directory: Path, snap: Snapshot) -> None:
+    """Encode and write the temporary snapshot a chunk at a time (the snapshot child):
+    the same bytes as `write_temporary(directory, encode(snap))`, without ever holding
+    them all (three copies of the whole payload were most of what a child allocated)."""
+    fd = os.open(directory / TEMPORARY, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, MAGIC + HEADER.pack(0, 0))
+        length, crc = 0, 0
+        for part in _payload(snap, in_place=True):
+            _write_all(fd, part)
+            length += len(part)
+            crc = zlib.crc32(part, crc)
+        header = HEADER.pack(length, crc)
+        if os.pwrite(fd, header, len(MAGIC)) != len(header):
+            raise OSError("short write of the snapshot's header")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def write(directory: Path, data: bytes) -> None:
@@ -104,9 +161,7 @@ def write_temporary(directory: Path, data: bytes) -> None:
     """The new snapshot, whole and fsync'd, beside the old one (which still counts)."""
     fd = os.open(directory / TEMPORARY, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -120,7 +175,7 @@ def publish(directory: Path) -> int:
     return size
 
 
-def load(directory: Path, share: Callable[[Job], None] | None = None) -> Snapshot | None:
+def load(directory: Path, share: Sharer | None = None) -> Snapshot | None:
     """The snapshot, None if there is none; each job goes through `share` as it is decoded."""
     path = directory / FILENAME
     try:
@@ -134,7 +189,7 @@ def load(directory: Path, share: Callable[[Job], None] | None = None) -> Snapsho
         return None
 
 
-def _decode(path: Path, data: mmap.mmap, share: Callable[[Job], None] | None) -> Snapshot:
+def _decode(path: Path, data: mmap.mmap, share: Sharer | None) -> Snapshot:
     start = len(MAGIC) + HEADER.size
     magic = data[: len(MAGIC)]
     if len(data) < start or magic not in (MAGIC, MAGIC_V2, MAGIC_V1):
@@ -162,15 +217,12 @@ def _jobs_from_arrays(chunk: msgspec.Raw) -> list[Job]:
     return as_jobs(_chunk_decoder.decode(chunk))
 
 
-def _from_file(
-    file: SnapshotFile, share: Callable[[Job], None] | None, as_arrays: bool
-) -> Snapshot:
+def _from_file(file: SnapshotFile, share: Sharer | None, as_arrays: bool) -> Snapshot:
     jobs: list[Job] = []
     for chunk in file.chunks:
         decoded = _jobs_from_arrays(chunk) if as_arrays else _v2_chunk_decoder.decode(chunk)
         if share is not None:
-            for job in decoded:
-                share(job)
+            share.all(decoded)
         jobs += decoded
     order = array("q")
     order.frombytes(file.order)

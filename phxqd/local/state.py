@@ -8,10 +8,14 @@ a live daemon and a restarted one cannot disagree. Every time comes in as an arg
 
 from __future__ import annotations
 
+import collections
+import functools
 import heapq
 import math
+import operator
 import random
 import sys
+from collections import Counter
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -68,6 +72,17 @@ DICT_ENTRY_BYTES = 48
 #: a retry whose backoff has elapsed goes before every pending job, FIFO among retries.
 RETRY_FIRST = 1 << 62
 
+_ID = operator.attrgetter("id")
+_QUEUE = operator.attrgetter("queue")
+_STATUS = operator.attrgetter("status")
+_AFTER = operator.attrgetter("after")
+_RUN_AT = operator.attrgetter("run_at")
+_PRIORITY = operator.attrgetter("priority")
+_KEY = operator.attrgetter("key")
+_CREATED_AT = operator.attrgetter("created_at")
+#: batches from this many jobs go through `State._add_in_bulk`
+BULK = 16
+
 
 class Snapshot(msgspec.Struct):
     """Everything needed to rebuild the state without the events before `lsn`."""
@@ -114,6 +129,24 @@ class Sharer:
 
     def __init__(self) -> None:
         self._argv: tuple[str, ...] = ()
+
+    def all(self, jobs: Iterable[Job]) -> None:
+        """`self(job)` for each job, in one loop (a batch of 10,000 paid a call per job)."""
+        intern, last = sys.intern, self._argv
+        for job in jobs:
+            job.queue = intern(job.queue)
+            if job.cwd is not None:
+                job.cwd = intern(job.cwd)
+            if job.run_at == job.created_at:
+                job.run_at = job.created_at
+            argv = job.argv
+            if argv == last:
+                job.argv = last
+                continue
+            if argv and last and argv[0] == last[0]:
+                job.argv = (last[0], *argv[1:])
+            last = job.argv
+        self._argv = last
 
     def __call__(self, job: Job) -> None:
         job.queue = sys.intern(job.queue)
@@ -727,7 +760,8 @@ class State:
         self._remove(ids)
 
     def snapshot(self, lsn: int) -> Snapshot:
-        place = {**self._blocked, **self._queued}
+        # (no merged copy of a million entries when nothing is blocked, the usual case)
+        place = {**self._blocked, **self._queued} if self._blocked else self._queued
         order = sorted(place, key=place.__getitem__)
         return Snapshot(
             lsn,
@@ -759,18 +793,24 @@ class State:
             schedules={s.spec.name: s for s in snap.schedules},
             rates=dict(snap.rates),
         )
-        jobs, counts, keys = state.jobs, state.counts, state.keys
-        share = state.share
-        for job in snap.jobs:
-            if not shared:
+        all_jobs = snap.jobs
+        if not shared:
+            share = state.share
+            for job in all_jobs:
                 share(job)
-            jobs[job.id] = job
-            k = (job.queue, job.status)
-            counts[k] = counts.get(k, 0) + 1
+        # In bulk, with builtins that loop in C (map, zip, Counter): a Python loop over a
+        # million jobs doing this cost a second of a restart (see bench/bench_restart.py).
+        state.jobs = jobs = dict(zip(map(_ID, all_jobs), all_jobs, strict=True))
+        counts = state.counts
+        counts.update(Counter(zip(map(_QUEUE, all_jobs), map(_STATUS, all_jobs), strict=True)))
+        keys = state.keys
+        for job in all_jobs:
             if job.key is not None and job.status not in FINISHED:
                 keys[job.key] = job.id
-            if job.status in LISTED:
-                state._listed[job.status][job.id] = None
+        if any(counts.get((q, s)) for q, s in counts if s in LISTED):
+            for job in all_jobs:
+                if job.status in LISTED:
+                    state._listed[job.status][job.id] = None
         queued, delayed, ready = state._queued, state._delayed, state._ready
         waiting = sum(n for (_, st), n in counts.items() if st in WAITING)
         in_order: Sequence[int] = snap.order
@@ -778,22 +818,28 @@ class State:
             listed = set(in_order)
             in_order = [
                 *in_order,
-                *(j.id for j in snap.jobs if j.status in WAITING and j.id not in listed),
+                *(j.id for j in all_jobs if j.status in WAITING and j.id not in listed),
             ]
-        seq = 0
         due = -math.inf if now is None else now  # without a clock, everything waits
-        for job_id in in_order:
-            job = jobs[job_id]
+        ordered = list(map(jobs.__getitem__, in_order))
+        if state._ready_in_bulk(ordered, due):
+            return state
+        seq = 0
+        for job in ordered:
             seq += 1
-            if job.after and state.waits_for(job):
+            if job.after is not None and state.waits_for(job):
                 state._seq = seq
                 state._block(job)
                 seq = state._seq
                 continue
+            job_id = job.id
             key = seq - RETRY_FIRST if job.status == "retrying" else seq
             queued[job_id] = key
             if job.run_at <= due:
-                ready.setdefault(job.queue, []).append((-job.priority, key, job_id))
+                heap = ready.get(job.queue)
+                if heap is None:
+                    heap = ready[job.queue] = []
+                heap.append((-job.priority, key, job_id))
             else:
                 delayed.append((job.run_at, key, job_id))
         state._seq = seq
@@ -801,6 +847,35 @@ class State:
         for heap in ready.values():
             heapq.heapify(heap)
         return state
+
+    def _ready_in_bulk(self, ordered: list[Job], due: float) -> bool:
+        """`from_snapshot`'s waiting jobs onto their heap at C speed, in the common case
+        (one queue, all due, none blocked or retrying); False, with nothing done, if not.
+
+        The ids are the jobs' own int objects and each sequence number is one object in
+        both `_queued` and the heap entry: a million extra ints would be 32 MB.
+        """
+        if not ordered or due == -math.inf:
+            return False
+        queue = ordered[0].queue
+        statuses = set(map(_STATUS, ordered))
+        if (
+            statuses != {"pending"}
+            or any(map(_AFTER, ordered))
+            or max(map(_RUN_AT, ordered)) > due
+            or set(map(_QUEUE, ordered)) != {queue}
+        ):
+            return False
+        ids = list(map(_ID, ordered))
+        seqs = range(1, len(ordered) + 1)
+        self._queued = dict(zip(ids, seqs, strict=True))
+        # the same int objects as the dict's values, not new ones from a second range()
+        keys = list(self._queued.values())
+        heap = list(zip(map(operator.neg, map(_PRIORITY, ordered)), keys, ids, strict=True))
+        heapq.heapify(heap)  # already a heap when every priority is the same: O(n) check
+        self._ready[queue] = heap
+        self._seq = len(ordered)
+        return True
 
     # ------------------------------------------------------------------- helpers
 
@@ -810,6 +885,8 @@ class State:
         One loop with its lookups hoisted: a batch of 10,000 jobs goes through here on the
         request's way to its answer, so this is what a batch costs per job.
         """
+        if isinstance(jobs, list) and len(jobs) >= BULK and self._add_in_bulk(jobs):
+            return
         share, table, counts, keys = self.share, self.jobs, self.counts, self.keys
         next_id = self.next_id
         for job in jobs:
@@ -829,6 +906,38 @@ class State:
                 else:
                     self._enqueue(job)
         self.next_id = next_id
+
+    def _add_in_bulk(self, jobs: list[Job]) -> bool:
+        """`_add` of a batch at C speed, in the usual case (one queue, all pending and due
+        at once, no key, no --after); False, with nothing done, if not.
+
+        A batch of 10,000 is what `submit --batch` sends and what a journal replay reads
+        in one record: one by one, this was most of the time of a restart that replayed
+        them (bench/bench_restart.py). The same effects as the loop of `_add`, in order:
+        the sequence numbers are consecutive, one object shared by `_queued` and the heap.
+        """
+        queue = jobs[0].queue
+        if (
+            set(map(_STATUS, jobs)) != {"pending"}
+            or set(map(_QUEUE, jobs)) != {queue}
+            or any(map(_AFTER, jobs))
+            or set(map(_KEY, jobs)) != {None}
+            or not all(map(operator.le, map(_RUN_AT, jobs), map(_CREATED_AT, jobs)))
+        ):
+            return False
+        self.share.all(jobs)
+        ids = list(map(_ID, jobs))
+        self.jobs.update(zip(ids, jobs, strict=True))
+        self.next_id = max(self.next_id, max(ids) + 1)
+        k = (jobs[0].queue, "pending")
+        self.counts[k] = self.counts.get(k, 0) + len(jobs)
+        seqs = list(range(self._seq + 1, self._seq + len(jobs) + 1))
+        self._seq += len(jobs)
+        self._queued.update(zip(ids, seqs, strict=True))
+        push = functools.partial(heapq.heappush, self._ready.setdefault(jobs[0].queue, []))
+        entries = zip(map(operator.neg, map(_PRIORITY, jobs)), seqs, ids, strict=True)
+        collections.deque(map(push, entries), maxlen=0)  # each pushed, in a loop in C
+        return True
 
     def _remove(self, ids: Iterable[int]) -> None:
         for job_id in ids:
