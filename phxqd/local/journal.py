@@ -210,7 +210,7 @@ class Journal:
         self._wake = anyio.Event()
         self._progress = anyio.Event()
         #: (lsn, order, event) of those waiting in `durable`, the smallest LSN first
-        self._durable_waiters: list[tuple[int, int, anyio.Event]] = []
+        self._durable_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_order = itertools.count()
         self._rotate = False
         #: the last record the segment being left must hold (see `rotate`)
@@ -251,9 +251,11 @@ class Journal:
         while self.durable_lsn < lsn:
             if self.failed is not None:
                 raise self.failed
-            woken = anyio.Event()
+            # A bare future, not an anyio.Event (an asyncio.Event holding a deque of
+            # futures): one is made per request. Cancelling the waiting task cancels it.
+            woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             heapq.heappush(self._durable_waiters, (lsn, next(self._waiter_order), woken))
-            await woken.wait()
+            await woken
         if self.failed is not None and self.durable_lsn < lsn:
             raise self.failed
 
@@ -387,10 +389,11 @@ class Journal:
         waiters = self._durable_waiters
         if self.failed is not None:
             for _, _, woken in waiters:
-                woken.set()
+                _wake(woken)
             waiters.clear()
-        while waiters and waiters[0][0] <= self.durable_lsn:
-            heapq.heappop(waiters)[2].set()
+        durable = self.durable_lsn
+        while waiters and waiters[0][0] <= durable:
+            _wake(heapq.heappop(waiters)[2])
 
     def _fail(self, error: OSError) -> None:
         msg = f"journal write failed: {os.strerror(error.errno) if error.errno else error}"
@@ -465,6 +468,11 @@ class DiskThread:
                 _report(done, _set_exception, e)
             else:
                 _report(done, _set_result, result)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():  # a cancelled waiter's is
+        waiter.set_result(None)
 
 
 def _report(
