@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import AsyncGeneratorType
 from typing import Any, cast
 
 import anyio
@@ -257,11 +258,14 @@ class Wire(asyncio.Protocol):
         self.lost = False
         self.reading_paused = False
         self.writing_paused = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._readable: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        # asyncio.get_running_loop() makes a getpid() system call each time
+        self._loop = asyncio.get_running_loop()
         self.transport.set_write_buffer_limits(high=0)  # see Connection._send
 
     def data_received(self, data: bytes) -> None:
@@ -302,7 +306,8 @@ class Wire(asyncio.Protocol):
         side."""
         if len(self.buffer) > have or self.eof:
             return
-        self._readable = asyncio.get_running_loop().create_future()
+        assert self._loop is not None
+        self._readable = self._loop.create_future()
         try:
             await self._readable
         finally:
@@ -311,7 +316,8 @@ class Wire(asyncio.Protocol):
     async def drained(self) -> None:
         """Return once the socket took everything written (or the client is gone)."""
         while self.writing_paused:
-            self._writable = asyncio.get_running_loop().create_future()
+            assert self._loop is not None
+            self._writable = self._loop.create_future()
             try:
                 await self._writable
             finally:
@@ -389,7 +395,7 @@ class Connection:
                 await self._send(protocol.Err("upgrade", "the first request must be hello"))
                 return
             reply = await self._answer(req)
-            if isinstance(reply, AsyncGenerator):
+            if isinstance(reply, AsyncGeneratorType):
                 if not await self._stream(reply):
                     return
                 continue
@@ -461,10 +467,12 @@ class Connection:
 
     async def _answer(
         self, req: protocol.Request
-    ) -> protocol.Ok[Any] | protocol.Err | AsyncGenerator[msgspec.Struct]:
+    ) -> protocol.Ok[Any] | protocol.Err | AsyncGeneratorType[msgspec.Struct, None]:
         try:
             result = await self.handle(req)
-            if isinstance(result, AsyncGenerator):
+            # the concrete type: an isinstance of the abstract one goes through abc, twice
+            # per request
+            if isinstance(result, AsyncGeneratorType):
                 return result
             return protocol.Ok(result)
         except Refused as e:
