@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             settings = Settings.from_config(cfg, opts, socket=activated_path)
     raise_open_files_limit()
     try:
-        anyio.run(
-            run, settings, opts, sd, activated, activated_path, backend_options=loop_options()
-        )
+        anyio.run(run, settings, opts, sd, activated, activated_path)
     except Corruption as e:
         logsetup.fatal(
             f"phxqd: refusing to start: {e}\n"
@@ -406,17 +404,6 @@ async def _open_postgres(
         raise SystemExit(f"phxqd: cannot use the PostgreSQL store: {why}") from None
     log.info("PostgreSQL store: this is node %d (lease %gs)", backend.node, settings.lease)
     return backend
-
-
-def loop_options() -> dict[str, bool]:
-    """uvloop when it is installed (a dependency of phxq on Linux): its event loop, written
-    in C over libuv, costs the daemon about a fifth less CPU per request than asyncio's
-    own, whose selector, handles and transports are Python (bench/bench_ceiling.py)."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
 
 
 async def _serve(
