@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     kinds = ["phxqd", *(["base"] if args.base else []), "huey", "inline"]
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for r in range(args.rounds):
         for kind in kinds:
             if kind in ("phxqd", "base"):
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         k: statistics.median(a / b for a, b in zip(rates[k], rates["huey"], strict=True))
         for k in kinds
     }
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
     print(f"1 producer x {args.per} one-job durable submits, {args.rounds} rounds, medians:")
     print()

@@ -7,6 +7,7 @@ malformed frame costs its sender an error reply or the connection, never the dae
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import grp
@@ -20,11 +21,11 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import AsyncGeneratorType
+from typing import Any, cast
 
 import anyio
 import msgspec
-from anyio.abc import SocketStream, UNIXSocketStream
 
 from phxqd import protocol
 from phxqd.protocol import Refused
@@ -144,9 +145,8 @@ def open_to(path: Path, access: Access) -> None:
     os.chmod(path.parent, 0o711)
 
 
-def peer(stream: UNIXSocketStream) -> tuple[int, int, int]:
+def peer(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end."""
-    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
     data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", data)
     return pid, uid, gid
@@ -158,31 +158,33 @@ async def serve(
     access: Access | None = None,
     timeouts: Timeouts | None = None,
 ) -> None:
+    """Accept clients on `listener` (which stays the caller's) and answer them.
+
+    Accepted straight from its socket: each connection is then driven by the event loop's
+    own transport (see `Wire`), which an anyio stream cannot be handed to.
+    """
     access = access or Access()
     timeouts = timeouts or Timeouts()
     live: set[Connection] = set()
+    loop = asyncio.get_running_loop()
+    raw: socket.socket = listener.extra(anyio.abc.SocketAttribute.raw_socket)
+    raw.setblocking(False)
 
-    async def on_connect(stream: SocketStream) -> None:
-        assert isinstance(stream, UNIXSocketStream)
+    async def on_connect(sock: socket.socket) -> None:
         # A client that goes away mid-request needs no answer.
-        with contextlib.suppress(
-            anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError
-        ):
-            pid, uid, gid = peer(stream)
+        with contextlib.suppress(ConnectionError):
+            pid, uid, gid = peer(sock)
+            connection = await Connection.start(sock, handle, pid)
             if not access.allows(uid, gid):
                 log.warning("refused a connection from uid %d (pid %d): not allowed", uid, pid)
-                async with stream:
-                    await stream.send(
-                        protocol.frame(
-                            protocol.Err(
-                                "refused",
-                                f"uid {uid} may not use this phxqd (its config's "
-                                "allow_users and allow_groups say who may)",
-                            )
-                        )
+                connection.refuse(
+                    protocol.Err(
+                        "refused",
+                        f"uid {uid} may not use this phxqd (its config's "
+                        "allow_users and allow_groups say who may)",
                     )
+                )
                 return
-            connection = Connection(stream, handle, pid)
             live.add(connection)
             try:
                 await connection.run()
@@ -193,17 +195,16 @@ async def serve(
         connections.start_soon(_watchdog, live, timeouts)
         while True:
             try:
-                stream = await listener.accept()
-            except anyio.BrokenResourceError as e:
-                # Out of descriptors or memory (anyio wraps the OSError): the clients in
-                # the listen backlog wait a little; everyone connected is still served.
-                cause = e.__cause__
-                if not isinstance(cause, OSError) or cause.errno not in OUT_OF_RESOURCES:
+                sock, _ = await loop.sock_accept(raw)
+            except OSError as e:
+                # Out of descriptors or memory: the clients in the listen backlog wait a
+                # little; everyone connected is still served.
+                if e.errno not in OUT_OF_RESOURCES:
                     raise
-                log.warning("cannot accept a connection now (%s); retrying shortly", cause)
+                log.warning("cannot accept a connection now (%s); retrying shortly", e)
                 await anyio.sleep(ACCEPT_RETRY)
                 continue
-            connections.start_soon(on_connect, stream)
+            connections.start_soon(on_connect, sock)
 
 
 async def _watchdog(live: set[Connection], timeouts: Timeouts) -> None:
@@ -232,48 +233,176 @@ async def _watchdog(live: set[Connection], timeouts: Timeouts) -> None:
 READING, HANDLING, SENDING = "reading", "handling", "sending"
 
 
+class Wire(asyncio.Protocol):
+    """A client's socket as the event loop drives it: the bytes it sends, gathered as they
+    arrive, and the replies written to it.
+
+    Why not an anyio stream: its `receive` yields to the loop once, tries recv(), and
+    when nothing is there yet (the usual case: the client waits for its previous reply)
+    registers the socket with epoll, waits, and unregisters it again: two extra trips
+    through the loop and four extra system calls per request. A transport keeps the
+    socket registered and hands over what it read; the connection's task is woken only
+    when it waits for bytes that are not there yet.
+
+    Reading pauses while more than RECEIVE_SIZE bytes wait unread (a client sending ahead
+    costs phxqd that much memory, plus the frame being gathered); writing waits (see
+    `Connection._send`) as soon as the socket takes less than a whole reply.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        #: bytes received and not yet part of a whole frame taken by the connection
+        self.buffer = bytearray()
+        #: the client shut its side, or the connection is gone
+        self.eof = False
+        self.lost = False
+        self.reading_paused = False
+        self.writing_paused = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._readable: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        # asyncio.get_running_loop() makes a getpid() system call each time
+        self._loop = asyncio.get_running_loop()
+        self.transport.set_write_buffer_limits(high=0)  # see Connection._send
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > RECEIVE_SIZE and not self.reading_paused:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.reading_paused = True
+        _wake(self._readable)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        _wake(self._readable)
+        return True  # half-closed: the replies to what it sent still go out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = self.lost = True
+        self.writing_paused = False
+        _wake(self._readable)
+        _wake(self._writable)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        _wake(self._writable)
+
+    def more(self) -> None:
+        """Read on: the bytes waiting are not enough for the next frame."""
+        if self.reading_paused and not self.lost:
+            assert self.transport is not None
+            self.transport.resume_reading()
+            self.reading_paused = False
+
+    async def readable(self, have: int = 0) -> None:
+        """Return once the buffer holds more than `have` bytes, or the client shut its
+        side."""
+        if len(self.buffer) > have or self.eof:
+            return
+        assert self._loop is not None
+        self._readable = self._loop.create_future()
+        try:
+            await self._readable
+        finally:
+            self._readable = None
+
+    async def drained(self) -> None:
+        """Return once the socket took everything written (or the client is gone)."""
+        while self.writing_paused:
+            assert self._loop is not None
+            self._writable = self._loop.create_future()
+            try:
+                await self._writable
+            finally:
+                self._writable = None
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+#: frames taken from bytes already received before yielding to the loop once anyway, so
+#: a client pipelining cheap requests cannot keep the others waiting
+MAX_UNYIELDED = 32
+
+
 class Connection:
-    def __init__(self, stream: UNIXSocketStream, handle: Handler, pid: int = 0) -> None:
-        self.stream = stream
-        self._socket: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    def __init__(self, wire: Wire, handle: Handler, pid: int = 0) -> None:
+        assert wire.transport is not None
+        self.wire = wire
+        self.transport = wire.transport
         self.pid = pid  # the client's, for log lines
-        #: bytes received and not yet part of a whole frame
-        self._buffer = bytearray()
         self.handle = handle
         self.scope = anyio.CancelScope()
         #: what the connection waits for (its client, or phxqd), and since when
         self.phase = READING
         self.since = time.monotonic()
+        self._unyielded = 0
+
+    @classmethod
+    async def start(cls, sock: socket.socket, handle: Handler, pid: int = 0) -> Connection:
+        """A connection on an accepted socket (which it then owns)."""
+        try:
+            _, wire = await asyncio.get_running_loop().connect_accepted_socket(Wire, sock)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(wire, handle, pid)
+
+    def refuse(self, err: protocol.Err) -> None:
+        """Say why, and hang up."""
+        self.transport.write(protocol.frame(err))
+        self._close()
+
+    def _close(self) -> None:
+        """Hang up: at once if the client left a reply untaken (never flushed after)."""
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     async def run(self) -> None:
-        with self.scope:
-            async with self.stream:
-                greeted = False
-                while True:
-                    self.phase, self.since = READING, time.monotonic()
-                    payload = await self._read_frame()
-                    if payload is None:
-                        return
-                    self.phase = HANDLING  # a long request (wait) is not idleness
-                    try:
-                        req = protocol.request_decoder.decode(payload)
-                    # msgspec raises UnicodeDecodeError, not DecodeError, for a string that
-                    # is not UTF-8 (found by fuzz/fuzz_requests.py: it ended the daemon)
-                    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
-                        await self._send(protocol.Err("usage", f"malformed request: {e}"))
-                        continue
-                    if not greeted and not isinstance(req, protocol.Hello):
-                        await self._send(protocol.Err("upgrade", "the first request must be hello"))
-                        return
-                    reply = await self._answer(req)
-                    if isinstance(reply, AsyncGenerator):
-                        if not await self._stream(reply):
-                            return
-                        continue
-                    await self._send(reply)
-                    if not greeted and isinstance(reply, protocol.Err):
-                        return  # a client that failed the hello speaks another protocol
-                    greeted = True
+        try:
+            with self.scope:
+                await self._serve()
+        finally:
+            self._close()
+
+    async def _serve(self) -> None:
+        greeted = False
+        while True:
+            self.phase, self.since = READING, time.monotonic()
+            payload = await self._read_frame()
+            if payload is None:
+                return
+            self.phase = HANDLING  # a long request (wait) is not idleness
+            try:
+                req = protocol.request_decoder.decode(payload)
+            # msgspec raises UnicodeDecodeError, not DecodeError, for a string that is
+            # not UTF-8 (found by fuzz/fuzz_requests.py: it ended the daemon)
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
+                await self._send(protocol.Err("usage", f"malformed request: {e}"))
+                continue
+            if not greeted and not isinstance(req, protocol.Hello):
+                await self._send(protocol.Err("upgrade", "the first request must be hello"))
+                return
+            reply = await self._answer(req)
+            if isinstance(reply, AsyncGeneratorType):
+                if not await self._stream(reply):
+                    return
+                continue
+            await self._send(reply)
+            if not greeted and isinstance(reply, protocol.Err):
+                return  # a client that failed the hello speaks another protocol
+            greeted = True
 
     async def _stream(self, frames: AsyncGenerator[msgspec.Struct]) -> bool:
         """Send a stream's frames as they come; False when the client hung up meanwhile.
@@ -287,8 +416,7 @@ class Connection:
 
             async def notice_hangup() -> None:
                 nonlocal hung_up
-                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
-                    await self.stream.receive()
+                await self.wire.readable()
                 hung_up = True
                 tg.cancel_scope.cancel()
 
@@ -307,10 +435,11 @@ class Connection:
     async def _read_frame(self) -> bytes | None:
         """The next payload, or None when the client is gone or broke the framing.
 
-        One `receive` per request in the common case (a whole frame arrives at once),
-        instead of one per header and one per payload.
+        Taken from the bytes the wire already holds when it can, without a trip through
+        the event loop (but not more than MAX_UNYIELDED times in a row).
         """
-        buf = self._buffer
+        wire = self.wire
+        buf = wire.buffer
         size = protocol.HEADER.size
         while True:
             if len(buf) >= size:
@@ -319,26 +448,31 @@ class Connection:
                     limit = f"frame of {length} bytes is over the {protocol.MAX_FRAME} limit"
                     await self._send(protocol.Err("usage", limit))
                     return None
-                if len(buf) >= size + length:
-                    payload = bytes(buf[size : size + length])
-                    del buf[: size + length]
+                end = size + length
+                if len(buf) >= end:
+                    payload = bytes(buf[size:end])
+                    del buf[:end]
+                    if len(buf) <= RECEIVE_SIZE:
+                        wire.more()
+                    self._unyielded += 1
+                    if self._unyielded >= MAX_UNYIELDED:
+                        self._unyielded = 0
+                        await asyncio.sleep(0)
                     return payload
-            try:
-                data = await self.stream.receive(RECEIVE_SIZE)
-            except anyio.EndOfStream:
+            if wire.eof:
                 return None
-            if not buf and len(data) >= size:
-                (length,) = protocol.HEADER.unpack_from(data)
-                if len(data) == size + length:  # exactly one frame: no copy into buf
-                    return data[size:]
-            buf += data
+            wire.more()
+            self._unyielded = 0
+            await wire.readable(len(buf))
 
     async def _answer(
         self, req: protocol.Request
-    ) -> protocol.Ok[Any] | protocol.Err | AsyncGenerator[msgspec.Struct]:
+    ) -> protocol.Ok[Any] | protocol.Err | AsyncGeneratorType[msgspec.Struct, None]:
         try:
             result = await self.handle(req)
-            if isinstance(result, AsyncGenerator):
+            # the concrete type: an isinstance of the abstract one goes through abc, twice
+            # per request
+            if isinstance(result, AsyncGeneratorType):
                 return result
             return protocol.Ok(result)
         except Refused as e:
@@ -351,22 +485,20 @@ class Connection:
         """Send one frame; a client that takes none of it for `Timeouts.send` is dropped
         by the watchdog (which cancels `scope`, ending `run`).
 
-        A reply almost always fits in the socket's buffer: it is sent at once, straight
-        on the socket, without the trip through the event loop that the stream's `send`
-        makes first (a tenth of the daemon's time per request with 16 clients). Only
-        what does not fit waits for the client, through the stream. The connection still
-        yields to the loop once per request, when it reads the next one.
+        The transport writes it to the socket at once; with its high-water mark at 0,
+        whatever part the socket could not take pauses writing, and the connection waits
+        for the client to take it before it reads or sends anything more. So phxqd never
+        holds more than one unsent reply per client.
         """
-        data = protocol.frame(frame)
-        try:
-            sent = self._socket.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            sent = 0  # the stream's send raises it as anyio's error for a broken stream
-        if sent == len(data):
+        wire = self.wire
+        if wire.lost:
+            raise ConnectionResetError("the client is gone")
+        self.transport.write(protocol.frame(frame))
+        if not wire.writing_paused:
             return
         before = self.phase
         self.phase, self.since = SENDING, time.monotonic()
-        await self.stream.send(data[sent:])
+        await wire.drained()
+        if wire.lost:
+            raise ConnectionResetError("the client is gone")
         self.phase = before
