@@ -150,6 +150,36 @@ def test_a_late_outcome_is_dropped(pg_uri: str, tmp_path: Path) -> None:
     anyio.run(main)
 
 
+def test_jobs_a_claim_got_after_all_are_given_back(pg_uri: str, tmp_path: Path) -> None:
+    """A claiming transaction whose connection dropped during its commit may have
+    committed: its jobs are then this node's, unstarted, and would wait for ever.
+
+    Found by test_postgres_cluster's connection cuts (a job left pending). A commit that
+    goes through while its reply is lost cannot be produced on demand, so this test makes
+    the claim with its own connection (as the lost commit would have) and starts where
+    the writer is when such a transaction fails: its claim in doubt."""
+
+    async def main() -> None:
+        async with running(pg_uri, settings_in(tmp_path)) as b:
+            [job] = [r.job for r in await b.submit([spec()], time.time())]
+            async with await psycopg.AsyncConnection.connect(pg_uri, autocommit=True) as c:
+                await c.execute(
+                    "UPDATE phxq_jobs SET node = %s, claim = claim + 1 WHERE id = %s",
+                    (b.node, job.id),
+                )
+            await b.claimable()
+            assert b.claim(time.time()) is None, "the job is claimed, by a claim b never saw"
+            b._in_doubt = True  # what the writer sets when a claiming transaction fails
+            b._facts_ready.set()
+            with anyio.fail_after(HANG):
+                while b._in_doubt or b._facts or b._writing:
+                    await anyio.sleep(0.02)
+            got = await claim(b, job.id)
+            assert got.id == job.id, "given back, then claimed again"
+
+    anyio.run(main)
+
+
 def test_nodes_starting_at_once_migrate_the_schema_once(pg_cluster: Cluster) -> None:
     name = f"empty{time.monotonic_ns()}"
     pg_cluster.sql(f"CREATE DATABASE {name}")
