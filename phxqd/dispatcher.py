@@ -55,7 +55,8 @@ class Dispatcher:
         self._held: Job | None = None
         #: commands handed to a slot whose start is not recorded yet (see `starts_settled`)
         self._starting: set[int] = set()
-        self._starts_done: anyio.Event | None = None
+        #: set (and dropped) each time a command's start is recorded
+        self._start_seen: anyio.Event | None = None
         self.stopping = False
 
     # ------------------------------------------------------ what others may ask
@@ -74,16 +75,24 @@ class Dispatcher:
         """Until every command handed to a slot so far has its start recorded (or has
         ended unstarted). A pause waits for this before it is acknowledged: a command
         claimed before the pause may still be in its spawn (a thread, see run/spawn.py),
-        and must show as running once the pause is answered, never start after it."""
-        while self._starting:
-            self._starts_done = done = anyio.Event()
-            await done.wait()
+        and must show as running once the pause is answered, never start after it.
+
+        Only the commands handed out before the call are waited for: commands of other
+        queues started meanwhile could keep the set from ever being empty, and several
+        pauses at once share one event (each waited on its own, the last one replaced the
+        others', which then waited for ever)."""
+        asked = set(self._starting)
+        while not asked.isdisjoint(self._starting):
+            if self._start_seen is None:
+                self._start_seen = anyio.Event()
+            await self._start_seen.wait()
 
     def _started(self, job_id: int) -> None:
-        self._starting.discard(job_id)
-        if not self._starting and self._starts_done is not None:
-            self._starts_done.set()
-            self._starts_done = None
+        if job_id in self._starting:
+            self._starting.discard(job_id)
+            if self._start_seen is not None:
+                self._start_seen.set()
+                self._start_seen = None
 
     def reconfigured(self) -> None:
         """The live settings changed (a reload): look again at once. More workers or a
