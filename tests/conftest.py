@@ -116,6 +116,8 @@ class Daemon:
         self.socket = tmp / "run" / "phxqd.sock"
         self.workers = workers
         self.extra = extra or []
+        #: how phxqd is run (test_wheel: the console script of a wheel's install)
+        self.program = [sys.executable, "-m", "phxqd"]
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
         self.config = tmp / "phxqd.toml"
@@ -143,7 +145,7 @@ class Daemon:
         self.log = []
         flags = ["--workers", str(self.workers)] if self.workers is not None else []
         self.proc = subprocess.Popen(
-            [*(wrapper or []), sys.executable, "-m", "phxqd", *flags, *self.extra],
+            [*(wrapper or []), *self.program, *flags, *self.extra],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
