@@ -147,3 +147,42 @@ def limit_shown(d: Daemon, queue: str) -> str:
         line.split() for line in d.ok("queue", "list").splitlines() if line.split()[0] == queue
     ]
     return row[1]
+
+
+def test_pauses_at_once_while_commands_spawn_are_all_answered(tmp_path: Path) -> None:
+    """A pause is answered once the commands handed out before it have started (none may
+    start after the answer). Two queues' pauses and resumes in two threads meet commands
+    in their spawn all the time: each pause must be answered. (Each waiter once had an
+    event of its own, which the next replaced: the first then waited for ever.)"""
+    import threading
+
+    from phxqctl import Client
+    from phxqd.protocol import JobSpec
+
+    d = Daemon(tmp_path, workers=4).start()
+    rounds = 40
+    with Client(d.socket, timeout=60) as c:
+        for q in ("a", "b"):
+            c.submit_batch([JobSpec(argv=["true"], queue=q) for _ in range(1500)])
+    done: list[str] = []
+    failed: list[BaseException] = []
+
+    def toggle(queue: str) -> None:
+        try:
+            with Client(d.socket, timeout=60) as c:
+                for _ in range(rounds):
+                    assert queue in c.pause(queue)["paused"]
+                    c.resume(queue)
+            done.append(queue)
+        except BaseException as e:  # reported by the test, not lost in the thread
+            failed.append(e)
+
+    threads = [threading.Thread(target=toggle, args=(q,)) for q in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failed, failed
+    assert sorted(done) == ["a", "b"], f"a pause was never answered: {done}"
+    status = d.json("status")
+    assert status["paused"] == [] and status["paused_all"] is False
