@@ -119,6 +119,8 @@ class Daemon:
         #: how phxqd is run (test_wheel: the console script of a wheel's install)
         self.program = [sys.executable, "-m", "phxqd"]
         self.proc: subprocess.Popen[str] | None = None
+        #: reads phxqd's stderr into `log` (see `wait`)
+        self._pump: threading.Thread | None = None
         self.log: list[str] = []
         self.config = tmp / "phxqd.toml"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -163,7 +165,8 @@ class Daemon:
                     ready.set()
             ready.set()  # the daemon exited: let start() see it
 
-        threading.Thread(target=pump, args=(self.proc.stderr,), daemon=True).start()
+        self._pump = threading.Thread(target=pump, args=(self.proc.stderr,), daemon=True)
+        self._pump.start()
         if expect_ready:
             assert ready.wait(READY_TIMEOUT), "phxqd did not become ready:\n" + self.logtext()
             assert self.proc.poll() is None, "phxqd exited at start:\n" + self.logtext()
@@ -172,12 +175,21 @@ class Daemon:
     def logtext(self) -> str:
         return "".join(self.log)
 
+    def wait(self, timeout: float = 30.0) -> int:
+        """phxqd's exit status, once it has exited and all it wrote is in `log`: a thread
+        reads its stderr, and right after the exit its last lines (often the reason) may
+        not be read yet."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        if self._pump is not None:
+            self._pump.join(timeout)
+        return code
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        return code
+        return self.wait(timeout)
 
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)

@@ -142,5 +142,5 @@ def test_other_users_are_refused_unless_allowed(tmp_path: Path, shared_dir: Path
 
     d.config.write_text('allow_users = ["no-such-user-xyz"]\n')
     d.start(expect_ready=False)
-    assert d.proc is not None and d.proc.wait(30) != 0
+    assert d.proc is not None and d.wait(30) != 0
     assert "no user 'no-such-user-xyz'" in d.logtext()

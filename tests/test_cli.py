@@ -311,7 +311,7 @@ def test_a_second_daemon_on_the_same_socket_or_state_dir_refuses(
         other.tmp.mkdir(exist_ok=True)
         other.start(expect_ready=False)
         assert other.proc is not None
-        assert other.proc.wait(30) != 0
+        assert other.wait(30) != 0
         assert why in other.logtext()
     assert daemon.ctl("status").returncode == 0
 

@@ -173,7 +173,7 @@ def test_a_daemon_stopped_while_its_snapshot_child_runs_loses_nothing(tmp_path: 
         # SIGKILL ends a stopped process too): then there is nothing left to continue.
         with contextlib.suppress(psutil.NoSuchProcess):
             child.send_signal(signal.SIGCONT)
-        assert d.proc.wait(60) == 0
+        assert d.wait(60) == 0
     finally:
         stopped.set()
         submitter.join()

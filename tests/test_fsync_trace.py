@@ -202,7 +202,7 @@ def traced(d: Daemon, trace: Path) -> psutil.Process:
 
 def stop(d: Daemon, daemon: psutil.Process) -> None:
     daemon.send_signal(signal.SIGTERM)
-    assert d.proc is not None and d.proc.wait(60) == 0, d.logtext()
+    assert d.proc is not None and d.wait(60) == 0, d.logtext()
 
 
 def check_all(d: Daemon, trace: Path) -> tuple[list[Call], dict[str, int]]:

@@ -216,7 +216,7 @@ def test_daemon_refuses_to_start_on_corruption(tmp_path: Path) -> None:
     seg.write_bytes(bytes(data))
     d.start(expect_ready=False)
     assert d.proc is not None
-    assert d.proc.wait(30) != 0
+    assert d.wait(30) != 0
     assert f"{seg}: damaged record at byte offset {offsets[1]}" in d.logtext()
     assert "Traceback" not in d.logtext()
     assert seg.read_bytes() == bytes(data)

@@ -163,7 +163,7 @@ def test_an_unreachable_store_is_one_line(tmp_path: Path) -> None:
     d = node(tmp_path, f"postgresql:///nothing?host={tmp_path}")
     d.start(expect_ready=False)
     assert d.proc is not None
-    assert d.proc.wait(30) == 1
+    assert d.wait(30) == 1
     lines = d.logtext().strip().splitlines()
     assert lines and lines[-1].startswith("phxqd: cannot use the PostgreSQL store:"), lines
 

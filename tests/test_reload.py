@@ -196,7 +196,7 @@ def shutdown_grace(run: Run, grace: float) -> None:
     stopping = run.notes.fields(run.notes.wait_for(lambda m: "STOPPING" in m, mark))
     assert int(stopping["EXTEND_TIMEOUT_USEC"]) >= grace * 1e6
     gate.touch()
-    assert run.d.proc.wait(SOON + 30) == 0
+    assert run.d.wait(SOON + 30) == 0
     assert not stopped.exists(), "the job was stopped"
     run.d.start()
     assert run.d.job(job)["status"] == "completed"

@@ -149,7 +149,7 @@ def test_a_kill_at_a_firing_neither_loses_nor_doubles_it(tmp_path: Path, fault: 
         "true",
     )
     assert d.proc is not None
-    assert d.proc.wait(SOON) == -signal.SIGKILL
+    assert d.wait(SOON) == -signal.SIGKILL
     assert f"test fault point {fault}" in d.logtext()
     del d.env["PHXQ_TEST_FAULT"]
     restarted = time.time()

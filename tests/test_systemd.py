@@ -188,7 +188,7 @@ def test_notify_ready_after_the_socket_accepts_status_then_stopping(
     n.wait_for(lambda m: m.get("STATUS", "").startswith("0 pending, 1 running,"), first_ready)
 
     d.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-    assert d.proc.wait(30) == 0  # type: ignore[union-attr]
+    assert d.wait(30) == 0
     stopping = n.wait_for(lambda m: "STOPPING" in m, first_ready)
     assert n.fields(stopping) == {
         "STOPPING": "1",
@@ -252,7 +252,7 @@ def test_activation_without_a_usable_socket_refuses_to_start(tmp_path: Path) -> 
     d.env["LISTEN_FDS"] = "1"
     fd = dgram.fileno()
     d.start(expect_ready=False, wrapper=as_systemd(("LISTEN_PID",), fd), pass_fds=(fd,))
-    assert d.proc is not None and d.proc.wait(30) == 1
+    assert d.proc is not None and d.wait(30) == 1
     until(lambda: "none is a listening Unix stream socket" in d.logtext(), what="the reason")
     dgram.close()
 

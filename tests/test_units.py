@@ -169,7 +169,7 @@ def test_daemon_and_jobs_stay_within_the_system_units_syscall_filter(
     daemon.send_signal(signal.SIGHUP)
     until(lambda: "configuration reloaded" in d.logtext(), what="the reload")
     daemon.send_signal(signal.SIGTERM)
-    assert d.proc is not None and d.proc.wait(30) == 0
+    assert d.proc is not None and d.wait(30) == 0
     used = set(re.findall(r"^\d+\s+(\w+)\(", trace.read_text(), re.MULTILINE))
     assert "pidfd_open" in used or "waitid" in used
     assert "prctl" in used, "the stop's snapshot child (forked.py) went unchecked"

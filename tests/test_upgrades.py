@@ -143,7 +143,7 @@ def test_a_state_dir_of_a_newer_format_is_refused_and_left_untouched(
     else:
         d.start(expect_ready=False)
         assert d.proc is not None
-        code = d.proc.wait(60)
+        code = d.wait(60)
         refused = subprocess.CompletedProcess([], code, "", d.logtext())
     assert refused.returncode == formats.EXIT_NEWER, refused.stderr
     [line] = [x for x in refused.stderr.splitlines() if "format" in x]

@@ -375,7 +375,7 @@ def test_a_bad_address_is_one_clear_line(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         d.config.write_text(f'http_listen = "127.0.0.1:{port}"\n')
         d.start(expect_ready=False)
-        assert d.proc is not None and d.proc.wait(30) == 1
+        assert d.proc is not None and d.wait(30) == 1
     assert f"phxqd: http_listen 127.0.0.1:{port}: [Errno 98] Address already in use" in (
         d.logtext()
     )
