@@ -46,8 +46,10 @@ def until_or_explain(
     of its action buttons wait on a request: disabled), and the daemon's last log lines.
 
     test_pause_and_resume_a_queue timed out once in 24 suite runs beside another
-    (notice '' and console [], the queue never paused) and did not fail again when run
-    alone: this says next time whether the click's request was still on its way."""
+    (notice '' and console [], the queue never paused), and once in 26 runs of the web
+    tests two at a time with its buttons all enabled (no request on its way) and nothing
+    in the daemon's log: with the clicks and requests the page recorded, the next failure
+    tells a click that never reached the page from a request phxqd answered."""
     try:
         until(predicate, what=what)
     except AssertionError as e:
@@ -59,11 +61,40 @@ def until_or_explain(
             )
         except Exception as asked:  # the explanation must not hide the failure
             buttons = repr(asked)
+        try:
+            seen = driver.execute_script("return window.phxqTestSeen || null")
+        except Exception as asked:
+            seen = repr(asked)
         log = daemon.logtext()[-3000:] if daemon is not None else ""
         raise AssertionError(
             f"{e}; notice {notice!r}; console {driver.get_log('browser')}; "
-            f"buttons {buttons}; daemon log:\n{log}"
+            f"buttons {buttons}; clicks and requests {seen}; daemon log:\n{log}"
         ) from None
+
+
+def record_clicks_and_requests(driver: Any) -> None:
+    """Have the page note every click it dispatches and every request its script makes,
+    with the answer's status, in `window.phxqTestSeen` (for until_or_explain): whether a
+    click reached the page's handler and what phxqd answered, which the notice line alone
+    cannot tell apart from a click that never happened."""
+    driver.execute_script(
+        """
+        const seen = window.phxqTestSeen = [];
+        document.addEventListener("click", (e) => {
+            const b = e.target.closest ? e.target.closest("button") : null;
+            const state = b && b.disabled ? "disabled" : "enabled";
+            seen.push("click " + (b ? b.dataset.action + " " + state : e.target));
+        }, true);
+        const original = window.fetch;
+        window.fetch = (url, init) => {
+            const what = ((init && init.method) || "GET") + " " + url;
+            seen.push(what);
+            return original(url, init).then(
+                (r) => { seen.push(what + " -> " + r.status); return r; },
+                (err) => { seen.push(what + " failed: " + err); throw err; });
+        };
+        """
+    )
 
 
 def console_errors(driver: Any) -> list[dict[str, Any]]:
@@ -196,6 +227,7 @@ def test_pause_and_resume_a_queue(browser: Any, site: tuple[Daemon, str]) -> Non
     d, url = site
     d.ok("wait", str(d.submit("true", opts=("--queue", "batch"))))
     browser.get(url + "/")
+    record_clicks_and_requests(browser)
     css = 'tr[data-queue="batch"] button[data-action="{}"]'
     until(lambda: click(browser, css.format("pause")), what="the pause button")
     until_or_explain(browser, lambda: "batch" in d.json("status")["paused"], "queue paused", d)
