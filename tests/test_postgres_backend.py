@@ -292,3 +292,65 @@ def test_each_fire_time_fires_on_one_node_and_overlap_reads_the_last_job(
             assert s is not None and s.last_fire == now + 22, "a blocked firing records nothing"
 
     anyio.run(main)
+
+
+def test_a_submit_without_dependencies_is_one_statement_that_tells_every_new_id(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    """The one-statement submit: new jobs in the batch's order (ids and queue order), a key
+    once per batch and not again while its job lives, every new id told on the channel
+    (in several payloads when its ranges are long), and one live job for a key that
+    concurrent submits race for."""
+    from phxqd.postgres import notices
+
+    async def main() -> None:
+        async with (
+            running(pg_uri, settings_in(tmp_path)) as b,
+            await psycopg.AsyncConnection.connect(pg_uri, autocommit=True) as listen,
+        ):
+            await listen.execute(f"LISTEN {notices.CHANNEL}")
+            live = [r.job.id for r in await b.submit([spec(key=f"k{i}") for i in range(2000)], 0)]
+            # every other spec's key has a live job: the new ids are 2,000 ranges of one
+            batch = [spec(key=f"k{i // 2}") if i % 2 else spec("echo", str(i)) for i in range(4000)]
+            batch[1:1] = [spec(key="fresh"), spec(key="fresh")]
+            results = await b.submit(batch, 0)
+            assert len(results) == len(batch)
+            fresh, again = results[1], results[2]
+            assert not fresh.deduplicated and again.deduplicated
+            assert again.job.id == fresh.job.id
+            for i, r in enumerate(results[3:], 3):
+                assert r.deduplicated == (i % 2 == 1), i
+                if r.deduplicated:
+                    assert r.job.id == live[(i - 2) // 2]
+            new = [r.job.id for r in results if not r.deduplicated]
+            assert new == sorted(new)
+            async with listen.cursor() as cur:
+                await cur.execute(
+                    "SELECT id FROM phxq_jobs WHERE id = ANY(%s) ORDER BY ord", (new,)
+                )
+                assert [row[0] async for row in cur] == new
+            told: set[int] = set()
+            payloads = 0
+            with anyio.fail_after(HANG):
+                async for n in listen.notifies():
+                    heard = notices.decode(n.payload)
+                    assert heard is not None and len(n.payload) < 8000
+                    if heard.kind == "n" and set(heard.ids) <= set(new):
+                        told |= set(heard.ids)
+                        payloads += 1
+                    if told == set(new):
+                        break
+            assert payloads >= 2
+            # concurrent submits of one key: one live job, every answer names it
+            got: list[int] = []
+
+            async def one() -> None:
+                [r] = await b.submit([spec(key="race")], time.time())
+                got.append(r.job.id)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(24):
+                    tg.start_soon(one)
+            assert len(set(got)) == 1 and len(got) == 24
+
+    anyio.run(main)
