@@ -2,6 +2,7 @@
 journal, in one run on this machine (docs/benchmarks.md, "Many hosts: PostgreSQL"):
 
     .venv/bin/python -m bench.bench_postgres [--jobs 5000] [--submits 2000]
+        [--only-submits] [--base TREE] [--skip-procrastinate]
 
 PostgreSQL is a throwaway cluster (bench/pg_server.py) with `fsync = on` and
 `synchronous_commit = on`; phxq's journal runs with `fsync = "always"`; procrastinate
@@ -15,7 +16,11 @@ commits each defer with the server's synchronous_commit (on). Measured:
 - the floor of one client on this server: a round trip (`SELECT 1`) and a durable commit
   (a one-row INSERT, autocommit: its WAL flushed), one after another, as many per second
   as one connection gets; and the load averages before and after (other work on the
-  machine slows every row).
+  machine slows every row);
+- the floor of any daemon in front of PostgreSQL for one client: a minimal asyncio server
+  in its own process (psycopg, one connection) that answers each one-byte request on a
+  Unix socket after one durable one-row INSERT, and the same server without the INSERT
+  (the hop alone). phxq's "1 client" submit row is this plus its own work.
 The nodes all run on this one 2-core machine (with the server): more nodes here share the
 same two cores, so the figures for 2 and 3 nodes show the cost of sharing, not a gain.
 """
@@ -31,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.bench_journal import Daemon, bench_batches, bench_concurrent, bench_single
 from bench.pg_server import PgServer
@@ -38,9 +44,11 @@ from phxqctl import Client
 from phxqd.model import Call, JobSpec
 
 
-def phxq_node(root: Path, uri: str | None) -> Daemon:
+def phxq_node(root: Path, uri: str | None, tree: Path | None = None) -> Daemon:
+    """A phxqd on the journal (`uri` None) or on PostgreSQL; from `tree`'s sources if given."""
     root.mkdir(parents=True, exist_ok=True)
     d = Daemon(root, "always")
+    d.cwd = tree
     if uri is not None:
         with open(root / "c.toml", "a") as f:
             f.write(f'store = "{uri}"\nlog_level = "warning"\n')
@@ -48,8 +56,8 @@ def phxq_node(root: Path, uri: str | None) -> Daemon:
     return d
 
 
-def phxq_submits(root: Path, uri: str | None, n: int) -> dict[str, float]:
-    d = phxq_node(root, uri)
+def phxq_submits(root: Path, uri: str | None, n: int, tree: Path | None = None) -> dict[str, float]:
+    d = phxq_node(root, uri, tree)
     try:
         with Client(d.socket) as c:
             c.pause()
@@ -182,6 +190,69 @@ def floor(pg: PgServer, n: int = 1000) -> dict[str, float]:
     return {"round trips/s (SELECT 1)": trips, "durable commits/s (1-row INSERT)": commits}
 
 
+def _floor_server(uri: str, path: str, commit: bool, ready: Any) -> None:
+    """A minimal asyncio daemon in front of PostgreSQL: per request (one byte on a Unix
+    socket), one durable one-row INSERT (autocommit: its own commit, WAL flushed), then a
+    byte back. Without `commit`, only the socket hop."""
+    import psycopg
+
+    async def go() -> None:
+        async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
+            await conn.execute("CREATE TABLE IF NOT EXISTS t (id bigserial PRIMARY KEY, v int)")
+
+            async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                while await r.read(1):
+                    if commit:
+                        await conn.execute("INSERT INTO t (v) VALUES (1)")
+                    w.write(b"k")
+                    await w.drain()
+                w.close()
+
+            server = await asyncio.start_unix_server(serve, path)
+            ready.set()
+            async with server:
+                await server.serve_forever()
+
+    asyncio.run(go())
+
+
+def daemon_floor(pg: PgServer, root: Path, n: int) -> dict[str, float]:
+    """Requests/s one client gets from a minimal daemon in front of PostgreSQL (its own
+    process, asyncio, psycopg): the best any daemon can do for one client and one job per
+    request, durably. And the same daemon without the commit: the hop alone."""
+    import socket
+
+    out: dict[str, float] = {}
+    uri = pg.database("daemon_floor")
+    ctx = mp.get_context("spawn")
+    for commit, label in (
+        (False, "Unix-socket hop to an asyncio server"),
+        (True, "hop + 1-row commit"),
+    ):
+        path = str(root / f"floor-{int(commit)}.sock")
+        ready = ctx.Event()
+        server = ctx.Process(target=_floor_server, args=(uri, path, commit, ready), daemon=True)
+        server.start()
+        try:
+            if not ready.wait(60):
+                raise SystemExit("the floor server did not start")
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(path)
+                for _ in range(20):
+                    sock.sendall(b"x")
+                    sock.recv(1)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    sock.sendall(b"x")
+                    if not sock.recv(1):
+                        raise SystemExit("the floor server hung up")
+                out[label] = n / (time.perf_counter() - t0)
+        finally:
+            server.kill()
+            server.join()
+    return out
+
+
 def load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -197,7 +268,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=5000, help="jobs per end-to-end run")
     p.add_argument("--submits", type=int, default=2000, help="jobs per submit measurement")
     p.add_argument("--skip-procrastinate", action="store_true")
+    p.add_argument("--only-submits", action="store_true", help="the floors and submits only")
+    p.add_argument(
+        "--base",
+        type=Path,
+        help="also the submits of another phxq source tree (git worktree add DIR COMMIT)",
+    )
     args = p.parse_args(argv)
+    if args.base is not None:
+        if not (args.base / "phxqd" / "__init__.py").is_file():
+            raise SystemExit(f"{args.base} holds no phxqd/ package")
+        args.base = args.base.resolve()
     have_procrastinate = not args.skip_procrastinate
     if have_procrastinate:
         try:
@@ -217,10 +298,25 @@ def main(argv: list[str] | None = None) -> None:
                 [[k, f"{v:,.0f}"] for k, v in floor(pg).items()],
             )
         )
+        say("floor: a minimal daemon in front of PostgreSQL, one client")
+        print(
+            table(
+                f"A minimal daemon's floor, one client, one request at a time (load {load()})",
+                ["measure", "requests/s", "µs each"],
+                [
+                    [k, f"{v:,.0f}", f"{1e6 / v:,.0f}"]
+                    for k, v in daemon_floor(pg, root, args.submits).items()
+                ],
+            )
+        )
+        subs: dict[str, dict[str, float]] = {}
+        if args.base is not None:
+            say(f"submits: phxq of {args.base} on PostgreSQL")
+            subs[f"phxq of {args.base.name}, PostgreSQL"] = phxq_submits(
+                root / "s-base", pg.database("submits_base"), args.submits, args.base
+            )
         say("submits: phxq on PostgreSQL")
-        subs = {
-            "phxq, PostgreSQL": phxq_submits(root / "s-pg", pg.database("submits"), args.submits)
-        }
+        subs["phxq, PostgreSQL"] = phxq_submits(root / "s-pg", pg.database("submits"), args.submits)
         say("submits: phxq, journal")
         subs["phxq, journal (fsync always)"] = phxq_submits(root / "s-local", None, args.submits)
         if have_procrastinate:
@@ -234,6 +330,9 @@ def main(argv: list[str] | None = None) -> None:
                 [[name, *(f"{v[k]:,.0f}" for k in kinds)] for name, v in subs.items()],
             )
         )
+        if args.only_submits:
+            print(f"load averages (1, 5, 15 min) at the end: {load()}")
+            return
         rows: list[list[str]] = []
         for label, spec in (
             ("`true` commands", JobSpec(argv=["true"])),
