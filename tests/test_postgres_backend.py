@@ -354,3 +354,30 @@ def test_a_submit_without_dependencies_is_one_statement_that_tells_every_new_id(
             assert len(set(got)) == 1 and len(got) == 24
 
     anyio.run(main)
+
+
+def test_a_due_time_a_claim_cannot_act_on_does_not_make_the_dispatcher_spin(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    """Paused, a delayed job's time passes: claimable() claims nothing, and next_wakeup()
+    must not name a time already past (the dispatcher then looped without sleeping, at
+    80% of a core whenever a node's workers were all busy, as they are when paused)."""
+
+    async def main() -> None:
+        async with running(pg_uri, settings_in(tmp_path)) as b:
+            await b.pause(None)
+            [job] = [r.job for r in await b.submit([spec(delay=0.3)], time.time())]
+            with anyio.fail_after(HANG):
+                while b.next_wakeup() != job.run_at:  # a claim saw it and the pause
+                    await b.claimable()
+                    await anyio.sleep(0.02)
+                while time.time() <= job.run_at + 0.05:
+                    await anyio.sleep(0.05)
+            await b.claimable()
+            assert b.claim(time.time()) is None
+            wakeup = b.next_wakeup()
+            assert wakeup is not None and wakeup > time.time()
+            await b.resume(None)
+            assert (await claim(b, job.id)).id == job.id
+
+    anyio.run(main)

@@ -955,7 +955,8 @@ class PostgresBackend:
                 self._facts.ends.append(End(h.job.id, h.node, h.claim, h.job.queue, None, 0.0))
             claimed = []
         self._batch.extend(claimed)
-        if claimed:
+        if want:
+            # jobs came, or the next delayed one's time changed: the dispatcher looks again
             self.wake.set()
 
     async def _claim(self, conn: psycopg.AsyncConnection[Any], want: int, now: float) -> list[Held]:
@@ -1146,8 +1147,18 @@ class PostgresBackend:
         return h.job
 
     def next_wakeup(self) -> float | None:
-        poll = time.time() + max(self._next_poll - time.monotonic(), 0.0)
-        return min(t for t in (self._next_delayed, self._next_token, poll) if t is not None)
+        """The next time a claim may find something. Times already past are left out: the
+        claimable() of the dispatcher's round just heeded them, or it was held back by
+        what wakes the dispatcher when it changes (a slot freed, a resume told, a claim
+        landed, contact again). Returned, they made it spin (80% of a core while its
+        workers were busy, every submit's round while paused); with none left, it looks
+        again in a poll interval."""
+        now = time.time()
+        poll = now + max(self._next_poll - time.monotonic(), 0.0)
+        ahead = [
+            t for t in (self._next_delayed, self._next_token, poll) if t is not None and t > now
+        ]
+        return min(ahead) if ahead else now + POLL
 
     def report(self, begun: list[Begun], ended: list[Ending]) -> None:
         facts = self._facts
