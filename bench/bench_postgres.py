@@ -71,10 +71,17 @@ def phxq_submits(root: Path, uri: str | None, n: int, tree: Path | None = None) 
 
 
 def end_to_end(
-    root: Path, uri: str | None, nodes: int, spec: JobSpec, n: int, pg: PgServer | None, db: str
+    root: Path,
+    uri: str | None,
+    nodes: int,
+    spec: JobSpec,
+    n: int,
+    pg: PgServer | None,
+    db: str,
+    tree: Path | None = None,
 ) -> tuple[float, float, float]:
     """(jobs/s, transactions per job, WAL bytes per job) from resume to the last done."""
-    daemons = [phxq_node(root / f"n{i}", uri) for i in range(nodes)]
+    daemons = [phxq_node(root / f"n{i}", uri, tree) for i in range(nodes)]
     try:
         with Client(daemons[0].socket, timeout=600) as c:
             c.pause()
@@ -272,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--base",
         type=Path,
-        help="also the submits of another phxq source tree (git worktree add DIR COMMIT)",
+        help="also the submits and 1-node runs of another phxq source tree"
+        " (git archive COMMIT | tar -x -C DIR)",
     )
     args = p.parse_args(argv)
     if args.base is not None:
@@ -338,6 +346,22 @@ def main(argv: list[str] | None = None) -> None:
             ("`true` commands", JobSpec(argv=["true"])),
             ("no-op callables", JobSpec(call=Call("os:getpid"))),
         ):
+            if args.base is not None:
+                say(f"end to end: {label}, 1 node of {args.base} on PostgreSQL")
+                db = f"e2e_base_{'c' if spec.call else 't'}"
+                uri = pg.database(db)
+                rate, xacts, wal = end_to_end(
+                    root / f"e-{db}", uri, 1, spec, args.jobs, pg, db, args.base
+                )
+                rows.append(
+                    [
+                        f"phxq of {args.base.name}, PostgreSQL, 1 node",
+                        label,
+                        f"{rate:,.0f}",
+                        f"{xacts:.2f}",
+                        f"{wal:,.0f}",
+                    ]
+                )
             for nodes in (1, 2, 3):
                 say(f"end to end: {label}, {nodes} node(s) on PostgreSQL")
                 db = f"e2e_{nodes}_{'c' if spec.call else 't'}"
