@@ -2,7 +2,7 @@
 journal, in one run on this machine (docs/benchmarks.md, "Many hosts: PostgreSQL"):
 
     .venv/bin/python -m bench.bench_postgres [--jobs 5000] [--submits 2000]
-        [--only-submits] [--base TREE] [--skip-procrastinate]
+        [--only-submits] [--rounds R] [--base TREE] [--skip-procrastinate]
 
 PostgreSQL is a throwaway cluster (bench/pg_server.py) with `fsync = on` and
 `synchronous_commit = on`; phxq's journal runs with `fsync = "always"`; procrastinate
@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -223,41 +224,101 @@ def _floor_server(uri: str, path: str, commit: bool, ready: Any) -> None:
     asyncio.run(go())
 
 
-def daemon_floor(pg: PgServer, root: Path, n: int) -> dict[str, float]:
-    """Requests/s one client gets from a minimal daemon in front of PostgreSQL (its own
-    process, asyncio, psycopg): the best any daemon can do for one client and one job per
-    request, durably. And the same daemon without the commit: the hop alone."""
-    import socket
+class FloorDaemon:
+    """A minimal asyncio daemon in front of PostgreSQL (its own process, psycopg, one
+    connection; see `_floor_server`), and one connected client of it."""
 
+    def __init__(self, uri: str, path: Path, commit: bool) -> None:
+        import socket
+
+        ctx = mp.get_context("spawn")
+        ready = ctx.Event()
+        self.server = ctx.Process(
+            target=_floor_server, args=(uri, str(path), commit, ready), daemon=True
+        )
+        self.server.start()
+        if not ready.wait(60):
+            self.close()
+            raise SystemExit("the floor server did not start")
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(str(path))
+        self.rate(20)
+
+    def rate(self, n: int) -> float:
+        """Requests per second, one at a time."""
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.sock.sendall(b"x")
+            if not self.sock.recv(1):
+                raise SystemExit("the floor server hung up")
+        return n / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        if hasattr(self, "sock"):
+            self.sock.close()
+        self.server.kill()
+        self.server.join()
+
+
+HOP = "minimal daemon: Unix-socket hop only"
+HOP_COMMIT = "minimal daemon: hop + 1-row commit"
+
+
+def daemon_floor(pg: PgServer, root: Path, n: int) -> dict[str, float]:
+    """Requests/s one client gets from a minimal daemon in front of PostgreSQL: the best any
+    daemon can do for one client and one job per request, durably. And the same daemon
+    without the commit: the hop alone."""
     out: dict[str, float] = {}
     uri = pg.database("daemon_floor")
-    ctx = mp.get_context("spawn")
-    for commit, label in (
-        (False, "Unix-socket hop to an asyncio server"),
-        (True, "hop + 1-row commit"),
-    ):
-        path = str(root / f"floor-{int(commit)}.sock")
-        ready = ctx.Event()
-        server = ctx.Process(target=_floor_server, args=(uri, path, commit, ready), daemon=True)
-        server.start()
+    for commit, label in ((False, HOP), (True, HOP_COMMIT)):
+        floor_daemon = FloorDaemon(uri, root / f"floor-{int(commit)}.sock", commit)
         try:
-            if not ready.wait(60):
-                raise SystemExit("the floor server did not start")
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.connect(path)
-                for _ in range(20):
-                    sock.sendall(b"x")
-                    sock.recv(1)
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    sock.sendall(b"x")
-                    if not sock.recv(1):
-                        raise SystemExit("the floor server hung up")
-                out[label] = n / (time.perf_counter() - t0)
+            out[label] = floor_daemon.rate(n)
         finally:
-            server.kill()
-            server.join()
+            floor_daemon.close()
     return out
+
+
+def one_client_rounds(
+    pg: PgServer, root: Path, n: int, rounds: int, base: Path | None, procrastinate: bool
+) -> dict[str, list[float]]:
+    """One client, one job per request: the minimal daemon, phxq (and the base tree's) on
+    PostgreSQL and on its journal, procrastinate, taking turns `rounds` times (the load
+    other work puts on the machine then weighs on each alike): jobs/s of every turn."""
+    uri = pg.database("one_floor")
+    floors = {
+        HOP: FloorDaemon(uri, root / "r-hop.sock", False),
+        HOP_COMMIT: FloorDaemon(uri, root / "r-commit.sock", True),
+    }
+    nodes: dict[str, Daemon] = {}
+    try:
+        if base is not None:
+            nodes[f"phxq of {base.name}, PostgreSQL"] = phxq_node(
+                root / "r-base", pg.database("one_base"), base
+            )
+        nodes["phxq, PostgreSQL"] = phxq_node(root / "r-pg", pg.database("one_pg"))
+        nodes["phxq, journal (fsync always)"] = phxq_node(root / "r-local", None)
+        for d in nodes.values():
+            with Client(d.socket) as c:
+                c.pause()
+        p_uri = pg.database("one_procrastinate") if procrastinate else ""
+        if procrastinate:
+            _procrastinate_schema(p_uri)
+        out: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            for label, floor_daemon in floors.items():
+                out.setdefault(label, []).append(floor_daemon.rate(n))
+            for label, d in nodes.items():
+                out.setdefault(label, []).append(bench_single(d, n))
+            if procrastinate:
+                took = _procrastinate_defers(p_uri, n, 0)
+                out.setdefault("procrastinate, PostgreSQL", []).append(n / took)
+        return out
+    finally:
+        for floor_daemon in floors.values():
+            floor_daemon.close()
+        for d in nodes.values():
+            d.close()
 
 
 def load() -> str:
@@ -276,6 +337,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--submits", type=int, default=2000, help="jobs per submit measurement")
     p.add_argument("--skip-procrastinate", action="store_true")
     p.add_argument("--only-submits", action="store_true", help="the floors and submits only")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="also the one-client row of each system, R rounds taking turns (medians)",
+    )
     p.add_argument(
         "--base",
         type=Path,
@@ -317,6 +384,27 @@ def main(argv: list[str] | None = None) -> None:
                 ],
             )
         )
+        if args.rounds:
+            say(f"one client: {args.rounds} rounds, taking turns")
+            turns = one_client_rounds(
+                pg, root, args.submits, args.rounds, args.base, have_procrastinate
+            )
+            print(
+                table(
+                    f"One client, one job per request, {args.rounds} rounds taking turns"
+                    f" ({args.submits:,} each; load at the end {load()})",
+                    ["system", "median jobs/s", "µs each", "every round"],
+                    [
+                        [
+                            k,
+                            f"{statistics.median(v):,.0f}",
+                            f"{1e6 / statistics.median(v):,.0f}",
+                            ", ".join(f"{x:,.0f}" for x in v),
+                        ]
+                        for k, v in turns.items()
+                    ],
+                )
+            )
         subs: dict[str, dict[str, float]] = {}
         if args.base is not None:
             say(f"submits: phxq of {args.base} on PostgreSQL")
