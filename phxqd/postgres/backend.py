@@ -522,7 +522,9 @@ class PostgresBackend:
                 col.append(value)
 
         async def statement(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(SUBMIT_SQL, (*cols, now, notices.CHANNEL))
+            # binary: the arrays cost less to build here and to read there (13% of a
+            # batch of 1,000's time)
+            cur = await conn.execute(SUBMIT_SQL, (*cols, now, notices.CHANNEL), binary=True)
             return await cur.fetchall()
 
         got: list[tuple[Any, ...]] = await self._request(statement, single=True)
