@@ -341,6 +341,26 @@ def test_a_submit_without_dependencies_is_one_statement_that_tells_every_new_id(
                     if told == set(new):
                         break
             assert payloads >= 2
+            # what goes as JSON comes back as it was sent
+            odd = spec(
+                "printf",
+                "%s\\n",
+                queue='q "ü" \\ ✓',
+                label="l\tä'\"",
+                key="k \u2028 ✓",
+                run_at=1234567890.1234567,
+                priority=-7,
+            )
+            [made] = [r.job for r in await b.submit([odd], time.time())]
+            got_back = await b.get(made.id)
+            assert got_back == made
+            assert (got_back.queue, got_back.label, got_back.key, got_back.run_at) == (
+                odd.queue,
+                odd.label,
+                odd.key,
+                odd.run_at,
+            )
+            assert got_back.argv == ("printf", "%s\\n") and got_back.priority == -7
             # concurrent submits of one key: one live job, every answer names it
             got: list[int] = []
 

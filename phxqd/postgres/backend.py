@@ -88,9 +88,11 @@ CLAIMED_COLUMNS = (
 #: (what notices.encode makes); a row per spec: its id and whether it was inserted
 SUBMIT_SQL = (
     "WITH u AS MATERIALIZED ("
-    " SELECT nextval('phxq_jobs_id_seq') AS id, nextval('phxq_order') AS ord, u.*"
-    " FROM unnest(%s::text[], %s::int[], %s::float8[], %s::text[], %s::int[], %s::bytea[],"
-    " %s::text[]) WITH ORDINALITY AS u(queue, priority, run_at, key, retries, spec, label, i)),"
+    " SELECT nextval('phxq_jobs_id_seq') AS id, nextval('phxq_order') AS ord, u.q AS queue,"
+    " u.p AS priority, u.r AS run_at, u.k AS key, u.n AS retries,"
+    " decode(u.s, 'base64') AS spec, u.l AS label, u.i"
+    " FROM ROWS FROM (json_to_recordset(%s::json) AS (q text, p int, r float8, k text,"
+    " n int, s text, l text)) WITH ORDINALITY AS u(q, p, r, k, n, s, l, i)),"
     " ins AS (INSERT INTO phxq_jobs (id, queue, priority, status, created_at, run_at, ord,"
     " key, max_retries, blocked, spec, label)"
     " SELECT id, queue, priority, 'pending', %s, run_at, ord, key, retries, false, spec,"
@@ -107,6 +109,23 @@ SUBMIT_SQL = (
     " SELECT u.id, ins.id IS NOT NULL, (SELECT count(*) FROM p)"
     " FROM u LEFT JOIN ins ON ins.id = u.id ORDER BY u.i"
 )
+
+
+class _Row(msgspec.Struct):
+    """A new job's row as SUBMIT_SQL reads it (one JSON object; `s`, bytes, goes as
+    base64): one JSON text costs far less to send than seven arrays, which psycopg builds
+    element by element in Python (a batch of 1,000: 17.0 against 24.3 ms, 8 rounds)."""
+
+    q: str
+    p: int
+    r: float
+    k: str | None
+    n: int
+    s: bytes
+    l: str | None  # noqa: E741
+
+
+_rows_json = msgspec.json.Encoder()
 
 
 @dataclass
@@ -501,14 +520,13 @@ class PostgresBackend:
         or None and its index among the lost ones when its key has a live job."""
         queues = self.settings.queues
         jobs: list[Job] = []
-        cols: list[list[Any]] = [[] for _ in range(7)]
+        new: list[_Row] = []
         for spec in specs:
             retries, backoff = rows.defaults(spec, queues)
             job = new_job(spec, 0, now, retries, backoff)
             jobs.append(job)
-            for col, value in zip(
-                cols,
-                (
+            new.append(
+                _Row(
                     spec.queue,
                     spec.priority,
                     job.run_at,
@@ -516,15 +534,12 @@ class PostgresBackend:
                     retries,
                     rows.spec_bytes(spec, backoff),
                     spec.label,
-                ),
-                strict=True,
-            ):
-                col.append(value)
+                )
+            )
+        text = _rows_json.encode(new).decode()
 
         async def statement(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            # binary: the arrays cost less to build here and to read there (13% of a
-            # batch of 1,000's time)
-            cur = await conn.execute(SUBMIT_SQL, (*cols, now, notices.CHANNEL), binary=True)
+            cur = await conn.execute(SUBMIT_SQL, (text, now, notices.CHANNEL), binary=True)
             return await cur.fetchall()
 
         got: list[tuple[Any, ...]] = await self._request(statement, single=True)
