@@ -2,6 +2,7 @@
 journal, in one run on this machine (docs/benchmarks.md, "Many hosts: PostgreSQL"):
 
     .venv/bin/python -m bench.bench_postgres [--jobs 5000] [--submits 2000]
+        [--only-submits] [--rounds R] [--base TREE] [--skip-procrastinate]
 
 PostgreSQL is a throwaway cluster (bench/pg_server.py) with `fsync = on` and
 `synchronous_commit = on`; phxq's journal runs with `fsync = "always"`; procrastinate
@@ -15,7 +16,11 @@ commits each defer with the server's synchronous_commit (on). Measured:
 - the floor of one client on this server: a round trip (`SELECT 1`) and a durable commit
   (a one-row INSERT, autocommit: its WAL flushed), one after another, as many per second
   as one connection gets; and the load averages before and after (other work on the
-  machine slows every row).
+  machine slows every row);
+- the floor of any daemon in front of PostgreSQL for one client: a minimal asyncio server
+  in its own process (psycopg, one connection) that answers each one-byte request on a
+  Unix socket after one durable one-row INSERT, and the same server without the INSERT
+  (the hop alone). phxq's "1 client" submit row is this plus its own work.
 The nodes all run on this one 2-core machine (with the server): more nodes here share the
 same two cores, so the figures for 2 and 3 nodes show the cost of sharing, not a gain.
 """
@@ -26,11 +31,13 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.bench_journal import Daemon, bench_batches, bench_concurrent, bench_single
 from bench.pg_server import PgServer
@@ -38,9 +45,11 @@ from phxqctl import Client
 from phxqd.model import Call, JobSpec
 
 
-def phxq_node(root: Path, uri: str | None) -> Daemon:
+def phxq_node(root: Path, uri: str | None, tree: Path | None = None) -> Daemon:
+    """A phxqd on the journal (`uri` None) or on PostgreSQL; from `tree`'s sources if given."""
     root.mkdir(parents=True, exist_ok=True)
     d = Daemon(root, "always")
+    d.cwd = tree
     if uri is not None:
         with open(root / "c.toml", "a") as f:
             f.write(f'store = "{uri}"\nlog_level = "warning"\n')
@@ -48,8 +57,8 @@ def phxq_node(root: Path, uri: str | None) -> Daemon:
     return d
 
 
-def phxq_submits(root: Path, uri: str | None, n: int) -> dict[str, float]:
-    d = phxq_node(root, uri)
+def phxq_submits(root: Path, uri: str | None, n: int, tree: Path | None = None) -> dict[str, float]:
+    d = phxq_node(root, uri, tree)
     try:
         with Client(d.socket) as c:
             c.pause()
@@ -63,10 +72,17 @@ def phxq_submits(root: Path, uri: str | None, n: int) -> dict[str, float]:
 
 
 def end_to_end(
-    root: Path, uri: str | None, nodes: int, spec: JobSpec, n: int, pg: PgServer | None, db: str
+    root: Path,
+    uri: str | None,
+    nodes: int,
+    spec: JobSpec,
+    n: int,
+    pg: PgServer | None,
+    db: str,
+    tree: Path | None = None,
 ) -> tuple[float, float, float]:
     """(jobs/s, transactions per job, WAL bytes per job) from resume to the last done."""
-    daemons = [phxq_node(root / f"n{i}", uri) for i in range(nodes)]
+    daemons = [phxq_node(root / f"n{i}", uri, tree) for i in range(nodes)]
     try:
         with Client(daemons[0].socket, timeout=600) as c:
             c.pause()
@@ -182,6 +198,129 @@ def floor(pg: PgServer, n: int = 1000) -> dict[str, float]:
     return {"round trips/s (SELECT 1)": trips, "durable commits/s (1-row INSERT)": commits}
 
 
+def _floor_server(uri: str, path: str, commit: bool, ready: Any) -> None:
+    """A minimal asyncio daemon in front of PostgreSQL: per request (one byte on a Unix
+    socket), one durable one-row INSERT (autocommit: its own commit, WAL flushed), then a
+    byte back. Without `commit`, only the socket hop."""
+    import psycopg
+
+    async def go() -> None:
+        async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
+            await conn.execute("CREATE TABLE IF NOT EXISTS t (id bigserial PRIMARY KEY, v int)")
+
+            async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                while await r.read(1):
+                    if commit:
+                        await conn.execute("INSERT INTO t (v) VALUES (1)")
+                    w.write(b"k")
+                    await w.drain()
+                w.close()
+
+            server = await asyncio.start_unix_server(serve, path)
+            ready.set()
+            async with server:
+                await server.serve_forever()
+
+    asyncio.run(go())
+
+
+class FloorDaemon:
+    """A minimal asyncio daemon in front of PostgreSQL (its own process, psycopg, one
+    connection; see `_floor_server`), and one connected client of it."""
+
+    def __init__(self, uri: str, path: Path, commit: bool) -> None:
+        import socket
+
+        ctx = mp.get_context("spawn")
+        ready = ctx.Event()
+        self.server = ctx.Process(
+            target=_floor_server, args=(uri, str(path), commit, ready), daemon=True
+        )
+        self.server.start()
+        if not ready.wait(60):
+            self.close()
+            raise SystemExit("the floor server did not start")
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(str(path))
+        self.rate(20)
+
+    def rate(self, n: int) -> float:
+        """Requests per second, one at a time."""
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.sock.sendall(b"x")
+            if not self.sock.recv(1):
+                raise SystemExit("the floor server hung up")
+        return n / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        if hasattr(self, "sock"):
+            self.sock.close()
+        self.server.kill()
+        self.server.join()
+
+
+HOP = "minimal daemon: Unix-socket hop only"
+HOP_COMMIT = "minimal daemon: hop + 1-row commit"
+
+
+def daemon_floor(pg: PgServer, root: Path, n: int) -> dict[str, float]:
+    """Requests/s one client gets from a minimal daemon in front of PostgreSQL: the best any
+    daemon can do for one client and one job per request, durably. And the same daemon
+    without the commit: the hop alone."""
+    out: dict[str, float] = {}
+    uri = pg.database("daemon_floor")
+    for commit, label in ((False, HOP), (True, HOP_COMMIT)):
+        floor_daemon = FloorDaemon(uri, root / f"floor-{int(commit)}.sock", commit)
+        try:
+            out[label] = floor_daemon.rate(n)
+        finally:
+            floor_daemon.close()
+    return out
+
+
+def one_client_rounds(
+    pg: PgServer, root: Path, n: int, rounds: int, base: Path | None, procrastinate: bool
+) -> dict[str, list[float]]:
+    """One client, one job per request: the minimal daemon, phxq (and the base tree's) on
+    PostgreSQL and on its journal, procrastinate, taking turns `rounds` times (the load
+    other work puts on the machine then weighs on each alike): jobs/s of every turn."""
+    uri = pg.database("one_floor")
+    floors = {
+        HOP: FloorDaemon(uri, root / "r-hop.sock", False),
+        HOP_COMMIT: FloorDaemon(uri, root / "r-commit.sock", True),
+    }
+    nodes: dict[str, Daemon] = {}
+    try:
+        if base is not None:
+            nodes[f"phxq of {base.name}, PostgreSQL"] = phxq_node(
+                root / "r-base", pg.database("one_base"), base
+            )
+        nodes["phxq, PostgreSQL"] = phxq_node(root / "r-pg", pg.database("one_pg"))
+        nodes["phxq, journal (fsync always)"] = phxq_node(root / "r-local", None)
+        for d in nodes.values():
+            with Client(d.socket) as c:
+                c.pause()
+        p_uri = pg.database("one_procrastinate") if procrastinate else ""
+        if procrastinate:
+            _procrastinate_schema(p_uri)
+        out: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            for label, floor_daemon in floors.items():
+                out.setdefault(label, []).append(floor_daemon.rate(n))
+            for label, d in nodes.items():
+                out.setdefault(label, []).append(bench_single(d, n))
+            if procrastinate:
+                took = _procrastinate_defers(p_uri, n, 0)
+                out.setdefault("procrastinate, PostgreSQL", []).append(n / took)
+        return out
+    finally:
+        for floor_daemon in floors.values():
+            floor_daemon.close()
+        for d in nodes.values():
+            d.close()
+
+
 def load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -197,7 +336,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=5000, help="jobs per end-to-end run")
     p.add_argument("--submits", type=int, default=2000, help="jobs per submit measurement")
     p.add_argument("--skip-procrastinate", action="store_true")
+    p.add_argument("--only-submits", action="store_true", help="the floors and submits only")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="also the one-client row of each system, R rounds taking turns (medians)",
+    )
+    p.add_argument(
+        "--base",
+        type=Path,
+        help="also the submits and 1-node runs of another phxq source tree"
+        " (git archive COMMIT | tar -x -C DIR)",
+    )
     args = p.parse_args(argv)
+    if args.base is not None:
+        if not (args.base / "phxqd" / "__init__.py").is_file():
+            raise SystemExit(f"{args.base} holds no phxqd/ package")
+        args.base = args.base.resolve()
     have_procrastinate = not args.skip_procrastinate
     if have_procrastinate:
         try:
@@ -217,10 +373,46 @@ def main(argv: list[str] | None = None) -> None:
                 [[k, f"{v:,.0f}"] for k, v in floor(pg).items()],
             )
         )
+        say("floor: a minimal daemon in front of PostgreSQL, one client")
+        print(
+            table(
+                f"A minimal daemon's floor, one client, one request at a time (load {load()})",
+                ["measure", "requests/s", "µs each"],
+                [
+                    [k, f"{v:,.0f}", f"{1e6 / v:,.0f}"]
+                    for k, v in daemon_floor(pg, root, args.submits).items()
+                ],
+            )
+        )
+        if args.rounds:
+            say(f"one client: {args.rounds} rounds, taking turns")
+            turns = one_client_rounds(
+                pg, root, args.submits, args.rounds, args.base, have_procrastinate
+            )
+            print(
+                table(
+                    f"One client, one job per request, {args.rounds} rounds taking turns"
+                    f" ({args.submits:,} each; load at the end {load()})",
+                    ["system", "median jobs/s", "µs each", "every round"],
+                    [
+                        [
+                            k,
+                            f"{statistics.median(v):,.0f}",
+                            f"{1e6 / statistics.median(v):,.0f}",
+                            ", ".join(f"{x:,.0f}" for x in v),
+                        ]
+                        for k, v in turns.items()
+                    ],
+                )
+            )
+        subs: dict[str, dict[str, float]] = {}
+        if args.base is not None:
+            say(f"submits: phxq of {args.base} on PostgreSQL")
+            subs[f"phxq of {args.base.name}, PostgreSQL"] = phxq_submits(
+                root / "s-base", pg.database("submits_base"), args.submits, args.base
+            )
         say("submits: phxq on PostgreSQL")
-        subs = {
-            "phxq, PostgreSQL": phxq_submits(root / "s-pg", pg.database("submits"), args.submits)
-        }
+        subs["phxq, PostgreSQL"] = phxq_submits(root / "s-pg", pg.database("submits"), args.submits)
         say("submits: phxq, journal")
         subs["phxq, journal (fsync always)"] = phxq_submits(root / "s-local", None, args.submits)
         if have_procrastinate:
@@ -234,11 +426,30 @@ def main(argv: list[str] | None = None) -> None:
                 [[name, *(f"{v[k]:,.0f}" for k in kinds)] for name, v in subs.items()],
             )
         )
+        if args.only_submits:
+            print(f"load averages (1, 5, 15 min) at the end: {load()}")
+            return
         rows: list[list[str]] = []
         for label, spec in (
             ("`true` commands", JobSpec(argv=["true"])),
             ("no-op callables", JobSpec(call=Call("os:getpid"))),
         ):
+            if args.base is not None:
+                say(f"end to end: {label}, 1 node of {args.base} on PostgreSQL")
+                db = f"e2e_base_{'c' if spec.call else 't'}"
+                uri = pg.database(db)
+                rate, xacts, wal = end_to_end(
+                    root / f"e-{db}", uri, 1, spec, args.jobs, pg, db, args.base
+                )
+                rows.append(
+                    [
+                        f"phxq of {args.base.name}, PostgreSQL, 1 node",
+                        label,
+                        f"{rate:,.0f}",
+                        f"{xacts:.2f}",
+                        f"{wal:,.0f}",
+                    ]
+                )
             for nodes in (1, 2, 3):
                 say(f"end to end: {label}, {nodes} node(s) on PostgreSQL")
                 db = f"e2e_{nodes}_{'c' if spec.call else 't'}"

@@ -292,3 +292,112 @@ def test_each_fire_time_fires_on_one_node_and_overlap_reads_the_last_job(
             assert s is not None and s.last_fire == now + 22, "a blocked firing records nothing"
 
     anyio.run(main)
+
+
+def test_a_submit_without_dependencies_is_one_statement_that_tells_every_new_id(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    """The one-statement submit: new jobs in the batch's order (ids and queue order), a key
+    once per batch and not again while its job lives, every new id told on the channel
+    (in several payloads when its ranges are long), and one live job for a key that
+    concurrent submits race for."""
+    from phxqd.postgres import notices
+
+    async def main() -> None:
+        async with (
+            running(pg_uri, settings_in(tmp_path)) as b,
+            await psycopg.AsyncConnection.connect(pg_uri, autocommit=True) as listen,
+        ):
+            await listen.execute(f"LISTEN {notices.CHANNEL}")
+            live = [r.job.id for r in await b.submit([spec(key=f"k{i}") for i in range(2000)], 0)]
+            # every other spec's key has a live job: the new ids are 2,000 ranges of one
+            batch = [spec(key=f"k{i // 2}") if i % 2 else spec("echo", str(i)) for i in range(4000)]
+            batch[1:1] = [spec(key="fresh"), spec(key="fresh")]
+            results = await b.submit(batch, 0)
+            assert len(results) == len(batch)
+            fresh, again = results[1], results[2]
+            assert not fresh.deduplicated and again.deduplicated
+            assert again.job.id == fresh.job.id
+            for i, r in enumerate(results[3:], 3):
+                assert r.deduplicated == (i % 2 == 1), i
+                if r.deduplicated:
+                    assert r.job.id == live[(i - 2) // 2]
+            new = [r.job.id for r in results if not r.deduplicated]
+            assert new == sorted(new)
+            async with listen.cursor() as cur:
+                await cur.execute(
+                    "SELECT id FROM phxq_jobs WHERE id = ANY(%s) ORDER BY ord", (new,)
+                )
+                assert [row[0] async for row in cur] == new
+            told: set[int] = set()
+            payloads = 0
+            with anyio.fail_after(HANG):
+                async for n in listen.notifies():
+                    heard = notices.decode(n.payload)
+                    assert heard is not None and len(n.payload) < 8000
+                    if heard.kind == "n" and set(heard.ids) <= set(new):
+                        told |= set(heard.ids)
+                        payloads += 1
+                    if told == set(new):
+                        break
+            assert payloads >= 2
+            # what goes as JSON comes back as it was sent
+            odd = spec(
+                "printf",
+                "%s\\n",
+                queue='q "ü" \\ ✓',
+                label="l\tä'\"",
+                key="k \u2028 ✓",
+                run_at=1234567890.1234567,
+                priority=-7,
+            )
+            [made] = [r.job for r in await b.submit([odd], time.time())]
+            got_back = await b.get(made.id)
+            assert got_back == made
+            assert (got_back.queue, got_back.label, got_back.key, got_back.run_at) == (
+                odd.queue,
+                odd.label,
+                odd.key,
+                odd.run_at,
+            )
+            assert got_back.argv == ("printf", "%s\\n") and got_back.priority == -7
+            # concurrent submits of one key: one live job, every answer names it
+            got: list[int] = []
+
+            async def one() -> None:
+                [r] = await b.submit([spec(key="race")], time.time())
+                got.append(r.job.id)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(24):
+                    tg.start_soon(one)
+            assert len(set(got)) == 1 and len(got) == 24
+
+    anyio.run(main)
+
+
+def test_a_due_time_a_claim_cannot_act_on_does_not_make_the_dispatcher_spin(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    """Paused, a delayed job's time passes: claimable() claims nothing, and next_wakeup()
+    must not name a time already past (the dispatcher then looped without sleeping, at
+    80% of a core whenever a node's workers were all busy, as they are when paused)."""
+
+    async def main() -> None:
+        async with running(pg_uri, settings_in(tmp_path)) as b:
+            await b.pause(None)
+            [job] = [r.job for r in await b.submit([spec(delay=0.3)], time.time())]
+            with anyio.fail_after(HANG):
+                while b.next_wakeup() != job.run_at:  # a claim saw it and the pause
+                    await b.claimable()
+                    await anyio.sleep(0.02)
+                while time.time() <= job.run_at + 0.05:
+                    await anyio.sleep(0.05)
+            await b.claimable()
+            assert b.claim(time.time()) is None
+            wakeup = b.next_wakeup()
+            assert wakeup is not None and wakeup > time.time()
+            await b.resume(None)
+            assert (await claim(b, job.id)).id == job.id
+
+    anyio.run(main)

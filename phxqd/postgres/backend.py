@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import random
+import select
 import socket
 import time
 from collections import deque
@@ -80,6 +81,51 @@ FINISHED_SQL = "('completed', 'failed', 'cancelled')"
 CLAIMED_COLUMNS = (
     ", ".join(f"j.{c.strip()}" for c in rows.JOB_COLUMNS.split(",")) + ", j.ord, j.claim"
 )
+
+#: a submit without dependencies, one statement (see `_submit_one_statement`): the ids
+#: drawn in the order of the specs, the rows inserted unless their key has a live job,
+#: and the new ids told on the channel as ranges in payloads of at most MAX_PAYLOAD
+#: (what notices.encode makes); a row per spec: its id and whether it was inserted
+SUBMIT_SQL = (
+    "WITH u AS MATERIALIZED ("
+    " SELECT nextval('phxq_jobs_id_seq') AS id, nextval('phxq_order') AS ord, u.q AS queue,"
+    " u.p AS priority, u.r AS run_at, u.k AS key, u.n AS retries,"
+    " decode(u.s, 'base64') AS spec, u.l AS label, u.i"
+    " FROM ROWS FROM (json_to_recordset(%s::json) AS (q text, p int, r float8, k text,"
+    " n int, s text, l text)) WITH ORDINALITY AS u(q, p, r, k, n, s, l, i)),"
+    " ins AS (INSERT INTO phxq_jobs (id, queue, priority, status, created_at, run_at, ord,"
+    " key, max_retries, blocked, spec, label)"
+    " SELECT id, queue, priority, 'pending', %s, run_at, ord, key, retries, false, spec,"
+    " label FROM u"
+    " ON CONFLICT (key) WHERE key IS NOT NULL AND status IN " + LIVE + " DO NOTHING"
+    " RETURNING id),"
+    " r AS (SELECT min(id) AS lo, max(id) AS hi FROM"
+    " (SELECT id, id - row_number() OVER (ORDER BY id) AS g FROM ins) x GROUP BY g),"
+    " t AS (SELECT lo, CASE WHEN lo = hi THEN lo::text ELSE lo || '-' || hi END AS txt"
+    " FROM r),"
+    " p AS (SELECT pg_notify(%s, 'n ' || string_agg(txt, ',' ORDER BY lo)) FROM"
+    f" (SELECT lo, txt, sum(length(txt) + 1) OVER (ORDER BY lo) / {notices.MAX_PAYLOAD}"
+    " AS part FROM t) y GROUP BY part)"
+    " SELECT u.id, ins.id IS NOT NULL, (SELECT count(*) FROM p)"
+    " FROM u LEFT JOIN ins ON ins.id = u.id ORDER BY u.i"
+)
+
+
+class _Row(msgspec.Struct):
+    """A new job's row as SUBMIT_SQL reads it (one JSON object; `s`, bytes, goes as
+    base64): one JSON text costs far less to send than seven arrays, which psycopg builds
+    element by element in Python (a batch of 1,000: 17.0 against 24.3 ms, 8 rounds)."""
+
+    q: str
+    p: int
+    r: float
+    k: str | None
+    n: int
+    s: bytes
+    l: str | None  # noqa: E741
+
+
+_rows_json = msgspec.json.Encoder()
 
 
 @dataclass
@@ -149,6 +195,20 @@ class Watch:
         if hit:
             self.told |= hit
             self.event.set()
+
+
+def _dropped(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle pooled connection has something to read: PostgreSQL sends a closing
+    word before it closes a connection (a restart, pg_terminate_backend), and an idle
+    autocommit connection is sent nothing else but rare notices. One select(2), no round
+    trip; such a connection is not trusted with a statement that commits as it is sent."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        ready, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(ready)
 
 
 class PostgresBackend:
@@ -313,18 +373,34 @@ class PostgresBackend:
         self._transactions += 1
 
     async def _request(
-        self, func: Callable[[psycopg.AsyncConnection[Any]], Any], pipeline: bool = False
+        self,
+        func: Callable[[psycopg.AsyncConnection[Any]], Any],
+        pipeline: bool = False,
+        single: bool = False,
     ) -> Any:
         """Run a request's transaction: again after a deadlock, or after a connection that
         broke before the commit was sent (a pooled connection PostgreSQL dropped, a
         restart: nothing was done, so trying again is safe); refused when PostgreSQL cannot
         be reached. A commit cut off on its way is the one case that cannot be known:
-        the refusal then says the change may have been made."""
+        the refusal then says the change may have been made.
+
+        `single`: `func` sends one statement, its own transaction (autocommit): sending it
+        is committing, so the connection is first looked at for a word from the server
+        (PostgreSQL tells the connections it closes): one it dropped is not used."""
         broken = 0
         for attempt in range(20):
             committing = False
             try:
                 async with self._pool.connection() as conn:
+                    if single:
+                        if _dropped(conn):
+                            await conn.close()
+                            broken += 1
+                            continue
+                        committing = True
+                        result = await func(conn)
+                        self._transactions += 1
+                        return result
                     # pipeline: what `func` sends without reading it goes with the next
                     # statement it reads, or with the commit (fewer round trips; errors
                     # then surface later, so only for transactions that expect none)
@@ -360,16 +436,122 @@ class PostgresBackend:
 
     # -------------------------------------------------------------- requests
     async def submit(self, specs: list[JobSpec], now: float) -> list[SubmitResult]:
-        async def tx(conn: psycopg.AsyncConnection[Any]) -> list[SubmitResult]:
-            return await self._submit(conn, specs, now)
+        if any(s.after for s in specs):
 
-        # in pipeline mode: BEGIN with the ids' draw, the insert, the notification with
-        # the commit (three round trips, not five)
-        results: list[SubmitResult] = await self._request(tx, pipeline=True)
+            async def tx(conn: psycopg.AsyncConnection[Any]) -> list[SubmitResult]:
+                return await self._submit(conn, specs, now)
+
+            # dependencies are read under a share lock first: in pipeline mode, BEGIN with
+            # that read, the ids' draw, the insert, the notification with the commit
+            results: list[SubmitResult] = await self._request(tx, pipeline=True)
+        else:
+            results = await self._submit_one_statement(specs, now)
         new = [r.job for r in results if not r.deduplicated]
         for job in new:
             self.stats.jobs["submitted", job.queue] += 1
         return results
+
+    async def _submit_one_statement(self, specs: list[JobSpec], now: float) -> list[SubmitResult]:
+        """Jobs without dependencies, in one statement that commits by itself (autocommit):
+        the ids' draw, the insert, the notification and the commit are one round trip, and
+        the answer comes once the commit is durable. A lone submit's cost is then one
+        round trip and one WAL flush (three round trips cost it twice that; docs/
+        benchmarks.md); concurrent submitters still share flushes (PostgreSQL's group
+        commit). A key whose live job another submit holds is read after the commit; if
+        that job ended meanwhile, its specs are submitted again (nothing of theirs was
+        written)."""
+        # one new job per key in the batch: the first spec with it
+        first_of_key: dict[str, int] = {}
+        fresh: list[int] = []
+        for i, spec in enumerate(specs):
+            if spec.key is not None:
+                if spec.key in first_of_key:
+                    continue
+                first_of_key[spec.key] = i
+            fresh.append(i)
+        made: dict[int, SubmitResult] = {}
+        for _ in range(20):
+            inserted, lost = await self._insert_one_statement([specs[i] for i in fresh], now)
+            for i, job in zip(fresh, inserted, strict=True):
+                if job is not None:
+                    made[i] = SubmitResult(job, False)
+            lost_keys = [specs[fresh[k]].key for k in lost]
+            if not lost_keys:
+                break
+
+            async def q(
+                conn: psycopg.AsyncConnection[Any], keys: list[str | None] = lost_keys
+            ) -> list[Job]:
+                cur = await conn.execute(
+                    f"SELECT {rows.JOB_COLUMNS} FROM phxq_jobs WHERE key = ANY(%s)"
+                    " AND status IN " + LIVE,
+                    (keys,),
+                )
+                return [rows.job_from_row(r) for r in await cur.fetchall()]
+
+            existing = {j.key: j for j in await self._read(q) if j.key}
+            again: list[int] = []
+            for k in lost:
+                i = fresh[k]
+                job = existing.get(specs[i].key)
+                if job is None:  # its live job ended between the insert and the look
+                    again.append(i)
+                else:
+                    made[i] = SubmitResult(job, True)
+            fresh = again
+            if not fresh:
+                break
+        else:
+            raise Refused("refused", "the live jobs of keys kept ending meanwhile; try again")
+        results: list[SubmitResult] = []
+        for i, spec in enumerate(specs):
+            if i in made:
+                results.append(made[i])
+            else:
+                assert spec.key is not None
+                first = made[first_of_key[spec.key]]
+                results.append(SubmitResult(first.job, True))
+        return results
+
+    async def _insert_one_statement(
+        self, specs: list[JobSpec], now: float
+    ) -> tuple[list[Job | None], list[int]]:
+        """Insert `specs` (keys distinct) in one autocommit statement: each spec's new job,
+        or None and its index among the lost ones when its key has a live job."""
+        queues = self.settings.queues
+        jobs: list[Job] = []
+        new: list[_Row] = []
+        for spec in specs:
+            retries, backoff = rows.defaults(spec, queues)
+            job = new_job(spec, 0, now, retries, backoff)
+            jobs.append(job)
+            new.append(
+                _Row(
+                    spec.queue,
+                    spec.priority,
+                    job.run_at,
+                    spec.key,
+                    retries,
+                    rows.spec_bytes(spec, backoff),
+                    spec.label,
+                )
+            )
+        text = _rows_json.encode(new).decode()
+
+        async def statement(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(SUBMIT_SQL, (text, now, notices.CHANNEL), binary=True)
+            return await cur.fetchall()
+
+        got: list[tuple[Any, ...]] = await self._request(statement, single=True)
+        out: list[Job | None] = []
+        lost: list[int] = []
+        for k, (job, (job_id, fresh, _)) in enumerate(zip(jobs, got, strict=True)):
+            if fresh:
+                out.append(msgspec.structs.replace(job, id=job_id))
+            else:
+                out.append(None)
+                lost.append(k)
+        return out, lost
 
     async def _submit(
         self, conn: psycopg.AsyncConnection[Any], specs: list[JobSpec], now: float
@@ -790,7 +972,8 @@ class PostgresBackend:
                 self._facts.ends.append(End(h.job.id, h.node, h.claim, h.job.queue, None, 0.0))
             claimed = []
         self._batch.extend(claimed)
-        if claimed:
+        if want:
+            # jobs came, or the next delayed one's time changed: the dispatcher looks again
             self.wake.set()
 
     async def _claim(self, conn: psycopg.AsyncConnection[Any], want: int, now: float) -> list[Held]:
@@ -981,8 +1164,18 @@ class PostgresBackend:
         return h.job
 
     def next_wakeup(self) -> float | None:
-        poll = time.time() + max(self._next_poll - time.monotonic(), 0.0)
-        return min(t for t in (self._next_delayed, self._next_token, poll) if t is not None)
+        """The next time a claim may find something. Times already past are left out: the
+        claimable() of the dispatcher's round just heeded them, or it was held back by
+        what wakes the dispatcher when it changes (a slot freed, a resume told, a claim
+        landed, contact again). Returned, they made it spin (80% of a core while its
+        workers were busy, every submit's round while paused); with none left, it looks
+        again in a poll interval."""
+        now = time.time()
+        poll = now + max(self._next_poll - time.monotonic(), 0.0)
+        ahead = [
+            t for t in (self._next_delayed, self._next_token, poll) if t is not None and t > now
+        ]
+        return min(ahead) if ahead else now + POLL
 
     def report(self, begun: list[Begun], ended: list[Ending]) -> None:
         facts = self._facts
