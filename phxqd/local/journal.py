@@ -57,6 +57,8 @@ FsyncPolicy = Literal["always", "batch", "off"]
 #: never held longer than the disk has just been seen to take (plus one surprise: the first
 #: call of a disk that turns slow).
 INLINE_SYNC_MAX = 0.005
+#: and only a record this small (a batch of thousands of jobs is one record of megabytes)
+INLINE_BYTES = 64 * 1024
 
 
 class _StoredBatch(Event, tag="subs"):
@@ -243,6 +245,13 @@ class Journal:
         #: what decides whether the next lone record is synced in the loop (see INLINE_SYNC_MAX)
         self._lone = False
         self._last_sync_seconds = float("inf")
+        #: the last record was synced by its caller: the writer's next turn says whether
+        #: it was alone (see `_sync_here`)
+        self._confirm = False
+        #: the writer waits for records to write (see `_sync_here`)
+        self._idle = False
+        #: what a write or fdatasync made by `_sync_here` raised, for the writer to raise
+        self._deferred: OSError | None = None
         #: called with the seconds of each write+fdatasync, for metrics
         self.on_sync = on_sync
         self._disk = DiskThread()
@@ -271,6 +280,8 @@ class Journal:
         every batch: with many clients a request arrives while the batch before it is
         being synced, and waking it then only to wait again cost a trip through the loop.
         """
+        if self.durable_lsn < lsn and self._may_sync_here():
+            self._sync_here()
         while self.durable_lsn < lsn:
             if self.failed is not None:
                 raise self.failed
@@ -349,8 +360,15 @@ class Journal:
                     with anyio.move_on_after(max(delay, 0)):
                         await self._wake.wait()
                 else:
-                    await self._wake.wait()
+                    self._idle = True
+                    try:
+                        await self._wake.wait()
+                    finally:
+                        self._idle = False
             self._wake = anyio.Event()
+            if self._deferred is not None:  # a write or fdatasync failed in `_sync_here`
+                error, self._deferred = self._deferred, None
+                raise error
             await self._write_batch()
             # Records appended before `rotate` was asked for but after the batch above was
             # taken (while its write or fdatasync was awaited) go in the segment being
@@ -374,6 +392,11 @@ class Journal:
                 return
 
     async def _write_batch(self) -> None:
+        if not self._pending and self._confirm:
+            # Nothing came in while the last record was synced by its caller and the loop
+            # went round: a lone client still, who may sync its next record itself.
+            self._lone = True
+        self._confirm = False
         if self._pending:
             batch, self._pending = self._pending, []
             last = self.last_lsn
@@ -381,7 +404,13 @@ class Journal:
             fd = self._fd
             sync = self.policy == "always"
             lone = len(batch) == 1
-            inline = sync and lone and self._lone and self._last_sync_seconds < INLINE_SYNC_MAX
+            inline = (
+                sync
+                and lone
+                and self._lone
+                and self._last_sync_seconds < INLINE_SYNC_MAX
+                and len(data) <= INLINE_BYTES
+            )
             self._lone = lone
             t0 = time.perf_counter()
             if inline:
@@ -398,23 +427,65 @@ class Journal:
                 _write_and_sync(fd, data, False)
                 if sync:
                     await self._disk.call(os.fdatasync, fd)
-            if sync:
-                seconds = time.perf_counter() - t0
-                self._last_sync_seconds = seconds
-                if self.on_sync is not None:
-                    self.on_sync(seconds)
-            self._written_lsn = last
-            self._segment_size += len(data)
-            self.written_bytes += len(data)
-            self.bytes_since_snapshot += len(data)
-            if sync:
-                self.fsyncs += 1
-                self._last_sync = time.monotonic()
-            else:
-                self._unsynced = True
-            self.durable_lsn = last
-            self._signal()
+            self._written(last, len(data), time.perf_counter() - t0 if sync else None)
         await self._sync(force=False)
+
+    def _written(self, last: int, size: int, synced: float | None) -> None:
+        """Records up to `last` (`size` bytes) are written, and fdatasync'd in `synced`
+        seconds unless that is None: tell the waiters."""
+        if synced is not None:
+            self._last_sync_seconds = synced
+            if self.on_sync is not None:
+                self.on_sync(synced)
+        self._written_lsn = last
+        self._segment_size += size
+        self.written_bytes += size
+        self.bytes_since_snapshot += size
+        if synced is not None:
+            self.fsyncs += 1
+            self._last_sync = time.monotonic()
+        else:
+            self._unsynced = True
+        self.durable_lsn = last
+        self._signal()
+
+    def _may_sync_here(self) -> bool:
+        """Whether the record a caller waits for may be written and fdatasync'd by the
+        caller itself, at once: the writer would do the same (see INLINE_SYNC_MAX), one
+        turn of the loop later, and the caller would wait one more turn to hear of it."""
+        return (
+            self._idle
+            and self._lone
+            and len(self._pending) == 1
+            and len(self._pending[0]) <= INLINE_BYTES
+            and self._last_sync_seconds < INLINE_SYNC_MAX
+            and self.policy == "always"
+            and self.failed is None
+            and self._deferred is None
+            and not self._rotate
+            and not self._closing
+            and self._fd != -1
+        )
+
+    def _sync_here(self) -> None:
+        """Write and fdatasync the one pending record in the caller's task, while the
+        writer waits for work (it wakes to find none, and rotates if the segment is full).
+        A failure is the writer's to handle: it raises it on waking, as if its own."""
+        data, self._pending = self._pending[0], []
+        last = self.last_lsn
+        # Not lone until the writer has seen that nobody else's record came in meanwhile:
+        # requests gathered while this fdatasync held the loop are read together after it,
+        # and the first of them must not sync alone again, ahead of the others (they go
+        # to the writer, as one batch).
+        self._lone, self._confirm = False, True
+        t0 = time.perf_counter()
+        try:
+            _write_and_sync(self._fd, data, True)
+        except OSError as e:
+            self._deferred = e
+            self._wake.set()
+            return
+        self._written(last, len(data), time.perf_counter() - t0)
 
     async def _sync(self, force: bool) -> None:
         """In `batch` mode, fdatasync once the interval has passed (or when forced)."""
