@@ -226,8 +226,10 @@ class Journal:
         self._restarted = anyio.Event()
         self.bytes_since_snapshot = 0
         self._pending: list[bytes] = []
-        self._wake = anyio.Event()
-        self._progress = anyio.Event()
+        # asyncio's own events, not anyio's: one of each is made per batch (per request
+        # with one client), and anyio's constructor looks up the running backend each time
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
         #: (lsn, order, event) of those waiting in `durable`, the smallest LSN first
         self._durable_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_order = itertools.count()
@@ -365,7 +367,7 @@ class Journal:
                         await self._wake.wait()
                     finally:
                         self._idle = False
-            self._wake = anyio.Event()
+            self._wake = asyncio.Event()
             if self._deferred is not None:  # a write or fdatasync failed in `_sync_here`
                 error, self._deferred = self._deferred, None
                 raise error
@@ -499,7 +501,7 @@ class Journal:
 
     def _signal(self) -> None:
         self._progress.set()
-        self._progress = anyio.Event()
+        self._progress = asyncio.Event()
         waiters = self._durable_waiters
         if self.failed is not None:
             for _, _, woken in waiters:
