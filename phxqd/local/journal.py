@@ -247,9 +247,6 @@ class Journal:
         #: what decides whether the next lone record is synced in the loop (see INLINE_SYNC_MAX)
         self._lone = False
         self._last_sync_seconds = float("inf")
-        #: the last record was synced by its caller: the writer's next turn says whether
-        #: it was alone (see `_sync_here`)
-        self._confirm = False
         #: the writer waits for records to write (see `_sync_here`)
         self._idle = False
         #: what a write or fdatasync made by `_sync_here` raised, for the writer to raise
@@ -262,18 +259,28 @@ class Journal:
 
     # ----------------------------------------------------------- caller's side
 
-    def append(self, events: list[AnyEvent]) -> int:
-        """Queue records for the writer; returns the LSN of the last one."""
+    def append(self, events: list[AnyEvent], wake: bool = True) -> int:
+        """Queue records for the writer; returns the LSN of the last one.
+
+        `wake=False` leaves the writer asleep: for a caller that awaits `durable` at once
+        (which wakes it, unless the caller writes the record itself), or calls `wake`.
+        """
         if self.failed is not None:
             raise self.failed
         for event in events:
             record = encode_record(event)
             if len(record) > MAX_RECORD:
+                self._wake.set()  # for those before it
                 raise JournalError(f"a record of {len(record)} bytes is too large")
             self._pending.append(record)
             self.last_lsn += 1
-        self._wake.set()
+        if wake:
+            self._wake.set()
         return self.last_lsn
+
+    def wake(self) -> None:
+        """Have the writer take what is pending (after `append(..., wake=False)`)."""
+        self._wake.set()
 
     async def durable(self, lsn: int) -> None:
         """Return once record `lsn` is safe by the fsync policy; raise if it never will be.
@@ -282,8 +289,11 @@ class Journal:
         every batch: with many clients a request arrives while the batch before it is
         being synced, and waking it then only to wait again cost a trip through the loop.
         """
-        if self.durable_lsn < lsn and self._may_sync_here():
-            self._sync_here()
+        if self.durable_lsn < lsn:
+            if self._may_sync_here():
+                self._sync_here()
+            else:
+                self._wake.set()
         while self.durable_lsn < lsn:
             if self.failed is not None:
                 raise self.failed
@@ -394,11 +404,6 @@ class Journal:
                 return
 
     async def _write_batch(self) -> None:
-        if not self._pending and self._confirm:
-            # Nothing came in while the last record was synced by its caller and the loop
-            # went round: a lone client still, who may sync its next record itself.
-            self._lone = True
-        self._confirm = False
         if self._pending:
             batch, self._pending = self._pending, []
             last = self.last_lsn
@@ -475,11 +480,13 @@ class Journal:
         A failure is the writer's to handle: it raises it on waking, as if its own."""
         data, self._pending = self._pending[0], []
         last = self.last_lsn
-        # Not lone until the writer has seen that nobody else's record came in meanwhile:
-        # requests gathered while this fdatasync held the loop are read together after it,
-        # and the first of them must not sync alone again, ahead of the others (they go
-        # to the writer, as one batch).
-        self._lone, self._confirm = False, True
+        # Not lone until the loop has gone round and nobody else's record came in:
+        # requests gathered while this fdatasync held the loop are read together after it
+        # (their tasks run before the callback below), and the first of them must not sync
+        # alone again, ahead of the others: they go to the writer, as one batch.
+        self._lone = False
+        assert self._loop is not None  # the writer runs: it is idle
+        self._loop.call_soon(self._confirm_lone)
         t0 = time.perf_counter()
         try:
             _write_and_sync(self._fd, data, True)
@@ -488,6 +495,14 @@ class Journal:
             self._wake.set()
             return
         self._written(last, len(data), time.perf_counter() - t0)
+        if self._segment_size >= self.segment_bytes:
+            self._wake.set()  # the writer starts the next segment
+
+    def _confirm_lone(self) -> None:
+        """After a record synced by its caller: nobody else's came in, a lone client still
+        (who may then sync its next record itself)."""
+        if not self._pending:
+            self._lone = True
 
     async def _sync(self, force: bool) -> None:
         """In `batch` mode, fdatasync once the interval has passed (or when forced)."""
