@@ -32,7 +32,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -46,7 +45,7 @@ from typing import Any, cast
 import uvloop
 
 from bench.bench_journal import Daemon, daemon_cpu_seconds, submitter
-from bench.common import producers
+from bench.common import WARMUP, producers
 from phxqctl import Client
 from phxqd import protocol
 from phxqd.local.journal import encode_record
@@ -193,17 +192,21 @@ class Run:
 
 
 def timed_submits(server_pid: int, sock: Path, clients: int, per: int) -> Run:
-    """`clients` processes submit `per` one-job requests each; CPU of both sides."""
-    server0, clients0 = daemon_cpu_seconds(server_pid), clients_cpu()
-    rate = producers(lambda: submitter(sock), clients, per)
+    """`clients` processes submit `per` one-job requests each (after WARMUP untimed ones
+    among them); CPU of both sides during the timed ones."""
+    server0: list[float] = []
+    spent: list[float] = []
+    rate = producers(
+        lambda: submitter(sock),
+        clients,
+        per,
+        warmup=WARMUP,
+        on_start=lambda: server0.append(daemon_cpu_seconds(server_pid)),
+        cpu=spent,
+    )
     jobs = clients * per
-    server = daemon_cpu_seconds(server_pid) - server0
-    return Run(rate, server / jobs * 1e6, (clients_cpu() - clients0) / jobs * 1e6)
-
-
-def clients_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+    server = daemon_cpu_seconds(server_pid) - server0[0]
+    return Run(rate, server / jobs * 1e6, sum(spent) / jobs * 1e6)
 
 
 def measure(kind: str, clients: int, per: int) -> Run:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import proc_status_kib, producers
+from bench.common import WARMUP, proc_status_kib, producers
 from phxqctl import Client
 from phxqd.model import JobSpec
 
@@ -101,11 +101,11 @@ def rate(n: int, seconds: float) -> float:
 
 def bench_single(d: Daemon, n: int) -> float:
     """One client process, one job per request, each waiting for its acknowledgement."""
-    return producers(lambda: submitter(d.socket), 1, n)
+    return producers(lambda: submitter(d.socket), 1, n, warmup=WARMUP)
 
 
 def bench_concurrent(d: Daemon, clients: int, per_client: int) -> float:
-    return producers(lambda: submitter(d.socket), clients, per_client)
+    return producers(lambda: submitter(d.socket), clients, per_client, warmup=WARMUP)
 
 
 def bench_batches(d: Daemon, batches: int, size: int = 1000) -> float:

@@ -14,6 +14,14 @@ in turn and fresh:
   inline  bench_ceiling's stand-in with the write + fdatasync in its event loop: one socket
           round trip plus one fdatasync per submit, the floor for any daemon
 
+Every run first makes `bench.common.WARMUP` (1,000) untimed submits, then starts the
+clock: SQLite appends to huey's WAL (each fdatasync then commits the file's new size to
+the ext4 journal too, as every fdatasync of phxqd's append-only journal does) only until
+its first checkpoint, ~500 enqueues in; from then on it overwrites the WAL in place, which
+needs no metadata commit. Without the warm-up, 800 jobs measured mostly huey's first WAL
+cycle and `bench.run`'s 20,000 its steady state: 2,371 against 3,642 jobs/s on the same
+quiet machine (docs/benchmarks.md, "The request path, again").
+
 Medians over the rounds, and the median of each round's phxqd/huey ratio (the machine is
 shared: its speed moves between rounds, and both sides of a ratio see the same minute).
 Needs the `bench` extra (huey). Prints a Markdown table, then a JSON line.

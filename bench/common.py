@@ -79,24 +79,44 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str, poll: float 
         time.sleep(poll)
 
 
-def producers(make: Callable[[], Callable[[], object]], count: int, per: int) -> float:
+#: untimed calls before the clock starts, shared among the producers (see `producers`)
+WARMUP = 1000
+
+
+def producers(
+    make: Callable[[], Callable[[], object]],
+    count: int,
+    per: int,
+    warmup: int = 0,
+    on_start: Callable[[], None] | None = None,
+    cpu: list[float] | None = None,
+) -> float:
     """Jobs per second enqueued by `count` forked processes, `per` jobs each.
 
     Each process first calls `make()` (connect, import: not timed) and gets back the
-    function that enqueues one job; the clock starts once every process is ready and stops
-    when the last one has finished. Libraries should be imported before, so that forking
-    shares them instead of every child importing them again.
+    function that enqueues one job; it calls that `warmup // count` times more untimed
+    (a store that starts out cold, like SQLite's WAL before its first checkpoint, is
+    measured in its steady state, see bench_one); the clock starts once every process is
+    ready (`on_start` is called then) and stops when the last one has finished. `cpu`, if
+    given, gets each process's CPU seconds of its timed calls. Libraries should be imported
+    before, so that forking shares them instead of every child importing them again.
     """
     ctx = mp.get_context("fork")
     ready = ctx.Barrier(count + 1)
     errors = ctx.SimpleQueue()
+    spent = ctx.SimpleQueue()
+    untimed = warmup // count
 
     def child() -> None:
         try:
             submit = make()
+            for _ in range(untimed):
+                submit()
             ready.wait()
+            cpu0 = time.process_time()
             for _ in range(per):
                 submit()
+            spent.put(time.process_time() - cpu0)
         except BaseException as e:
             errors.put(f"{type(e).__name__}: {e}")
             ready.abort()  # a failure before the start must not leave the parent waiting
@@ -108,10 +128,14 @@ def producers(make: Callable[[], Callable[[], object]], count: int, per: int) ->
     with contextlib.suppress(threading.BrokenBarrierError):
         ready.wait(timeout=300)
     t0 = time.perf_counter()
+    if on_start is not None:
+        on_start()
     for p in procs:
         p.join()
     elapsed = time.perf_counter() - t0
     if any(p.exitcode != 0 for p in procs):
         why = errors.get() if not errors.empty() else f"exit status {procs[0].exitcode}"
         raise RuntimeError(f"a producer failed: {why}")
+    if cpu is not None:
+        cpu += [spent.get() for _ in procs]
     return count * per / elapsed

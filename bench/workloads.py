@@ -73,7 +73,8 @@ def enqueue(ctx: Ctx, peers: list[ModuleType], s: Settings) -> Table:
 each; huey: calling the task; RQ: `Queue.enqueue`; Celery: `task.delay()`), by one producer
 process and by {s.producers} concurrent producer processes; every call returns once the job
 is durable under the setting shown. Nothing consumes the queue meanwhile (phxq's is
-paused). The clock starts once every producer has connected.
+paused). The clock starts once every producer has connected (phxq and huey: and made
+1,000 untimed enqueues among them, so that huey's SQLite WAL is past its first checkpoint).
 """,
     )
     runs: list[tuple[Row, ModuleType, Variant, int]] = []

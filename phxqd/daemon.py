@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import logging
 import os
 import resource
@@ -92,6 +93,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def have_uvloop() -> bool:
+    """Whether the `fast` extra's event loop is installed: phxqd runs on it if so.
+
+    libuv's loop, its sockets and its callbacks in C cost a request ~20% less of the
+    daemon's CPU than asyncio's own loop with 16 clients (docs/benchmarks.md); anyio and
+    everything phxqd asks of the loop (transports, add_reader on pidfds, signals,
+    subprocesses for hooks) work the same on both.
+    """
+    return importlib.util.find_spec("uvloop") is not None
+
+
 def main(argv: list[str] | None = None) -> None:
     # A reload asked for before the daemon listens for it must not kill it (SIGHUP's
     # default action); the signal receiver in `run` takes over from here.
@@ -165,7 +177,15 @@ def main(argv: list[str] | None = None) -> None:
             settings = Settings.from_config(cfg, opts, socket=activated_path)
     raise_open_files_limit()
     try:
-        anyio.run(run, settings, opts, sd, activated, activated_path)
+        anyio.run(
+            run,
+            settings,
+            opts,
+            sd,
+            activated,
+            activated_path,
+            backend_options={"use_uvloop": have_uvloop()},
+        )
     except Corruption as e:
         logsetup.fatal(
             f"phxqd: refusing to start: {e}\n"

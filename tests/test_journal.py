@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from phxqd.events import AnyEvent, Paused, Submitted, SubmittedBatch
 from phxqd.local import snapshot
-from phxqd.local.journal import RECORD_HEADER, Corruption, Journal, list_segments
+from phxqd.local.journal import RECORD_HEADER, Corruption, Journal, JournalError, list_segments
 from phxqd.local.recovery import recover
 from phxqd.local.state import State
 from phxqd.model import Job
@@ -352,3 +353,41 @@ def test_disk_use_stays_within_three_times_the_live_state(tmp_path: Path) -> Non
             until(lambda: within_bound(journal), what=f"compaction: {sizes(journal)}")
         assert len(snapshots) >= 4, "compaction kept up with the churn"
         assert c.status()["counts"]["pending"] == 300
+
+
+@pytest.mark.parametrize("path", ["thread", "caller"])
+def test_a_failed_fdatasync_fails_its_waiters_whoever_made_it(tmp_path: Path, path: str) -> None:
+    # Records are synced by the journal's thread (a batch of several), or by the request
+    # itself (a lone record while the writer idles, Journal._sync_here): a failure must end
+    # in the same place either way. The segment's fd is swapped for a pipe: write() works,
+    # the real fdatasync() fails (EINVAL).
+    async def main() -> None:
+        journal = Journal(tmp_path, 1, "always")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            for i in range(1, 4):
+                await journal.durable(journal.append([job_event(i)]))
+            for _ in range(3):
+                await anyio.sleep(0)  # the writer back to waiting for work
+            if path == "caller":
+                assert journal._idle and journal._lone, "the next lone record is not its own"
+            r, w = os.pipe()
+            try:
+                os.dup2(w, journal._fd)
+                events: list[AnyEvent] = [job_event(4)]
+                if path == "thread":
+                    journal.append([job_event(5)])  # two records: one batch, for the thread
+                lsn = journal.append(events)
+                with pytest.raises(JournalError, match="Invalid argument"):
+                    await journal.durable(lsn)
+                assert journal.failed is not None
+                with pytest.raises(JournalError):
+                    journal.append([job_event(7)])
+                assert journal.durable_lsn == 3
+            finally:
+                os.close(r)
+                os.close(w)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert sorted(recover(tmp_path, cut_torn_tail=False).state.jobs) == [1, 2, 3]

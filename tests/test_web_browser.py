@@ -213,11 +213,17 @@ def test_job_page_follows_the_log_and_search_finds_by_label(
     )
     # search: by label, by key, by id
     for query in ("nightly-report", "report-1", str(job)):
+        before = browser.current_url
         box = browser.find_element(By.NAME, "q")
         box.clear()
         box.send_keys(query)
         box.submit()
-        until(lambda: f"/jobs/{job}" in browser.page_source, what=f"search {query}")
+        # the results page, not the page the search was typed on (the job page links to
+        # /jobs/N too: the next search then found a box that the navigation made stale)
+        until(
+            lambda b=before: browser.current_url != b and f"/jobs/{job}" in browser.page_source,
+            what=f"search {query}",
+        )
     browser.get(f"{url}/jobs")
     assert console_errors(browser) == []
 

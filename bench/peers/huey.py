@@ -61,7 +61,7 @@ def enqueue(ctx: Ctx, v: Variant, n: int, producers: int) -> float:
         tasks.HUEY.pending_count()  # opens this process's own connection
         return tasks.noop
 
-    return common.producers(submitter, producers, n // producers)
+    return common.producers(submitter, producers, n // producers, warmup=common.WARMUP)
 
 
 def throughput(ctx: Ctx, kind: str, n: int) -> float:

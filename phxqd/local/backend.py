@@ -86,6 +86,8 @@ class LocalBackend:
         ] = (None, {}, {}, {})
         #: the token bucket of each queue with a start rate (its tokens are not journaled)
         self._buckets: dict[str, Bucket] = {}
+        #: the queues whose bucket was empty at the last claim (see `next_wakeup`)
+        self._blocked: list[str] = []
         #: when memory was last given back to the system (see `_forgotten`)
         self._trimmed = -math.inf
         #: background snapshots and healing, stopped by `close`
@@ -252,7 +254,8 @@ class LocalBackend:
                 self._returned.remove(job)
                 return self._hold(job)
         buckets = self._rate_buckets(now)
-        blocked = [q for q, b in buckets.items() if not b.can_take(now)] if buckets else ()
+        blocked = [q for q, b in buckets.items() if not b.can_take(now)] if buckets else []
+        self._blocked = blocked
         nxt = state.claim_next(now, self._durable_below, self._busy, self._config_limits(), blocked)
         if nxt is None:
             return None
@@ -294,8 +297,14 @@ class LocalBackend:
         wakeup = self._state.next_wakeup()
         if self._buckets:
             now = time.time()
-            for b in self._rate_buckets(now).values():
-                if not b.can_take(now):
+            blocked = self._blocked
+            for q, b in self._rate_buckets(now).items():
+                # A bucket the last claim found empty counts even if a token has come
+                # since (the claim's clock was a moment earlier): it is due now, not
+                # never. Left out, a rate-limited queue slept until the next sweep, a
+                # minute (an event loop whose timers fire a little early, uvloop's,
+                # hit that moment almost every time).
+                if q in blocked or not b.can_take(now):
                     at = b.ready_at(now)
                     wakeup = at if wakeup is None else min(wakeup, at)
         return wakeup

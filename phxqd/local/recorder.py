@@ -64,7 +64,9 @@ class Recorder:
         if not events:
             return
         try:
-            lsn = self.journal.append(events)
+            # the writer is woken by `durable` below, unless this task writes the record
+            # itself (one client alone: see Journal._sync_here)
+            lsn = self.journal.append(events, wake=False)
             if any(submitted_jobs(e) for e in events):
                 self.last_submit_lsn = lsn
         except JournalError as e:
@@ -72,7 +74,11 @@ class Recorder:
                 "refused",
                 f"{e}; phxqd accepts no changes until it can write again (reads still work)",
             ) from e
-        self._apply(events)
+        try:
+            self._apply(events)
+        except BaseException:
+            self.journal.wake()
+            raise
         try:
             await self.journal.durable(lsn)
         except JournalError as e:
