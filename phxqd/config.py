@@ -42,6 +42,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: elsewhere
     lease: PositiveSeconds = 30.0
     fsync: Literal["always", "batch", "off"] = "always"
+    #: the event loop: uvloop's when installed (the `fast` extra), else asyncio's; or one
+    #: of them by name (asyncio's is the fallback should uvloop ever misbehave)
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     fsync_interval_ms: Positive = 50
     #: take a snapshot once the journal has grown by this many bytes since the last one,
     #: and by at least twice the size of the last snapshot

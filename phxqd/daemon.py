@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib.util
 import logging
 import os
 import resource
@@ -93,15 +92,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def have_uvloop() -> bool:
-    """Whether the `fast` extra's event loop is installed: phxqd runs on it if so.
+def use_uvloop(event_loop: str) -> bool:
+    """Whether phxqd runs on uvloop's event loop: by default (`event_loop = "auto"`) when
+    the `fast` extra installed it.
 
     libuv's loop, its sockets and its callbacks in C cost a request ~20% less of the
     daemon's CPU than asyncio's own loop with 16 clients (docs/benchmarks.md); anyio and
     everything phxqd asks of the loop (transports, add_reader on pidfds, signals,
-    subprocesses for hooks) work the same on both.
+    subprocesses for hooks) work the same on both, and tests/test_event_loops.py runs
+    phxqd on each. `event_loop = "uvloop"` without it is refused at start.
     """
-    return importlib.util.find_spec("uvloop") is not None
+    if event_loop == "asyncio":
+        return False
+    try:
+        import uvloop  # noqa: F401
+    except ImportError as e:
+        if event_loop == "uvloop":
+            raise SystemExit(
+                f"phxqd: event_loop = \"uvloop\" needs uvloop ({e}): pip install 'phxq[fast]'"
+            ) from None
+        return False
+    return True
+
+
+def loop_name() -> str:
+    """The running event loop's name for the log: "uvloop" or "asyncio"."""
+    import asyncio
+
+    return (
+        "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             sd,
             activated,
             activated_path,
-            backend_options={"use_uvloop": have_uvloop()},
+            backend_options={"use_uvloop": use_uvloop(settings.event_loop)},
         )
     except Corruption as e:
         logsetup.fatal(
@@ -308,13 +328,14 @@ async def run(
             if notifier.enabled:
                 tg.start_soon(publish_status, notifier, views.status_line, ready)
             log.info(
-                "phxqd %s ready: socket %s%s, state %s, %d workers, fsync=%s",
+                "phxqd %s ready: socket %s%s, state %s, %d workers, fsync=%s, loop %s",
                 VERSION,
                 settings.socket,
                 " (socket-activated)" if activated is not None else "",
                 settings.journal_dir.parent if settings.store is None else "PostgreSQL",
                 settings.workers,
                 settings.fsync,
+                loop_name(),
             )
             reloader = Reloader(opts, activated_path, core, hooks, notifier)
             await _until_stop_signal(signals, reloader.reload)

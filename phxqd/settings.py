@@ -57,6 +57,8 @@ class Settings:
     lease: float
     fsync: FsyncPolicy
     fsync_interval_ms: int
+    #: "auto", "asyncio" or "uvloop" (see `daemon.use_uvloop`)
+    event_loop: str
     segment_bytes: int
     allow_users: list[str | int]
     allow_groups: list[str | int]
@@ -111,6 +113,7 @@ class Settings:
             lease=cfg.lease,
             fsync=opts.fsync or cfg.fsync,
             fsync_interval_ms=cfg.fsync_interval_ms,
+            event_loop=cfg.event_loop,
             segment_bytes=cfg.segment_bytes,
             allow_users=cfg.allow_users,
             allow_groups=cfg.allow_groups,
