@@ -19,13 +19,20 @@ import glob
 import itertools
 import os
 import pwd
+import random
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import anyio
 import pytest
+
+if TYPE_CHECKING:
+    from phxqd.postgres.backend import PostgresBackend
+    from phxqd.settings import Settings
 
 #: the superuser initdb makes; phxqd and the tests connect as it
 SUPERUSER = "postgres"
@@ -188,3 +195,20 @@ def pg_cluster() -> Iterator[Cluster]:
 def pg_uri(pg_cluster: Cluster) -> str:
     """A database of its own for this test, the schema in it."""
     return pg_cluster.new_database()
+
+
+@contextlib.asynccontextmanager
+async def running_backend(
+    uri: str, settings: Settings, hang: float = 30.0
+) -> AsyncIterator[PostgresBackend]:
+    """A PostgresBackend on `uri` with its background work running (a fixed jitter seed),
+    closed after; a test that hangs fails after `hang` seconds instead."""
+    from phxqd.postgres.backend import PostgresBackend
+
+    backend = PostgresBackend(uri, settings, lease=30.0, rng=random.Random(7))
+    with anyio.fail_after(hang):
+        async with anyio.create_task_group() as tg:
+            await tg.start(backend.run)
+            yield backend
+            await backend.close()
+            tg.cancel_scope.cancel()

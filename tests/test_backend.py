@@ -33,6 +33,7 @@ from phxqd.postgres.backend import PostgresBackend
 from phxqd.protocol import Refused
 from phxqd.settings import Settings
 from tests.conftest import settings_in
+from tests.pgfixture import running_backend
 
 #: seconds any one in-process test may take before it counts as hung
 HANG = 30.0
@@ -91,14 +92,9 @@ class Store:
                 self.rig, self.backend = rig, rig.backend
                 yield rig.backend
             return
-        b = PostgresBackend(self.uri, settings, lease=30.0, rng=random.Random(7))
-        self.backend = b
-        with anyio.fail_after(HANG):
-            async with anyio.create_task_group() as tg:
-                await tg.start(b.run)
-                yield b
-                await b.close()
-                tg.cancel_scope.cancel()
+        async with running_backend(self.uri, settings, HANG) as b:
+            self.backend = b
+            yield b
 
     async def settled(self) -> None:
         """What was reported so far is recorded (the PostgreSQL backend writes it in the

@@ -2,8 +2,8 @@
 
 `make test` installs uvloop (the `fast` extra is part of `dev`), so every other test runs
 phxqd on uvloop's loop; users without the extra run it on asyncio's. This runs the paths
-that lean on the loop itself on both: the Unix-socket transport (requests, a streamed
-`wait`), a command's pidfd and its log, a callable in a worker lane, a pause, a cancel
+that lean on the loop itself on both: the Unix-socket transport (requests, a `wait`
+answered later), a command's pidfd and its log, a callable in a worker lane, a pause, a cancel
 (a signal to a process group), the journal's in-loop and threaded fdatasyncs, kill -9
 and recovery, and the HTTP server.
 """

@@ -4,10 +4,7 @@ daemon and no socket. And the schema's migrations, with several nodes starting a
 
 from __future__ import annotations
 
-import contextlib
-import random
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -21,22 +18,11 @@ from phxqd.postgres import schema
 from phxqd.postgres.backend import PostgresBackend
 from phxqd.protocol import Refused
 from phxqd.schedules_model import ScheduleSpec
-from phxqd.settings import Settings
 from tests.conftest import settings_in
 from tests.pgfixture import Cluster
+from tests.pgfixture import running_backend as running
 
 HANG = 30.0
-
-
-@contextlib.asynccontextmanager
-async def running(uri: str, settings: Settings) -> AsyncIterator[PostgresBackend]:
-    backend = PostgresBackend(uri, settings, lease=30.0, rng=random.Random(7))
-    with anyio.fail_after(HANG):
-        async with anyio.create_task_group() as tg:
-            await tg.start(backend.run)
-            yield backend
-            await backend.close()
-            tg.cancel_scope.cancel()
 
 
 def spec(*argv: str, **fields: object) -> JobSpec:
