@@ -209,6 +209,12 @@ async def running_backend(
     with anyio.fail_after(hang):
         async with anyio.create_task_group() as tg:
             await tg.start(backend.run)
-            yield backend
-            await backend.close()
-            tg.cancel_scope.cancel()
+            try:
+                yield backend
+                await backend.close()
+            finally:
+                tg.cancel_scope.cancel()
+                # a test that failed left the pool open: its tasks then kept asyncio.run
+                # from returning, and the failure hung instead of being told
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await backend._pool.close()

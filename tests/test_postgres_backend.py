@@ -387,3 +387,40 @@ def test_a_due_time_a_claim_cannot_act_on_does_not_make_the_dispatcher_spin(
             assert (await claim(b, job.id)).id == job.id
 
     anyio.run(main)
+
+
+def test_a_submit_after_its_pooled_connections_were_cut_goes_through(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    """A submit is one statement that commits as it is sent, so a pooled connection the
+    server has closed must not be trusted with it: PostgreSQL's closing word is seen
+    first and the connection dropped unused (else this submit would be refused as "may
+    or may not have been made")."""
+
+    async def main() -> None:
+        async with (
+            running(pg_uri, settings_in(tmp_path)) as b,
+            await psycopg.AsyncConnection.connect(pg_uri, autocommit=True) as admin,
+        ):
+            await b.submit([spec()], time.time())
+            cur = await admin.execute(
+                "SELECT array_agg(pid), count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND query NOT LIKE 'LISTEN%%'"
+            )
+            row = await cur.fetchone()
+            assert row is not None and row[0]
+            with anyio.fail_after(HANG):  # gone: each said its closing word before
+                while True:
+                    cur = await admin.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (row[0],)
+                    )
+                    left = await cur.fetchone()
+                    if left is not None and left[0] == 0:
+                        break
+                    await anyio.sleep(0.02)
+            for _ in range(5):
+                [r] = await b.submit([spec()], time.time())
+                assert (await b.get(r.job.id)).status == "pending"
+
+    anyio.run(main)
