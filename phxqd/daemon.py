@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def have_uvloop() -> bool:
     """Whether the `fast` extra's event loop is installed: phxqd runs on it if so.
 
-    libuv's loop, its sockets and its callbacks in C cost a request ~20% less of the
+    libuv's loop, its sockets and its callbacks in C cost a request ~10% less of the
     daemon's CPU than asyncio's own loop with 16 clients (docs/benchmarks.md); anyio and
     everything phxqd asks of the loop (transports, add_reader on pidfds, signals,
     subprocesses for hooks) work the same on both.
