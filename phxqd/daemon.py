@@ -96,7 +96,7 @@ def use_uvloop(event_loop: str) -> bool:
     """Whether phxqd runs on uvloop's event loop: by default (`event_loop = "auto"`) when
     the `fast` extra installed it.
 
-    libuv's loop, its sockets and its callbacks in C cost a request ~20% less of the
+    libuv's loop, its sockets and its callbacks in C cost a request ~10% less of the
     daemon's CPU than asyncio's own loop with 16 clients (docs/benchmarks.md); anyio and
     everything phxqd asks of the loop (transports, add_reader on pidfds, signals,
     subprocesses for hooks) work the same on both, and tests/test_event_loops.py runs
