@@ -136,7 +136,8 @@ def text_problem(
     what: str, value: object, max_chars: int | None = None, empty: bool = True
 ) -> str | None:
     """Why `value` is not a string phxq can carry (UTF-8: no lone surrogates, which is
-    what bytes that are not UTF-8 become in a command line), up to `max_chars`."""
+    what bytes that are not UTF-8 become in a command line; no NUL, which PostgreSQL's
+    text cannot hold and a C string ends at), up to `max_chars`."""
     if not isinstance(value, str):
         return f"{what} must be a string (got {_shown(value)})"
     if not empty and not value:
@@ -147,13 +148,16 @@ def text_problem(
         value.encode("utf-8")
     except UnicodeEncodeError:
         return f"{what} is not valid UTF-8 text (got {_shown(value)})"
+    if "\0" in value:
+        return f"{what} may not contain NUL bytes (got {_shown(value)})"
     return None
 
 
 def queue_problem(queue: object) -> str | None:
     if text_problem("--queue", queue, MAX_QUEUE_CHARS, empty=False):
         return (
-            f"queue names are 1 to {MAX_QUEUE_CHARS} characters of UTF-8 text (got {_shown(queue)})"
+            f"queue names are 1 to {MAX_QUEUE_CHARS} characters of UTF-8 text without NUL "
+            f"(got {_shown(queue)})"
         )
     return None
 

@@ -103,6 +103,11 @@ def test_invalid_requests_are_refused_not_queued(daemon: Daemon) -> None:
         {"argv": ["x"], "env": {"A": "1\0B=2"}},
         {"argv": ["x"], "env": {"A=B": "1"}},
         {"argv": ["x"], "env": {"": "1"}},
+        # PostgreSQL's text holds no NUL: refused on every backend alike
+        {"argv": ["x"], "queue": "a\0b"},
+        {"argv": ["x"], "key": "k\0"},
+        {"argv": ["x"], "label": "\0"},
+        {"call": {"func": "os:get\0pid"}},
     ]
     for spec in specs:
         req = msgspec.msgpack.encode({"op": "submit", "jobs": [spec]})
