@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import anyio
@@ -55,7 +55,7 @@ def job_event(kind: str, job: Job, at: float, progress: Progress | None = None) 
     )
 
 
-def describe(event: AnyEvent, jobs: dict[int, Job]) -> list[JobEvent]:
+def describe(event: AnyEvent, jobs: Mapping[int, Job]) -> list[JobEvent]:
     """The job events a journal event means, read after the state applied it.
 
     Events that are not about one job's life (queue settings, clearing finished jobs,

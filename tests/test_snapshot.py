@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from phxqd.events import Started
 from phxqd.local import snapshot
 from phxqd.local.journal import Corruption
 from phxqd.local.state import Sharer, State
@@ -61,14 +62,25 @@ def test_a_snapshot_restores_the_same_jobs_and_queue_order(tmp_path: Path, n: in
 def test_jobs_restored_share_what_they_have_in_common(tmp_path: Path) -> None:
     state = filled(30)
     assert state.jobs[5].status == "pending"
-    snapshot.write(tmp_path, snapshot.encode(state.snapshot(1)))
+    # without the index (an older snapshot), every job is decoded through the Sharer
+    snapshot.write(
+        tmp_path, snapshot.encode(msgspec.structs.replace(state.snapshot(1), index=None))
+    )
     snap = snapshot.load(tmp_path, Sharer())
-    assert snap is not None
+    assert snap is not None and snap.index is None
     jobs = {j.id: j for j in snap.jobs}
     assert jobs[3].cwd is jobs[30].cwd and jobs[3].queue is jobs[30].queue
     assert jobs[3].status is jobs[30].status  # a Literal field: one object per value
     assert jobs[3].run_at is jobs[3].created_at
     assert jobs[8].argv == ("convert", "in7.jpg") and jobs[8].argv[0] is jobs[9].argv[0]
+    # with it, jobs are decoded when touched, and share their queue, directory and floats
+    snapshot.write(tmp_path, snapshot.encode(state.snapshot(1)))
+    snap = snapshot.load(tmp_path, Sharer())
+    assert snap is not None and snap.index is not None
+    assert all(type(j) is msgspec.Raw for j in snap.jobs)
+    back = State.from_snapshot(snap, 2000.0, shared=True).jobs
+    assert back[3].cwd is back[30].cwd and back[3].queue is back[30].queue
+    assert back[3].status is back[30].status and back[3].run_at is back[3].created_at
 
 
 def test_the_first_snapshot_format_is_still_read(tmp_path: Path) -> None:
@@ -103,12 +115,13 @@ def test_every_field_of_a_job_comes_back_and_jobs_are_plain_jobs(tmp_path: Path)
     snapshot.write(tmp_path, snapshot.encode(state.snapshot(7)))
     snap = snapshot.load(tmp_path, Sharer())
     assert snap is not None
-    assert [msgspec.to_builtins(j) for j in snap.jobs] == [
+    back = State.from_snapshot(snap, 2000.0, shared=True)
+    assert [msgspec.to_builtins(j) for j in back.jobs.values()] == [
         msgspec.to_builtins(j) for j in state.jobs.values()
     ]
     # stored as arrays, but what comes back is Job itself: on the wire a map, as ever
-    assert all(type(j) is Job for j in snap.jobs)
-    assert msgspec.msgpack.decode(msgspec.msgpack.encode(snap.jobs[1]))["env"] == {"A": "1"}
+    assert all(type(j) is Job for j in back.jobs.values())
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(back.jobs[2]))["env"] == {"A": "1"}
 
 
 def test_the_second_snapshot_format_is_still_read(tmp_path: Path) -> None:
@@ -171,3 +184,85 @@ def test_a_streamed_snapshot_is_the_same_file(tmp_path: Path, n: int) -> None:
     snapshot.write_streamed(tmp_path, state.snapshot(5))
     assert (tmp_path / snapshot.TEMPORARY).read_bytes() == expected
     assert all(type(j) is Job for j in state.jobs.values())
+
+
+def varied(now: float) -> State:
+    """Jobs in every status, three queues, priorities, keys, delays, retries and --after
+    (blocked and released), a few already touched: what the index must describe."""
+    state = State()
+    specs = [
+        JobSpec(
+            argv=["true", str(i)],
+            queue=f"q{i % 3}",
+            priority=i % 4,
+            key=f"k{i}" if i % 7 == 0 else None,
+            delay=5000.0 if i % 11 == 0 else None,
+        )
+        for i in range(60)
+    ]
+    for e in state.submit(specs, now)[0]:
+        state.apply(e)
+    for more in (
+        [JobSpec(argv=["x"], after=[3, 4])],
+        [JobSpec(argv=["y"], after=[61], queue="q1")],
+    ):
+        for e in state.submit(more, now)[0]:
+            state.apply(e)
+    rng = __import__("random").Random(1)
+    for _ in range(12):
+        job = state.claim_next(now + 1)
+        assert job is not None
+        state.apply(Started(job.id, now + 1, 100 + job.id, 0.0))
+    running = sorted(state._listed["running"])
+    outcomes = [(0, None), (1, None), (100, None), (None, "boom")]
+    for i, job_id in enumerate(running[:8]):
+        code, err = outcomes[i % 4]
+        state.apply(state.outcome(job_id, code, err, now + 2, rng))
+    for e in state.cancel([20, 22], now + 3)[0]:
+        state.apply(e)
+    return state
+
+
+@pytest.mark.parametrize("now", [None, 1002.5, 9000.0])
+def test_a_restore_from_the_index_is_the_restore_from_the_jobs(
+    tmp_path: Path, now: float | None
+) -> None:
+    # The index (columns of the indexes) and the jobs themselves must give the same state,
+    # every index included: State's equality compares the maps and the heaps.
+    state = varied(1000.0)
+    snap = state.snapshot(3)
+    assert snap.index is not None
+    snapshot.write(tmp_path, snapshot.encode(snap))
+    got = snapshot.load(tmp_path, Sharer())
+    assert got is not None and all(type(j) is msgspec.Raw for j in got.jobs)
+    from_index = State.from_snapshot(got, now, shared=True)
+    assert from_index.jobs.encoded() > 40, "the index path decoded the jobs"
+    old = msgspec.structs.replace(snap, index=None)
+    snapshot.write(tmp_path, snapshot.encode(old))
+    got = snapshot.load(tmp_path, Sharer())
+    assert got is not None and got.index is None
+    from_jobs = State.from_snapshot(got, now, shared=True)
+    assert from_index == from_jobs
+    assert claims(from_index, 80) == claims(from_jobs, 80)
+    assert from_index == from_jobs
+
+
+def test_a_restored_state_writes_the_snapshot_it_was_read_from(tmp_path: Path) -> None:
+    # Jobs never touched are written as the bytes they were read as, the touched ones
+    # encoded again: the same file, whichever jobs were touched.
+    state = varied(1000.0)
+    first = snapshot.encode(state.snapshot(3))
+    snapshot.write(tmp_path, first)
+    got = snapshot.load(tmp_path, Sharer())
+    assert got is not None
+    back = State.from_snapshot(got, 1000.5, shared=True)
+    assert snapshot.encode(back.snapshot(3)) == first
+    for job_id in (1, 7, 30, 61):
+        back.jobs[job_id]
+    assert 0 < back.jobs.encoded() < len(back.jobs) - 3
+    assert snapshot.encode(back.snapshot(3)) == first
+    snapshot.write_streamed(tmp_path, back.snapshot(3))
+    assert (tmp_path / snapshot.TEMPORARY).read_bytes() == first
+    # and a job decoded is the one the table keeps: a change to it stays
+    back.jobs[2].label = "changed"
+    assert back.jobs.get(2) is back.jobs[2] and back.jobs[2].label == "changed"

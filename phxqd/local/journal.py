@@ -38,6 +38,7 @@ import anyio
 import msgspec
 
 from phxqd.events import AnyEvent, Event, SubmittedBatch
+from phxqd.local.jobtable import EncodedBatch, Head
 from phxqd.model import StoredJob, as_jobs
 
 log = logging.getLogger("phxqd.local.journal")
@@ -75,6 +76,22 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(_STORED)
 
 
+class _RawBatch(Event, tag="subs"):
+    """A `subs` record's jobs left in their stored bytes (recovery, see EncodedBatch)."""
+
+    jobs: list[msgspec.Raw]
+
+
+class _HeadBatch(Event, tag="subs"):
+    jobs: list[Head]
+
+
+_raw_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(
+    Union[tuple(t if t is not SubmittedBatch else _RawBatch for t in get_args(AnyEvent))]  # noqa: UP007
+)
+_head_decoder = msgspec.msgpack.Decoder(_HeadBatch)
+
+
 class JournalError(Exception):
     """The journal cannot take writes; nothing appended since the last good sync is safe."""
 
@@ -101,6 +118,16 @@ def decode_record(payload: bytes) -> AnyEvent:
     event = _decoder.decode(payload)
     if isinstance(event, _StoredBatch):
         event = SubmittedBatch(as_jobs(event.jobs))
+    stored: AnyEvent = event
+    return stored
+
+
+def decode_record_encoded(payload: bytes) -> AnyEvent | EncodedBatch:
+    """`decode_record`, but a batch of submitted jobs is left in its stored bytes (views
+    of `payload`) with each job's head, for recovery (see jobtable.py)."""
+    event = _raw_decoder.decode(payload)
+    if isinstance(event, _RawBatch):
+        return EncodedBatch(event.jobs, _head_decoder.decode(payload).jobs)
     stored: AnyEvent = event
     return stored
 
@@ -133,18 +160,24 @@ class Scan:
     records: int = 0
 
 
-def scan_segment(path: Path, each: Callable[[AnyEvent], None] | None = None) -> Scan:
+def scan_segment(
+    path: Path,
+    each: Callable[[AnyEvent | EncodedBatch], None] | None = None,
+    encoded: bool = False,
+) -> Scan:
     """Read every whole record; stop at the first bad one and say why.
 
     Whether a bad record is a torn tail or corruption is the caller's call: only the very
     end of the newest segment may be torn. `each`: every event is handed to it as soon as
     it is decoded, and none is kept (recovery: a segment of 690,000 submitted jobs decoded
     at once left the heap full of the holes of their dropped duplicate strings, ~90 bytes
-    a job of RSS for good).
+    a job of RSS for good). `encoded`: batches of submitted jobs come as EncodedBatch
+    (recovery keeps their jobs in their stored bytes, see jobtable.py).
     """
     data = path.read_bytes()
-    events: list[AnyEvent] = []
+    events: list[Any] = []  # (EncodedBatch only if `encoded`)
     keep = events.append if each is None else each
+    decode = decode_record_encoded if encoded else decode_record
     records, pos, size = 0, 0, len(data)
     hsize = RECORD_HEADER.size
     while pos < size:
@@ -160,7 +193,7 @@ def scan_segment(path: Path, each: Callable[[AnyEvent], None] | None = None) -> 
         if zlib.crc32(payload) != crc:
             return Scan(events, pos, size, "checksum mismatch", records)
         try:
-            event = decode_record(payload)
+            event = decode(payload)
         except (msgspec.DecodeError, UnicodeDecodeError) as e:  # the latter: not UTF-8
             return Scan(events, pos, size, f"undecodable record ({e})", records)
         keep(event)

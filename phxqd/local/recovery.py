@@ -21,6 +21,7 @@ import msgspec
 
 from phxqd.events import AnyEvent
 from phxqd.local import snapshot
+from phxqd.local.jobtable import EncodedBatch
 from phxqd.local.journal import (
     MAX_RECORD,
     RECORD_HEADER,
@@ -103,12 +104,12 @@ def _recover(journal_dir: Path, cut_torn_tail: bool, now: float | None) -> Recov
         # then proves damaged, Corruption ends the recovery and this state is dropped.
         lsn = itertools.count(first)
 
-        def replay(event: AnyEvent, lsn: Iterator[int] = lsn) -> None:
+        def replay(event: AnyEvent | EncodedBatch, lsn: Iterator[int] = lsn) -> None:
             if next(lsn) > snap_lsn:
                 state.apply(event)
                 out.records += 1
 
-        scan = scan_segment(path, replay)
+        scan = scan_segment(path, replay, encoded=True)
         if scan.tail_problem is not None:
             last = i == len(segments) - 1
             if not last or _whole_record_after(path, scan):

@@ -32,8 +32,9 @@ from typing import Any
 
 import msgspec
 
+from phxqd.local.jobtable import Stored
 from phxqd.local.journal import Corruption, fsync_dir
-from phxqd.local.state import Sharer, Snapshot
+from phxqd.local.state import Sharer, Snapshot, SnapshotIndex
 from phxqd.model import Job, StoredJob, as_jobs
 from phxqd.schedules_model import Schedule
 
@@ -60,11 +61,14 @@ class SnapshotFile(msgspec.Struct, array_like=True):
     #: added after format 3 was out: a snapshot without them decodes with none
     schedules: list[Schedule] = []
     rates: dict[str, tuple[float, int]] = {}
+    #: added later still (see the module docstring): the indexes' columns
+    index: SnapshotIndex | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()
 _file_decoder = msgspec.msgpack.Decoder(SnapshotFile)
 _chunk_decoder = msgspec.msgpack.Decoder(list[StoredJob])
+_raw_chunk_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _v2_chunk_decoder = msgspec.msgpack.Decoder(list[Job])
 _v1_decoder = msgspec.msgpack.Decoder(Snapshot)
 
@@ -100,6 +104,7 @@ def _payload(snap: Snapshot, in_place: bool) -> Iterator[bytes]:
         yield encode_chunk(jobs[i : i + CHUNK])
     yield _encoder.encode(snap.schedules)
     yield _encoder.encode(snap.rates)
+    yield _encoder.encode(snap.index)
 
 
 def _array_header(n: int) -> bytes:
@@ -110,16 +115,19 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def _encode_chunk(jobs: list[Job]) -> bytes:
-    return _encoder.encode([msgspec.structs.astuple(job) for job in jobs])
+def _encode_chunk(jobs: list[Stored]) -> bytes:
+    """(A job still in its stored bytes is written as it is, as a msgspec.Raw is.)"""
+    return _encoder.encode(
+        [job if type(job) is msgspec.Raw else msgspec.structs.astuple(job) for job in jobs]
+    )
 
 
-def _encode_chunk_in_place(jobs: list[Job]) -> bytes:
-    stored: list[Any] = jobs
+def _encode_chunk_in_place(jobs: list[Stored]) -> bytes:
+    stored: list[Any] = [job for job in jobs if type(job) is Job]
     try:
         for job in stored:
             job.__class__ = StoredJob
-        return _encoder.encode(stored)
+        return _encoder.encode(jobs)
     finally:
         for job in stored:
             job.__class__ = Job
@@ -182,19 +190,44 @@ def load(directory: Path, share: Sharer | None = None) -> Snapshot | None:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 raise Corruption(path, 0, "empty snapshot")
-            # mapped, not read: the bytes stay in the page cache instead of the heap
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                return _decode(path, data, share)
+            # Mapped, not read: the bytes of an older snapshot, whose jobs are all decoded,
+            # stay in the page cache instead of the heap. One with an index keeps its jobs'
+            # bytes (jobtable.py): read, so that they outlive the file (a mapping of a file
+            # cut short under it would fault).
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                if _indexed(mapped):
+                    f.seek(0)
+                    return _decode(path, f.read(), share)
+                return _decode(path, mapped, share)
     except FileNotFoundError:
         return None
 
 
-def _decode(path: Path, data: mmap.mmap, share: Sharer | None) -> Snapshot:
+def _indexed(data: mmap.mmap) -> bool:
+    """Whether the snapshot may have an index: its `SnapshotFile` array has all 10 fields
+    (snapshots written before the index have 7 or 9)."""
+    start = len(MAGIC) + HEADER.size
+    return len(data) > start and data[: len(MAGIC)] == MAGIC and data[start] == 0x9A
+
+
+def _decode(path: Path, data: mmap.mmap | bytes, share: Sharer | None) -> Snapshot:
     start = len(MAGIC) + HEADER.size
     magic = data[: len(MAGIC)]
     if len(data) < start or magic not in (MAGIC, MAGIC_V2, MAGIC_V1):
         raise Corruption(path, 0, "not a phxq snapshot")
     length, crc = HEADER.unpack_from(data, len(MAGIC))
+    if isinstance(data, bytes):  # (jobs kept as views of it: no memoryview to release)
+        if (
+            len(data) - start < length
+            or zlib.crc32(memoryview(data)[start : start + length]) != crc
+        ):
+            raise Corruption(path, 0, "snapshot checksum mismatch")
+        try:
+            return _from_file(
+                _file_decoder.decode(memoryview(data)[start : start + length]), share, True
+            )
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
+            raise Corruption(path, start, f"undecodable snapshot ({e})") from e
     with memoryview(data) as view:
         payload = view[start : start + length]
         try:
@@ -204,7 +237,7 @@ def _decode(path: Path, data: mmap.mmap, share: Sharer | None) -> Snapshot:
                 snap = _v1_decoder.decode(payload)
                 if share is not None:
                     for job in snap.jobs:
-                        share(job)
+                        share(job)  # type: ignore[arg-type]  # (format 1: all Jobs)
                 return snap
             return _from_file(_file_decoder.decode(payload), share, as_arrays=magic == MAGIC)
         except (msgspec.DecodeError, UnicodeDecodeError) as e:
@@ -218,8 +251,11 @@ def _jobs_from_arrays(chunk: msgspec.Raw) -> list[Job]:
 
 
 def _from_file(file: SnapshotFile, share: Sharer | None, as_arrays: bool) -> Snapshot:
-    jobs: list[Job] = []
-    for chunk in file.chunks:
+    jobs: list[Stored] = []
+    if file.index is not None:  # the jobs stay their stored bytes (see jobtable.py)
+        for chunk in file.chunks:
+            jobs += _raw_chunk_decoder.decode(chunk)
+    for chunk in file.chunks if file.index is None else ():
         decoded = _jobs_from_arrays(chunk) if as_arrays else _v2_chunk_decoder.decode(chunk)
         if share is not None:
             share.all(decoded)
@@ -238,4 +274,5 @@ def _from_file(file: SnapshotFile, share: Sharer | None, as_arrays: bool) -> Sna
         file.limits,
         file.schedules,
         file.rates,
+        file.index,
     )

@@ -15,6 +15,7 @@ import math
 import operator
 import random
 import sys
+from array import array
 from collections import Counter
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from phxqd.events import (
     Submitted,
     SubmittedBatch,
 )
+from phxqd.local.jobtable import EncodedBatch, Head, Jobs, Stored, decode
 from phxqd.model import (
     DEFAULT_BACKOFF,
     DEFAULT_RETRIES,
@@ -84,12 +86,37 @@ _CREATED_AT = operator.attrgetter("created_at")
 BULK = 16
 
 
+class SnapshotIndex(msgspec.Struct, array_like=True):
+    """What the State's indexes need of the snapshot's jobs, so a restart builds them from
+    a few packed columns at C speed, and no job need be decoded (see jobtable.py).
+
+    Packed arrays are little-endian. `ids` are the jobs' ids, in `Snapshot.jobs` order;
+    `priority`, `queue`, `run_at` and `flags` are those of the waiting jobs, in
+    `Snapshot.order`'s order: `queue` indexes `queues`, and `flags` has bit 0 for a
+    retrying job (else pending) and bit 1 for a job with `after`.
+    """
+
+    ids: bytes
+    #: (queue, status, number of jobs), as State.counts
+    counts: list[tuple[str, str, int]]
+    #: live idempotency keys -> job id, as State.keys
+    keys: dict[str, int]
+    #: the ids of the jobs of each of LISTED's statuses that has any (int64s)
+    listed: dict[str, bytes]
+    queues: list[str]
+    priority: bytes
+    queue: bytes
+    run_at: bytes
+    flags: bytes
+
+
 class Snapshot(msgspec.Struct):
     """Everything needed to rebuild the state without the events before `lsn`."""
 
     lsn: int
     next_id: int
-    jobs: list[Job]
+    #: Jobs, or the stored bytes (StoredJob) of jobs a restart never decoded
+    jobs: list[Stored]
     paused: list[str]
     paused_all: bool
     #: waiting jobs in the order they were queued (a retried job goes to the back)
@@ -98,6 +125,32 @@ class Snapshot(msgspec.Struct):
     schedules: list[Schedule] = []
     #: start rates set at run time: queue -> (per second, burst)
     rates: dict[str, tuple[float, int]] = {}
+    #: the indexes' columns; None from a snapshot written before them (then every job is
+    #: a Job, and the indexes are built from the jobs)
+    index: SnapshotIndex | None = None
+
+
+#: flags of SnapshotIndex
+RETRYING, HAS_AFTER = 1, 2
+
+
+_head_decoder = msgspec.msgpack.Decoder(Head)
+
+
+def pack(typecode: str, values: Iterable[Any]) -> bytes:
+    """Values as a little-endian packed array (the snapshot's columns)."""
+    packed = array(typecode, values)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack(typecode: str, data: bytes) -> array[Any]:
+    packed = array(typecode)
+    packed.frombytes(data)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed
 
 
 class QueueDefaults(msgspec.Struct, frozen=True):
@@ -181,7 +234,9 @@ LISTED = ("running", "retrying", "failed", "cancelled")
 class State:
     """All jobs, their indexes and counters. See the module docstring for the rules."""
 
-    jobs: dict[int, Job] = field(default_factory=dict)
+    #: by id, in id order; jobs a restart loaded from a snapshot stay in their stored
+    #: form until touched (see jobtable.py)
+    jobs: Jobs = field(default_factory=Jobs)
     next_id: int = 1
     paused: set[str] = field(default_factory=set)
     paused_all: bool = False
@@ -628,7 +683,7 @@ class State:
 
     # --------------------------------------------------------------------- apply
 
-    def apply(self, event: AnyEvent) -> list[Job]:
+    def apply(self, event: AnyEvent | EncodedBatch) -> list[Job]:
         """Change the state by one event. Replay calls this too: it must stay deterministic.
 
         Returns the jobs the event cancelled besides the one it names: those that were to
@@ -641,6 +696,9 @@ class State:
                 self._add((job,))
             case SubmittedBatch(jobs):
                 self._add(jobs)
+            case EncodedBatch(stored, heads):
+                if not self._add_encoded(stored, heads):
+                    self._add([decode(job) for job in stored])
             case Started(job_id, at, pid, pid_started):
                 job = self.jobs[job_id]
                 self._set_status(job, "running")
@@ -766,13 +824,51 @@ class State:
         return Snapshot(
             lsn,
             self.next_id,
-            list(self.jobs.values()),
+            self.jobs.stored(),
             sorted(self.paused),
             self.paused_all,
             order,
             dict(self.limits),
             [msgspec.structs.replace(s) for s in self.schedules.values()],
             dict(self.rates),
+            self._index(order),
+        )
+
+    def _index(self, order: list[int]) -> SnapshotIndex:
+        """The snapshot's columns (see SnapshotIndex). Jobs still in their stored form give
+        their fields by a decode of the first few (`_Head`), which builds no Job."""
+        data = self.jobs.data
+        queues: dict[str, int] = {}
+        priority, queue, run_at = array("q"), array("I"), array("d")
+        flags = bytearray()
+        head = _head_decoder.decode
+        for job_id in order:
+            job: Any = data[job_id]
+            if type(job) is msgspec.Raw:
+                job = head(job)
+            q = queues.get(job.queue)
+            if q is None:
+                q = queues[job.queue] = len(queues)
+            priority.append(job.priority)
+            queue.append(q)
+            run_at.append(job.run_at)
+            flags.append(
+                (RETRYING if job.status == "retrying" else 0)
+                | (HAS_AFTER if job.after is not None else 0)
+            )
+        if sys.byteorder != "little":
+            for column in (priority, queue, run_at):
+                column.byteswap()
+        return SnapshotIndex(
+            pack("q", data),
+            [(q, st, n) for (q, st), n in self.counts.items() if n],
+            dict(self.keys),
+            {st: pack("q", ids) for st, ids in self._listed.items() if ids},
+            list(queues),
+            priority.tobytes(),
+            queue.tobytes(),
+            run_at.tobytes(),
+            bytes(flags),
         )
 
     @classmethod
@@ -784,6 +880,9 @@ class State:
         heaps. Each heap is heapified once instead of pushed a million times. Waiting jobs
         keep the order they were queued in (`snap.order`). `shared`: the snapshot's jobs
         went through a `Sharer` as they were decoded (snapshot.load does that).
+
+        With the snapshot's index (`snap.index`), the jobs may be stored bytes: they are
+        kept so (see jobtable.py), and the indexes are built from the index's columns.
         """
         state = cls(
             next_id=snap.next_id,
@@ -793,14 +892,18 @@ class State:
             schedules={s.spec.name: s for s in snap.schedules},
             rates=dict(snap.rates),
         )
-        all_jobs = snap.jobs
+        if snap.index is not None:
+            state._from_index(snap, snap.index, now)
+            return state
+        all_jobs: list[Job] = snap.jobs  # type: ignore[assignment]  # (no index: all Jobs)
         if not shared:
             share = state.share
             for job in all_jobs:
                 share(job)
         # In bulk, with builtins that loop in C (map, zip, Counter): a Python loop over a
         # million jobs doing this cost a second of a restart (see bench/bench_restart.py).
-        state.jobs = jobs = dict(zip(map(_ID, all_jobs), all_jobs, strict=True))
+        jobs: dict[int, Job] = dict(zip(map(_ID, all_jobs), all_jobs, strict=True))
+        state.jobs = Jobs(jobs)  # type: ignore[arg-type]
         counts = state.counts
         counts.update(Counter(zip(map(_QUEUE, all_jobs), map(_STATUS, all_jobs), strict=True)))
         keys = state.keys
@@ -848,6 +951,68 @@ class State:
             heapq.heapify(heap)
         return state
 
+    def _from_index(self, snap: Snapshot, index: SnapshotIndex, now: float | None) -> None:
+        """`from_snapshot` from the snapshot's columns: the same indexes as its loop over
+        the jobs builds, without reading a job (but those with `after`, to block them)."""
+        ids = unpack("q", index.ids)
+        id_list = ids.tolist()
+        self.jobs = Jobs(dict(zip(id_list, snap.jobs, strict=True)))
+        self.counts = {(q, st): n for q, st, n in index.counts}
+        self.keys = dict(index.keys)
+        for st, packed in index.listed.items():
+            self._listed[st] = dict.fromkeys(unpack("q", packed).tolist())
+        order = snap.order if isinstance(snap.order, array) else array("q", snap.order)
+        n = len(order)
+        priority, queue = unpack("q", index.priority), unpack("I", index.queue)
+        run_at, flags = unpack("d", index.run_at), index.flags
+        if not (len(priority) == len(queue) == len(run_at) == len(flags) == n):
+            raise ValueError("the snapshot's index does not match its order")
+        due = -math.inf if now is None else now  # without a clock, everything waits
+        if (
+            n
+            and due != -math.inf
+            and flags.count(0) == n
+            and queue.count(queue[0]) == n
+            and max(run_at) <= due
+        ):
+            # one queue of due pending jobs, none blocked (the usual case): at C speed,
+            # the ids the jobs map's keys when the order is theirs (one int object each)
+            in_order = id_list if order == ids else order.tolist()
+            self._queued = dict(zip(in_order, range(1, n + 1), strict=True))
+            seqs = list(self._queued.values())  # the same int objects, not a second range
+            entries = list(zip(map(operator.neg, priority), seqs, in_order, strict=True))
+            heapq.heapify(entries)  # already a heap when every priority is the same
+            self._ready[index.queues[queue[0]]] = entries
+            self._seq = n
+            return
+        queues, queued, ready, delayed = index.queues, self._queued, self._ready, self._delayed
+        seq = 0
+        for i, job_id in enumerate(order.tolist()):
+            seq += 1
+            f = flags[i]
+            if f & HAS_AFTER:
+                job = self.jobs[job_id]
+                if self.waits_for(job):
+                    self._seq = seq
+                    self._block(job)
+                    seq = self._seq
+                    continue
+            key = seq - RETRY_FIRST if f & RETRYING else seq
+            queued[job_id] = key
+            at = run_at[i]
+            if at <= due:
+                name = queues[queue[i]]
+                heap = ready.get(name)
+                if heap is None:
+                    heap = ready[name] = []
+                heap.append((-priority[i], key, job_id))
+            else:
+                delayed.append((at, key, job_id))
+        self._seq = seq
+        heapq.heapify(delayed)
+        for heap in ready.values():
+            heapq.heapify(heap)
+
     def _ready_in_bulk(self, ordered: list[Job], due: float) -> bool:
         """`from_snapshot`'s waiting jobs onto their heap at C speed, in the common case
         (one queue, all due, none blocked or retrying); False, with nothing done, if not.
@@ -887,7 +1052,7 @@ class State:
         """
         if isinstance(jobs, list) and len(jobs) >= BULK and self._add_in_bulk(jobs):
             return
-        share, table, counts, keys = self.share, self.jobs, self.counts, self.keys
+        share, table, counts, keys = self.share, self.jobs.data, self.counts, self.keys
         next_id = self.next_id
         for job in jobs:
             share(job)
@@ -927,7 +1092,7 @@ class State:
             return False
         self.share.all(jobs)
         ids = list(map(_ID, jobs))
-        self.jobs.update(zip(ids, jobs, strict=True))
+        self.jobs.data.update(zip(ids, jobs, strict=True))
         self.next_id = max(self.next_id, max(ids) + 1)
         k = (jobs[0].queue, "pending")
         self.counts[k] = self.counts.get(k, 0) + len(jobs)
@@ -936,6 +1101,35 @@ class State:
         self._queued.update(zip(ids, seqs, strict=True))
         push = functools.partial(heapq.heappush, self._ready.setdefault(jobs[0].queue, []))
         entries = zip(map(operator.neg, map(_PRIORITY, jobs)), seqs, ids, strict=True)
+        collections.deque(map(push, entries), maxlen=0)  # each pushed, in a loop in C
+        return True
+
+    def _add_encoded(self, stored: list[msgspec.Raw], heads: list[Head]) -> bool:
+        """`_add_in_bulk` of jobs kept in their stored bytes (recovery's replay of a
+        journal's batch), read from their heads; False, with nothing done, if not the
+        usual case."""
+        if len(heads) < BULK:
+            return False
+        queue = heads[0].queue
+        if (
+            set(map(_STATUS, heads)) != {"pending"}
+            or set(map(_QUEUE, heads)) != {queue}
+            or any(map(_AFTER, heads))
+            or set(map(_KEY, heads)) != {None}
+            or not all(map(operator.le, map(_RUN_AT, heads), map(_CREATED_AT, heads)))
+        ):
+            return False
+        queue = sys.intern(queue)
+        ids = list(map(_ID, heads))
+        self.jobs.data.update(zip(ids, stored, strict=True))
+        self.next_id = max(self.next_id, max(ids) + 1)
+        k = (queue, "pending")
+        self.counts[k] = self.counts.get(k, 0) + len(ids)
+        seqs = list(range(self._seq + 1, self._seq + len(ids) + 1))
+        self._seq += len(ids)
+        self._queued.update(zip(ids, seqs, strict=True))
+        push = functools.partial(heapq.heappush, self._ready.setdefault(queue, []))
+        entries = zip(map(operator.neg, map(_PRIORITY, heads)), seqs, ids, strict=True)
         collections.deque(map(push, entries), maxlen=0)  # each pushed, in a loop in C
         return True
 
@@ -969,7 +1163,7 @@ class State:
             table = getattr(self, name)
             size = sys.getsizeof(table)
             if size > SHRINK_FLOOR and size > SHRINK_FACTOR * DICT_ENTRY_BYTES * len(table):
-                setattr(self, name, dict(table))
+                setattr(self, name, table.compacted() if name == "jobs" else dict(table))
         for k in [k for k, n in self.counts.items() if not n]:
             del self.counts[k]
         # Heap entries of jobs that left the queue some other way than by being claimed
