@@ -391,3 +391,33 @@ def test_a_failed_fdatasync_fails_its_waiters_whoever_made_it(tmp_path: Path, pa
 
     anyio.run(main)
     assert sorted(recover(tmp_path, cut_torn_tail=False).state.jobs) == [1, 2, 3]
+
+
+def test_a_bulk_batch_replays_undecoded_and_as_its_jobs(tmp_path: Path) -> None:
+    # A batch bulk_queue accepts is recorded with its columns; recovery keeps its jobs in
+    # their stored bytes (a Block) and must still end as a replay of the jobs would.
+    from phxqd.events import Cancelled, Completed, Started
+    from phxqd.local.jobtable import Block
+    from phxqd.local.journal import decode_record, decode_record_encoded
+
+    jobs = [job_event(i).job for i in range(1, 41)]
+    for job in jobs:
+        job.priority = job.id % 3
+    small = [job_event(i).job for i in range(41, 44)]
+    events: list[AnyEvent] = [SubmittedBatch(jobs), SubmittedBatch(small)]
+    events += [Started(7, 50.0, 99, 1.0), Completed(7, 51.0, 0), Cancelled(9, 52.0, "no")]
+    write_journal(tmp_path, events)
+    live = State()
+    for e in events:
+        live.apply(msgspec.msgpack.decode(msgspec.msgpack.encode(e), type=type(e)))
+    data = list_segments(tmp_path)[0][1].read_bytes()
+    length, _ = RECORD_HEADER.unpack_from(data)
+    payload = data[RECORD_HEADER.size : RECORD_HEADER.size + length]
+    assert isinstance(decode_record_encoded(payload), Block)
+    assert decode_record(payload) == SubmittedBatch(jobs)  # older readers: the same batch
+    got = recover(tmp_path, cut_torn_tail=False).state
+    assert 0 < got.jobs.encoded() <= 38
+    assert got.summary() == live.summary()
+    assert [got.claim_next(100.0) for _ in range(45)] == [live.claim_next(100.0) for _ in range(45)]
+    assert got.jobs == live.jobs
+    assert got.jobs.encoded() == 0

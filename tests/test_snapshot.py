@@ -10,9 +10,10 @@ import pytest
 
 from phxqd.events import Started
 from phxqd.local import snapshot
+from phxqd.local.jobtable import Block
 from phxqd.local.journal import Corruption
 from phxqd.local.state import Sharer, State
-from phxqd.model import Call, Job, JobSpec, Progress
+from phxqd.model import Call, Job, JobSpec, Progress, StoredJob
 
 
 def filled(n: int) -> State:
@@ -77,7 +78,7 @@ def test_jobs_restored_share_what_they_have_in_common(tmp_path: Path) -> None:
     snapshot.write(tmp_path, snapshot.encode(state.snapshot(1)))
     snap = snapshot.load(tmp_path, Sharer())
     assert snap is not None and snap.index is not None
-    assert all(type(j) is msgspec.Raw for j in snap.jobs)
+    assert all(type(j) is Block for j in snap.jobs)
     back = State.from_snapshot(snap, 2000.0, shared=True).jobs
     assert back[3].cwd is back[30].cwd and back[3].queue is back[30].queue
     assert back[3].status is back[30].status and back[3].run_at is back[3].created_at
@@ -234,7 +235,7 @@ def test_a_restore_from_the_index_is_the_restore_from_the_jobs(
     assert snap.index is not None
     snapshot.write(tmp_path, snapshot.encode(snap))
     got = snapshot.load(tmp_path, Sharer())
-    assert got is not None and all(type(j) is msgspec.Raw for j in got.jobs)
+    assert got is not None and all(type(j) is Block for j in got.jobs)
     from_index = State.from_snapshot(got, now, shared=True)
     assert from_index.jobs.encoded() > 40, "the index path decoded the jobs"
     old = msgspec.structs.replace(snap, index=None)
@@ -266,3 +267,27 @@ def test_a_restored_state_writes_the_snapshot_it_was_read_from(tmp_path: Path) -
     # and a job decoded is the one the table keeps: a change to it stays
     back.jobs[2].label = "changed"
     assert back.jobs.get(2) is back.jobs[2] and back.jobs[2].label == "changed"
+
+
+def test_a_phxqd_from_before_the_index_reads_a_snapshot_with_one(tmp_path: Path) -> None:
+    # The index is a trailing field: the SnapshotFile of before (nine fields) decodes the
+    # file and ignores it, and its jobs are what it always read.
+    class Before(msgspec.Struct, array_like=True):
+        lsn: int
+        next_id: int
+        paused: list[str]
+        paused_all: bool
+        limits: dict[str, int]
+        order: bytes
+        chunks: list[msgspec.Raw]
+        schedules: list[object] = []
+        rates: dict[str, tuple[float, int]] = {}
+
+    state = varied(1000.0)
+    data = snapshot.encode(state.snapshot(3))
+    start = len(snapshot.MAGIC) + snapshot.HEADER.size
+    old = msgspec.msgpack.decode(data[start:], type=Before)
+    jobs = [j for c in old.chunks for j in msgspec.msgpack.decode(c, type=list[StoredJob])]
+    assert [msgspec.structs.astuple(j) for j in jobs] == [
+        msgspec.structs.astuple(j) for j in state.jobs.values()
+    ]

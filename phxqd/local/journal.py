@@ -23,12 +23,15 @@ import contextlib
 import heapq
 import itertools
 import logging
+import operator
 import os
 import queue
 import struct
+import sys
 import threading
 import time
 import zlib
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +41,7 @@ import anyio
 import msgspec
 
 from phxqd.events import AnyEvent, Event, SubmittedBatch
-from phxqd.local.jobtable import EncodedBatch, Head
+from phxqd.local.jobtable import STATUS_CODE, Block, bulk_queue, column
 from phxqd.model import StoredJob, as_jobs
 
 log = logging.getLogger("phxqd.local.journal")
@@ -74,22 +77,21 @@ _STORED: Any = Union[  # noqa: UP007 (a union built at run time)
 ]
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(_STORED)
+_ID, _PRIORITY, _RUN_AT = map(operator.attrgetter, ("id", "priority", "run_at"))
 
 
 class _RawBatch(Event, tag="subs"):
-    """A `subs` record's jobs left in their stored bytes (recovery, see EncodedBatch)."""
+    """A `subs` record with its jobs left in their stored bytes (recovery, see Block):
+    `bulk` is what `encode_record` adds to a batch `bulk_queue` accepts, its queue and
+    packed columns (ids, priorities, run_at: little-endian int64, int64, float64)."""
 
-    jobs: list[msgspec.Raw]
-
-
-class _HeadBatch(Event, tag="subs"):
-    jobs: list[Head]
+    jobs: msgspec.Raw
+    bulk: tuple[str, memoryview, memoryview, memoryview] | None = None
 
 
 _raw_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(
     Union[tuple(t if t is not SubmittedBatch else _RawBatch for t in get_args(AnyEvent))]  # noqa: UP007
 )
-_head_decoder = msgspec.msgpack.Decoder(_HeadBatch)
 
 
 class JournalError(Exception):
@@ -106,7 +108,18 @@ class Corruption(Exception):
 
 def encode_record(event: AnyEvent) -> bytes:
     if isinstance(event, SubmittedBatch):  # what _StoredBatch decodes
-        payload = _encoder.encode(("subs", [msgspec.structs.astuple(j) for j in event.jobs]))
+        jobs = [msgspec.structs.astuple(j) for j in event.jobs]
+        queue = bulk_queue(event.jobs)
+        if queue is None:
+            payload = _encoder.encode(("subs", jobs))
+        else:  # (a third element, which a phxqd before it does not read)
+            columns = [array("q", map(_ID, event.jobs)), array("q", map(_PRIORITY, event.jobs))]
+            columns.append(array("d", map(_RUN_AT, event.jobs)))
+            if sys.byteorder != "little":
+                for c in columns:
+                    c.byteswap()
+            bulk = (queue, *(c.tobytes() for c in columns))
+            payload = _encoder.encode(("subs", jobs, bulk))
     else:
         payload = _encoder.encode(event)
     return RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
@@ -122,14 +135,29 @@ def decode_record(payload: bytes) -> AnyEvent:
     return stored
 
 
-def decode_record_encoded(payload: bytes) -> AnyEvent | EncodedBatch:
-    """`decode_record`, but a batch of submitted jobs is left in its stored bytes (views
-    of `payload`) with each job's head, for recovery (see jobtable.py)."""
+def decode_record_encoded(payload: bytes) -> AnyEvent | Block:
+    """`decode_record`, but a batch recorded with its columns (`_RawBatch.bulk`) is a
+    Block of its jobs' stored bytes, views of `payload` (recovery, see jobtable.py)."""
     event = _raw_decoder.decode(payload)
-    if isinstance(event, _RawBatch):
-        return EncodedBatch(event.jobs, _head_decoder.decode(payload).jobs)
-    stored: AnyEvent = event
-    return stored
+    if not isinstance(event, _RawBatch):
+        stored: AnyEvent = event
+        return stored
+    if event.bulk is None:
+        return decode_record(payload)
+    queue, ids, priority, run_at = event.bulk
+    n = len(ids) // 8
+    if not len(priority) == len(run_at) == 8 * n:
+        raise msgspec.DecodeError("the columns of a batch differ in length")
+    return Block(
+        event.jobs,
+        column(ids, "q"),
+        column(bytes([STATUS_CODE["pending"]]) * n, "B"),
+        column(bytes(4 * n), "I"),
+        [queue],
+        column(priority, "q"),
+        column(run_at, "d"),
+        column(bytes(n), "B"),
+    )
 
 
 def segment_path(directory: Path, first_lsn: int) -> Path:
@@ -162,7 +190,7 @@ class Scan:
 
 def scan_segment(
     path: Path,
-    each: Callable[[AnyEvent | EncodedBatch], None] | None = None,
+    each: Callable[[AnyEvent | Block], None] | None = None,
     encoded: bool = False,
 ) -> Scan:
     """Read every whole record; stop at the first bad one and say why.
@@ -171,11 +199,11 @@ def scan_segment(
     end of the newest segment may be torn. `each`: every event is handed to it as soon as
     it is decoded, and none is kept (recovery: a segment of 690,000 submitted jobs decoded
     at once left the heap full of the holes of their dropped duplicate strings, ~90 bytes
-    a job of RSS for good). `encoded`: batches of submitted jobs come as EncodedBatch
+    a job of RSS for good). `encoded`: batches of submitted jobs may come as Blocks
     (recovery keeps their jobs in their stored bytes, see jobtable.py).
     """
     data = path.read_bytes()
-    events: list[Any] = []  # (EncodedBatch only if `encoded`)
+    events: list[Any] = []  # (Blocks only if `encoded`)
     keep = events.append if each is None else each
     decode = decode_record_encoded if encoded else decode_record
     records, pos, size = 0, 0, len(data)

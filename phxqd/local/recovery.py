@@ -21,7 +21,7 @@ import msgspec
 
 from phxqd.events import AnyEvent
 from phxqd.local import snapshot
-from phxqd.local.jobtable import EncodedBatch
+from phxqd.local.jobtable import Block
 from phxqd.local.journal import (
     MAX_RECORD,
     RECORD_HEADER,
@@ -104,7 +104,7 @@ def _recover(journal_dir: Path, cut_torn_tail: bool, now: float | None) -> Recov
         # then proves damaged, Corruption ends the recovery and this state is dropped.
         lsn = itertools.count(first)
 
-        def replay(event: AnyEvent | EncodedBatch, lsn: Iterator[int] = lsn) -> None:
+        def replay(event: AnyEvent | Block, lsn: Iterator[int] = lsn) -> None:
             if next(lsn) > snap_lsn:
                 state.apply(event)
                 out.records += 1

@@ -5,17 +5,24 @@ temporary file, fsync'd, renamed over the old one, and the directory fsync'd: at
 instant the directory holds either the old snapshot or the new one, whole. A snapshot that
 fails its checksum is never replaced or deleted: the daemon refuses to start and says so.
 
-The jobs are stored in chunks of CHUNK jobs, each its own msgpack array, and the queue
-order as packed 64-bit integers: a restart decodes one chunk at a time and lets a `Sharer`
-drop each job's duplicate strings before the next chunk is decoded, so the heap does not
-end up full of the holes a million dropped copies leave (RSS after a restart with a
-million jobs went from 819 to ~600 bytes per job), and the order costs no million
-short-lived int objects.
+The jobs are stored in chunks (of up to CHUNK jobs), each its own msgpack array, and the
+queue order as packed 64-bit integers. Each job is stored as an array of its fields, not
+a map (format 3): the field names were two thirds of a snapshot (265 bytes per job; 80 as
+arrays), and every byte is written, fsync'd and read back at each restart.
 
-Each job is stored as an array of its fields, not a map (format 3): the field names were
-two thirds of a snapshot (265 bytes per job; 80 as arrays), and every byte is written,
-fsync'd and read back at each restart. Older formats (1: one msgpack `Snapshot`; 2: jobs
-as maps) are still read.
+The last field, `index` (state.SnapshotIndex), holds packed columns of what the State's
+indexes read of each job (id, status, queue, priority, run_at, whether it has `after`)
+and its counts, keys and lists of running, retrying, failed and cancelled jobs. With it
+a restart decodes no job: each chunk becomes a jobtable.Block, its jobs' bytes and its
+slice of the columns, all views of the one buffer read from the file, and the State
+builds its maps and heaps from the columns at C speed (a million queued jobs: see
+docs/benchmarks.md, "Restart in encoded form"); a job is decoded when something reads it.
+A snapshot taken later writes each block none of whose jobs was touched as the bytes it
+was read as, in a chunk of its own. The index was added without a new magic: an older
+phxqd reads the file and ignores it (a msgpack array's trailing elements are), and a
+snapshot without it is read as before, each chunk decoded into Jobs and passed through a
+`Sharer` before the next, so the heap does not end up full of the holes a million dropped
+copies leave. Older formats (1: one msgpack `Snapshot`; 2: jobs as maps) are still read.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any
 
 import msgspec
 
-from phxqd.local.jobtable import Stored
+from phxqd.local.jobtable import Block, column
 from phxqd.local.journal import Corruption, fsync_dir
 from phxqd.local.state import Sharer, Snapshot, SnapshotIndex
 from phxqd.model import Job, StoredJob, as_jobs
@@ -68,9 +75,24 @@ class SnapshotFile(msgspec.Struct, array_like=True):
 _encoder = msgspec.msgpack.Encoder()
 _file_decoder = msgspec.msgpack.Decoder(SnapshotFile)
 _chunk_decoder = msgspec.msgpack.Decoder(list[StoredJob])
-_raw_chunk_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _v2_chunk_decoder = msgspec.msgpack.Decoder(list[Job])
-_v1_decoder = msgspec.msgpack.Decoder(Snapshot)
+
+
+class _SnapshotV1(msgspec.Struct):
+    """Format 1: one msgpack map, the `Snapshot` of its time."""
+
+    lsn: int
+    next_id: int
+    jobs: list[Job]
+    paused: list[str]
+    paused_all: bool
+    order: list[int] = []
+    limits: dict[str, int] = {}
+    schedules: list[Schedule] = []
+    rates: dict[str, tuple[float, int]] = {}
+
+
+_v1_decoder = msgspec.msgpack.Decoder(_SnapshotV1)
 
 
 def encode(snap: Snapshot) -> bytes:
@@ -89,7 +111,7 @@ def _payload(snap: Snapshot, in_place: bool) -> Iterator[bytes]:
     reference to each of its fields, and every page holding a float or int of a job was
     copied for that.
     """
-    jobs = snap.jobs
+    chunks = _chunks(snap.jobs)
     order = array("q", snap.order)
     if sys.byteorder != "little":
         order.byteswap()
@@ -98,10 +120,10 @@ def _payload(snap: Snapshot, in_place: bool) -> Iterator[bytes]:
         yield _encoder.encode(value)
     yield _encoder.encode(order.tobytes())
     del order
-    yield _array_header(-(-len(jobs) // CHUNK))
+    yield _array_header(len(chunks))
     encode_chunk = _encode_chunk_in_place if in_place else _encode_chunk
-    for i in range(0, len(jobs), CHUNK):
-        yield encode_chunk(jobs[i : i + CHUNK])
+    for chunk in chunks:
+        yield bytes(chunk.data) if type(chunk) is Block else encode_chunk(chunk)
     yield _encoder.encode(snap.schedules)
     yield _encoder.encode(snap.rates)
     yield _encoder.encode(snap.index)
@@ -115,14 +137,36 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def _encode_chunk(jobs: list[Stored]) -> bytes:
+def _chunks(jobs: list[Any]) -> list[Any]:
+    """The snapshot's chunks: a Block (whole and untouched, see State._stored) is its
+    own chunk, written as the bytes it was read as; the other jobs (Job, or msgspec.Raw:
+    one stored job) go in chunks of at most CHUNK."""
+    out: list[Any] = []
+    run: list[Any] = []
+    for job in jobs:
+        if type(job) is Block:
+            if run:
+                out.append(run)
+                run = []
+            out.append(job)
+            continue
+        run.append(job)
+        if len(run) == CHUNK:
+            out.append(run)
+            run = []
+    if run:
+        out.append(run)
+    return out
+
+
+def _encode_chunk(jobs: list[Any]) -> bytes:
     """(A job still in its stored bytes is written as it is, as a msgspec.Raw is.)"""
     return _encoder.encode(
         [job if type(job) is msgspec.Raw else msgspec.structs.astuple(job) for job in jobs]
     )
 
 
-def _encode_chunk_in_place(jobs: list[Stored]) -> bytes:
+def _encode_chunk_in_place(jobs: list[Any]) -> bytes:
     stored: list[Any] = [job for job in jobs if type(job) is Job]
     try:
         for job in stored:
@@ -234,11 +278,11 @@ def _decode(path: Path, data: mmap.mmap | bytes, share: Sharer | None) -> Snapsh
             if len(payload) != length or zlib.crc32(payload) != crc:
                 raise Corruption(path, 0, "snapshot checksum mismatch")
             if magic == MAGIC_V1:
-                snap = _v1_decoder.decode(payload)
+                v1 = _v1_decoder.decode(payload)
                 if share is not None:
-                    for job in snap.jobs:
-                        share(job)  # type: ignore[arg-type]  # (format 1: all Jobs)
-                return snap
+                    for job in v1.jobs:
+                        share(job)
+                return Snapshot(**msgspec.structs.asdict(v1))
             return _from_file(_file_decoder.decode(payload), share, as_arrays=magic == MAGIC)
         except (msgspec.DecodeError, UnicodeDecodeError) as e:
             raise Corruption(path, start, f"undecodable snapshot ({e})") from e
@@ -250,11 +294,49 @@ def _jobs_from_arrays(chunk: msgspec.Raw) -> list[Job]:
     return as_jobs(_chunk_decoder.decode(chunk))
 
 
+def _blocks(chunks: list[msgspec.Raw], index: SnapshotIndex) -> list[Block]:
+    """Each chunk a Block of its jobs' stored bytes and its slice of the columns (all
+    views of the snapshot's buffer): no job is decoded (see jobtable.py)."""
+    ids, status, flags = column(index.ids, "q"), index.status, index.flags
+    queue, priority = column(index.queue, "I"), column(index.priority, "q")
+    run_at = column(index.run_at, "d")
+    out, at = [], 0
+    for chunk in chunks:
+        n = _array_length(chunk)
+        end = at + n
+        out.append(
+            Block(
+                chunk,
+                ids[at:end],
+                status[at:end],
+                queue[at:end],
+                index.queues,
+                priority[at:end],
+                run_at[at:end],
+                flags[at:end],
+            )
+        )
+        at = end
+    if at != len(ids):
+        raise msgspec.DecodeError(f"the index has {len(ids)} jobs, the chunks {at}")
+    return out
+
+
+def _array_length(raw: msgspec.Raw) -> int:
+    """The number of elements of the msgpack array `raw` (from its header)."""
+    with memoryview(raw) as view:
+        first = view[0]
+        if 0x90 <= first <= 0x9F:
+            return first & 0x0F
+        if first == 0xDC:
+            return int.from_bytes(view[1:3], "big")
+        if first == 0xDD:
+            return int.from_bytes(view[1:5], "big")
+    raise msgspec.DecodeError("a snapshot chunk is not an array")
+
+
 def _from_file(file: SnapshotFile, share: Sharer | None, as_arrays: bool) -> Snapshot:
-    jobs: list[Stored] = []
-    if file.index is not None:  # the jobs stay their stored bytes (see jobtable.py)
-        for chunk in file.chunks:
-            jobs += _raw_chunk_decoder.decode(chunk)
+    jobs: list[Any] = [] if file.index is None else _blocks(file.chunks, file.index)
     for chunk in file.chunks if file.index is None else ():
         decoded = _jobs_from_arrays(chunk) if as_arrays else _v2_chunk_decoder.decode(chunk)
         if share is not None:

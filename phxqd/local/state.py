@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import functools
 import heapq
+import itertools
 import math
 import operator
 import random
@@ -44,7 +45,15 @@ from phxqd.events import (
     Submitted,
     SubmittedBatch,
 )
-from phxqd.local.jobtable import EncodedBatch, Head, Jobs, Stored, decode
+from phxqd.local.jobtable import (
+    BULK,
+    HAS_AFTER,
+    STATUS_CODE,
+    Block,
+    Jobs,
+    bulk_queue,
+    column,
+)
 from phxqd.model import (
     DEFAULT_BACKOFF,
     DEFAULT_RETRIES,
@@ -82,32 +91,31 @@ _RUN_AT = operator.attrgetter("run_at")
 _PRIORITY = operator.attrgetter("priority")
 _KEY = operator.attrgetter("key")
 _CREATED_AT = operator.attrgetter("created_at")
-#: batches from this many jobs go through `State._add_in_bulk`
-BULK = 16
 
 
 class SnapshotIndex(msgspec.Struct, array_like=True):
-    """What the State's indexes need of the snapshot's jobs, so a restart builds them from
-    a few packed columns at C speed, and no job need be decoded (see jobtable.py).
+    """What the State's indexes need of the snapshot's jobs, so that a restart builds
+    them from packed columns at C speed and decodes no job (see jobtable.py).
 
-    Packed arrays are little-endian. `ids` are the jobs' ids, in `Snapshot.jobs` order;
-    `priority`, `queue`, `run_at` and `flags` are those of the waiting jobs, in
-    `Snapshot.order`'s order: `queue` indexes `queues`, and `flags` has bit 0 for a
-    retrying job (else pending) and bit 1 for a job with `after`.
+    The columns are little-endian packed arrays, one entry per job, in the order of the
+    snapshot's jobs (id order): `ids` (int64), `status` (a byte: its index in STATUSES),
+    `queue` (uint32: an index into `queues`), `priority` (int64), `run_at` (float64) and
+    `flags` (a byte: HAS_AFTER). Read back as memoryviews of the snapshot's buffer.
     """
 
-    ids: bytes
+    ids: memoryview
+    status: memoryview
+    queue: memoryview
+    queues: list[str]
+    priority: memoryview
+    run_at: memoryview
+    flags: memoryview
     #: (queue, status, number of jobs), as State.counts
     counts: list[tuple[str, str, int]]
     #: live idempotency keys -> job id, as State.keys
     keys: dict[str, int]
     #: the ids of the jobs of each of LISTED's statuses that has any (int64s)
-    listed: dict[str, bytes]
-    queues: list[str]
-    priority: bytes
-    queue: bytes
-    run_at: bytes
-    flags: bytes
+    listed: dict[str, memoryview]
 
 
 class Snapshot(msgspec.Struct):
@@ -115,8 +123,10 @@ class Snapshot(msgspec.Struct):
 
     lsn: int
     next_id: int
-    #: Jobs, or the stored bytes (StoredJob) of jobs a restart never decoded
-    jobs: list[Stored]
+    #: Jobs; but as `State.snapshot` gives them to be written, also Blocks (all of a
+    #: block's jobs, untouched) and msgspec.Raw (one stored job), and as snapshot.load
+    #: reads them with an `index`, Blocks only (see jobtable.py)
+    jobs: list[Job]
     paused: list[str]
     paused_all: bool
     #: waiting jobs in the order they were queued (a retried job goes to the back)
@@ -130,27 +140,12 @@ class Snapshot(msgspec.Struct):
     index: SnapshotIndex | None = None
 
 
-#: flags of SnapshotIndex
-RETRYING, HAS_AFTER = 1, 2
-
-
-_head_decoder = msgspec.msgpack.Decoder(Head)
-
-
 def pack(typecode: str, values: Iterable[Any]) -> bytes:
     """Values as a little-endian packed array (the snapshot's columns)."""
     packed = array(typecode, values)
     if sys.byteorder != "little":
         packed.byteswap()
     return packed.tobytes()
-
-
-def unpack(typecode: str, data: bytes) -> array[Any]:
-    packed = array(typecode)
-    packed.frombytes(data)
-    if sys.byteorder != "little":
-        packed.byteswap()
-    return packed
 
 
 class QueueDefaults(msgspec.Struct, frozen=True):
@@ -382,8 +377,8 @@ class State:
         one key, only the newest (one live job per key)."""
         newest_of_key: dict[str, int] = {}
         ids = []
-        for j in self.jobs.values():
-            if j.status != "failed" or (queue is not None and j.queue != queue):
+        for j in self.by_status("failed"):
+            if queue is not None and j.queue != queue:
                 continue
             if any(
                 self.jobs[d].status in ("failed", "cancelled")
@@ -406,11 +401,7 @@ class State:
                 f"of {', '.join(sorted(FINISHED))}",
             )
         wanted = FINISHED if status is None else {status}
-        ids = [
-            j.id
-            for j in self.jobs.values()
-            if j.status in wanted and (queue is None or j.queue == queue)
-        ]
+        ids = [j.id for j in self.jobs.walk(wanted) if queue is None or j.queue == queue]
         return [Cleared(ids)] if ids else []
 
     def outcome(
@@ -640,7 +631,7 @@ class State:
             candidates: Iterable[Job] = (table[i] for i in ids)
             left = len(listed)
         elif before is None:
-            candidates = reversed(self.jobs.values())
+            candidates = self.jobs.walk(None if status is None else (status,), newest_first=True)
         else:
             candidates = self._below(before)
         for job in candidates:
@@ -679,11 +670,17 @@ class State:
         return [d for d in job.after or () if d in self.jobs and self.jobs[d].status != "completed"]
 
     def by_status(self, *statuses: str) -> Iterator[Job]:
-        return (j for j in self.jobs.values() if j.status in statuses)
+        """The jobs of these statuses, in id order: from `_listed` when it has them all
+        (a restart asks for the running ones), else a walk that decodes only jobs of
+        these statuses (see Jobs.walk)."""
+        if all(s in LISTED for s in statuses):
+            ids = sorted(i for s in statuses for i in self._listed[s])
+            return iter(list(map(self.jobs.__getitem__, ids)))
+        return self.jobs.walk(statuses)
 
     # --------------------------------------------------------------------- apply
 
-    def apply(self, event: AnyEvent | EncodedBatch) -> list[Job]:
+    def apply(self, event: AnyEvent | Block) -> list[Job]:
         """Change the state by one event. Replay calls this too: it must stay deterministic.
 
         Returns the jobs the event cancelled besides the one it names: those that were to
@@ -696,9 +693,8 @@ class State:
                 self._add((job,))
             case SubmittedBatch(jobs):
                 self._add(jobs)
-            case EncodedBatch(stored, heads):
-                if not self._add_encoded(stored, heads):
-                    self._add([decode(job) for job in stored])
+            case Block():  # a journal's batch, replayed (journal.decode_record_encoded)
+                self._add_block(event)
             case Started(job_id, at, pid, pid_started):
                 job = self.jobs[job_id]
                 self._set_status(job, "running")
@@ -821,54 +817,78 @@ class State:
         # (no merged copy of a million entries when nothing is blocked, the usual case)
         place = {**self._blocked, **self._queued} if self._blocked else self._queued
         order = sorted(place, key=place.__getitem__)
+        jobs, index = self._stored()
         return Snapshot(
             lsn,
             self.next_id,
-            self.jobs.stored(),
+            jobs,
             sorted(self.paused),
             self.paused_all,
             order,
             dict(self.limits),
             [msgspec.structs.replace(s) for s in self.schedules.values()],
             dict(self.rates),
-            self._index(order),
+            index,
         )
 
-    def _index(self, order: list[int]) -> SnapshotIndex:
-        """The snapshot's columns (see SnapshotIndex). Jobs still in their stored form give
-        their fields by a decode of the first few (`_Head`), which builds no Job."""
-        data = self.jobs.data
+    def _stored(self) -> tuple[list[Any], SnapshotIndex]:
+        """The jobs as a snapshot writes them, and its index (see SnapshotIndex).
+
+        A block none of whose jobs was touched goes whole, its columns copied as they
+        are, and its jobs skipped in a loop in C; of the others, a Job gives its fields,
+        a job still in a block its stored bytes and that block's columns."""
         queues: dict[str, int] = {}
-        priority, queue, run_at = array("q"), array("I"), array("d")
-        flags = bytearray()
-        head = _head_decoder.decode
-        for job_id in order:
-            job: Any = data[job_id]
-            if type(job) is msgspec.Raw:
-                job = head(job)
-            q = queues.get(job.queue)
-            if q is None:
-                q = queues[job.queue] = len(queues)
+        ids, priority, queue, run_at = array("q"), array("q"), array("I"), array("d")
+        status, flags = bytearray(), bytearray()
+        out: list[Any] = []
+        items = iter(self.jobs.data.items())
+        for job_id, job in items:
+            if isinstance(job, Block):
+                if job.taken is None:
+                    out.append(job)
+                    names = [queues.setdefault(q, len(queues)) for q in job.queues]
+                    ids.frombytes(memoryview(job.ids).cast("B"))
+                    status += job.status
+                    if names == list(range(len(names))):
+                        queue.frombytes(memoryview(job.queue).cast("B"))
+                    else:
+                        queue.extend(names[q] for q in job.queue)
+                    priority.frombytes(memoryview(job.priority).cast("B"))
+                    run_at.frombytes(memoryview(job.run_at).cast("B"))
+                    flags += job.flags
+                    collections.deque(itertools.islice(items, len(job) - 1), maxlen=0)
+                    continue
+                i = job.position(job_id)
+                out.append(job.raw(i))
+                ids.append(job_id)
+                status.append(job.status[i])
+                queue.append(queues.setdefault(job.queues[job.queue[i]], len(queues)))
+                priority.append(job.priority[i])
+                run_at.append(job.run_at[i])
+                flags.append(job.flags[i])
+                continue
+            out.append(job)
+            ids.append(job_id)
+            status.append(STATUS_CODE[job.status])
+            queue.append(queues.setdefault(job.queue, len(queues)))
             priority.append(job.priority)
-            queue.append(q)
             run_at.append(job.run_at)
-            flags.append(
-                (RETRYING if job.status == "retrying" else 0)
-                | (HAS_AFTER if job.after is not None else 0)
-            )
+            flags.append(HAS_AFTER if job.after is not None else 0)
+        columns: list[array[Any]] = [ids, priority, queue, run_at]
         if sys.byteorder != "little":
-            for column in (priority, queue, run_at):
-                column.byteswap()
-        return SnapshotIndex(
-            pack("q", data),
+            for c in columns:
+                c.byteswap()
+        return out, SnapshotIndex(
+            memoryview(ids.tobytes()),
+            memoryview(bytes(status)),
+            memoryview(queue.tobytes()),
+            list(queues),
+            memoryview(priority.tobytes()),
+            memoryview(run_at.tobytes()),
+            memoryview(bytes(flags)),
             [(q, st, n) for (q, st), n in self.counts.items() if n],
             dict(self.keys),
-            {st: pack("q", ids) for st, ids in self._listed.items() if ids},
-            list(queues),
-            priority.tobytes(),
-            queue.tobytes(),
-            run_at.tobytes(),
-            bytes(flags),
+            {st: memoryview(pack("q", ids)) for st, ids in self._listed.items() if ids},
         )
 
     @classmethod
@@ -892,10 +912,10 @@ class State:
             schedules={s.spec.name: s for s in snap.schedules},
             rates=dict(snap.rates),
         )
-        if snap.index is not None:
+        if snap.index is not None and all(isinstance(b, Block) for b in snap.jobs):
             state._from_index(snap, snap.index, now)
             return state
-        all_jobs: list[Job] = snap.jobs  # type: ignore[assignment]  # (no index: all Jobs)
+        all_jobs = snap.jobs  # (all Jobs)
         if not shared:
             share = state.share
             for job in all_jobs:
@@ -952,62 +972,79 @@ class State:
         return state
 
     def _from_index(self, snap: Snapshot, index: SnapshotIndex, now: float | None) -> None:
-        """`from_snapshot` from the snapshot's columns: the same indexes as its loop over
-        the jobs builds, without reading a job (but those with `after`, to block them)."""
-        ids = unpack("q", index.ids)
+        """`from_snapshot` from the snapshot's columns (`snap.jobs` are Blocks, see
+        snapshot.load): the same indexes as its loop over the jobs builds, without
+        reading a job (but those with `after`, to block them)."""
+        ids = column(index.ids, "q")
         id_list = ids.tolist()
-        self.jobs = Jobs(dict(zip(id_list, snap.jobs, strict=True)))
+        self.jobs = Jobs(
+            dict(
+                zip(
+                    id_list,
+                    itertools.chain.from_iterable(
+                        itertools.repeat(b, len(b))  # type: ignore[arg-type]
+                        for b in snap.jobs
+                    ),
+                    strict=True,
+                )
+            )
+        )
         self.counts = {(q, st): n for q, st, n in index.counts}
         self.keys = dict(index.keys)
         for st, packed in index.listed.items():
-            self._listed[st] = dict.fromkeys(unpack("q", packed).tolist())
-        order = snap.order if isinstance(snap.order, array) else array("q", snap.order)
+            self._listed[st] = dict.fromkeys(column(packed, "q").tolist())
+        order = snap.order
         n = len(order)
-        priority, queue = unpack("q", index.priority), unpack("I", index.queue)
-        run_at, flags = unpack("d", index.run_at), index.flags
-        if not (len(priority) == len(queue) == len(run_at) == len(flags) == n):
-            raise ValueError("the snapshot's index does not match its order")
+        status, flags = index.status, index.flags
+        priority, queue = column(index.priority, "q"), column(index.queue, "I")
+        run_at = column(index.run_at, "d")
         due = -math.inf if now is None else now  # without a clock, everything waits
+        pending = STATUS_CODE["pending"]
         if (
             n
+            and n == len(ids)
             and due != -math.inf
-            and flags.count(0) == n
-            and queue.count(queue[0]) == n
+            and bytes(status).count(pending) == n
+            and bytes(flags).count(0) == n
+            and len(index.queues) == 1
             and max(run_at) <= due
+            and ids == (order if isinstance(order, memoryview | array) else array("q", order))
         ):
-            # one queue of due pending jobs, none blocked (the usual case): at C speed,
-            # the ids the jobs map's keys when the order is theirs (one int object each)
-            in_order = id_list if order == ids else order.tolist()
-            self._queued = dict(zip(in_order, range(1, n + 1), strict=True))
+            # Every job waiting, due and pending, in one queue, in id order, none blocked
+            # (a restart of a backlog): at C speed, each id one int object for all maps.
+            self._queued = dict(zip(id_list, range(1, n + 1), strict=True))
             seqs = list(self._queued.values())  # the same int objects, not a second range
-            entries = list(zip(map(operator.neg, priority), seqs, in_order, strict=True))
+            entries = list(zip(map(operator.neg, priority), seqs, id_list, strict=True))
             heapq.heapify(entries)  # already a heap when every priority is the same
-            self._ready[index.queues[queue[0]]] = entries
+            self._ready[index.queues[0]] = entries
             self._seq = n
             return
+        at = dict(zip(id_list, range(len(id_list)), strict=True)) if n else {}
         queues, queued, ready, delayed = index.queues, self._queued, self._ready, self._delayed
+        retrying = STATUS_CODE["retrying"]
         seq = 0
-        for i, job_id in enumerate(order.tolist()):
+        for job_id in order:
+            i = at[job_id]
             seq += 1
-            f = flags[i]
-            if f & HAS_AFTER:
+            if flags[i] & HAS_AFTER:
                 job = self.jobs[job_id]
                 if self.waits_for(job):
                     self._seq = seq
                     self._block(job)
                     seq = self._seq
                     continue
-            key = seq - RETRY_FIRST if f & RETRYING else seq
+            key = seq - RETRY_FIRST if status[i] == retrying else seq
+            job_id = id_list[i]  # (the jobs map's int object, not another)
             queued[job_id] = key
-            at = run_at[i]
-            if at <= due:
+            when = run_at[i]
+            if when <= due:
                 name = queues[queue[i]]
                 heap = ready.get(name)
                 if heap is None:
                     heap = ready[name] = []
                 heap.append((-priority[i], key, job_id))
             else:
-                delayed.append((at, key, job_id))
+                delayed.append((when, key, job_id))
         self._seq = seq
         heapq.heapify(delayed)
         for heap in ready.values():
@@ -1081,14 +1118,7 @@ class State:
         them (bench/bench_restart.py). The same effects as the loop of `_add`, in order:
         the sequence numbers are consecutive, one object shared by `_queued` and the heap.
         """
-        queue = jobs[0].queue
-        if (
-            set(map(_STATUS, jobs)) != {"pending"}
-            or set(map(_QUEUE, jobs)) != {queue}
-            or any(map(_AFTER, jobs))
-            or set(map(_KEY, jobs)) != {None}
-            or not all(map(operator.le, map(_RUN_AT, jobs), map(_CREATED_AT, jobs)))
-        ):
+        if bulk_queue(jobs) is None:
             return False
         self.share.all(jobs)
         ids = list(map(_ID, jobs))
@@ -1104,34 +1134,22 @@ class State:
         collections.deque(map(push, entries), maxlen=0)  # each pushed, in a loop in C
         return True
 
-    def _add_encoded(self, stored: list[msgspec.Raw], heads: list[Head]) -> bool:
-        """`_add_in_bulk` of jobs kept in their stored bytes (recovery's replay of a
-        journal's batch), read from their heads; False, with nothing done, if not the
-        usual case."""
-        if len(heads) < BULK:
-            return False
-        queue = heads[0].queue
-        if (
-            set(map(_STATUS, heads)) != {"pending"}
-            or set(map(_QUEUE, heads)) != {queue}
-            or any(map(_AFTER, heads))
-            or set(map(_KEY, heads)) != {None}
-            or not all(map(operator.le, map(_RUN_AT, heads), map(_CREATED_AT, heads)))
-        ):
-            return False
-        queue = sys.intern(queue)
-        ids = list(map(_ID, heads))
-        self.jobs.data.update(zip(ids, stored, strict=True))
-        self.next_id = max(self.next_id, max(ids) + 1)
+    def _add_block(self, block: Block) -> None:
+        """`_add_in_bulk` of a journal batch's jobs left in their stored bytes: the
+        journal said it was such a batch (journal.decode_record_encoded), so the same
+        effects, read from the block's columns."""
+        queue = block.queues[0]
+        ids = block.ids.tolist()
+        self.jobs.data.update(zip(ids, itertools.repeat(block, len(ids)), strict=True))
+        self.next_id = max(self.next_id, ids[-1] + 1)
         k = (queue, "pending")
         self.counts[k] = self.counts.get(k, 0) + len(ids)
         seqs = list(range(self._seq + 1, self._seq + len(ids) + 1))
         self._seq += len(ids)
         self._queued.update(zip(ids, seqs, strict=True))
         push = functools.partial(heapq.heappush, self._ready.setdefault(queue, []))
-        entries = zip(map(operator.neg, map(_PRIORITY, heads)), seqs, ids, strict=True)
+        entries = zip(map(operator.neg, block.priority), seqs, ids, strict=True)
         collections.deque(map(push, entries), maxlen=0)  # each pushed, in a loop in C
-        return True
 
     def _remove(self, ids: Iterable[int]) -> None:
         for job_id in ids:
