@@ -8,7 +8,9 @@ A real phxqd of this tree (paused, fsync = "always") takes `--jobs` jobs of `tru
 batches of 10,000 (bench_journal.fill, as `make bench` does), then is killed with SIGKILL.
 Each round then starts each tree's phxqd on that same state directory, in turn: seconds
 from exec to the first answered `status`, VmHWM (peak RSS) and VmRSS once it answers, and
-kills it with SIGKILL again. The trees must read one state format.
+kills it with SIGKILL again. The trees must read one state format. Then the same start
+on an empty state dir (`empty_start_s`): what a restart costs before any job (the
+interpreter, imports, the socket), which the machine's load moves most.
 
 Last, a snapshot of each tree: its phxqd is started on a copy of the state dir, takes
 batches of 1,000 more jobs until it has taken a snapshot (the journal passes
@@ -106,6 +108,16 @@ def run(jobs: int, rounds: int, trees: dict[str, Path | None]) -> dict[str, dict
                     out[name]["rss_mib"] = round(d.rss_kib() / 1024, 1)
                 finally:
                     d.close()
+        # the same start on an empty state dir: what a restart costs before any job
+        for i, (name, tree) in enumerate(trees.items()):
+            (root / f"empty{i}").mkdir()
+            out[name]["empty_start_s"] = []
+            for _ in range(rounds):
+                d = _daemon(root / f"empty{i}", tree)
+                try:
+                    out[name]["empty_start_s"].append(round(d.start(), 3))
+                finally:
+                    d.close()
         # snapshots last, each tree's on its own copy of the state dir (they add jobs)
         for i, (name, tree) in enumerate(trees.items()):
             shutil.copytree(root / "state", root / f"copy{i}" / "state", symlinks=True)
@@ -117,6 +129,7 @@ def run(jobs: int, rounds: int, trees: dict[str, Path | None]) -> dict[str, dict
     for name, r in out.items():
         r["jobs"] = jobs
         r["restart_median_s"] = statistics.median(r["restart_s"])
+        r["empty_start_median_s"] = statistics.median(r["empty_start_s"])
         r["hwm_bytes_per_job"] = round(statistics.median(r["hwm_mib"]) * 2**20 / jobs)
         r["rss_bytes_per_job"] = round(r["rss_mib"] * 2**20 / jobs)
         r["tree"] = name

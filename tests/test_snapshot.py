@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from phxqd.events import Started
+from phxqd.events import Requeued, Started
 from phxqd.local import snapshot
 from phxqd.local.jobtable import Block
 from phxqd.local.journal import Corruption
@@ -291,3 +291,35 @@ def test_a_phxqd_from_before_the_index_reads_a_snapshot_with_one(tmp_path: Path)
     assert [msgspec.structs.astuple(j) for j in jobs] == [
         msgspec.structs.astuple(j) for j in state.jobs.values()
     ]
+
+
+def test_a_fifo_backlog_gives_its_order_without_sorting_and_the_same_order(
+    tmp_path: Path,
+) -> None:
+    # State._fifo: while the queue is first in, first out, a snapshot takes the order as
+    # it stands (the ids column when every job waits); it must be the sorted order.
+    def sorted_order(state: State) -> list[int]:
+        place = {**state._blocked, **state._queued}
+        return sorted(place, key=place.__getitem__)
+
+    state = State()
+    for batch in range(3):
+        specs = [JobSpec(argv=["true"], priority=i % 2) for i in range(40)]
+        for e in state.submit(specs, 1000.0 + batch)[0]:
+            state.apply(e)
+    assert state._fifo and list(state.snapshot(1).queue_order()) == sorted_order(state)
+    snapshot.write(tmp_path, snapshot.encode(state.snapshot(1)))
+    got = snapshot.load(tmp_path, Sharer())
+    assert got is not None
+    back = State.from_snapshot(got, 2000.0, shared=True)
+    assert back._fifo and list(back.snapshot(1).queue_order()) == sorted_order(back) == list(
+        range(1, 121)
+    )
+    for s in (state, back):
+        job = s.claim_next(2000.0)
+        assert job is not None and job.id == 2  # priority 1 first
+        assert s._fifo and list(s.snapshot(1).queue_order()) == sorted_order(s)
+        s.apply(Started(job.id, 2000.0, 1, 0.0))
+        s.apply(Requeued(job.id))  # back at the end: no longer in id order
+        assert not s._fifo and list(s.snapshot(1).queue_order()) == sorted_order(s)
+        assert sorted_order(s)[-1] == 2

@@ -112,14 +112,17 @@ def _payload(snap: Snapshot, in_place: bool) -> Iterator[bytes]:
     copied for that.
     """
     chunks = _chunks(snap.jobs)
-    order = array("q", snap.order)
-    if sys.byteorder != "little":
-        order.byteswap()
     yield _array_header(len(SnapshotFile.__struct_fields__))
     for value in (snap.lsn, snap.next_id, snap.paused, snap.paused_all, snap.limits):
         yield _encoder.encode(value)
-    yield _encoder.encode(order.tobytes())
-    del order
+    if snap.order_is_ids and snap.index is not None:
+        yield _encoder.encode(snap.index.ids)  # (the ids column: packed already)
+    else:
+        order = array("q", snap.order)
+        if sys.byteorder != "little":
+            order.byteswap()
+        yield _encoder.encode(order.tobytes())
+        del order
     yield _array_header(len(chunks))
     encode_chunk = _encode_chunk_in_place if in_place else _encode_chunk
     for chunk in chunks:
