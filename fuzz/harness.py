@@ -204,14 +204,22 @@ async def _session(settings: Settings, sent: bytes, chunk: int | None) -> Exchan
     return got
 
 
+def _comparable(state: State, lsn: int) -> bytes:
+    """The state's snapshot as msgpack, its jobs as Jobs (a replay keeps a batch's jobs
+    in their stored bytes, phxqd/local/jobtable.py) and its queue order spelled out."""
+    snap = state.snapshot(lsn)
+    snap.order, snap.order_is_ids = list(snap.queue_order()), False
+    snap.jobs = list(state.jobs.values())
+    return msgspec.msgpack.encode(snap)
+
+
 def _check_replay(state: State, journal: Journal, journal_dir: Path) -> None:
     """The journal must rebuild the state in memory exactly (what a restart would see)."""
     recovered = recover(journal_dir, cut_torn_tail=False, now=time.time())
     if recovered.torn is not None:
         raise Finding(f"the journal has a torn tail after a clean close: {recovered.torn}")
     lsn = journal.last_lsn
-    live = msgspec.msgpack.encode(state.snapshot(lsn))
-    replayed = msgspec.msgpack.encode(recovered.state.snapshot(lsn))
+    live, replayed = _comparable(state, lsn), _comparable(recovered.state, lsn)
     if live != replayed:
         raise Finding(
             "the journal replays to another state than phxqd holds:\n"

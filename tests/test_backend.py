@@ -60,6 +60,9 @@ def assert_same(replayed: State, live: State, lsn: int) -> None:
     and not yet started is off the ready heaps in memory, waiting in the journal.)"""
     a, b = replayed.snapshot(lsn), live.snapshot(lsn)
     a.order = b.order = []
+    a.order_is_ids = b.order_is_ids = False
+    # (a replay keeps batches' jobs in their stored bytes: compared as Jobs)
+    a.jobs, b.jobs = list(replayed.jobs.values()), list(live.jobs.values())
     assert msgspec.msgpack.encode(a) == msgspec.msgpack.encode(b)
 
 

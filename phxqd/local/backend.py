@@ -41,7 +41,7 @@ from phxqd.local.progress import Checkpoints
 from phxqd.local.recorder import Recorder
 from phxqd.local.snapshots import Snapshots
 from phxqd.local.state import QueueDefaults, State
-from phxqd.model import FINISHED, WAITING, Job, JobSpec, Progress, SubmitResult
+from phxqd.model import WAITING, Job, JobSpec, Progress, SubmitResult
 from phxqd.notice import Notice
 from phxqd.rates import Bucket, parse_rate
 from phxqd.schedules import fire_key, run_key
@@ -163,11 +163,7 @@ class LocalBackend:
         return ids
 
     async def forget_finished_before(self, cutoff: float) -> list[int]:
-        ids = [
-            j.id
-            for j in self._state.by_status(*FINISHED)
-            if j.finished_at is not None and j.finished_at < cutoff
-        ]
+        ids = self._state.finished_before(cutoff)
         if ids:
             await self._recorder.commit([Cleared(ids)])
             await self._forgotten(len(ids))

@@ -255,6 +255,11 @@ class State:
     )
     #: per queue, a heap of (-priority, seq, id) of jobs ready to run
     _ready: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+    #: queues whose ready heap's list is sorted, so that a sorted run of entries that
+    #: goes after its last is appended in one extend (`_push_run`: a restart replaying
+    #: a backlog's batches, or batches into a queue nothing is taken from); any other
+    #: change to a heap drops its queue from here unless it keeps the list sorted
+    _sorted: set[str] = field(default_factory=set, compare=False, repr=False)
     #: heap of (run_at, seq, id) of waiting jobs whose time has not come
     _delayed: list[tuple[float, int, int]] = field(default_factory=list)
     #: id -> seq of its one valid heap entry; entries with another seq are stale
@@ -577,6 +582,7 @@ class State:
             if limit is not None and busy is not None and busy.get(queue, 0) >= limit:
                 continue
             while heap and self._queued.get(heap[0][2]) != heap[0][1]:
+                self._sorted.discard(queue)
                 heapq.heappop(heap)
             if not heap or (below_id is not None and heap[0][2] >= below_id):
                 continue
@@ -584,6 +590,7 @@ class State:
                 best, best_queue = heap[0], queue
         if best is None:
             return None
+        self._sorted.discard(best_queue)
         heapq.heappop(self._ready[best_queue])
         del self._queued[best[2]]
         return self.jobs[best[2]]
@@ -683,6 +690,24 @@ class State:
     def waits_for(self, job: Job) -> list[int]:
         """The jobs named in --after that have not completed yet."""
         return [d for d in job.after or () if d in self.jobs and self.jobs[d].status != "completed"]
+
+    def finished_before(self, cutoff: float) -> list[int]:
+        """The ids of the jobs that finished before `cutoff` (retention), in id order: a
+        walk that ends once it has seen every finished job the counts say there are."""
+        left = self._matching_statuses(FINISHED)
+        ids: list[int] = []
+        if not left:
+            return ids
+        for job in self.jobs.walk(FINISHED):
+            if job.finished_at is not None and job.finished_at < cutoff:
+                ids.append(job.id)
+            left -= 1
+            if left <= 0:
+                break
+        return ids
+
+    def _matching_statuses(self, statuses: Container[str]) -> int:
+        return sum(n for (_, st), n in self.counts.items() if st in statuses)
 
     def by_status(self, *statuses: str) -> Iterator[Job]:
         """The jobs of these statuses, in id order: from `_listed` when it has them all
@@ -1049,8 +1074,10 @@ class State:
             self._queued_in_bulk(id_list)
             seqs = list(self._queued.values())  # the same int objects, not a second range
             entries = list(zip(map(operator.neg, priority), seqs, id_list, strict=True))
-            if min(priority) != max(priority):  # else sorted already, so a heap
+            if min(priority) != max(priority):
                 heapq.heapify(entries)
+            else:  # sorted already, so a heap
+                self._sorted.add(index.queues[0])
             self._ready[index.queues[0]] = entries
             self._seq = n
             return
@@ -1167,9 +1194,7 @@ class State:
         self._seq += len(jobs)
         self._queued.update(zip(ids, seqs, strict=True))
         self._queued_in_bulk(ids)
-        push = functools.partial(heapq.heappush, self._ready.setdefault(jobs[0].queue, []))
-        entries = zip(map(operator.neg, map(_PRIORITY, jobs)), seqs, ids, strict=True)
-        collections.deque(map(push, entries), maxlen=0)  # each pushed, in a loop in C
+        self._push_run(jobs[0].queue, list(map(_PRIORITY, jobs)), seqs, ids)
         return True
 
     def _add_block(self, block: Block) -> None:
@@ -1186,8 +1211,27 @@ class State:
         self._seq += len(ids)
         self._queued.update(zip(ids, seqs, strict=True))
         self._queued_in_bulk(ids)
-        push = functools.partial(heapq.heappush, self._ready.setdefault(queue, []))
-        entries = zip(map(operator.neg, block.priority), seqs, ids, strict=True)
+        self._push_run(queue, block.priority, seqs, ids)
+
+    def _push_run(
+        self, queue: str, priorities: Sequence[int], seqs: list[int], ids: list[int]
+    ) -> None:
+        """Put jobs queued in bulk (ascending `seqs`) on their queue's ready heap: of one
+        priority their entries are a sorted run, appended in one go where the heap's
+        list is sorted and ends before it (`_sorted`), else pushed one by one (in C)."""
+        heap = self._ready.setdefault(queue, [])
+        entries = list(zip(map(operator.neg, priorities), seqs, ids, strict=True))
+        if (
+            entries
+            and (not heap or (queue in self._sorted and heap[-1] < entries[0]))
+            and min(priorities) == max(priorities)
+        ):
+            if not heap:
+                self._sorted.add(queue)
+            heap.extend(entries)
+            return
+        self._sorted.discard(queue)
+        push = functools.partial(heapq.heappush, heap)
         collections.deque(map(push, entries), maxlen=0)  # each pushed, in a loop in C
 
     def _queued_in_bulk(self, ids: list[int]) -> None:
@@ -1243,8 +1287,10 @@ class State:
             if len(heap) > 2 * waiting + 64:
                 heap[:] = [e for e in heap if queued.get(e[2]) == e[1]]
                 heapq.heapify(heap)
+                self._sorted.discard(queue)
             if not heap:
                 del self._ready[queue]
+                self._sorted.discard(queue)
         if len(self._delayed) > 2 * len(queued) + 64:
             self._delayed = [e for e in self._delayed if queued.get(e[2]) == e[1]]
             heapq.heapify(self._delayed)
@@ -1283,9 +1329,16 @@ class State:
         if job.run_at <= job.created_at:
             # Due from the moment it was submitted: no need to pass through the delayed
             # heap (the same order, one heap operation instead of three, no clock read).
-            heapq.heappush(self._ready.setdefault(job.queue, []), (-job.priority, key, job.id))
+            self._push(job.queue, (-job.priority, key, job.id))
         else:
             heapq.heappush(self._delayed, (job.run_at, key, job.id))
+
+    def _push(self, queue: str, entry: tuple[int, int, int]) -> None:
+        """One entry onto a ready heap (its list stays sorted if it goes last)."""
+        heap = self._ready.setdefault(queue, [])
+        if heap and entry < heap[-1]:
+            self._sorted.discard(queue)
+        heapq.heappush(heap, entry)
 
     def _enqueue_or_block(self, job: Job) -> None:
         if self.waits_for(job):
@@ -1326,4 +1379,4 @@ class State:
             if self._queued.get(job_id) != seq:
                 continue
             job = self.jobs[job_id]
-            heapq.heappush(self._ready.setdefault(job.queue, []), (-job.priority, seq, job_id))
+            self._push(job.queue, (-job.priority, seq, job_id))
