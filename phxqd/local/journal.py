@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -148,16 +149,25 @@ def decode_record_encoded(payload: bytes) -> AnyEvent | Block:
     n = len(ids) // 8
     if not len(priority) == len(run_at) == 8 * n:
         raise msgspec.DecodeError("the columns of a batch differ in length")
+    zeros = _zeros(4 * n)  # all pending (status 0), of queue 0, without flags
     return Block(
         event.jobs,
         column(ids, "q"),
-        column(bytes([STATUS_CODE["pending"]]) * n, "B"),
-        column(bytes(4 * n), "I"),
+        column(zeros[:n], "B"),
+        column(zeros, "I"),
         [queue],
         column(priority, "q"),
         column(run_at, "d"),
-        column(bytes(n), "B"),
+        column(zeros[:n], "B"),
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros(n: int) -> memoryview:
+    """n zero bytes, one buffer for all the blocks of a size (batches of 10,000 are)."""
+    if STATUS_CODE["pending"] != 0:
+        raise AssertionError("a batch's status column is zeros: pending must be 0")
+    return memoryview(bytes(n))
 
 
 def segment_path(directory: Path, first_lsn: int) -> Path:
