@@ -11,7 +11,8 @@ that no job runs, and measures:
   5. restart time (SIGKILL, start, until the socket answers) and peak RSS of the daemon
      with N jobs in the state (default 1,000,000).
 Prints a JSON summary on the last line. `--batch-only`: only 3 on a fresh daemon, three
-runs of 30 batches, each with the daemon's CPU time per job (user + system, /proc).
+runs of 30 batches, each with the daemon's CPU time per job (user + system, /proc); with
+`--tree OTHER`, one run each of that checkout's phxqd and this one's, three times in turn.
 phxq alone: `python -m bench.run` (make bench) measures it side by side with its peers,
 through these functions.
 """
@@ -123,11 +124,17 @@ def daemon_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def batch_only(fsync: str, runs: int = 3, batches: int = 30) -> list[dict[str, float]]:
-    """Batches of 1,000 on a fresh paused daemon: jobs/s and daemon CPU µs per job."""
+def batch_only(
+    fsync: str, runs: int = 3, batches: int = 30, tree: Path | None = None
+) -> list[dict[str, float]]:
+    """Batches of 1,000 on a fresh paused daemon: jobs/s and daemon CPU µs per job.
+    `tree`: that checkout's phxqd (through PYTHONPATH), to compare in one run."""
     out = []
     with tempfile.TemporaryDirectory(prefix="phxq-bench-") as tmp:
         d = Daemon(Path(tmp), fsync)
+        if tree is not None:
+            d.env["PYTHONPATH"] = str(tree)
+            d.cwd = tree
         try:
             d.start()
             assert d.proc is not None
@@ -181,9 +188,16 @@ def main() -> None:
     p.add_argument("--fsync", default="always", choices=["always", "batch", "off"])
     p.add_argument("--jobs-in-state", type=int, default=None)
     p.add_argument("--batch-only", action="store_true")
+    p.add_argument("--tree", type=Path, help="with --batch-only: also this checkout, in turn")
     args = p.parse_args()
     if args.batch_only:
-        print(json.dumps(batch_only(args.fsync)))
+        if args.tree is None:
+            print(json.dumps(batch_only(args.fsync)))
+            return
+        for _ in range(3):  # alternating, so both see the same load
+            for tree in (args.tree, None):
+                got = batch_only(args.fsync, runs=1, tree=tree)
+                print(json.dumps({"tree": str(tree or "this tree"), **got[0]}), flush=True)
         return
     quick = args.quick
     n_state = args.jobs_in_state or (100_000 if quick else 1_000_000)
