@@ -66,8 +66,13 @@ POLL = 1.0
 #: jobs that run under this many seconds (an average of the last ones) are claimed
 #: several per worker at once
 QUICK = 0.1
-#: seconds starts may wait for ends to write them together
-BEGIN_DELAY = 0.005
+#: seconds the writer lets facts gather while this node runs jobs, unless a claim is
+#: asked or LINGER_ENDS ends are in: their ends then share one transaction and one WAL
+#: flush (group commit). Nobody is told of an end before its commit, so a waiter sees a
+#: job end up to this much later; the slots never wait for it.
+LINGER = 0.01
+#: ends that are enough for a transaction (the writer lingers no longer)
+LINGER_ENDS = 16
 #: how many jobs a worker's lane takes at once (run.lanes.DEPTH)
 LANE_DEPTH = 8
 #: the advisory lock of the reaper (one node at a time reaps)
@@ -257,6 +262,8 @@ class PostgresBackend:
         self._returned: deque[Held] = deque()
         self._facts = Facts()
         self._facts_ready = anyio.Event()
+        #: cuts the writer's lingering short (a claim asked, enough ends, a settle)
+        self._hurry = anyio.Event()
         self._written = anyio.Event()
         self._writing = False
         #: claimable() asked the writer for a batch; set when that claim is done
@@ -363,6 +370,7 @@ class PostgresBackend:
             if self._written.is_set():  # shared by every caller waiting at once
                 self._written = anyio.Event()
             self._facts_ready.set()
+            self._hurry.set()
             await self._written.wait()
 
     # --------------------------------------------------------------- helpers
@@ -951,6 +959,7 @@ class PostgresBackend:
         self._claim_asked = True
         done = self._claimed
         self._facts_ready.set()
+        self._hurry.set()
         if not (self._batch or self._returned):
             await done.wait()
 
@@ -1223,6 +1232,8 @@ class PostgresBackend:
             facts.ends.append(end)
         if begun or ended:
             self._facts_ready.set()
+            if len(facts.ends) >= LINGER_ENDS:
+                self._hurry.set()
 
     def progress(
         self, job_id: int, attempt: int, make: Callable[[Progress | None], Progress]
@@ -1261,10 +1272,14 @@ class PostgresBackend:
                     log.warning("cannot look for jobs claimed in doubt yet: %s", self._error)
                     await anyio.sleep(0.2)
                     continue
-            if self._facts.begins and not self._facts.ends and not self._claim_asked:
-                # Nobody waits for a start: a moment's wait lets the ends of quick jobs
-                # go in the same transaction (one commit per batch, not two)
-                await anyio.sleep(BEGIN_DELAY)
+            if self._handed and not self._claim_asked and not self._closing:
+                # Jobs still run here: their ends (and starts) are on their way. A
+                # moment's wait lets them go in this transaction: one commit, one WAL
+                # flush and one set of notifications per batch, not per job or two
+                self._hurry = anyio.Event()
+                if len(self._facts.ends) < LINGER_ENDS:
+                    with anyio.move_on_after(LINGER):
+                        await self._hurry.wait()
             facts = self._facts
             checkpoint = time.monotonic() - last_progress >= 1.0
             want = self._claim_wanted()
