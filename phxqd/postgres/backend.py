@@ -63,9 +63,11 @@ LOST_CONTACT = "phxqd lost contact with PostgreSQL"
 RETRY_FIRST = 1 << 62
 #: seconds between looks at the queue without a notification (the fallback)
 POLL = 1.0
-#: jobs that run under this many seconds (an average of the last ones) are claimed
-#: several per worker at once
-QUICK = 0.1
+#: seconds of work a node claims ahead per worker, by how long its last jobs ran (a
+#: moving average): quick jobs are claimed many at once (one claim and one write per
+#: batch, not per job, and the slots never wait for a claim's commit), slow ones one per
+#: free worker. A job submitted at a higher priority waits behind at most about this.
+AHEAD = 0.05
 #: seconds the writer lets facts gather while this node runs jobs, unless a claim is
 #: asked or LINGER_ENDS ends are in: their ends then share one transaction and one WAL
 #: flush (group commit). Nobody is told of an end before its commit, so a waiter sees a
@@ -73,8 +75,8 @@ QUICK = 0.1
 LINGER = 0.01
 #: ends that are enough for a transaction (the writer lingers no longer)
 LINGER_ENDS = 16
-#: how many jobs a worker's lane takes at once (run.lanes.DEPTH)
-LANE_DEPTH = 8
+#: the most jobs claimed ahead per worker
+MAX_AHEAD = 32
 #: the advisory lock of the reaper (one node at a time reaps)
 REAPER_LOCK = 0x70687872
 #: bytes of an attempt's log kept with its outcome (for `logs` on other hosts)
@@ -968,13 +970,17 @@ class PostgresBackend:
         return Bucket.full(rate[0], rate[1], now)
 
     # --------------------------------------------------------------- running
+    def _depth(self) -> int:
+        """Jobs per worker this node holds: AHEAD seconds of work by its last jobs' run
+        time, 1 to MAX_AHEAD. At 8 (what a lane takes at once) the slots ran dry while a
+        claim's commit was on its way (docs/benchmarks.md, "PostgreSQL end to end,
+        again")."""
+        return min(MAX_AHEAD, max(1, int(AHEAD / max(self._quick, 1e-6))))
+
     def _free(self) -> int:
-        """Jobs to claim now: a slot per free worker, or, while this node's jobs are quick
-        (the last ones ran under QUICK seconds), as many as its workers' lanes take ahead
-        (LANE_DEPTH each): one claim and one write per batch then, not per job."""
-        depth = LANE_DEPTH if self._quick < QUICK else 1
+        """Jobs to claim now: up to `_depth` per worker, less what this node holds."""
         held = len(self._handed) + len(self._batch) + len(self._returned)
-        return self.settings.workers * depth - held
+        return self.settings.workers * self._depth() - held
 
     async def claimable(self) -> None:
         """Ask the writer for a batch for this node's free slots (see `_claim`), when a
@@ -987,8 +993,7 @@ class PostgresBackend:
         now = time.time()
         if self._cut_off or self._closing or self._free() <= 0:
             return
-        depth = LANE_DEPTH if self._quick < QUICK else 1
-        if (len(self._batch) + len(self._returned)) * 2 >= self.settings.workers * depth:
+        if (len(self._batch) + len(self._returned)) * 2 >= self.settings.workers * self._depth():
             return
         if self._paused_all and not self._settings_told and time.monotonic() < self._next_poll:
             return  # nothing may start until a resume, which is told (w)
