@@ -84,10 +84,12 @@ LOG_TAIL = 64 * 1024
 WAITING = "('pending', 'retrying')"
 LIVE = "('pending', 'running', 'retrying')"
 FINISHED_SQL = "('completed', 'failed', 'cancelled')"
+#: `rows.JOB_COLUMNS` of the table `j`
+J_COLUMNS = ", ".join(f"j.{c.strip()}" for c in rows.JOB_COLUMNS.split(","))
 #: what a claim returns of each job: `rows.JOB_COLUMNS`, then `ord` and `claim`
-CLAIMED_COLUMNS = (
-    ", ".join(f"j.{c.strip()}" for c in rows.JOB_COLUMNS.split(",")) + ", j.ord, j.claim"
-)
+CLAIMED_COLUMNS = J_COLUMNS + ", j.ord, j.claim"
+#: what the ends' statement returns besides, when a `wait` here watches (see `_write`)
+RETURNED = ", " + J_COLUMNS
 
 #: a submit without dependencies, one statement (see `_submit_one_statement`): the ids
 #: drawn in the order of the specs, the rows inserted unless their key has a live job,
@@ -237,11 +239,16 @@ class Watch:
     ids: set[int]
     told: set[int] = field(default_factory=set)
     event: anyio.Event = field(default_factory=anyio.Event)
+    #: of the jobs told, those whose row came with the telling (this node's writer
+    #: returned it from the transaction that ended them): not read again
+    rows: dict[int, Job] = field(default_factory=dict)
 
-    def tell(self, ids: Sequence[int]) -> None:
+    def tell(self, ids: Sequence[int], rows: dict[int, Job] | None = None) -> None:
         hit = self.ids.intersection(ids)
         if hit:
             self.told |= hit
+            if rows:
+                self.rows.update((i, rows[i]) for i in hit if i in rows)
             self.event.set()
 
 
@@ -317,6 +324,10 @@ class PostgresBackend:
         self._claimed = anyio.Event()
         self._closing = False
         self._waiters: dict[int, anyio.Event] = {}
+        #: the jobs the write under way ends, and those heard ended meanwhile (told
+        #: once the write is back: see `_heard`)
+        self._telling: set[int] = set()
+        self._deferred: list[int] = []
         self._watches: set[Watch] = set()
         #: what the cluster's queue settings were when last read
         self._paused_all = False
@@ -1340,6 +1351,8 @@ class PostgresBackend:
                 facts.progress = {}
             self._writing = True
             node = self.node
+            if self._watches:
+                self._telling = {x.id for x in facts.ends}
             try:
                 claimed = await self._write(facts, want)
                 self._claim_landed(node, want, claimed)
@@ -1355,6 +1368,9 @@ class PostgresBackend:
                 await anyio.sleep(0.2)
             finally:
                 self._writing = False
+                self._telling = set()
+                deferred, self._deferred = self._deferred, []
+                self._tell(deferred)
                 self._written.set()
                 done.set()
 
@@ -1400,6 +1416,10 @@ class PostgresBackend:
         now = time.time()
         ended: list[tuple[int, str]] = []
         claimed: list[Held] = []
+        # the jobs a `wait` here waits on: their rows come back with their end (the wait
+        # then reads nothing: it read each batch of ends once more, a transaction a batch)
+        watched = {i for w in self._watches for i in w.ids}
+        ended_rows: dict[int, Job] = {}
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             payloads: list[str] = []
             if not facts.ends and not want:
@@ -1484,7 +1504,7 @@ class PostgresBackend:
                     " began_at float8, pid int, ps float8)"
                     " WHERE j.id = ANY(%s::bigint[]) AND j.id = u.id AND j.node = u.node"
                     " AND j.claim = u.claim"
-                    " RETURNING j.id, j.status, u.began",
+                    " RETURNING j.id, j.status, u.began" + (RETURNED if watched else ""),
                     (
                         self.host,
                         RETRY_FIRST,
@@ -1527,6 +1547,12 @@ class PostgresBackend:
             if ended_cur is not None:
                 rows_ended = await ended_cur.fetchall()
                 ended = [(r[0], r[1]) for r in rows_ended]
+                if watched:
+                    ended_rows = {
+                        r[0]: rows.job_from_row(r[3:])
+                        for r in rows_ended
+                        if r[1] in FINISHED and r[0] in watched
+                    }
                 started |= {r[0] for r in rows_ended if r[2]}
                 applied = {i for i, _ in ended}
                 self._dropped("outcome", [x for x in facts.ends if x.id not in applied])
@@ -1546,7 +1572,7 @@ class PostgresBackend:
                 self.stats.jobs[kind, end.queue] += 1
             if status in ("completed", "failed") and end.started_at is not None:
                 self.stats.ended(end.at, max(end.at - end.started_at, 0.0))
-        self._tell([i for i, st in ended if st in FINISHED])
+        self._tell([i for i, st in ended if st in FINISHED], ended_rows)
         if ended:
             self._dirty = True
             self.wake.set()
@@ -1706,7 +1732,13 @@ class PostgresBackend:
         if n.kind == "k":
             self._remove_logs(n.ids)
         if n.kind in notices.ENDED:
-            self._tell(n.ids)
+            ids = n.ids
+            if self._telling:
+                # this node's writer tells them itself once it is back from the commit,
+                # with their rows (see `_write`): told here first, a `wait` read them
+                self._deferred += [i for i in ids if i in self._telling]
+                ids = [i for i in ids if i not in self._telling]
+            self._tell(ids)
         if self.feed.active and n.kind in notices.KINDS:
             self._publish_soon(notices.KINDS[n.kind], n.ids)
 
@@ -1758,13 +1790,13 @@ class PostgresBackend:
                 [job_event(kind, jobs[i], at) for kind, its, at in batch for i in its if i in jobs]
             )
 
-    def _tell(self, ids: list[int]) -> None:
+    def _tell(self, ids: list[int], rows: dict[int, Job] | None = None) -> None:
         for job_id in ids:
             event = self._waiters.pop(job_id, None)
             if event is not None:
                 event.set()
         for watch in self._watches:
-            watch.tell(ids)
+            watch.tell(ids, rows)
 
     # -------------------------------------------------------------- liveness
     async def _heartbeat(self) -> None:
@@ -2266,8 +2298,12 @@ class PostgresBackend:
                     told = set(going) if quiet.cancelled_caught else watch.told & going
                     if not told:
                         continue  # told again of what was read already
-                watch.told, watch.event = set(), anyio.Event()
-                fresh: list[Job] = await self._read(read(told))
+                came = {i: j for i, j in watch.rows.items() if i in told}
+                watch.told, watch.event, watch.rows = set(), anyio.Event(), {}
+                rest = told - came.keys()
+                fresh: list[Job] = list(came.values())
+                if rest:
+                    fresh += await self._read(read(rest))
                 for i in told - {j.id for j in fresh}:  # cleared meanwhile
                     by_id.pop(i, None)
                     going.discard(i)
