@@ -75,8 +75,9 @@ AHEAD = 0.05
 LINGER = 0.01
 #: ends that are enough for a transaction (the writer lingers no longer)
 LINGER_ENDS = 16
-#: the most jobs claimed ahead per worker
-MAX_AHEAD = 32
+#: the most jobs claimed ahead per worker (AHEAD bounds it first for all but the
+#: quickest jobs)
+MAX_AHEAD = 128
 #: the advisory lock of the reaper (one node at a time reaps)
 REAPER_LOCK = 0x70687872
 #: bytes of an attempt's log kept with its outcome (for `logs` on other hosts)
@@ -983,9 +984,9 @@ class PostgresBackend:
     # --------------------------------------------------------------- running
     def _depth(self) -> int:
         """Jobs per worker this node holds: AHEAD seconds of work by its last jobs' run
-        time, 1 to MAX_AHEAD. At 8 (what a lane takes at once) the slots ran dry while a
-        claim's commit was on its way (docs/benchmarks.md, "PostgreSQL end to end,
-        again")."""
+        time, 1 to MAX_AHEAD. At 8 (what a lane takes at once), and still at 32 for
+        no-op callables, the slots ran dry while a claim's commit was on its way
+        (docs/benchmarks.md, "PostgreSQL end to end, again")."""
         return min(MAX_AHEAD, max(1, int(AHEAD / max(self._quick, 1e-6))))
 
     def _free(self) -> int:
