@@ -1419,7 +1419,7 @@ class PostgresBackend:
         claimed: list[Held] = []
         # the jobs a `wait` here waits on: their rows come back with their end (the wait
         # then reads nothing: it read each batch of ends once more, a transaction a batch)
-        watched = {i for w in self._watches for i in w.ids}
+        watches = list(self._watches)
         ended_rows: dict[int, Job] = {}
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             payloads: list[str] = []
@@ -1505,7 +1505,7 @@ class PostgresBackend:
                     " began_at float8, pid int, ps float8)"
                     " WHERE j.id = ANY(%s::bigint[]) AND j.id = u.id AND j.node = u.node"
                     " AND j.claim = u.claim"
-                    " RETURNING j.id, j.status, u.began" + (RETURNED if watched else ""),
+                    " RETURNING j.id, j.status, u.began" + (RETURNED if watches else ""),
                     (
                         self.host,
                         RETRY_FIRST,
@@ -1548,11 +1548,14 @@ class PostgresBackend:
             if ended_cur is not None:
                 rows_ended = await ended_cur.fetchall()
                 ended = [(r[0], r[1]) for r in rows_ended]
-                if watched:
+                if watches:
+                    # looked up in each wait's set: a set of all of them, made at every
+                    # write, cost a write time in proportion to the jobs waited on (100 µs
+                    # for one wait on 3,000 jobs, in a cProfile of the daemon)
                     ended_rows = {
                         r[0]: rows.job_from_row(r[3:])
                         for r in rows_ended
-                        if r[1] in FINISHED and r[0] in watched
+                        if r[1] in FINISHED and any(r[0] in w.ids for w in watches)
                     }
                 started |= {r[0] for r in rows_ended if r[2]}
                 applied = {i for i, _ in ended}
