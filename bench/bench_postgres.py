@@ -37,10 +37,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.bench_journal import Daemon, bench_batches, bench_concurrent, bench_single
-from bench.pg_server import PgServer
+from bench.pg_server import PgServer, cpu_seconds
 from phxqctl import Client
 from phxqd.model import Call, JobSpec
 
@@ -71,6 +71,46 @@ def phxq_submits(root: Path, uri: str | None, n: int, tree: Path | None = None) 
         d.close()
 
 
+class Work(NamedTuple):
+    """One end-to-end run: jobs/s, and per job what PostgreSQL and the nodes spent."""
+
+    rate: float
+    xacts: float = 0.0
+    wal: float = 0.0
+    #: WAL flushes (fsyncs) per job: commits that waited for the disk, grouped
+    syncs: float = 0.0
+    #: CPU µs per job of the nodes (phxqd processes, not their jobs) or of the worker
+    node_cpu: float = 0.0
+    #: CPU µs per job of PostgreSQL's processes
+    server_cpu: float = 0.0
+
+    def row(self, name: str, label: str, pg: bool = True) -> list[str]:
+        if not pg:
+            return [name, label, f"{self.rate:,.0f}", "-", "-", "-", f"{self.node_cpu:,.0f}", "-"]
+        return [
+            name,
+            label,
+            f"{self.rate:,.0f}",
+            f"{self.xacts:.2f}",
+            f"{self.wal:,.0f}",
+            f"{self.syncs:.2f}",
+            f"{self.node_cpu:,.0f}",
+            f"{self.server_cpu:,.0f}",
+        ]
+
+
+WORK_HEADER = [
+    "system",
+    "jobs",
+    "jobs/s",
+    "transactions/job",
+    "WAL bytes/job",
+    "WAL flushes/job",
+    "node CPU µs/job",
+    "server CPU µs/job",
+]
+
+
 def end_to_end(
     root: Path,
     uri: str | None,
@@ -80,26 +120,67 @@ def end_to_end(
     pg: PgServer | None,
     db: str,
     tree: Path | None = None,
-) -> tuple[float, float, float]:
-    """(jobs/s, transactions per job, WAL bytes per job) from resume to the last done."""
+) -> Work:
+    """Jobs/s from resume to the last done, and the work per job over that time."""
     daemons = [phxq_node(root / f"n{i}", uri, tree) for i in range(nodes)]
+
+    def cpu() -> float:
+        return sum(cpu_seconds(d.proc.pid) for d in daemons if d.proc is not None)
+
     try:
         with Client(daemons[0].socket, timeout=600) as c:
             c.pause()
             ids = [r.job.id for r in c.submit_batch([spec] * n)]
-            before = pg.work(db) if pg is not None else (0, 0)
+            settle_stats(pg)
+            before = pg.work_more(db) if pg is not None else (0, 0, 0, 0.0)
+            server0 = pg.cpu() if pg is not None else 0.0
+            cpu0 = cpu()
             t0 = time.perf_counter()
             c.resume()
             jobs = c.wait(ids)
             took = time.perf_counter() - t0
-            after = pg.work(db) if pg is not None else (0, 0)
-            bad = [j for j in jobs if j.status != "completed"]
-            if bad:
-                raise SystemExit(f"{len(bad)} jobs did not complete: {bad[0]}")
-        return n / took, (after[0] - before[0]) / n, (after[1] - before[1]) / n
+            node_cpu = cpu() - cpu0
+            server_cpu = pg.cpu() - server0 if pg is not None else 0.0
+        for d in daemons:
+            d.close()
+        after = (0, 0, 0, 0.0)
+        if pg is not None:
+            gone(pg, db)
+            after = pg.work_more(db)
+        bad = [j for j in jobs if j.status != "completed"]
+        if bad:
+            raise SystemExit(f"{len(bad)} jobs did not complete: {bad[0]}")
+        return Work(
+            n / took,
+            (after[0] - before[0]) / n,
+            (after[1] - before[1]) / n,
+            (after[2] - before[2]) / n,
+            node_cpu * 1e6 / n,
+            server_cpu * 1e6 / n,
+        )
     finally:
         for d in daemons:
             d.close()
+
+
+def settle_stats(pg: PgServer | None) -> None:
+    """Let every backend's statistics reach pg_stat_database and pg_stat_wal: a busy
+    backend hands them over at most once a second (PostgreSQL 15), an idle one within
+    that second (or 10 s later when another held the lock then). Read without this wait,
+    a run of a second or so counted none of its own transactions (a callables row showed
+    0.00 transactions and 0 WAL bytes a job)."""
+    if pg is not None:
+        time.sleep(1.5)
+
+
+def gone(pg: PgServer, db: str) -> None:
+    """Until no connection to `db` is left: a backend hands over its statistics as it
+    exits (the nodes' were killed), so what the run did is counted in full."""
+    deadline = time.monotonic() + 30
+    while pg.sql(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'")[0][0]:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"connections to {db} are still open after the nodes stopped")
+        time.sleep(0.05)
 
 
 def _procrastinate_defers(uri: str, n: int, start: float) -> float:
@@ -157,7 +238,7 @@ def _procrastinate_schema(uri: str) -> None:
     asyncio.run(go())
 
 
-def procrastinate_end_to_end(pg: PgServer, n: int) -> tuple[float, float, float]:
+def procrastinate_end_to_end(pg: PgServer, n: int) -> Work:
     """Deferred in batches, then one worker (concurrency 8) until the queue is empty."""
     db = "procrastinate_e2e"
     uri = pg.database(db)
@@ -166,17 +247,29 @@ def procrastinate_end_to_end(pg: PgServer, n: int) -> tuple[float, float, float]
 
     app, noop = pg_tasks.build(uri)
 
-    async def go() -> tuple[float, float, float]:
+    async def go() -> Work:
         async with app.open_async():
             for _ in range(0, n, 1000):
                 await noop.batch_defer_async(*([{}] * 1000))
-            before = pg.work(db)
+            await asyncio.sleep(1.5)  # see settle_stats
+            before = pg.work_more(db)
+            cpu0 = time.process_time()
             t0 = time.perf_counter()
             await app.run_worker_async(concurrency=8, wait=False, install_signal_handlers=False)
             took = time.perf_counter() - t0
-            after = pg.work(db)
+            worker_cpu = time.process_time() - cpu0
+            server_cpu = pg.cpu() - before[3]
+            await asyncio.sleep(1.5)
+            after = pg.work_more(db)
             total = (n + 999) // 1000 * 1000
-            return total / took, (after[0] - before[0]) / total, (after[1] - before[1]) / total
+            return Work(
+                total / took,
+                (after[0] - before[0]) / total,
+                (after[1] - before[1]) / total,
+                (after[2] - before[2]) / total,
+                worker_cpu * 1e6 / total,
+                server_cpu * 1e6 / total,
+            )
 
     return asyncio.run(go())
 
@@ -331,12 +424,92 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def floors_and_submits(
+    pg: PgServer,
+    root: Path,
+    args: argparse.Namespace,
+    have_procrastinate: bool,
+    say: Callable[[str], None],
+) -> None:
+    """The floors, the one-client rounds (`--rounds`) and the submits: printed."""
+    say("floor: round trips and commits")
+    print(
+        table(
+            "PostgreSQL floor, one connection",
+            ["measure", "per second"],
+            [[k, f"{v:,.0f}"] for k, v in floor(pg).items()],
+        )
+    )
+    say("floor: a minimal daemon in front of PostgreSQL, one client")
+    print(
+        table(
+            f"A minimal daemon's floor, one client, one request at a time (load {load()})",
+            ["measure", "requests/s", "µs each"],
+            [
+                [k, f"{v:,.0f}", f"{1e6 / v:,.0f}"]
+                for k, v in daemon_floor(pg, root, args.submits).items()
+            ],
+        )
+    )
+    if args.rounds:
+        say(f"one client: {args.rounds} rounds, taking turns")
+        turns = one_client_rounds(
+            pg, root, args.submits, args.rounds, args.base, have_procrastinate
+        )
+        print(
+            table(
+                f"One client, one job per request, {args.rounds} rounds taking turns"
+                f" ({args.submits:,} each; load at the end {load()})",
+                ["system", "median jobs/s", "µs each", "every round"],
+                [
+                    [
+                        k,
+                        f"{statistics.median(v):,.0f}",
+                        f"{1e6 / statistics.median(v):,.0f}",
+                        ", ".join(f"{x:,.0f}" for x in v),
+                    ]
+                    for k, v in turns.items()
+                ],
+            )
+        )
+    subs: dict[str, dict[str, float]] = {}
+    if args.base is not None:
+        say(f"submits: phxq of {args.base} on PostgreSQL")
+        subs[f"phxq of {args.base.name}, PostgreSQL"] = phxq_submits(
+            root / "s-base", pg.database("submits_base"), args.submits, args.base
+        )
+    say("submits: phxq on PostgreSQL")
+    subs["phxq, PostgreSQL"] = phxq_submits(root / "s-pg", pg.database("submits"), args.submits)
+    say("submits: phxq, journal")
+    subs["phxq, journal (fsync always)"] = phxq_submits(root / "s-local", None, args.submits)
+    if have_procrastinate:
+        say("submits: procrastinate")
+        subs["procrastinate, PostgreSQL"] = procrastinate_submits(pg, args.submits)
+    kinds = list(next(iter(subs.values())))
+    print(
+        table(
+            "Durable submits per second",
+            ["system", *kinds],
+            [[name, *(f"{v[k]:,.0f}" for k in kinds)] for name, v in subs.items()],
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.bench_postgres")
     p.add_argument("--jobs", type=int, default=5000, help="jobs per end-to-end run")
     p.add_argument("--submits", type=int, default=2000, help="jobs per submit measurement")
     p.add_argument("--skip-procrastinate", action="store_true")
     p.add_argument("--only-submits", action="store_true", help="the floors and submits only")
+    p.add_argument(
+        "--only-e2e", action="store_true", help="the end-to-end runs only (no floors, no submits)"
+    )
+    p.add_argument(
+        "--nodes",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 2, 3],
+        help="node counts of the end-to-end runs, comma-separated (default 1,2,3)",
+    )
     p.add_argument(
         "--rounds",
         type=int,
@@ -365,67 +538,8 @@ def main(argv: list[str] | None = None) -> None:
     say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     print(f"load averages (1, 5, 15 min) at the start: {load()}\n")
     with PgServer() as pg:
-        say("floor: round trips and commits")
-        print(
-            table(
-                "PostgreSQL floor, one connection",
-                ["measure", "per second"],
-                [[k, f"{v:,.0f}"] for k, v in floor(pg).items()],
-            )
-        )
-        say("floor: a minimal daemon in front of PostgreSQL, one client")
-        print(
-            table(
-                f"A minimal daemon's floor, one client, one request at a time (load {load()})",
-                ["measure", "requests/s", "µs each"],
-                [
-                    [k, f"{v:,.0f}", f"{1e6 / v:,.0f}"]
-                    for k, v in daemon_floor(pg, root, args.submits).items()
-                ],
-            )
-        )
-        if args.rounds:
-            say(f"one client: {args.rounds} rounds, taking turns")
-            turns = one_client_rounds(
-                pg, root, args.submits, args.rounds, args.base, have_procrastinate
-            )
-            print(
-                table(
-                    f"One client, one job per request, {args.rounds} rounds taking turns"
-                    f" ({args.submits:,} each; load at the end {load()})",
-                    ["system", "median jobs/s", "µs each", "every round"],
-                    [
-                        [
-                            k,
-                            f"{statistics.median(v):,.0f}",
-                            f"{1e6 / statistics.median(v):,.0f}",
-                            ", ".join(f"{x:,.0f}" for x in v),
-                        ]
-                        for k, v in turns.items()
-                    ],
-                )
-            )
-        subs: dict[str, dict[str, float]] = {}
-        if args.base is not None:
-            say(f"submits: phxq of {args.base} on PostgreSQL")
-            subs[f"phxq of {args.base.name}, PostgreSQL"] = phxq_submits(
-                root / "s-base", pg.database("submits_base"), args.submits, args.base
-            )
-        say("submits: phxq on PostgreSQL")
-        subs["phxq, PostgreSQL"] = phxq_submits(root / "s-pg", pg.database("submits"), args.submits)
-        say("submits: phxq, journal")
-        subs["phxq, journal (fsync always)"] = phxq_submits(root / "s-local", None, args.submits)
-        if have_procrastinate:
-            say("submits: procrastinate")
-            subs["procrastinate, PostgreSQL"] = procrastinate_submits(pg, args.submits)
-        kinds = list(next(iter(subs.values())))
-        print(
-            table(
-                "Durable submits per second",
-                ["system", *kinds],
-                [[name, *(f"{v[k]:,.0f}" for k in kinds)] for name, v in subs.items()],
-            )
-        )
+        if not args.only_e2e:
+            floors_and_submits(pg, root, args, have_procrastinate, say)
         if args.only_submits:
             print(f"load averages (1, 5, 15 min) at the end: {load()}")
             return
@@ -438,53 +552,25 @@ def main(argv: list[str] | None = None) -> None:
                 say(f"end to end: {label}, 1 node of {args.base} on PostgreSQL")
                 db = f"e2e_base_{'c' if spec.call else 't'}"
                 uri = pg.database(db)
-                rate, xacts, wal = end_to_end(
-                    root / f"e-{db}", uri, 1, spec, args.jobs, pg, db, args.base
-                )
-                rows.append(
-                    [
-                        f"phxq of {args.base.name}, PostgreSQL, 1 node",
-                        label,
-                        f"{rate:,.0f}",
-                        f"{xacts:.2f}",
-                        f"{wal:,.0f}",
-                    ]
-                )
-            for nodes in (1, 2, 3):
+                work = end_to_end(root / f"e-{db}", uri, 1, spec, args.jobs, pg, db, args.base)
+                rows.append(work.row(f"phxq of {args.base.name}, PostgreSQL, 1 node", label))
+            for nodes in args.nodes:
                 say(f"end to end: {label}, {nodes} node(s) on PostgreSQL")
                 db = f"e2e_{nodes}_{'c' if spec.call else 't'}"
                 uri = pg.database(db)
-                rate, xacts, wal = end_to_end(root / f"e-{db}", uri, nodes, spec, args.jobs, pg, db)
-                rows.append(
-                    [
-                        f"phxq, PostgreSQL, {nodes} node(s)",
-                        label,
-                        f"{rate:,.0f}",
-                        f"{xacts:.2f}",
-                        f"{wal:,.0f}",
-                    ]
-                )
+                work = end_to_end(root / f"e-{db}", uri, nodes, spec, args.jobs, pg, db)
+                rows.append(work.row(f"phxq, PostgreSQL, {nodes} node(s)", label))
             say(f"end to end: {label}, journal")
-            rate, _, _ = end_to_end(
-                root / f"e-local-{label[:4]}", None, 1, spec, args.jobs, None, ""
-            )
-            rows.append(["phxq, journal (fsync always)", label, f"{rate:,.0f}", "-", "-"])
+            work = end_to_end(root / f"e-local-{label[:4]}", None, 1, spec, args.jobs, None, "")
+            rows.append(work.row("phxq, journal (fsync always)", label, pg=False))
         if have_procrastinate:
             say("end to end: procrastinate")
-            rate, xacts, wal = procrastinate_end_to_end(pg, args.jobs)
-            rows.append(
-                [
-                    "procrastinate, 1 worker, concurrency 8",
-                    "no-op tasks",
-                    f"{rate:,.0f}",
-                    f"{xacts:.2f}",
-                    f"{wal:,.0f}",
-                ]
-            )
+            work = procrastinate_end_to_end(pg, args.jobs)
+            rows.append(work.row("procrastinate, 1 worker, concurrency 8", "no-op tasks"))
         print(
             table(
                 f"End to end, {args.jobs:,} jobs (resume to the last completed)",
-                ["system", "jobs", "jobs/s", "transactions/job", "WAL bytes/job"],
+                WORK_HEADER,
                 rows,
             )
         )

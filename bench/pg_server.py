@@ -91,6 +91,31 @@ class PgServer:
 
     def work(self, db: str) -> tuple[int, int]:
         """(transactions committed in `db`, WAL bytes written by the whole server) so far."""
+        xacts, wal, _, _ = self.work_more(db)
+        return xacts, wal
+
+    def work_more(self, db: str) -> tuple[int, int, int, float]:
+        """`work`, and the WAL flushes (pg_stat_wal.wal_sync: fsyncs of the WAL, one per
+        group of commits) and the CPU seconds of the server's processes alive now (the
+        postmaster's children: a pooled connection's backend lives through a run)."""
         [(xacts,)] = self.sql(f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{db}'")
-        [(wal,)] = self.sql("SELECT wal_bytes FROM pg_stat_wal")
-        return int(xacts), int(wal)
+        [(wal, syncs)] = self.sql("SELECT wal_bytes, wal_sync FROM pg_stat_wal")
+        return int(xacts), int(wal), int(syncs), self.cpu()
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) of the server's live processes."""
+        try:
+            head = (self.base / "data" / "postmaster.pid").read_text().split("\n", 1)[0]
+            children = Path(f"/proc/{int(head)}/task/{int(head)}/children").read_text().split()
+        except (OSError, ValueError):
+            return 0.0
+        return sum(cpu_seconds(int(pid)) for pid in [head, *children])
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """CPU seconds (user + system) a live process has used; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

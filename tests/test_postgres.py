@@ -193,3 +193,28 @@ def test_schedules_and_rates_on_one_node(pg_uri: str, tmp_path: Path) -> None:
     r = d.ctl("schedule", "show", "nightly")
     assert r.returncode == 4 and "no schedule 'nightly'" in r.stderr
     assert d.ok("--json", "schedule", "list").strip() == ""
+
+
+def test_a_wait_on_a_batch_returns_what_show_reads(pg_uri: str, tmp_path: Path) -> None:
+    """A `wait` on this node gets the rows of the jobs its writer ended with their end
+    (not read again): each job as `show` reads it afterwards, results, exit codes, errors,
+    attempts and times included, whichever way it ended."""
+    from phxqctl import Client
+    from phxqd.model import Call, JobSpec
+
+    root = str(Path(__file__).resolve().parent.parent)
+    d = node(tmp_path, pg_uri).start()
+    with Client(d.socket) as c:
+        c.pause()
+        specs = [JobSpec(argv=["true"]), JobSpec(argv=["sh", "-c", "exit 3"], max_retries=0)]
+        specs += [JobSpec(call=Call("tests.jobs.sample:add", [i, 1]), cwd=root) for i in range(10)]
+        specs += [JobSpec(call=Call("tests.jobs.sample:fail", ["no"]), cwd=root, max_retries=0)]
+        ids = [r.job.id for r in c.submit_batch(specs * 5)]
+        c.resume()
+        waited = c.wait(ids)
+        assert [j.id for j in waited] == ids
+        assert all(j.finished for j in waited)
+        assert {j.status for j in waited} == {"completed", "failed"}
+        for job in waited:
+            assert job == c.get(job.id)
+    assert d.stop() == 0

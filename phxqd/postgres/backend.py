@@ -31,7 +31,7 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,13 +63,21 @@ LOST_CONTACT = "phxqd lost contact with PostgreSQL"
 RETRY_FIRST = 1 << 62
 #: seconds between looks at the queue without a notification (the fallback)
 POLL = 1.0
-#: jobs that run under this many seconds (an average of the last ones) are claimed
-#: several per worker at once
-QUICK = 0.1
-#: seconds starts may wait for ends to write them together
-BEGIN_DELAY = 0.005
-#: how many jobs a worker's lane takes at once (run.lanes.DEPTH)
-LANE_DEPTH = 8
+#: seconds of work a node claims ahead per worker, by how long its last jobs ran (a
+#: moving average): quick jobs are claimed many at once (one claim and one write per
+#: batch, not per job, and the slots never wait for a claim's commit), slow ones one per
+#: free worker. A job submitted at a higher priority waits behind at most about this.
+AHEAD = 0.05
+#: seconds the writer lets facts gather while this node runs jobs, unless a claim is
+#: asked or LINGER_ENDS ends are in: their ends then share one transaction and one WAL
+#: flush (group commit). Nobody is told of an end before its commit, so a waiter sees a
+#: job end up to this much later; the slots never wait for it.
+LINGER = 0.01
+#: ends that are enough for a transaction (the writer lingers no longer)
+LINGER_ENDS = 16
+#: the most jobs claimed ahead per worker (AHEAD bounds it first for all but the
+#: quickest jobs)
+MAX_AHEAD = 128
 #: the advisory lock of the reaper (one node at a time reaps)
 REAPER_LOCK = 0x70687872
 #: bytes of an attempt's log kept with its outcome (for `logs` on other hosts)
@@ -77,10 +85,12 @@ LOG_TAIL = 64 * 1024
 WAITING = "('pending', 'retrying')"
 LIVE = "('pending', 'running', 'retrying')"
 FINISHED_SQL = "('completed', 'failed', 'cancelled')"
+#: `rows.JOB_COLUMNS` of the table `j`
+J_COLUMNS = ", ".join(f"j.{c.strip()}" for c in rows.JOB_COLUMNS.split(","))
 #: what a claim returns of each job: `rows.JOB_COLUMNS`, then `ord` and `claim`
-CLAIMED_COLUMNS = (
-    ", ".join(f"j.{c.strip()}" for c in rows.JOB_COLUMNS.split(",")) + ", j.ord, j.claim"
-)
+CLAIMED_COLUMNS = J_COLUMNS + ", j.ord, j.claim"
+#: what the ends' statement returns besides, when a `wait` here watches (see `_write`)
+RETURNED = ", " + J_COLUMNS
 
 #: a submit without dependencies, one statement (see `_submit_one_statement`): the ids
 #: drawn in the order of the specs, the rows inserted unless their key has a live job,
@@ -126,6 +136,47 @@ class _Row(msgspec.Struct):
 
 
 _rows_json = msgspec.json.Encoder()
+
+
+class _BeginRow(msgspec.Struct):
+    """A start as the writer's statement reads it (`json_to_recordset`): one JSON text
+    costs far less to send than an array per column, which psycopg dumps element by
+    element in Python (the arrays of the starts and ends were the most of psycopg's
+    time in the writer)."""
+
+    id: int
+    node: int
+    claim: int
+    at: float
+    pid: int | None
+    ps: float | None
+
+
+class _EndRow(msgspec.Struct):
+    """An end as the writer's statement reads it (see _BeginRow); bytes go as base64."""
+
+    id: int
+    node: int
+    claim: int
+    status: str | None
+    at: float
+    exit_code: int | None
+    error: str | None
+    run_at: float | None
+    result: bytes | None
+    delta: int
+    place: bool
+    progress: bytes | None
+    tail: bytes | None
+    began: bool
+    began_at: float | None
+    pid: int | None
+    ps: float | None
+
+
+def _ids_literal(ids: Iterable[int]) -> str:
+    """An array literal of job ids (`{1,2,3}`): built here, not dumped by psycopg."""
+    return "{" + ",".join(map(str, ids)) + "}"
 
 
 @dataclass
@@ -189,11 +240,16 @@ class Watch:
     ids: set[int]
     told: set[int] = field(default_factory=set)
     event: anyio.Event = field(default_factory=anyio.Event)
+    #: of the jobs told, those whose row came with the telling (this node's writer
+    #: returned it from the transaction that ended them): not read again
+    rows: dict[int, Job] = field(default_factory=dict)
 
-    def tell(self, ids: Sequence[int]) -> None:
+    def tell(self, ids: Sequence[int], rows: dict[int, Job] | None = None) -> None:
         hit = self.ids.intersection(ids)
         if hit:
             self.told |= hit
+            if rows:
+                self.rows.update((i, rows[i]) for i in hit if i in rows)
             self.event.set()
 
 
@@ -257,6 +313,8 @@ class PostgresBackend:
         self._returned: deque[Held] = deque()
         self._facts = Facts()
         self._facts_ready = anyio.Event()
+        #: cuts the writer's lingering short (a claim asked, enough ends, a settle)
+        self._hurry = anyio.Event()
         self._written = anyio.Event()
         self._writing = False
         #: claimable() asked the writer for a batch; set when that claim is done
@@ -267,6 +325,10 @@ class PostgresBackend:
         self._claimed = anyio.Event()
         self._closing = False
         self._waiters: dict[int, anyio.Event] = {}
+        #: the jobs the write under way ends, and those heard ended meanwhile (told
+        #: once the write is back: see `_heard`)
+        self._telling: set[int] = set()
+        self._deferred: list[int] = []
         self._watches: set[Watch] = set()
         #: what the cluster's queue settings were when last read
         self._paused_all = False
@@ -363,6 +425,7 @@ class PostgresBackend:
             if self._written.is_set():  # shared by every caller waiting at once
                 self._written = anyio.Event()
             self._facts_ready.set()
+            self._hurry.set()
             await self._written.wait()
 
     # --------------------------------------------------------------- helpers
@@ -919,13 +982,17 @@ class PostgresBackend:
         return Bucket.full(rate[0], rate[1], now)
 
     # --------------------------------------------------------------- running
+    def _depth(self) -> int:
+        """Jobs per worker this node holds: AHEAD seconds of work by its last jobs' run
+        time, 1 to MAX_AHEAD. At 8 (what a lane takes at once), and still at 32 for
+        no-op callables, the slots ran dry while a claim's commit was on its way
+        (docs/benchmarks.md, "PostgreSQL end to end, again")."""
+        return min(MAX_AHEAD, max(1, int(AHEAD / max(self._quick, 1e-6))))
+
     def _free(self) -> int:
-        """Jobs to claim now: a slot per free worker, or, while this node's jobs are quick
-        (the last ones ran under QUICK seconds), as many as its workers' lanes take ahead
-        (LANE_DEPTH each): one claim and one write per batch then, not per job."""
-        depth = LANE_DEPTH if self._quick < QUICK else 1
+        """Jobs to claim now: up to `_depth` per worker, less what this node holds."""
         held = len(self._handed) + len(self._batch) + len(self._returned)
-        return self.settings.workers * depth - held
+        return self.settings.workers * self._depth() - held
 
     async def claimable(self) -> None:
         """Ask the writer for a batch for this node's free slots (see `_claim`), when a
@@ -938,8 +1005,7 @@ class PostgresBackend:
         now = time.time()
         if self._cut_off or self._closing or self._free() <= 0:
             return
-        depth = LANE_DEPTH if self._quick < QUICK else 1
-        if (len(self._batch) + len(self._returned)) * 2 >= self.settings.workers * depth:
+        if (len(self._batch) + len(self._returned)) * 2 >= self.settings.workers * self._depth():
             return
         if self._paused_all and not self._settings_told and time.monotonic() < self._next_poll:
             return  # nothing may start until a resume, which is told (w)
@@ -951,6 +1017,7 @@ class PostgresBackend:
         self._claim_asked = True
         done = self._claimed
         self._facts_ready.set()
+        self._hurry.set()
         if not (self._batch or self._returned):
             await done.wait()
 
@@ -1223,6 +1290,8 @@ class PostgresBackend:
             facts.ends.append(end)
         if begun or ended:
             self._facts_ready.set()
+            if len(facts.ends) >= LINGER_ENDS:
+                self._hurry.set()
 
     def progress(
         self, job_id: int, attempt: int, make: Callable[[Progress | None], Progress]
@@ -1261,10 +1330,14 @@ class PostgresBackend:
                     log.warning("cannot look for jobs claimed in doubt yet: %s", self._error)
                     await anyio.sleep(0.2)
                     continue
-            if self._facts.begins and not self._facts.ends and not self._claim_asked:
-                # Nobody waits for a start: a moment's wait lets the ends of quick jobs
-                # go in the same transaction (one commit per batch, not two)
-                await anyio.sleep(BEGIN_DELAY)
+            if self._handed and not self._claim_asked and not self._closing:
+                # Jobs still run here: their ends (and starts) are on their way. A
+                # moment's wait lets them go in this transaction: one commit, one WAL
+                # flush and one set of notifications per batch, not per job or two
+                self._hurry = anyio.Event()
+                if len(self._facts.ends) < LINGER_ENDS:
+                    with anyio.move_on_after(LINGER):
+                        await self._hurry.wait()
             facts = self._facts
             checkpoint = time.monotonic() - last_progress >= 1.0
             want = self._claim_wanted()
@@ -1279,6 +1352,8 @@ class PostgresBackend:
                 facts.progress = {}
             self._writing = True
             node = self.node
+            if self._watches:
+                self._telling = {x.id for x in facts.ends}
             try:
                 claimed = await self._write(facts, want)
                 self._claim_landed(node, want, claimed)
@@ -1294,6 +1369,9 @@ class PostgresBackend:
                 await anyio.sleep(0.2)
             finally:
                 self._writing = False
+                self._telling = set()
+                deferred, self._deferred = self._deferred, []
+                self._tell(deferred)
                 self._written.set()
                 done.set()
 
@@ -1339,6 +1417,10 @@ class PostgresBackend:
         now = time.time()
         ended: list[tuple[int, str]] = []
         claimed: list[Held] = []
+        # the jobs a `wait` here waits on: their rows come back with their end (the wait
+        # then reads nothing: it read each batch of ends once more, a transaction a batch)
+        watches = list(self._watches)
+        ended_rows: dict[int, Job] = {}
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             payloads: list[str] = []
             if not facts.ends and not want:
@@ -1353,23 +1435,24 @@ class PostgresBackend:
             with_end = [began.get((x.id, x.node, x.claim)) if x.ran else None for x in facts.ends]
             alone = [x for k, x in began.items() if k not in ending]
             if alone:
-                b = alone
                 begun_cur = await conn.execute(
                     "UPDATE phxq_jobs j SET status = 'running', attempts = j.attempts + 1,"
                     " started_at = u.at, pid = u.pid, pid_started = u.ps, exit_code = NULL,"
                     " error = NULL, progress = NULL, result = NULL, log_tail = NULL,"
                     " ran_on = u.node, ran_host = %s"
-                    " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[],"
-                    " %s::int[], %s::float8[]) AS u(id, node, claim, at, pid, ps)"
-                    " WHERE j.id = u.id AND j.node = u.node AND j.claim = u.claim RETURNING j.id",
+                    " FROM json_to_recordset(%s::json) AS u(id bigint, node bigint,"
+                    " claim bigint, at float8, pid int, ps float8)"
+                    " WHERE j.id = ANY(%s::bigint[]) AND j.id = u.id AND j.node = u.node"
+                    " AND j.claim = u.claim RETURNING j.id",
                     (
                         self.host,
-                        [x.id for x in b],
-                        [x.node for x in b],
-                        [x.claim for x in b],
-                        [x.at for x in b],
-                        [x.pid for x in b],
-                        [x.pid_started for x in b],
+                        _rows_json.encode(
+                            [
+                                _BeginRow(x.id, x.node, x.claim, x.at, x.pid, x.pid_started)
+                                for x in alone
+                            ]
+                        ).decode(),
+                        _ids_literal(x.id for x in alone),
                     ),
                 )
             if facts.progress:
@@ -1390,7 +1473,9 @@ class PostgresBackend:
                 e = facts.ends
                 ended_cur = await conn.execute(
                     # u.began: the attempt's start too (what the starts' statement sets,
-                    # unless the end sets it)
+                    # unless the end sets it). The rows go as one JSON text (see _EndRow);
+                    # the ids besides as an array, which tells the planner how few rows
+                    # it looks up (json_to_recordset is guessed at 100: a scan of the table)
                     "UPDATE phxq_jobs j SET status = coalesce(u.status, j.status),"
                     " finished_at = CASE WHEN u.status IN " + FINISHED_SQL + " THEN u.at"
                     "   ELSE j.finished_at END,"
@@ -1398,7 +1483,7 @@ class PostgresBackend:
                     "   WHEN u.began THEN NULL ELSE j.exit_code END,"
                     " error = CASE WHEN u.status IS NOT NULL THEN u.error"
                     "   WHEN u.began THEN NULL ELSE j.error END,"
-                    " run_at = coalesce(u.run_at, j.run_at), result = u.result,"
+                    " run_at = coalesce(u.run_at, j.run_at), result = decode(u.result, 'base64'),"
                     " pid = CASE WHEN u.status IS NOT NULL THEN NULL"
                     "   WHEN u.began THEN u.pid ELSE j.pid END,"
                     " pid_started = CASE WHEN u.status IS NOT NULL THEN NULL"
@@ -1408,39 +1493,47 @@ class PostgresBackend:
                     " ran_host = CASE WHEN u.began THEN %s ELSE j.ran_host END,"
                     " node = NULL, cancel = false,"
                     " attempts = j.attempts + u.delta + CASE WHEN u.began THEN 1 ELSE 0 END,"
-                    " progress = coalesce(u.progress, CASE WHEN u.began THEN NULL"
-                    "   ELSE j.progress END),"
-                    " log_tail = coalesce(u.tail, CASE WHEN u.began THEN NULL ELSE j.log_tail END),"
+                    " progress = coalesce(decode(u.progress, 'base64'), CASE WHEN u.began"
+                    "   THEN NULL ELSE j.progress END),"
+                    " log_tail = coalesce(decode(u.tail, 'base64'), CASE WHEN u.began THEN NULL"
+                    "   ELSE j.log_tail END),"
                     " ord = CASE WHEN u.place THEN nextval('phxq_order')"
                     "   - CASE WHEN u.status = 'retrying' THEN %s ELSE 0 END ELSE j.ord END"
-                    " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[],"
-                    " %s::float8[], %s::int[], %s::text[], %s::float8[], %s::bytea[], %s::int[],"
-                    " %s::bool[], %s::bytea[], %s::bytea[], %s::bool[], %s::float8[], %s::int[],"
-                    " %s::float8[])"
-                    " AS u(id, node, claim, status, at, exit_code, error, run_at, result, delta,"
-                    " place, progress, tail, began, began_at, pid, ps)"
-                    " WHERE j.id = u.id AND j.node = u.node AND j.claim = u.claim"
-                    " RETURNING j.id, j.status, u.began",
+                    " FROM json_to_recordset(%s::json) AS u(id bigint, node bigint, claim bigint,"
+                    " status text, at float8, exit_code int, error text, run_at float8,"
+                    " result text, delta int, place bool, progress text, tail text, began bool,"
+                    " began_at float8, pid int, ps float8)"
+                    " WHERE j.id = ANY(%s::bigint[]) AND j.id = u.id AND j.node = u.node"
+                    " AND j.claim = u.claim"
+                    " RETURNING j.id, j.status, u.began" + (RETURNED if watches else ""),
                     (
                         self.host,
                         RETRY_FIRST,
-                        [x.id for x in e],
-                        [x.node for x in e],
-                        [x.claim for x in e],
-                        [x.status for x in e],
-                        [x.at for x in e],
-                        [x.exit_code for x in e],
-                        [x.error for x in e],
-                        [x.run_at for x in e],
-                        [x.result for x in e],
-                        [x.attempts_delta for x in e],
-                        [x.new_place for x in e],
-                        [x.progress for x in e],
-                        [tails.get(x.id) for x in e],
-                        [w is not None for w in with_end],
-                        [w.at if w else None for w in with_end],
-                        [w.pid if w else None for w in with_end],
-                        [w.pid_started if w else None for w in with_end],
+                        _rows_json.encode(
+                            [
+                                _EndRow(
+                                    x.id,
+                                    x.node,
+                                    x.claim,
+                                    x.status,
+                                    x.at,
+                                    x.exit_code,
+                                    x.error,
+                                    x.run_at,
+                                    x.result,
+                                    x.attempts_delta,
+                                    x.new_place,
+                                    x.progress,
+                                    tails.get(x.id),
+                                    w is not None,
+                                    w.at if w else None,
+                                    w.pid if w else None,
+                                    w.pid_started if w else None,
+                                )
+                                for x, w in zip(e, with_end, strict=True)
+                            ]
+                        ).decode(),
+                        _ids_literal(x.id for x in e),
                     ),
                 )
                 completed = [x.id for x in e if x.status == "completed"]
@@ -1455,6 +1548,15 @@ class PostgresBackend:
             if ended_cur is not None:
                 rows_ended = await ended_cur.fetchall()
                 ended = [(r[0], r[1]) for r in rows_ended]
+                if watches:
+                    # looked up in each wait's set: a set of all of them, made at every
+                    # write, cost a write time in proportion to the jobs waited on (100 µs
+                    # for one wait on 3,000 jobs, in a cProfile of the daemon)
+                    ended_rows = {
+                        r[0]: rows.job_from_row(r[3:])
+                        for r in rows_ended
+                        if r[1] in FINISHED and any(r[0] in w.ids for w in watches)
+                    }
                 started |= {r[0] for r in rows_ended if r[2]}
                 applied = {i for i, _ in ended}
                 self._dropped("outcome", [x for x in facts.ends if x.id not in applied])
@@ -1474,7 +1576,7 @@ class PostgresBackend:
                 self.stats.jobs[kind, end.queue] += 1
             if status in ("completed", "failed") and end.started_at is not None:
                 self.stats.ended(end.at, max(end.at - end.started_at, 0.0))
-        self._tell([i for i, st in ended if st in FINISHED])
+        self._tell([i for i, st in ended if st in FINISHED], ended_rows)
         if ended:
             self._dirty = True
             self.wake.set()
@@ -1634,7 +1736,13 @@ class PostgresBackend:
         if n.kind == "k":
             self._remove_logs(n.ids)
         if n.kind in notices.ENDED:
-            self._tell(n.ids)
+            ids = n.ids
+            if self._telling:
+                # this node's writer tells them itself once it is back from the commit,
+                # with their rows (see `_write`): told here first, a `wait` read them
+                self._deferred += [i for i in ids if i in self._telling]
+                ids = [i for i in ids if i not in self._telling]
+            self._tell(ids)
         if self.feed.active and n.kind in notices.KINDS:
             self._publish_soon(notices.KINDS[n.kind], n.ids)
 
@@ -1686,13 +1794,13 @@ class PostgresBackend:
                 [job_event(kind, jobs[i], at) for kind, its, at in batch for i in its if i in jobs]
             )
 
-    def _tell(self, ids: list[int]) -> None:
+    def _tell(self, ids: list[int], rows: dict[int, Job] | None = None) -> None:
         for job_id in ids:
             event = self._waiters.pop(job_id, None)
             if event is not None:
                 event.set()
         for watch in self._watches:
-            watch.tell(ids)
+            watch.tell(ids, rows)
 
     # -------------------------------------------------------------- liveness
     async def _heartbeat(self) -> None:
@@ -2194,8 +2302,12 @@ class PostgresBackend:
                     told = set(going) if quiet.cancelled_caught else watch.told & going
                     if not told:
                         continue  # told again of what was read already
-                watch.told, watch.event = set(), anyio.Event()
-                fresh: list[Job] = await self._read(read(told))
+                came = {i: j for i, j in watch.rows.items() if i in told}
+                watch.told, watch.event, watch.rows = set(), anyio.Event(), {}
+                rest = told - came.keys()
+                fresh: list[Job] = list(came.values())
+                if rest:
+                    fresh += await self._read(read(rest))
                 for i in told - {j.id for j in fresh}:  # cleared meanwhile
                     by_id.pop(i, None)
                     going.discard(i)

@@ -58,11 +58,14 @@ def ranges(ids: list[int]) -> list[str]:
 
 
 def encode(kind: str, ids: list[int], node: int | None = None) -> list[str]:
-    """The payloads that tell `kind` of `ids` (one, or several for a long list)."""
+    """The payloads that tell `kind` of `ids` (one, or several for a long list); none for
+    no ids. (Each write told every kind, most of them empty: six notifications a
+    transaction, and on every node an empty `n` or `f` set it to claim again for nothing.)
+    The kinds without ids (`w`, `S`) are sent as they are, not through this."""
     head = kind if node is None else f"{kind} {node}"
     parts = ranges(ids)
     if not parts:
-        return [head]
+        return []
     payloads: list[str] = []
     current: list[str] = []
     size = 0
