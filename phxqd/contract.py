@@ -132,6 +132,20 @@ def time_problem(what: str, value: object) -> str | None:
     )
 
 
+def storable_text(text: str) -> str:
+    """`text` as a job's error can hold it: each NUL written `\\x00`, each lone surrogate
+    `\\udcXX`. An error is what a job said of itself (a callable's exception message may
+    hold anything), so it is made storable rather than refused: PostgreSQL's text cannot
+    hold NUL, and an end it could not store was retried for ever."""
+    if "\0" in text:
+        text = text.replace("\0", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def text_problem(
     what: str, value: object, max_chars: int | None = None, empty: bool = True
 ) -> str | None:

@@ -20,6 +20,7 @@ import anyio
 import anyio.abc
 
 from phxqd.backend import SHUTDOWN, Backend, Begun, Ending
+from phxqd.contract import storable_text
 from phxqd.joblogs import JobLogs
 from phxqd.model import Job
 from phxqd.notice import Notice
@@ -214,7 +215,7 @@ class Dispatcher:
                         o.cancelled,
                         r.stop.reason,
                         o.exit_code,
-                        o.error,
+                        None if o.error is None else storable_text(o.error),
                         o.retryable,
                         o.result,
                     )

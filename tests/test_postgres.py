@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.conftest import Daemon, until
 from tests.pgfixture import Cluster
@@ -217,4 +218,34 @@ def test_a_wait_on_a_batch_returns_what_show_reads(pg_uri: str, tmp_path: Path) 
         assert {j.status for j in waited} == {"completed", "failed"}
         for job in waited:
             assert job == c.get(job.id)
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("kind", ["local", "postgresql"])
+def test_an_error_text_with_nul_is_stored_escaped(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A callable's exception may say anything, NUL included, and PostgreSQL's text cannot
+    hold NUL: its writer retried such an end for ever, and nothing after it was recorded.
+    Both backends store the error with each NUL written `\\x00`, and go on."""
+    from phxqctl import Client
+    from phxqd.model import Call, JobSpec
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if kind == "postgresql":
+        d = node(tmp_path, request.getfixturevalue("pg_uri")).start()
+    else:
+        d = Daemon(tmp_path, workers=2).start()
+    with Client(d.socket) as c:
+        call = Call("tests.jobs.sample:fail_with_nul")
+        [bad, after] = [
+            r.job.id
+            for r in c.submit_batch(
+                [JobSpec(call=call, cwd=root, max_retries=0), JobSpec(argv=["true"])]
+            )
+        ]
+        [failed, done] = c.wait([bad, after], timeout=60)
+        assert failed.status == "failed" and failed.error == "ValueError: a\\x00b"
+        assert done.status == "completed"
+        assert c.get(bad).error == failed.error
     assert d.stop() == 0

@@ -145,3 +145,14 @@ def still_serves_fast(d: Daemon) -> None:
 
     with Client(d.socket) as c:
         assert "counts" in c.status()
+
+
+def test_an_error_text_is_made_storable_not_refused() -> None:
+    """A job's error is what the job said (a callable's exception): NUL and lone
+    surrogates are written out so that PostgreSQL's text and UTF-8 can hold it."""
+    from phxqd.contract import storable_text
+
+    assert storable_text("ValueError: plain") == "ValueError: plain"
+    assert storable_text("a\0b\0") == "a\\x00b\\x00"
+    assert storable_text("bad \udcff name") == "bad \\udcff name"
+    assert storable_text("both\0\udc80") == "both\\x00\\udc80"

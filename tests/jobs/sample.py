@@ -23,6 +23,11 @@ def fail(message: str) -> None:
     raise ValueError(message)
 
 
+def fail_with_nul() -> None:
+    """An exception whose message holds NUL (no job's arguments can carry one in)."""
+    raise ValueError("a" + chr(0) + "b")
+
+
 def fail_for_good() -> None:
     raise PermanentFailure("bad input, retrying cannot help")
 
