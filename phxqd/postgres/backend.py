@@ -179,6 +179,21 @@ def _ids_literal(ids: Iterable[int]) -> str:
     return "{" + ",".join(map(str, ids)) + "}"
 
 
+def _first_of_each_key(specs: Sequence[JobSpec]) -> tuple[dict[str, int], list[int]]:
+    """The specs of a batch that each make a new job: all but those whose key an earlier
+    spec of the batch has (they get that spec's job). (key -> index of its first spec,
+    the indexes of the specs that make jobs, in order.)"""
+    first_of_key: dict[str, int] = {}
+    fresh: list[int] = []
+    for i, spec in enumerate(specs):
+        if spec.key is not None:
+            if spec.key in first_of_key:
+                continue
+            first_of_key[spec.key] = i
+        fresh.append(i)
+    return first_of_key, fresh
+
+
 @dataclass
 class Held:
     """A job this node claimed: the claim that fences its facts."""
@@ -523,15 +538,7 @@ class PostgresBackend:
         commit). A key whose live job another submit holds is read after the commit; if
         that job ended meanwhile, its specs are submitted again (nothing of theirs was
         written)."""
-        # one new job per key in the batch: the first spec with it
-        first_of_key: dict[str, int] = {}
-        fresh: list[int] = []
-        for i, spec in enumerate(specs):
-            if spec.key is not None:
-                if spec.key in first_of_key:
-                    continue
-                first_of_key[spec.key] = i
-            fresh.append(i)
+        first_of_key, fresh = _first_of_each_key(specs)
         made: dict[int, SubmitResult] = {}
         for _ in range(20):
             inserted, lost = await self._insert_one_statement([specs[i] for i in fresh], now)
@@ -634,15 +641,7 @@ class PostgresBackend:
                         raise Refused("not_found", f"no job {dep} (named in --after)")
                     if st in ("failed", "cancelled"):
                         raise Refused("refused", f"job {dep} (named in --after) is {st}")
-        # one new job per key in the batch: the first spec with it
-        first_of_key: dict[str, int] = {}
-        fresh: list[int] = []
-        for i, spec in enumerate(specs):
-            if spec.key is not None:
-                if spec.key in first_of_key:
-                    continue
-                first_of_key[spec.key] = i
-            fresh.append(i)
+        first_of_key, fresh = _first_of_each_key(specs)
         cur = await conn.execute(
             "SELECT nextval('phxq_jobs_id_seq'), nextval('phxq_order') FROM generate_series(1, %s)",
             (len(fresh),),
