@@ -599,8 +599,17 @@ class Journal:
         self._signal()
 
     def _abandon(self) -> None:
-        """Close the failed segment's fd without another fsync (its cache is untrustworthy)."""
+        """Close the failed segment's fd without another fsync (its cache is untrustworthy).
+
+        Its preallocated space after the last records written is given back first: on a
+        full disk that space is what the healing snapshot needs (a test on a 1 MiB
+        filesystem healed never without this). Only unacknowledged bytes go; if the cut
+        does not reach the disk before a crash, the zeros come back, the end of records.
+        """
         if self._fd != -1:
+            if self._allocated > self._segment_size:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._segment_size)
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
