@@ -133,7 +133,7 @@ def test_truncation_at_every_byte_of_the_last_records(tmp_path: Path) -> None:
 
 
 def test_a_hole_of_zeros_is_a_torn_end_even_with_a_whole_record_behind_it(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A power cut keeps the sectors of unsynced writes in any order: a record written later
     # can be whole on disk behind a sector still zero. Nothing behind such a hole was
@@ -155,6 +155,8 @@ def test_a_hole_of_zeros_is_a_torn_end_even_with_a_whole_record_behind_it(
     assert sorted(got.state.jobs) == list(range(1, victim + 1))
     assert got.torn is not None and got.torn[1] == offsets[victim]
     assert seg.stat().st_size == offsets[victim]
+    dropped, zeros = len(hole) - offsets[victim], len(hole) - len(bytes(hole).rstrip(b"\0"))
+    assert f"{dropped} bytes dropped, {zeros} of them zeros preallocated" in caplog.text
 
     write_journal(tmp_path / "b", big, segment_bytes=1 << 16)
     [(_, seg)] = list_segments(tmp_path / "b")

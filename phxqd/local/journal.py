@@ -152,6 +152,9 @@ class Scan:
     records: int = 0
     #: the segment starts with SEGMENT_MAGIC (records end at zeros; see `lost_write`)
     preallocated: bool = False
+    #: after a tail problem: where the file's last byte other than zero ends (its size for
+    #: a segment not preallocated): what cutting at `good_bytes` drops besides zeros
+    data_end: int = 0
 
 
 def scan_segment(path: Path, each: Callable[[AnyEvent], None] | None = None) -> Scan:
@@ -176,7 +179,8 @@ def scan_segment(path: Path, each: Callable[[AnyEvent], None] | None = None) -> 
     hsize = RECORD_HEADER.size
 
     def stop(why: str | None) -> Scan:
-        return Scan(events, pos, size, why, records, preallocated)
+        end = len(data.rstrip(b"\0")) if why is not None and preallocated else size
+        return Scan(events, pos, size, why, records, preallocated, end)
 
     while pos < size:
         if size - pos < hsize:

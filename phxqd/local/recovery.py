@@ -118,11 +118,13 @@ def _recover(journal_dir: Path, cut_torn_tail: bool, now: float | None) -> Recov
             if cut_torn_tail:
                 _truncate(path, scan.good_bytes)
                 log.warning(
-                    "torn tail cut: %s at byte %d (%s, %d bytes dropped)",
+                    "torn tail cut: %s at byte %d (%s, %d bytes dropped, %d of them zeros "
+                    "preallocated)",
                     path,
                     scan.good_bytes,
                     scan.tail_problem,
                     scan.size - scan.good_bytes,
+                    scan.size - max(scan.data_end, scan.good_bytes),
                 )
         expected = first + scan.records
         out.segments += 1
