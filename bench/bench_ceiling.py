@@ -15,6 +15,9 @@ speak its protocol to the same `phxqctl.Client` processes (bench.common.producer
          dispatcher, snapshots or error handling.
   inline the same as ideal, with the write + fdatasync in the event loop itself: the
          loop stalls for each, while the next batch gathers in the sockets.
+  prealloc  inline, writing into a file preallocated with posix_fallocate (64 MiB) instead
+         of appending: an fdatasync then commits no new file size (phxqd's journal since
+         format 3). bench_one's floor for one producer; not in this script's own rounds.
   phxqd  the real daemon, paused, fsync = "always".
   base   with `--base`, the daemon of another source tree (bench_ab's run), the same way.
 
@@ -85,9 +88,17 @@ class StandIn(asyncio.Protocol):
 class GroupCommit:
     """Records appended between two fdatasyncs share the next one; replies wait for it."""
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, inline: bool) -> None:
+    def __init__(
+        self, path: Path, loop: asyncio.AbstractEventLoop, inline: bool, prealloc: bool = False
+    ) -> None:
         self.inline = inline
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.prealloc = prealloc
+        self.offset = 0
+        flags = os.O_WRONLY | os.O_CREAT | (0 if prealloc else os.O_APPEND)
+        self.fd = os.open(path, flags, 0o600)
+        if prealloc:
+            os.posix_fallocate(self.fd, 0, 64 * 1024 * 1024)
+            os.fsync(self.fd)
         self.loop = loop
         self.thread = ThreadPoolExecutor(1)
         self.records: list[bytes] = []
@@ -114,7 +125,11 @@ class GroupCommit:
         done.add_done_callback(lambda _: self._synced(replies))
 
     def _write(self, data: bytes) -> None:
-        os.write(self.fd, data)
+        if self.prealloc:
+            os.pwrite(self.fd, data, self.offset)
+            self.offset += len(data)
+        else:
+            os.write(self.fd, data)
         os.fdatasync(self.fd)
 
     def _synced(self, replies: list[tuple[StandIn, bytes]]) -> None:
@@ -136,7 +151,8 @@ def stand_in(kind: str, root: Path, ready: MpEvent) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        journal = GroupCommit(root / "journal", loop, inline=kind == "inline")
+        inline, prealloc = kind in ("inline", "prealloc"), kind == "prealloc"
+        journal = GroupCommit(root / "journal", loop, inline, prealloc)
 
         def answer(conn: StandIn, req: protocol.Request) -> None:
             if isinstance(req, protocol.Hello):

@@ -12,7 +12,9 @@ in turn and fresh:
   base    the daemon of `--base` (a source tree of another version), the same way
   huey    SqliteHuey, WAL, synchronous=FULL, the producer calling the task (bench/peers)
   inline  bench_ceiling's stand-in with the write + fdatasync in its event loop: one socket
-          round trip plus one fdatasync per submit, the floor for any daemon
+          round trip plus one fdatasync per submit, the floor for any daemon that appends
+  prealloc  the same stand-in writing into a preallocated file (posix_fallocate): the floor
+          for one that does not (phxqd's journal since state format 3)
 
 Every run first makes `bench.common.WARMUP` (1,000) untimed submits, then starts the
 clock: SQLite appends to huey's WAL (each fdatasync then commits the file's new size to
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if (why := huey_peer.missing()) is not None:
         raise SystemExit(f"bench_one: {why} (pip install -e '.[bench]')")
-    kinds = ["phxqd", *(["base"] if args.base else []), "huey", "inline"]
+    kinds = ["phxqd", *(["base"] if args.base else []), "huey", "inline", "prealloc"]
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     cpu: dict[str, list[float]] = {k: [] for k in kinds}
     print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

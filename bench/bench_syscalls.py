@@ -34,7 +34,7 @@ SHOWN = {
     "epoll wait": ("epoll_pwait", "epoll_wait"),
     "epoll_ctl": ("epoll_ctl",),
     "read": ("read", "recvfrom"),
-    "write": ("write", "sendto"),
+    "write": ("write", "sendto", "pwrite64"),
     "fdatasync": ("fdatasync",),
     "getpid": ("getpid",),
 }
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if shutil.which("strace") is None:
         raise SystemExit("bench_syscalls: needs strace (apt-get install strace)")
-    kinds = ["ideal", "inline", "phxqd", *(["base"] if args.base else [])]
+    kinds = ["ideal", "inline", "prealloc", "phxqd", *(["base"] if args.base else [])]
     rows = {k: count(k, args.clients, args.per, args.base and args.base.resolve()) for k in kinds}
     print(f"{args.clients} clients x {args.per} one-job submits, calls per submit:")
     print()

@@ -9,6 +9,7 @@
  *   O  a file truncated by open(O_TRUNC)                                   ino, path
  *   W  bytes written at an offset                                          ino, offset, data
  *   T  ftruncate                                                           ino, length
+ *   A  posix_fallocate (mode 0: the file grows to at least offset+len)     ino, offset+len
  *   S  fsync/fdatasync of a file, logged once it returned                  ino, start (ns,
  *      CLOCK_MONOTONIC: Python's time.monotonic)
  *   D  fsync of a directory: its entries, listed before the call           ino, path, entries
@@ -67,6 +68,8 @@ static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
 static ssize_t (*real_pwrite64)(int, const void *, size_t, off_t);
 static int (*real_ftruncate)(int, off_t);
 static int (*real_ftruncate64)(int, off_t);
+static int (*real_posix_fallocate)(int, off_t, off_t);
+static int (*real_posix_fallocate64)(int, off_t, off_t);
 static int (*real_fsync)(int);
 static int (*real_fdatasync)(int);
 static int (*real_close)(int);
@@ -84,6 +87,8 @@ __attribute__((constructor)) static void init(void) {
     real_pwrite64 = dlsym(RTLD_NEXT, "pwrite64");
     real_ftruncate = dlsym(RTLD_NEXT, "ftruncate");
     real_ftruncate64 = dlsym(RTLD_NEXT, "ftruncate64");
+    real_posix_fallocate = dlsym(RTLD_NEXT, "posix_fallocate");
+    real_posix_fallocate64 = dlsym(RTLD_NEXT, "posix_fallocate64");
     real_fsync = dlsym(RTLD_NEXT, "fsync");
     real_fdatasync = dlsym(RTLD_NEXT, "fdatasync");
     real_close = dlsym(RTLD_NEXT, "close");
@@ -268,6 +273,15 @@ static int do_ftruncate(int (*real)(int, off_t), int fd, off_t len) {
 }
 int ftruncate(int fd, off_t len) { return do_ftruncate(real_ftruncate, fd, len); }
 int ftruncate64(int fd, off_t len) { return do_ftruncate(real_ftruncate64, fd, len); }
+
+static int do_fallocate(int (*real)(int, off_t, off_t), int fd, off_t off, off_t len) {
+    int r = real(fd, off, len);  /* returns the error number, errno untouched */
+    struct tracked *t = tracked(fd);
+    if (r == 0 && t && !t->is_dir) emit('A', t->ino, (long long)(off + len), 0, t->path, strlen(t->path), NULL, 0);
+    return r;
+}
+int posix_fallocate(int fd, off_t off, off_t len) { return do_fallocate(real_posix_fallocate, fd, off, len); }
+int posix_fallocate64(int fd, off_t off, off_t len) { return do_fallocate(real_posix_fallocate64, fd, off, len); }
 
 /* A directory's entries as "INO TYPE NAME\n" lines (TYPE d for directories, f otherwise). */
 static char *list_dir(const char *path, size_t *len) {

@@ -321,7 +321,9 @@ def test_a_submit_the_disk_refuses_is_taken_back_and_writes_resume(small_fs: Pat
             with contextlib.suppress(OSError), open(ballast, "wb", buffering=0) as f:
                 while True:
                     f.write(b"\0" * 4096)
-            big = [spec("echo", "x" * 2000) for _ in range(50)]
+            # more than the open segment's preallocated space (up to 1 MiB, here all of
+            # the filesystem): records still go there on a full disk, these cannot
+            big = [spec("echo", "x" * 2000) for _ in range(600)]
             with pytest.raises(Refused) as refused:
                 await b.submit(big, time.time())
             assert "No space left" in refused.value.message

@@ -36,6 +36,8 @@ TRACED = (
 )
 SYNCS = ("fsync", "fdatasync")
 SENDS = ("sendto", "sendmsg", "write", "writev")
+#: how records reach a segment (pwrite64: into its preallocated space, at an offset)
+WRITES = ("write", "writev", "pwrite64")
 
 
 @dataclass
@@ -108,7 +110,7 @@ def is_segment(path: str) -> bool:
 def check_records_before_acks(calls: list[Call], sock: str) -> int:
     """Every journal write done before an answer is synced before the answer is sent.
     Returns how many answers followed a journal write."""
-    writes = [c for c in calls if c.name in ("write", "writev") and is_segment(c.fd_path)]
+    writes = [c for c in calls if c.name in WRITES and is_segment(c.fd_path)]
     acks, previous = 0, -1
     for send in sorted(calls, key=lambda c: c.enter):
         if send.name not in SENDS or sock not in send.fd_path:
@@ -131,7 +133,7 @@ def check_new_segments(calls: list[Call], journal: str) -> int:
     for c in calls:
         if c.name != "openat" or "O_CREAT" not in c.args or not is_segment(c.opened):
             continue
-        writes = [w for w in calls if w.fd_path == c.opened and w.name in ("write", "writev")]
+        writes = [w for w in calls if w.fd_path == c.opened and w.name in WRITES]
         first = min((w.enter for w in writes if w.enter > c.exit), default=float("inf"))
         assert synced_between(calls, journal, c.exit, first), (
             f"{c.opened} created (trace line {c.exit}) and its directory not fsync'd "
@@ -181,7 +183,7 @@ def check_torn_tail_cut(calls: list[Call], sock: str) -> int:
             if c.enter > cut.exit
             and (
                 (c.name in SENDS and sock in c.fd_path)
-                or (c.name in ("write", "writev") and c.fd_path == cut.fd_path)
+                or (c.name in WRITES and c.fd_path == cut.fd_path)
             )
         ]
         assert synced_between(calls, cut.fd_path, cut.exit, min(later, default=float("inf"))), (
@@ -316,14 +318,14 @@ def test_batch_mode_syncs_every_record_within_its_interval_without_more_requests
 
     def synced_after_the_last_write() -> bool:
         calls = parse(trace.read_text())
-        writes = [c for c in calls if c.name == "write" and is_segment(c.fd_path)]
+        writes = [c for c in calls if c.name in WRITES and is_segment(c.fd_path)]
         return bool(writes) and synced_between(calls, writes[-1].fd_path, writes[-1].exit, 1e18)
 
     until(synced_after_the_last_write, what="an fdatasync after the last record, unasked")
     text = trace.read_text()
     stop(d, daemon)
     calls = parse(text)  # the trace up to before the stop: every record synced by then
-    writes = [c for c in calls if c.name == "write" and is_segment(c.fd_path)]
-    assert len(writes) >= 4, writes  # the pause and three submits
+    writes = [c for c in calls if c.name in WRITES and is_segment(c.fd_path)]
+    assert len(writes) >= 5, writes  # the segment's magic, the pause and three submits
     for w in writes:
         assert synced_between(calls, w.fd_path, w.exit, float("inf")), f"line {w.exit}"

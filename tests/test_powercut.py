@@ -255,15 +255,19 @@ class Sequence:
 
 
 def interval_syncs(ops: list[Op]) -> int:
-    """fdatasyncs of segments other than the one closing each rotated segment: those of
-    the batch interval (a segment's syncs, less one if a newer segment followed it)."""
+    """fdatasyncs of segments other than the one closing each rotated segment and those
+    of its preallocation (the first after an `A`): those of the batch interval (a
+    segment's syncs, less one if a newer segment followed it)."""
     segments = [o.path for o in ops if o.op == "N" and o.path.endswith(".seg")]
     closed = set(segments[:-1])
     count = 0
-    for path in dict.fromkeys(o.path for o in ops if o.op == "S" and o.path.endswith(".seg")):
-        n = sum(1 for o in ops if o.op == "S" and o.path == path)
-        count += n - (1 if path in closed else 0)
-    return count
+    last: dict[str, str] = {}  # path -> the last op on it
+    for o in ops:
+        if o.path.endswith(".seg") and o.op in "AWS":
+            if o.op == "S" and last.get(o.path) != "A":
+                count += 1
+            last[o.path] = o.op
+    return count - sum(1 for path in closed if any(o.op == "S" and o.path == path for o in ops))
 
 
 def _relative(root: Path, path: str) -> str | None:

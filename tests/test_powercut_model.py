@@ -16,6 +16,9 @@ two models:
   point between the last fsync and the cut. A file's data is what it held at its last fsync
   plus a random prefix of what was appended after it (delayed allocation writes appended
   data lazily), or, if it was truncated since, a random prefix of what it held at that point.
+  What was written over bytes it held at its last fsync (a preallocated journal segment's
+  zeros) reaches the disk block by block in any order: each 4 KiB block changed since then
+  holds its old or its new content, at random.
 
 The tree the process started with counts as durable. The tests below check the model itself
 on small scripted runs, so that a phxqd test passing means what it says.
@@ -193,6 +196,9 @@ def rebuild(start: Start, ops: list[Op], model: Model, rng: random.Random) -> Tr
             if len(buf) < op.a:
                 buf.extend(bytes(op.a - len(buf)))
             buf[op.a : op.a + len(op.data)] = op.data
+        elif op.op == "A":  # preallocated: the file grows with zeros, if it must
+            buf = now.setdefault(key(op.ino), bytearray())
+            buf.extend(bytes(max(op.a - len(buf), 0)))
         elif op.op == "T":
             buf = now.setdefault(key(op.ino), bytearray())
             del buf[op.a :]
@@ -250,9 +256,25 @@ def rebuild(start: Start, ops: list[Op], model: Model, rng: random.Random) -> Tr
         durable, latest = synced.get(k, b""), at_meta.get(k, b"")
         if k not in truncated_at_meta and latest.startswith(durable):
             tree[rel] = latest[: rng.randint(len(durable), len(latest))]
+        elif k not in truncated_at_meta and len(latest) >= len(durable):
+            tree[rel] = _overwritten(durable, latest, rng)
         else:
             tree[rel] = latest[: rng.randint(0, len(latest))]
     return tree
+
+
+#: the filesystem block: the unit in which unsynced overwrites reach the disk
+BLOCK = 4096
+
+
+def _overwritten(durable: bytes, latest: bytes, rng: random.Random) -> bytes:
+    """A file written over in place since its last fsync: each changed block old or new,
+    then a random prefix of what was appended beyond the durable size."""
+    out = bytearray(latest[: rng.randint(len(durable), len(latest))])
+    for b in range(0, len(durable), BLOCK):
+        if durable[b : b + BLOCK] != latest[b : b + BLOCK] and rng.random() < 0.5:
+            out[b : b + BLOCK] = durable[b : b + BLOCK]
+    return bytes(out)
 
 
 def _relative(root: Path, path: str) -> str | None:
@@ -367,3 +389,39 @@ def test_lay_out_writes_the_tree(tmp_path: Path) -> None:
     lay_out(root, {"a": None, "a/b": b"1", "c": b""})
     assert capture(root).paths.keys() == {"", "a", "a/b", "c"}
     assert (root / "a" / "b").read_bytes() == b"1"
+
+
+PREALLOCATED = r"""
+import os, sys
+root = sys.argv[1]
+fd = os.open(f"{root}/j/seg", os.O_WRONLY | os.O_CREAT, 0o600)
+d = os.open(f"{root}/j", os.O_RDONLY | os.O_DIRECTORY)
+os.fsync(d)
+os.pwrite(fd, b"head", 0)
+os.posix_fallocate(fd, 0, 12288)
+os.fdatasync(fd)                            # "head", then zeros to 12 KiB
+os.pwrite(fd, b"a" * 100, 100)              # written over the zeros, never synced
+os.pwrite(fd, b"b" * 100, 4096 + 100)
+os.pwrite(fd, b"c" * 100, 8192 + 100)
+"""
+
+
+def test_ext4_keeps_each_block_written_over_in_place_old_or_new(tmp_path: Path, shim: Path) -> None:
+    # A preallocated journal segment is written over in place: after a cut, a later
+    # block's new content can be on disk while an earlier one's is not.
+    root = tmp_path / "root"
+    (root / "j").mkdir(parents=True)
+    start = capture(root)
+    log = tmp_path / "ops.log"
+    env = {**os.environ, **shim_env(shim, log, [root, root / "j"])}
+    subprocess.run([sys.executable, "-c", PREALLOCATED, str(root)], env=env, check=True)
+    ops, _ = read_log(log)
+    assert [o.op for o in ops if o.op in "AS"] == ["A", "S"], "posix_fallocate is recorded"
+    synced = b"head" + bytes(12288 - 4)
+    assert rebuild(start, ops, "strict", random.Random(0))["j/seg"] == synced
+    seen = set()
+    for seed in range(40):
+        content = rebuild(start, ops, "ext4", random.Random(seed))["j/seg"]
+        assert content is not None and len(content) == 12288 and content.startswith(b"head")
+        seen.add(tuple(content[b * 4096 + 100] for b in range(3)))
+    assert (0, ord("b"), 0) in seen and (ord("a"), 0, ord("c")) in seen, seen

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 #: the format this phxqd writes
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 #: what each format added; docs/architecture.md "Formats" says the same
 HISTORY: dict[int, str] = {
     1: "journal segments of `u32 length | u32 crc32 | msgpack event` records (the events of "
@@ -31,6 +31,9 @@ HISTORY: dict[int, str] = {
     "`sched-pause` and `sched-fire` (a firing's fire time and its job in one record), and "
     "two trailing fields of the PHXQSNP3 snapshot (`schedules`, `rates`), empty when read "
     "from format 1",
+    3: "preallocated journal segments: each new segment starts with the magic PHXQJNL3 and "
+    "is preallocated with zeros, its records ending at the first all-zero header (segments "
+    "without the magic are still read the old way)",
 }
 #: the file's name in the state dir, and the words before the number in it
 FILE = "format"

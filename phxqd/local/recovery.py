@@ -28,6 +28,7 @@ from phxqd.local.journal import (
     Corruption,
     Scan,
     list_segments,
+    lost_write,
     make_dirs,
     scan_segment,
 )
@@ -112,17 +113,19 @@ def _recover(journal_dir: Path, cut_torn_tail: bool, now: float | None) -> Recov
         scan = scan_segment(path, replay, encoded=True)
         if scan.tail_problem is not None:
             last = i == len(segments) - 1
-            if not last or _whole_record_after(path, scan):
+            if not last or not _torn(path, scan):
                 raise Corruption(path, scan.good_bytes, scan.tail_problem)
             out.torn = (path, scan.good_bytes, scan.tail_problem)
             if cut_torn_tail:
                 _truncate(path, scan.good_bytes)
                 log.warning(
-                    "torn tail cut: %s at byte %d (%s, %d bytes dropped)",
+                    "torn tail cut: %s at byte %d (%s, %d bytes dropped, %d of them zeros "
+                    "preallocated)",
                     path,
                     scan.good_bytes,
                     scan.tail_problem,
                     scan.size - scan.good_bytes,
+                    scan.size - max(scan.data_end, scan.good_bytes),
                 )
         expected = first + scan.records
         out.segments += 1
@@ -131,16 +134,28 @@ def _recover(journal_dir: Path, cut_torn_tail: bool, now: float | None) -> Recov
     return out
 
 
-def _whole_record_after(path: Path, scan: Scan) -> bool:
-    """Does a valid record follow the damaged one? Then it is not a torn write.
+def _torn(path: Path, scan: Scan) -> bool:
+    """Is the damage at the end of the newest segment a torn write (cut it) rather than
+    corruption (refuse to start)?
 
     A crash leaves at most a damaged end; a flipped bit in the middle leaves good records
-    after the bad one, and cutting them off would lose acknowledged jobs.
+    after the bad one, and cutting them off would lose acknowledged jobs. So: torn when no
+    whole record follows it, or, in a preallocated segment, when the bytes before the next
+    whole record hold a sector of zeros, what a lost write leaves (see journal.lost_write).
     """
     data = path.read_bytes()
+    after = _next_whole_record(data, scan.good_bytes)
+    return after is None or (scan.preallocated and lost_write(data, scan.good_bytes, after))
+
+
+def _next_whole_record(data: bytes, good: int) -> int | None:
+    """Where the first whole, valid record after byte `good` starts, if one does."""
     hsize = RECORD_HEADER.size
     decoder = msgspec.msgpack.Decoder()
-    for pos in range(scan.good_bytes + 1, len(data) - hsize + 1):
+    # A record's header has a byte other than zero (its length): none starts in the zeros
+    # that end a preallocated segment (64 MiB of positions to try one by one, otherwise).
+    last = len(data.rstrip(b"\0"))
+    for pos in range(good + 1, min(len(data) - hsize + 1, last)):
         length, crc = RECORD_HEADER.unpack_from(data, pos)
         end = pos + hsize + length
         if 0 < length <= MAX_RECORD and end <= len(data):
@@ -150,8 +165,8 @@ def _whole_record_after(path: Path, scan: Scan) -> bool:
                     decoder.decode(payload)
                 except (msgspec.DecodeError, UnicodeDecodeError):
                     continue
-                return True
-    return False
+                return pos
+    return None
 
 
 def _truncate(path: Path, size: int) -> None:
