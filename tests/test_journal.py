@@ -526,8 +526,9 @@ def test_a_bulk_batch_replays_undecoded_and_as_its_jobs(tmp_path: Path) -> None:
     for e in events:
         live.apply(msgspec.msgpack.decode(msgspec.msgpack.encode(e), type=type(e)))
     data = list_segments(tmp_path)[0][1].read_bytes()
-    length, _ = RECORD_HEADER.unpack_from(data)
-    payload = data[RECORD_HEADER.size : RECORD_HEADER.size + length]
+    start = len(SEGMENT_MAGIC) + RECORD_HEADER.size  # the first record of the segment
+    length, _ = RECORD_HEADER.unpack_from(data, len(SEGMENT_MAGIC))
+    payload = data[start : start + length]
     assert isinstance(decode_record_encoded(payload), Block)
     assert decode_record(payload) == SubmittedBatch(jobs)  # older readers: the same batch
     got = recover(tmp_path, cut_torn_tail=False).state
