@@ -321,8 +321,8 @@ def test_a_submit_the_disk_refuses_is_taken_back_and_writes_resume(small_fs: Pat
             with contextlib.suppress(OSError), open(ballast, "wb", buffering=0) as f:
                 while True:
                     f.write(b"\0" * 4096)
-            # more than the open segment's preallocated space (up to 1 MiB, here all of
-            # the filesystem): records still go there on a full disk, these cannot
+            # (a 1 MiB filesystem is far under the 64 MiB preallocation keeps free: the
+            # segment is appended to, and a full disk refuses the next write)
             big = [spec("echo", "x" * 2000) for _ in range(600)]
             with pytest.raises(Refused) as refused:
                 await b.submit(big, time.time())

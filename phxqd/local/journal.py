@@ -67,6 +67,11 @@ PREALLOC_SLACK = 64 * 1024
 #: a segment is preallocated this much at a time, the next piece once less than half of the
 #: last is left: a quiet queue keeps a small journal (SQLite's WAL is ~4 MiB)
 PREALLOC_CHUNK = 1024 * 1024
+#: a piece is preallocated only if the filesystem keeps this much free beyond it: the last
+#: space of a nearly full disk goes to records and snapshots, not to zeros. (A failing
+#: fallocate can hold all the free space while it runs, and on ext4 keep what it got: a
+#: snapshot written meanwhile then found the disk full.)
+PREALLOC_RESERVE = 64 * 1024 * 1024
 #: the unit a lost write leaves zeroed (a disk sector; filesystem blocks are multiples)
 SECTOR = 512
 #: Records bigger than this are refused on append and treated as damage on read.
@@ -727,7 +732,7 @@ class Journal:
             (max(self._allocated, self._segment_size) // PREALLOC_CHUNK + 1) * PREALLOC_CHUNK,
             target,
         )
-        problem = await self._disk.call(_allocate, self._fd, end)
+        problem = await self._disk.call(_allocate, self._fd, self._allocated, end)
         if problem is None:
             self._allocated = end
         else:
@@ -821,14 +826,21 @@ def _write_and_sync(fd: int, data: bytes, offset: int, sync: bool) -> None:
         os.fdatasync(fd)
 
 
-def _allocate(fd: int, size: int) -> str | None:
-    """Preallocate the file to `size` bytes and fdatasync it (its new size then costs no
-    record's fdatasync). None, or why the space could not be preallocated: the segment is
-    then appended to, as before (a filesystem without fallocate, a full one: no reason to
-    refuse writes). A failing fdatasync raises, as a record's would."""
+def _allocate(fd: int, start: int, size: int) -> str | None:
+    """Preallocate the file from `start` to `size` bytes and fdatasync it (its new size
+    then costs no record's fdatasync). None, or why the space was not preallocated: the
+    segment is then appended to, as before (a filesystem without fallocate, a nearly full
+    one: no reason to refuse writes). A failing fdatasync raises, as a record's would."""
+    st = os.fstatvfs(fd)
+    free = st.f_bavail * st.f_frsize
+    if free - (size - start) < PREALLOC_RESERVE:
+        return (
+            f"{free:,} bytes free on its filesystem, and "
+            f"{PREALLOC_RESERVE // (1024 * 1024)} MiB are kept for records and snapshots"
+        )
     problem = None
     try:
-        os.posix_fallocate(fd, 0, size)
+        os.posix_fallocate(fd, start, size - start)
     except OSError as e:
         problem = os.strerror(e.errno) if e.errno else str(e)
     os.fdatasync(fd)
