@@ -40,7 +40,7 @@ from typing import Any
 import msgspec
 
 from phxqd.local.jobtable import Block, column
-from phxqd.local.journal import Corruption, fsync_dir
+from phxqd.local.journal import Corruption, bin_header, fsync_dir
 from phxqd.local.state import Sharer, Snapshot, SnapshotIndex
 from phxqd.model import Job, StoredJob, as_jobs
 from phxqd.schedules_model import Schedule
@@ -153,15 +153,9 @@ def _payload(snap: Snapshot, in_place: bool) -> Iterator[bytes | memoryview]:
 
 
 def _bin(pieces: list[Any]) -> Iterator[bytes | memoryview]:
-    """A msgpack bin of the concatenation of `pieces` (bytes-like, byte format), as
-    msgspec encodes one: its header, then the pieces themselves."""
-    n = sum(map(len, pieces))
-    if n < 1 << 8:
-        yield b"\xc4" + n.to_bytes(1, "big")
-    elif n < 1 << 16:
-        yield b"\xc5" + n.to_bytes(2, "big")
-    else:
-        yield b"\xc6" + n.to_bytes(4, "big")
+    """A msgpack bin of the concatenation of `pieces` (bytes-like, byte format): its
+    header, then the pieces themselves."""
+    yield bin_header(sum(map(len, pieces)))
     yield from pieces
 
 

@@ -751,7 +751,7 @@ class State:
                 self._add((job,))
             case SubmittedBatch(jobs):
                 self._add(jobs)
-            case Block():  # a journal's batch, replayed (journal.decode_record_encoded)
+            case Block():  # a journal's bulk batch, replayed or just recorded (journal.py)
                 self._add_block(event)
             case Started(job_id, at, pid, pid_started):
                 job = self.jobs[job_id]
