@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import anyio
@@ -537,3 +538,45 @@ def test_a_bulk_batch_replays_undecoded_and_as_its_jobs(tmp_path: Path) -> None:
     assert [got.claim_next(100.0) for _ in range(45)] == [live.claim_next(100.0) for _ in range(45)]
     assert got.jobs == live.jobs
     assert got.jobs.encoded() == 0
+
+
+def test_a_bulk_batch_is_kept_as_the_block_of_its_own_record() -> None:
+    # Applied live, a bulk batch is the Block of the record just written (its Jobs are
+    # freed once answered): the record is what msgspec encodes, byte for byte, and the
+    # state the Block makes is the state the Jobs make, job for job and claim for claim.
+    from array import array
+
+    from phxqd.events import Started
+    from phxqd.local.jobtable import Block
+    from phxqd.local.journal import decode_record_encoded, encode_kept
+
+    jobs = [job_event(i).job for i in range(1, 41)]
+    for job in jobs:
+        job.priority = job.id % 3
+    batch = SubmittedBatch(jobs)
+    record, kept = encode_kept(batch)
+    columns = [array("q", [j.id for j in jobs]), array("q", [j.priority for j in jobs])]
+    columns.append(array("d", [j.run_at for j in jobs]))
+    if sys.byteorder != "little":
+        for c in columns:
+            c.byteswap()
+    payload = msgspec.msgpack.encode(
+        ("subs", [msgspec.structs.astuple(j) for j in jobs], (jobs[0].queue, *map(bytes, columns)))
+    )
+    assert record[RECORD_HEADER.size :] == payload
+    assert RECORD_HEADER.unpack_from(record) == (len(payload), zlib.crc32(payload))
+    assert type(kept) is Block and type(decode_record_encoded(payload)) is Block
+    small = SubmittedBatch([job_event(i).job for i in range(41, 44)])
+    assert encode_kept(small)[1] is small  # not a bulk batch: applied as it is
+    assert encode_kept(Paused(None))[1] == Paused(None)
+    live, kept_state = State(), State()
+    live.apply(msgspec.msgpack.decode(msgspec.msgpack.encode(batch), type=SubmittedBatch))
+    kept_state.apply(kept)
+    assert kept_state.jobs.encoded() == 40
+    for state in (live, kept_state):
+        state.apply(Started(7, 50.0, 99, 1.0))
+    assert kept_state.summary() == live.summary()
+    assert [kept_state.claim_next(100.0) for _ in range(41)] == [
+        live.claim_next(100.0) for _ in range(41)
+    ]
+    assert kept_state.jobs == live.jobs

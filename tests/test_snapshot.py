@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from phxqd.events import Requeued, Started
-from phxqd.local import snapshot
+from phxqd.local import journal, snapshot
 from phxqd.local.jobtable import Block
 from phxqd.local.journal import Corruption
 from phxqd.local.state import Sharer, Snapshot, State
@@ -184,6 +184,9 @@ def test_a_streamed_snapshot_is_the_same_file(tmp_path: Path, n: int) -> None:
     expected = snapshot.encode(state.snapshot(5))
     snapshot.write_streamed(tmp_path, state.snapshot(5))
     assert (tmp_path / snapshot.TEMPORARY).read_bytes() == expected
+    # as the child takes it: the index's columns in pieces, written one after the other
+    snapshot.write_streamed(tmp_path, state.snapshot(5, joined=False))
+    assert (tmp_path / snapshot.TEMPORARY).read_bytes() == expected
     assert all(type(j) is Job for j in state.jobs.values())
 
 
@@ -264,9 +267,53 @@ def test_a_restored_state_writes_the_snapshot_it_was_read_from(tmp_path: Path) -
     assert snapshot.encode(back.snapshot(3)) == first
     snapshot.write_streamed(tmp_path, back.snapshot(3))
     assert (tmp_path / snapshot.TEMPORARY).read_bytes() == first
+    # the index's columns in pieces (the blocks' own and those of the touched jobs)
+    snapshot.write_streamed(tmp_path, back.snapshot(3, joined=False))
+    assert (tmp_path / snapshot.TEMPORARY).read_bytes() == first
+    assert snapshot.encode(back.snapshot(3, joined=False)) == first
     # and a job decoded is the one the table keeps: a change to it stays
     back.jobs[2].label = "changed"
     assert back.jobs.get(2) is back.jobs[2] and back.jobs[2].label == "changed"
+
+
+def test_the_index_in_pieces_is_the_index_joined(tmp_path: Path) -> None:
+    # Whole blocks (their columns as views), a block partly touched, jobs of a journal's
+    # bulk batch in a queue numbered otherwise, and new Jobs between them: the child's
+    # snapshot (the columns in pieces) is the file the joined index gives.
+    state = filled(2 * snapshot.CHUNK + 7)
+    snapshot.write(tmp_path, snapshot.encode(state.snapshot(3)))
+    got = snapshot.load(tmp_path, Sharer())
+    assert got is not None
+    back = State.from_snapshot(got, 1000.5, shared=True)
+    back.jobs[snapshot.CHUNK + 3]  # the second block touched
+    for e in back.submit([JobSpec(argv=["x"])], 1001.0)[0]:
+        back.apply(e)
+    (batch,) = back.submit([JobSpec(argv=["y"], queue="other")] * 20, 1001.0)[0]
+    record = journal.encode_record(batch)
+    block = journal.decode_record_encoded(record[journal.RECORD_HEADER.size :])
+    assert type(block) is Block and block.queues == ["other"]
+    back.apply(block)  # (a replayed batch: its queue is 0 in its block, 1 in the index)
+    for e in back.submit([JobSpec(argv=["z"])], 1001.0)[0]:
+        back.apply(e)
+    pieces = back.snapshot(4, joined=False)
+    assert pieces.columns is not None and len(pieces.columns[0]) > 2
+    expected = snapshot.encode(back.snapshot(4))
+    snapshot.write_streamed(tmp_path, pieces)
+    assert (tmp_path / snapshot.TEMPORARY).read_bytes() == expected
+    assert snapshot.encode(back.snapshot(4, joined=False)) == expected
+    with pytest.raises(ValueError):
+        State.from_snapshot(pieces)
+    # and that index describes the jobs: the restore from it is the restore from them
+    snapshot.publish(tmp_path)
+    got = snapshot.load(tmp_path, Sharer())
+    assert got is not None
+    from_index = State.from_snapshot(got, 1002.0, shared=True)
+    snapshot.write(tmp_path, snapshot.encode(msgspec.structs.replace(back.snapshot(4), index=None)))
+    got = snapshot.load(tmp_path, Sharer())
+    assert got is not None and got.index is None
+    from_jobs = State.from_snapshot(got, 1002.0, shared=True)
+    assert from_index == from_jobs
+    assert claims(from_index, 30) == claims(from_jobs, 30)
 
 
 def test_a_phxqd_from_before_the_index_reads_a_snapshot_with_one(tmp_path: Path) -> None:

@@ -10,7 +10,10 @@ the buffer read from disk) with packed columns of the fields the State's indexes
 copied). The table maps each of their ids to the block; a job is decoded the first time
 anything reads it (`[]`, `get`, `pop`, a walk of `values`), then kept as a Job: the object
 a caller gets is the one the table holds from then on, so a change made to it is never
-lost to a second decode. Jobs submitted at run time are Jobs from the start.
+lost to a second decode. Jobs submitted at run time are Jobs from the start, but for
+those of a bulk batch (`bulk_queue`), which the State keeps as the Block of the journal
+record just written for them (journal.encode_kept): its Jobs are freed once the batch
+is answered, and a snapshot child writes the block without touching a job.
 
 A snapshot writes a block none of whose jobs was touched as the bytes and columns it was
 read as (see State.snapshot): no job of it is decoded, encoded, or even looked at.

@@ -19,6 +19,7 @@ import anyio
 
 from phxqd.events import AnyEvent, Completed, Failed, submitted_jobs
 from phxqd.feed import Feed, describe, job_event
+from phxqd.local.jobtable import Block
 from phxqd.local.journal import Journal, JournalError
 from phxqd.local.snapshots import Snapshots
 from phxqd.local.state import State
@@ -66,7 +67,7 @@ class Recorder:
         try:
             # the writer is woken by `durable` below, unless this task writes the record
             # itself (one client alone: see Journal._sync_here)
-            lsn = self.journal.append(events, wake=False)
+            lsn, kept = self.journal.append_kept(events, wake=False)
             if any(submitted_jobs(e) for e in events):
                 self.last_submit_lsn = lsn
         except JournalError as e:
@@ -75,7 +76,7 @@ class Recorder:
                 f"{e}; phxqd accepts no changes until it can write again (reads still work)",
             ) from e
         try:
-            self._apply(events)
+            self._apply(events, kept)
         except BaseException:
             self.journal.wake()
             raise
@@ -130,9 +131,11 @@ class Recorder:
         self._unsettled.append((self.note(events), events))
         self._settle_wake.set()
 
-    def _apply(self, events: list[AnyEvent]) -> None:
-        for event in events:
-            cascaded = self.state.apply(event)
+    def _apply(self, events: list[AnyEvent], kept: list[AnyEvent | Block] | None = None) -> None:
+        """`kept`: the events as the journal stored them (Journal.append_kept), which the
+        state applies; the feed and the counters are told of `events`."""
+        for event, as_kept in zip(events, events if kept is None else kept, strict=True):
+            cascaded = self.state.apply(as_kept)
             self.stats.count(event, self.state.jobs)
             if self.feed.active:
                 self.feed.publish(describe(event, self.state.jobs))

@@ -40,7 +40,7 @@ from typing import Any
 import msgspec
 
 from phxqd.local.jobtable import Block, column
-from phxqd.local.journal import Corruption, fsync_dir
+from phxqd.local.journal import Corruption, bin_header, fsync_dir
 from phxqd.local.state import Sharer, Snapshot, SnapshotIndex
 from phxqd.model import Job, StoredJob, as_jobs
 from phxqd.schedules_model import Schedule
@@ -101,7 +101,7 @@ def encode(snap: Snapshot) -> bytes:
     return MAGIC + HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _payload(snap: Snapshot, in_place: bool) -> Iterator[bytes]:
+def _payload(snap: Snapshot, in_place: bool) -> Iterator[bytes | memoryview]:
     """The msgpack `SnapshotFile` of `snap`, in parts whose concatenation is its encoding
     (msgpack nests by concatenation), so a writer need never hold the whole of it.
 
@@ -115,8 +115,12 @@ def _payload(snap: Snapshot, in_place: bool) -> Iterator[bytes]:
     yield _array_header(len(SnapshotFile.__struct_fields__))
     for value in (snap.lsn, snap.next_id, snap.paused, snap.paused_all, snap.limits):
         yield _encoder.encode(value)
-    if snap.order_is_ids and snap.index is not None:
-        yield _encoder.encode(snap.index.ids)  # (the ids column: packed already)
+    if snap.order_is_ids and snap.index is not None:  # (the ids column: packed already)
+        yield from (
+            _bin(snap.columns[0])
+            if snap.columns is not None
+            else (_encoder.encode(snap.index.ids),)
+        )
     else:
         order = array("q", snap.order)
         if sys.byteorder != "little":
@@ -129,7 +133,30 @@ def _payload(snap: Snapshot, in_place: bool) -> Iterator[bytes]:
         yield bytes(chunk.data) if type(chunk) is Block else encode_chunk(chunk)
     yield _encoder.encode(snap.schedules)
     yield _encoder.encode(snap.rates)
-    yield _encoder.encode(snap.index)
+    if snap.columns is None or snap.index is None:
+        yield _encoder.encode(snap.index)
+        return
+    # SnapshotIndex (array_like) field by field, each column its pieces one after the
+    # other: what encoding it joined gives, without the join (see Snapshot.columns)
+    index, (ids, status, queue, priority, run_at, flags) = snap.index, snap.columns
+    yield _array_header(len(SnapshotIndex.__struct_fields__))
+    yield from _bin(ids)
+    yield from _bin(status)
+    yield from _bin(queue)
+    yield _encoder.encode(index.queues)
+    yield from _bin(priority)
+    yield from _bin(run_at)
+    yield from _bin(flags)
+    yield _encoder.encode(index.counts)
+    yield _encoder.encode(index.keys)
+    yield _encoder.encode(index.listed)
+
+
+def _bin(pieces: list[Any]) -> Iterator[bytes | memoryview]:
+    """A msgpack bin of the concatenation of `pieces` (bytes-like, byte format): its
+    header, then the pieces themselves."""
+    yield bin_header(sum(map(len, pieces)))
+    yield from pieces
 
 
 def _array_header(n: int) -> bytes:
@@ -200,7 +227,7 @@ def write_streamed(directory: Path, snap: Snapshot) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

@@ -129,7 +129,7 @@ class Snapshots:
         # stayed at several times the live state until as much again was written.
         covered = self.journal.bytes_since_snapshot
         directory = self.settings.journal_dir
-        child = forked.start(directory, lambda: self.state.snapshot(lsn))
+        child = forked.start(directory, lambda: self.state.snapshot(lsn, joined=False))
         try:
             if child is None:
                 log.warning("cannot fork to take a snapshot; taking it in the event loop")

@@ -141,12 +141,30 @@ class Snapshot(msgspec.Struct):
     #: the queue order is the index's ids (every job waiting, first in first out: see
     #: `State.snapshot`), and `order` is empty; never so as read from a file
     order_is_ids: bool = False
+    #: `State.snapshot(lsn, joined=False)` (the snapshot child): the index's six columns
+    #: (ids, status, queue, priority, run_at, flags) each as the pieces whose concatenation
+    #: it is, mostly views of the blocks' own columns, and `index`'s own six empty. The
+    #: writer writes the pieces one after the other (snapshot._payload): a child that
+    #: joined them copied 30 bytes a job, and more as the arrays grew (docs/benchmarks.md,
+    #: "Snapshot memory after a restart").
+    columns: list[list[Any]] | None = None
 
     def queue_order(self) -> Sequence[int]:
         """The waiting jobs' ids in queue order."""
         if self.order_is_ids and self.index is not None:
-            return column(self.index.ids, "q")  # type: ignore[no-any-return]
+            ids = self.index.ids if self.columns is None else b"".join(self.columns[0])
+            return column(ids, "q")  # type: ignore[no-any-return]
         return self.order
+
+
+def _little(col: Any, typecode: str) -> memoryview:
+    """A block's column (jobtable.column) as its little-endian bytes: a view where the
+    machine is little-endian, else a byteswapped copy."""
+    if sys.byteorder == "little":
+        return memoryview(col).cast("B")
+    swapped = array(typecode, col)
+    swapped.byteswap()
+    return memoryview(swapped).cast("B")
 
 
 def pack(typecode: str, values: Iterable[Any]) -> bytes:
@@ -733,7 +751,7 @@ class State:
                 self._add((job,))
             case SubmittedBatch(jobs):
                 self._add(jobs)
-            case Block():  # a journal's batch, replayed (journal.decode_record_encoded)
+            case Block():  # a journal's bulk batch, replayed or just recorded (journal.py)
                 self._add_block(event)
             case Started(job_id, at, pid, pid_started):
                 job = self.jobs[job_id]
@@ -853,11 +871,12 @@ class State:
                 del self._fire_undo[name]
         self._remove(ids)
 
-    def snapshot(self, lsn: int) -> Snapshot:
+    def snapshot(self, lsn: int, joined: bool = True) -> Snapshot:
         """The state, to be written. Taken in the snapshot child (forked.py), where every
         object it touches costs the page it is on (a copy-on-write): a FIFO backlog of
-        only waiting jobs gives its queue order as the ids column, touching no id."""
-        jobs, index = self._stored()
+        only waiting jobs gives its queue order as the ids column, touching no id; and
+        with `joined` False the index's columns stay in pieces (see Snapshot.columns)."""
+        jobs, index, columns = self._stored(joined)
         order: Sequence[int]
         if self._blocked or not self._fifo:
             # (no merged copy of a million entries when nothing is blocked)
@@ -879,18 +898,37 @@ class State:
             dict(self.rates),
             index,
             order_is_ids=self._fifo and not self._blocked and len(self._queued) == len(self.jobs),
+            columns=columns,
         )
 
-    def _stored(self) -> tuple[list[Any], SnapshotIndex]:
-        """The jobs as a snapshot writes them, and its index (see SnapshotIndex).
+    def _stored(self, joined: bool) -> tuple[list[Any], SnapshotIndex, list[list[Any]] | None]:
+        """The jobs as a snapshot writes them, its index (see SnapshotIndex), and unless
+        `joined` the index's six columns as pieces (see Snapshot.columns).
 
-        A block none of whose jobs was touched goes whole, its columns copied as they
-        are, and its jobs skipped in a loop in C; of the others, a Job gives its fields,
-        a job still in a block its stored bytes and that block's columns."""
+        A block none of whose jobs was touched goes whole, its columns taken as they are
+        (views: the snapshot child copies none of them unless `joined`), and its jobs
+        skipped in a loop in C; of the others, a Job gives its fields, a job still in a
+        block its stored bytes and that block's columns."""
         queues: dict[str, int] = {}
+        # ids, status, queue, priority, run_at, flags
+        pieces: list[list[Any]] = [[] for _ in range(6)]
         ids, priority, queue, run_at = array("q"), array("q"), array("I"), array("d")
         status, flags = bytearray(), bytearray()
         out: list[Any] = []
+
+        def flush() -> None:
+            """The columns of the jobs since the last whole block, as pieces."""
+            nonlocal ids, priority, queue, run_at, status, flags
+            if ids:
+                for c in (ids, priority, queue, run_at):
+                    if sys.byteorder != "little":
+                        c.byteswap()
+                made: tuple[Any, ...] = (ids, status, queue, priority, run_at, flags)
+                for part, made_column in zip(pieces, made, strict=True):
+                    part.append(memoryview(made_column).cast("B"))
+                ids, priority, queue, run_at = array("q"), array("q"), array("I"), array("d")
+                status, flags = bytearray(), bytearray()
+
         # The values, not the items: the keys (a million int objects) are not touched.
         # A block's jobs still in it are the positions not taken, in order (see Block).
         values = iter(self.jobs.data.values())
@@ -898,17 +936,26 @@ class State:
         for job in values:
             if isinstance(job, Block):
                 if job.taken is None:
+                    flush()
                     out.append(job)
                     names = [queues.setdefault(q, len(queues)) for q in job.queues]
-                    ids.frombytes(memoryview(job.ids).cast("B"))
-                    status += job.status
                     if names == list(range(len(names))):
-                        queue.frombytes(memoryview(job.queue).cast("B"))
+                        queues_of = _little(job.queue, "I")
                     else:
-                        queue.extend(names[q] for q in job.queue)
-                    priority.frombytes(memoryview(job.priority).cast("B"))
-                    run_at.frombytes(memoryview(job.run_at).cast("B"))
-                    flags += job.flags
+                        queues_of = _little(array("I", [names[q] for q in job.queue]), "I")
+                    for part, c in zip(
+                        pieces,
+                        (
+                            _little(job.ids, "q"),
+                            memoryview(job.status),
+                            queues_of,
+                            _little(job.priority, "q"),
+                            _little(job.run_at, "d"),
+                            memoryview(job.flags),
+                        ),
+                        strict=True,
+                    ):
+                        part.append(c)
                     collections.deque(itertools.islice(values, len(job) - 1), maxlen=0)
                     continue
                 i, taken = cursors.get(job, 0), job.taken
@@ -930,22 +977,28 @@ class State:
             priority.append(job.priority)
             run_at.append(job.run_at)
             flags.append(HAS_AFTER if job.after is not None else 0)
-        columns: list[array[Any]] = [ids, priority, queue, run_at]
-        if sys.byteorder != "little":
-            for c in columns:
-                c.byteswap()
-        # views of the columns, not copies (the snapshot child allocates them)
-        return out, SnapshotIndex(
-            memoryview(ids).cast("B"),
-            memoryview(status),
-            memoryview(queue).cast("B"),
-            list(queues),
-            memoryview(priority).cast("B"),
-            memoryview(run_at).cast("B"),
-            memoryview(flags),
-            [(q, st, n) for (q, st), n in self.counts.items() if n],
-            dict(self.keys),
-            {st: memoryview(pack("q", ids)) for st, ids in self._listed.items() if ids},
+        flush()
+        empty = memoryview(b"")
+        columns = (
+            [memoryview(b"".join(part)) if len(part) != 1 else part[0] for part in pieces]
+            if joined
+            else [empty] * 6
+        )
+        return (
+            out,
+            SnapshotIndex(
+                columns[0],
+                columns[1],
+                columns[2],
+                list(queues),
+                columns[3],
+                columns[4],
+                columns[5],
+                [(q, st, n) for (q, st), n in self.counts.items() if n],
+                dict(self.keys),
+                {st: memoryview(pack("q", ids)) for st, ids in self._listed.items() if ids},
+            ),
+            None if joined else pieces,
         )
 
     @classmethod
@@ -961,6 +1014,8 @@ class State:
         With the snapshot's index (`snap.index`), the jobs may be stored bytes: they are
         kept so (see jobtable.py), and the indexes are built from the index's columns.
         """
+        if snap.columns is not None:
+            raise ValueError("a snapshot whose columns are in pieces is the writer's only")
         state = cls(
             next_id=snap.next_id,
             paused=set(snap.paused),
