@@ -99,9 +99,11 @@ def bulk_queue(jobs: Sequence[_Fields]) -> str | None:
     return queue
 
 
-_STATUS, _QUEUE = operator.attrgetter("status"), operator.attrgetter("queue")
-_AFTER, _KEY = operator.attrgetter("after"), operator.attrgetter("key")
-_RUN_AT, _CREATED_AT = operator.attrgetter("run_at"), operator.attrgetter("created_at")
+#: getters of a job's fields, for loops in C (`map`) over many jobs; state.py and
+#: journal.py use them too
+_ID, _STATUS, _QUEUE = map(operator.attrgetter, ("id", "status", "queue"))
+_AFTER, _KEY, _PRIORITY = map(operator.attrgetter, ("after", "key", "priority"))
+_RUN_AT, _CREATED_AT = map(operator.attrgetter, ("run_at", "created_at"))
 
 
 #: a packed column: a memoryview cast to its number format (or an array, on a big-endian

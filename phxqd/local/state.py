@@ -46,6 +46,12 @@ from phxqd.events import (
     SubmittedBatch,
 )
 from phxqd.local.jobtable import (
+    _AFTER,
+    _ID,
+    _PRIORITY,
+    _QUEUE,
+    _RUN_AT,
+    _STATUS,
     BULK,
     HAS_AFTER,
     STATUS_CODE,
@@ -82,15 +88,6 @@ DICT_ENTRY_BYTES = 48
 #: Subtracted from the sequence number of a retrying job: among ready jobs of one priority,
 #: a retry whose backoff has elapsed goes before every pending job, FIFO among retries.
 RETRY_FIRST = 1 << 62
-
-_ID = operator.attrgetter("id")
-_QUEUE = operator.attrgetter("queue")
-_STATUS = operator.attrgetter("status")
-_AFTER = operator.attrgetter("after")
-_RUN_AT = operator.attrgetter("run_at")
-_PRIORITY = operator.attrgetter("priority")
-_KEY = operator.attrgetter("key")
-_CREATED_AT = operator.attrgetter("created_at")
 
 
 class SnapshotIndex(msgspec.Struct, array_like=True):
