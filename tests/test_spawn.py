@@ -94,7 +94,7 @@ def test_spawner_threads_leave_the_event_loop_free_and_hand_back_errors() -> Non
         raise OSError(2, "no such file")
 
     async def main() -> None:
-        spawners = spawn.Spawners()
+        spawners = spawn.Spawners(inline_max=None)  # threads only
         idents: list[int] = []
 
         async def one() -> None:
@@ -111,3 +111,30 @@ def test_spawner_threads_leave_the_event_loop_free_and_hand_back_errors() -> Non
         spawners.close()
 
     anyio.run(main)
+
+
+def test_spawns_run_in_the_loop_until_they_hold_it_too_long(tmp_path: Path) -> None:
+    """A spawn runs in the event loop's thread while spawns there are quick on average;
+    once they held the loop longer than `inline_max`, the next ones go to a thread (and
+    real processes are made either way)."""
+    log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o600)
+
+    def make() -> tuple[int, int]:
+        child = spawn.Spawned(spawn.spawn("/bin/true", ("true",), None, log, {}))
+        return threading.get_ident(), child.wait()
+
+    async def main() -> None:
+        here = threading.get_ident()
+        quick = spawn.Spawners(inline_max=float("inf"))
+        assert [await quick.call(make) for _ in range(3)] == [(here, 0)] * 3
+        slow = spawn.Spawners(inline_max=-1.0)  # every spawn held the loop too long
+        first, second = await slow.call(make), await slow.call(make)
+        assert first == (here, 0)
+        assert second[0] != here and second[1] == 0
+        quick.close()
+        slow.close()
+
+    try:
+        anyio.run(main)
+    finally:
+        os.close(log)

@@ -1,9 +1,9 @@
 """Make a command job's process with glibc's posix_spawn, called through ctypes.
 
-The event loop is held while a job's process is made, so this is on the path of every
-command job. `subprocess.Popen` spends about as much CPU in Python (its argument
-handling, the environment encoded variable by variable, an error pipe) as the spawn
-itself; `os.posix_spawn` in Python 3.11 has no chdir action and no close-from action, so
+A job's process is made in the event loop while that is quick (see `Spawners`), so this
+is on the path of every command job. `subprocess.Popen` spends about as much CPU in Python
+(its argument handling, the environment encoded variable by variable, an error pipe) as
+the spawn itself; `os.posix_spawn` in Python 3.11 has no chdir action and no close-from action, so
 it cannot honour a job's `cwd` or close phxqd's descriptors. glibc's posix_spawn has both
 (posix_spawn_file_actions_addchdir_np, 2.29; _addclosefrom_np, 2.34), and clones with
 CLONE_VFORK like Popen does. A ctypes call also lets other threads (the journal's
@@ -19,10 +19,12 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import math
 import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -140,30 +142,71 @@ class Spawned:
         return self.returncode
 
 
+#: when spawns made in the event loop hold it longer than this (seconds, a moving
+#: average), the spawns of the next THREADED_FOR seconds go to threads
+INLINE_MAX = 0.002
+THREADED_FOR = 1.0
+#: the weight of the latest spawn in that average: a few slow spawns in a row count, one
+#: alone does not (at load 2 here, one spawn in twenty took over 0.9 ms, the median 0.5;
+#: at load 7, the median 8 ms)
+WEIGHT = 0.2
+
+
 class Spawners:
-    """Threads that make command processes, so the event loop never waits for one.
+    """Where command processes are made: in the event loop while that is quick, in
+    threads while the machine is loaded.
 
     `posix_spawn` returns only once the child has exec'd (a vfork). The child needs a CPU
-    for that: on a loaded machine it waits for one, up to milliseconds, and the event loop
-    waited with it, every other job and request too (a cProfile of phxqd at load 8 on 2
-    cores: 5 ms per spawn, 70% of the loop's time). The ctypes call releases the GIL, so a
-    thread blocked in it holds up nothing else. A thread is started when a spawn finds
-    none free (so as many as spawns at once, at most `workers`), and kept: the hand-off
-    is one queue put and one `call_soon_threadsafe`.
+    for that: on a loaded machine it waits for one, up to milliseconds, and an event loop
+    making it waited with it, every other job and request too (a cProfile of phxqd at load
+    8 on 2 cores: 5 ms per spawn, 70% of the loop's time). The ctypes call releases the
+    GIL, so a thread blocked in it holds up nothing else. But a thread costs too: the
+    hand-off there and back (a futex wake, the GIL taken and given back, a wake-up of the
+    loop) cost phxqd 400 µs of CPU per `true` job on this 2-core machine, more than the
+    rest of its work for the job (bench/bench_pool.py, docs/benchmarks.md). So a spawn
+    runs in the loop (0.2-0.5 ms here, quiet), and when spawns there hold the loop longer
+    than `inline_max` on average, the spawns of the next THREADED_FOR seconds go to
+    threads; then the loop tries again, its average started afresh. In threads: one is
+    started when a spawn finds none free (so as many as spawns at once, at most
+    `workers`), and kept; the hand-off is one queue put and one `call_soon_threadsafe`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inline_max: float | None = INLINE_MAX) -> None:
+        """`inline_max` None: every spawn in a thread."""
         self._calls: queue.SimpleQueue[
             tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None
         ] = queue.SimpleQueue()
         self._threads = 0
         self._idle = 0
         self._lock = threading.Lock()
+        self._inline_max = inline_max
+        #: until when (time.monotonic()) spawns go to threads
+        self._threaded_until = -math.inf
+        #: the moving average of the seconds spawns held the loop; None: none since the
+        #: last spell in threads
+        self._held: float | None = None
 
     async def call(self, fn: Callable[[], T]) -> T:
-        """`fn()` in a spawner thread: its result or its exception. Never abandoned: a
-        cancelled caller still gets the child it asked for (to kill it), so the wait is
-        shielded."""
+        """`fn()`, in the loop or a spawner thread (see the class): its result or its
+        exception. Never abandoned: a cancelled caller still gets the child it asked for
+        (to kill it), so the wait for a thread is shielded."""
+        if self._inline_max is not None:
+            start = time.monotonic()
+            if start >= self._threaded_until:
+                try:
+                    return fn()
+                finally:
+                    end = time.monotonic()
+                    held = end - start
+                    if self._held is not None:
+                        held = self._held + WEIGHT * (held - self._held)
+                    self._held = held
+                    if held > self._inline_max:
+                        self._threaded_until = end + THREADED_FOR
+                        self._held = None
+        return await self._in_thread(fn)
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
         with self._lock:
