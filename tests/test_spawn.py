@@ -115,8 +115,8 @@ def test_spawner_threads_leave_the_event_loop_free_and_hand_back_errors() -> Non
 
 def test_spawns_run_in_the_loop_until_they_hold_it_too_long(tmp_path: Path) -> None:
     """A spawn runs in the event loop's thread while spawns there are quick on average;
-    once they held the loop longer than `inline_max`, the next ones go to a thread (and
-    real processes are made either way)."""
+    once they held the loop longer than `inline_max`, the next ones go to a thread, and
+    so does the first spawn of each program (real processes are made either way)."""
     log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o600)
 
     def make() -> tuple[int, int]:
@@ -131,6 +131,9 @@ def test_spawns_run_in_the_loop_until_they_hold_it_too_long(tmp_path: Path) -> N
         first, second = await slow.call(make), await slow.call(make)
         assert first == (here, 0)
         assert second[0] != here and second[1] == 0
+        # the first spawn of a program goes to a thread, however quick the loop's were
+        firsts = [await quick.call(make, p) for p in ("a", "b", "a", "b")]
+        assert [i == here for i, _ in firsts] == [False, False, True, True]
         quick.close()
         slow.close()
 

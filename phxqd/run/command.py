@@ -71,8 +71,9 @@ async def run_command(
 ) -> Outcome:
     """Run one attempt of `job` to its end, a timeout, or `stop`.
 
-    The process is made in one of `spawners`' threads. `started` is called once it exists
-    (or failed to), so the journal records the pid before the job can finish. If the
+    The process is made by `spawners` (in the loop, or a thread). `started` is called
+    once it exists (or failed to), so the journal records the pid before the job can
+    finish. If the
     caller itself is cancelled (daemon shutdown), the process tree is killed before the
     cancellation propagates. Output goes to the job's log, or a scratch file that becomes
     it (see `output`). With `log_max_bytes` (as it is when the job starts), the log is
@@ -85,7 +86,9 @@ async def run_command(
     try:
         out = Output(log_path, scratches, ran_before=job.started_at is not None)
         try:
-            proc, started_at = await spawners.call(functools.partial(_spawn, job, out.fd, env))
+            proc, started_at = await spawners.call(
+                functools.partial(_spawn, job, out.fd, env), (job.argv[0], job.cwd)
+            )
         finally:
             os.close(out.fd)
     except (OSError, ValueError) as e:  # ValueError: a NUL byte (jobs journaled before

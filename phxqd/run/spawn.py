@@ -25,7 +25,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 import anyio
@@ -150,6 +150,8 @@ THREADED_FOR = 1.0
 #: alone does not (at load 2 here, one spawn in twenty took over 0.9 ms, the median 0.5;
 #: at load 7, the median 8 ms)
 WEIGHT = 0.2
+#: programs remembered as spawned before (forgotten all at once past this)
+KNOWN_MAX = 1024
 
 
 class Spawners:
@@ -166,7 +168,10 @@ class Spawners:
     rest of its work for the job (bench/bench_pool.py, docs/benchmarks.md). So a spawn
     runs in the loop (0.2-0.5 ms here, quiet), and when spawns there hold the loop longer
     than `inline_max` on average, the spawns of the next THREADED_FOR seconds go to
-    threads; then the loop tries again, its average started afresh. In threads: one is
+    threads; then the loop tries again, its average started afresh. The first spawn of each
+    program (from each directory) goes to a thread too: an exec, or the look along PATH,
+    on a filesystem that hangs (an NFS server gone) holds its caller as long, and a daemon
+    that answers nobody meanwhile is worse than a slow spawn. In threads: one is
     started when a spawn finds none free (so as many as spawns at once, at most
     `workers`), and kept; the hand-off is one queue put and one `call_soon_threadsafe`.
     """
@@ -185,11 +190,19 @@ class Spawners:
         #: the moving average of the seconds spawns held the loop; None: none since the
         #: last spell in threads
         self._held: float | None = None
+        #: the programs (with the directory they start in) spawned before
+        self._known: set[Hashable] = set()
 
-    async def call(self, fn: Callable[[], T]) -> T:
+    async def call(self, fn: Callable[[], T], program: Hashable = None) -> T:
         """`fn()`, in the loop or a spawner thread (see the class): its result or its
-        exception. Never abandoned: a cancelled caller still gets the child it asked for
+        exception. `program` names what `fn` starts, for the first-spawn rule (None: no
+        such rule). Never abandoned: a cancelled caller still gets the child it asked for
         (to kill it), so the wait for a thread is shielded."""
+        if program is not None and program not in self._known:
+            if len(self._known) >= KNOWN_MAX:
+                self._known.clear()
+            self._known.add(program)
+            return await self._in_thread(fn)
         if self._inline_max is not None:
             start = time.monotonic()
             if start >= self._threaded_until:
