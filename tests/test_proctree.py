@@ -41,6 +41,29 @@ def test_the_leftover_whose_start_time_matches_is_killed(sleeper: subprocess.Pop
     assert sleeper.wait(30) == -9
 
 
+def test_a_start_time_half_a_tick_off_still_matches(sleeper: subprocess.Popen[bytes]) -> None:
+    """A spawn that spanned two adjacent clock ticks is recorded half way between them
+    (proctree.spawned_between): whichever of the two it started in, that is close enough
+    for kill_leftover to know the process, and a tick and a half off is not."""
+    ticks = proctree.spawned_between(0, 0)
+    assert ticks == 0 and proctree.spawned_between(0, 1) == 0.5
+    assert proctree.spawned_between(0, 2) is None
+    with open(f"/proc/{sleeper.pid}/stat", "rb") as f:
+        stat = f.read()
+    real = int(stat[stat.rindex(b")") + 2 :].split()[19])
+    psutil_says = psutil.Process(sleeper.pid).create_time()
+    for recorded in (real - 0.5, real + 0.5):
+        started = proctree.create_time(sleeper.pid, recorded)
+        assert started is not None and abs(started - psutil_says) < 0.01
+    far = proctree.create_time(sleeper.pid, real + 1.5)
+    assert far is not None
+    assert proctree.kill_leftover(sleeper.pid, far) is False
+    near = proctree.create_time(sleeper.pid, real + 0.5)
+    assert near is not None
+    assert proctree.kill_leftover(sleeper.pid, near) is True
+    assert sleeper.wait(30) == -9
+
+
 def test_a_pid_that_is_gone_is_not_reported_killed() -> None:
     proc = subprocess.Popen(["true"], start_new_session=True)
     started = proctree.create_time(proc.pid)

@@ -24,7 +24,7 @@ from phxqd.model import Job
 from phxqd.run import output, spawn
 from phxqd.run.attempt import Outcome, Stop, command_env, describe
 from phxqd.run.output import PUBLISH_AFTER, Output, Scratches
-from phxqd.run.proctree import Child, boot_ticks, create_time, kill_tree
+from phxqd.run.proctree import Child, boot_ticks, create_time, kill_tree, spawned_between
 from phxqd.settings import Settings
 
 #: PATH lookups: (name, PATH, cwd) -> (resolved path, monotonic time looked up)
@@ -140,7 +140,7 @@ def _spawn(job: Job, log_fd: int, env: dict[str, str]) -> tuple[Child, float | N
         _found.clear()  # it moved: look again
         before = boot_ticks()
         child = _start(job, None, log_fd, env)
-    return child, create_time(child.pid, before if boot_ticks() == before else None)
+    return child, create_time(child.pid, spawned_between(before, boot_ticks()))
 
 
 def _start(job: Job, program: str | None, log_fd: int, env: dict[str, str]) -> Child:
