@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from phxqd.run import spawn
+from phxqd.run import attempt, spawn
 from tests.conftest import Daemon
 
 SHOW = (
@@ -69,7 +69,7 @@ def test_a_nul_byte_is_refused_not_cut_short(tmp_path: Path) -> None:
             (None, ("/bin/true",), {"A": "1\0B=2"}),
         ]:
             try:
-                spawn.spawn("/bin/true", argv, cwd, log, env)
+                spawn.spawn("/bin/true", argv, cwd, log, attempt.exec_env(env))
             except ValueError as e:
                 assert "null byte" in str(e)
             else:
@@ -120,7 +120,7 @@ def test_spawns_run_in_the_loop_until_they_hold_it_too_long(tmp_path: Path) -> N
     log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o600)
 
     def make() -> tuple[int, int]:
-        child = spawn.Spawned(spawn.spawn("/bin/true", ("true",), None, log, {}))
+        child = spawn.Spawned(spawn.spawn("/bin/true", ("true",), None, log, []))
         return threading.get_ident(), child.wait()
 
     async def main() -> None:
@@ -141,3 +141,17 @@ def test_spawns_run_in_the_loop_until_they_hold_it_too_long(tmp_path: Path) -> N
         anyio.run(main)
     finally:
         os.close(log)
+
+
+def test_exec_env_is_the_daemons_with_the_jobs_own_over_it() -> None:
+    """What a command gets (attempt.exec_env, the daemon's variables encoded once per set
+    of names a job sets) is what Popen got (attempt.command_env): every variable of the
+    daemon's, the job's own in place of the daemon's of the same name, each name once."""
+    for own in ({"PATH": "/nowhere", "NEW": "1"}, {"NEW": "2"}, {"PATH": "/nowhere", "NEW": "3"}):
+        entries = attempt.exec_env(own)
+        names = [e.split(b"=", 1)[0] for e in entries]
+        assert len(names) == len(set(names))
+        got = dict(os.fsdecode(e).split("=", 1) for e in entries)
+        assert got == attempt.command_env(own)
+        assert got["NEW"] == own["NEW"] and got.get("PATH") == own.get("PATH", got.get("PATH"))
+        assert set(got) >= set(os.environ) - {"PYTEST_CURRENT_TEST"}

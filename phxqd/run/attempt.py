@@ -61,11 +61,36 @@ def job_env(job: Job, socket: Path) -> dict[str, str]:
     return env
 
 
-def command_env(job: Job, socket: Path) -> dict[str, str]:
-    """A command's whole environment: the daemon's, then `job_env`."""
+def command_env(own: dict[str, str]) -> dict[str, str]:
+    """A command's whole environment: the daemon's, then the job's own (`job_env`)."""
     env = _daemon_env().copy()
-    env.update(job_env(job, socket))
+    env.update(own)
     return env
+
+
+def exec_env(own: dict[str, str]) -> list[bytes]:
+    """`command_env` as exec takes it (`NAME=value` bytes), from the job's own variables
+    (`job_env`): the daemon's are encoded once per set of names a job sets over them,
+    since encoding all of them for each spawn cost the event loop 35 µs a job. ValueError
+    for a NUL byte, at which exec would cut the variable short."""
+    return [*_inherited(frozenset(own)), *map(_variable, own.keys(), own.values())]
+
+
+def program_path(own: dict[str, str]) -> str:
+    """The PATH a command is looked up in: its own, else the daemon's."""
+    return own.get("PATH") or _daemon_env().get("PATH", os.defpath)
+
+
+@functools.lru_cache(maxsize=64)
+def _inherited(overridden: frozenset[str]) -> tuple[bytes, ...]:
+    return tuple(_variable(k, v) for k, v in _daemon_env().items() if k not in overridden)
+
+
+def _variable(name: str, value: str) -> bytes:
+    data = os.fsencode(f"{name}={value}")
+    if b"\0" in data:
+        raise ValueError("embedded null byte")
+    return data
 
 
 @functools.cache

@@ -22,7 +22,15 @@ import anyio
 
 from phxqd.model import Job
 from phxqd.run import output, spawn
-from phxqd.run.attempt import Outcome, Stop, command_env, describe
+from phxqd.run.attempt import (
+    Outcome,
+    Stop,
+    command_env,
+    describe,
+    exec_env,
+    job_env,
+    program_path,
+)
 from phxqd.run.output import PUBLISH_AFTER, Output, Scratches
 from phxqd.run.proctree import Child, boot_ticks, create_time, kill_tree, spawned_between
 from phxqd.settings import Settings
@@ -33,7 +41,7 @@ _found: dict[tuple[str, str, str | None], tuple[str, float]] = {}
 FOUND_FOR = 1.0
 
 
-def find_program(name: str, env: dict[str, str], cwd: str | None) -> str | None:
+def find_program(name: str, path: str, cwd: str | None) -> str | None:
     """Where execvpe would find `name`: the first executable file of that name in PATH.
 
     The kernel's own search (one failed execve per PATH entry before the right one) costs
@@ -42,7 +50,6 @@ def find_program(name: str, env: dict[str, str], cwd: str | None) -> str | None:
     """
     if "/" in name or not name:
         return None
-    path = env.get("PATH", os.defpath)
     key = (name, path, cwd)
     hit = _found.get(key)
     now = time.monotonic()
@@ -81,7 +88,7 @@ async def run_command(
     `kill_grace` is read when the job is stopped: a reload meanwhile counts.
     """
     socket, log_cap = settings.socket, settings.log_max_bytes
-    env = command_env(job, socket)
+    env = job_env(job, socket)
     out: Output | None = None
     try:
         out = Output(log_path, scratches, ran_before=job.started_at is not None)
@@ -125,31 +132,31 @@ async def run_command(
     return Outcome(code, None if code == 0 else describe(code))
 
 
-def _spawn(job: Job, log_fd: int, env: dict[str, str]) -> tuple[Child, float | None]:
+def _spawn(job: Job, log_fd: int, own: dict[str, str]) -> tuple[Child, float | None]:
     """Spawn the job's program, found in PATH by phxqd (looked up again if it moved); the
     child and its start time (see `create_time`: from the clock read around the spawn if
     no tick passed meanwhile, else from /proc, which is a read the thread waits on, not
     the event loop)."""
-    program = find_program(job.argv[0], env, job.cwd)
+    program = find_program(job.argv[0], program_path(own), job.cwd)
     before = boot_ticks()
     try:
-        child = _start(job, program, log_fd, env)
+        child = _start(job, program, log_fd, own)
     except FileNotFoundError:
         if program is None:
             raise
         _found.clear()  # it moved: look again
         before = boot_ticks()
-        child = _start(job, None, log_fd, env)
+        child = _start(job, None, log_fd, own)
     return child, create_time(child.pid, spawned_between(before, boot_ticks()))
 
 
-def _start(job: Job, program: str | None, log_fd: int, env: dict[str, str]) -> Child:
+def _start(job: Job, program: str | None, log_fd: int, own: dict[str, str]) -> Child:
     """glibc's posix_spawn (see run/spawn.py), else Popen: for a program not found in PATH,
     Popen's own search and its error are kept."""
     path = program if program is not None else (job.argv[0] if "/" in job.argv[0] else None)
     if spawn.AVAILABLE and path is not None:
-        return spawn.Spawned(spawn.spawn(path, job.argv, job.cwd, log_fd, env))
-    return _popen(job, program, log_fd, env)
+        return spawn.Spawned(spawn.spawn(path, job.argv, job.cwd, log_fd, exec_env(own)))
+    return _popen(job, program, log_fd, command_env(own))
 
 
 def _popen(

@@ -76,12 +76,6 @@ def _attributes() -> ctypes.Array[ctypes.c_char]:
     return attr
 
 
-@functools.lru_cache(maxsize=1024)
-def _variable(name: str, value: str) -> bytes:
-    """`NAME=value` as exec wants it; the daemon's own variables are the same every job."""
-    return _c_string(f"{name}={value}")
-
-
 def _c_string(text: str) -> bytes:
     """`text` for a C call; ValueError for a NUL byte, which would cut it short silently
     (Popen raised the same)."""
@@ -95,10 +89,9 @@ def _strings(items: list[bytes]) -> ctypes.Array[ctypes.c_char_p]:
     return (ctypes.c_char_p * (len(items) + 1))(*items, None)
 
 
-def spawn(
-    path: str, argv: tuple[str, ...], cwd: str | None, log_fd: int, env: dict[str, str]
-) -> int:
-    """Start `path` with `argv` in a new session, `log_fd` as stdout and stderr; its pid.
+def spawn(path: str, argv: tuple[str, ...], cwd: str | None, log_fd: int, env: list[bytes]) -> int:
+    """Start `path` with `argv` in a new session, `log_fd` as stdout and stderr, the
+    environment `env` (`NAME=value` each, see `attempt.exec_env`); its pid.
 
     Raises OSError (with the errno of the chdir or the exec) when it cannot start.
     """
@@ -119,7 +112,7 @@ def spawn(
                 actions,
                 _attributes(),
                 _strings([_c_string(a) for a in argv]),
-                _strings([_variable(k, v) for k, v in env.items()]),
+                _strings(env),
             )
         )
         return pid.value
