@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.bench_pool [--jobs N] [--repeat R] [--kind commands|callables]
     .venv/bin/python -m bench.bench_pool --compare [--base TREE] [--jobs N] [--repeat R] [--kind K]
+        [--hog N]
 
 A real phxqd (fsync=always, 2 workers) starts paused; N jobs are submitted in batches,
 then the queue is resumed and the clock runs until the client has been told that the last
@@ -18,20 +19,23 @@ and `os.wait`, no store, no event loop: what any runner on this machine pays at 
 task-spooler (bench/peers/tsp.py, 900 jobs at most), the phxqd of `--base` (a source tree,
 e.g. `git worktree add /tmp/phxq-base COMMIT`) and this one; for callables the two
 phxqds. It prints each run, the load average, then medians and ratios of this phxqd to
-each other row (above 1: this one is faster).
+each other row (above 1: this one is faster). `--hog N` runs N processes spinning on the
+CPU meanwhile: a loaded machine, the same for every contender.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -217,7 +221,31 @@ def main() -> None:
     p.add_argument("--kind", choices=sorted(KINDS), action="append")
     p.add_argument("--compare", action="store_true", help="round-robin against peers")
     p.add_argument("--base", type=Path, help="with --compare: another phxq source tree")
+    p.add_argument(
+        "--hog",
+        type=int,
+        default=0,
+        help="N processes that spin on the CPU throughout (a loaded machine)",
+    )
     args = p.parse_args()
+    with hogs(args.hog):
+        measure(args)
+
+
+@contextlib.contextmanager
+def hogs(n: int) -> Iterator[None]:
+    """`n` processes spinning on the CPU while the block runs: the load of other work on
+    a machine that runs jobs, which every contender of a run then shares alike."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def measure(args: argparse.Namespace) -> None:
     n = args.jobs
     if args.compare:
         if args.base is not None and not (args.base / "phxqd" / "__init__.py").is_file():
