@@ -85,6 +85,34 @@ def _c_string(text: str) -> bytes:
     return data
 
 
+class _Actions:
+    """A spawn's file actions: stdin /dev/null, `log_fd` as stdout and stderr, the cwd,
+    nothing else open. The same for every job with that log descriptor (the lowest free
+    one, nearly always the same) and cwd, so kept (`_actions`): making them cost the event
+    loop 15 µs a job. glibc's copy (it copies the paths) is freed once nobody holds them,
+    a spawn under way included."""
+
+    def __init__(self, log_fd: int, cwd: str | None) -> None:
+        path = _c_string(cwd) if cwd is not None else None  # before anything to free
+        self.c = ctypes.create_string_buffer(_ACTIONS_BYTES)
+        _lib.posix_spawn_file_actions_init(self.c)  # from here on, __del__ frees it
+        _check(_lib.posix_spawn_file_actions_addopen(self.c, 0, b"/dev/null", os.O_RDONLY, 0))
+        _check(_lib.posix_spawn_file_actions_adddup2(self.c, log_fd, 1))
+        _check(_lib.posix_spawn_file_actions_adddup2(self.c, log_fd, 2))
+        if path is not None:
+            _check(_lib.posix_spawn_file_actions_addchdir_np(self.c, path))
+        _check(_lib.posix_spawn_file_actions_addclosefrom_np(self.c, 3))
+
+    def __del__(self) -> None:
+        if _lib is not None and hasattr(self, "c"):
+            _lib.posix_spawn_file_actions_destroy(self.c)
+
+
+@functools.lru_cache(maxsize=64)
+def _actions(log_fd: int, cwd: str | None) -> _Actions:
+    return _Actions(log_fd, cwd)
+
+
 def _strings(items: list[bytes]) -> ctypes.Array[ctypes.c_char_p]:
     return (ctypes.c_char_p * (len(items) + 1))(*items, None)
 
@@ -95,29 +123,19 @@ def spawn(path: str, argv: tuple[str, ...], cwd: str | None, log_fd: int, env: l
 
     Raises OSError (with the errno of the chdir or the exec) when it cannot start.
     """
-    actions = ctypes.create_string_buffer(_ACTIONS_BYTES)
-    _check(_lib.posix_spawn_file_actions_init(actions))
-    try:
-        _check(_lib.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null", os.O_RDONLY, 0))
-        _check(_lib.posix_spawn_file_actions_adddup2(actions, log_fd, 1))
-        _check(_lib.posix_spawn_file_actions_adddup2(actions, log_fd, 2))
-        if cwd is not None:
-            _check(_lib.posix_spawn_file_actions_addchdir_np(actions, _c_string(cwd)))
-        _check(_lib.posix_spawn_file_actions_addclosefrom_np(actions, 3))
-        pid = ctypes.c_int()
-        _check(
-            _lib.posix_spawn(
-                ctypes.byref(pid),
-                _c_string(path),
-                actions,
-                _attributes(),
-                _strings([_c_string(a) for a in argv]),
-                _strings(env),
-            )
+    actions = _actions(log_fd, cwd)
+    pid = ctypes.c_int()
+    _check(
+        _lib.posix_spawn(
+            ctypes.byref(pid),
+            _c_string(path),
+            actions.c,
+            _attributes(),
+            _strings([_c_string(a) for a in argv]),
+            _strings(env),
         )
-        return pid.value
-    finally:
-        _lib.posix_spawn_file_actions_destroy(actions)
+    )
+    return pid.value
 
 
 class Spawned:
