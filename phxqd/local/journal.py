@@ -126,6 +126,10 @@ class JournalError(Exception):
     """The journal cannot take writes; nothing appended since the last good sync is safe."""
 
 
+#: what `Journal.when_durable` calls: with None once the record is safe, else the error
+Then = Callable[[JournalError | None], None]
+
+
 class Corruption(Exception):
     """A record before the tail is damaged: the daemon must not start on this journal."""
 
@@ -412,8 +416,9 @@ class Journal:
         # with one client), and anyio's constructor looks up the running backend each time
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
-        #: (lsn, order, event) of those waiting in `durable`, the smallest LSN first
-        self._durable_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        #: (lsn, order, waiter) of those waiting in `durable` (a future) or `when_durable`
+        #: (a callback), the smallest LSN first
+        self._durable_waiters: list[tuple[int, int, asyncio.Future[None] | Then]] = []
         self._waiter_order = itertools.count()
         self._rotate = False
         #: the last record the segment being left must hold (see `rotate`)
@@ -502,6 +507,27 @@ class Journal:
             await woken
         if self.failed is not None and self.durable_lsn < lsn:
             raise self.failed
+
+    def when_durable(self, lsn: int, then: Then) -> None:
+        """`durable` for a caller that does not wait: `then(None)` once record `lsn` is safe
+        by the fsync policy, `then(error)` if it never will be; at once when that is known
+        already (the record synced by this call, say: see `_sync_here`).
+
+        A request answered straight from the socket's callback (server.Connection._quick)
+        costs no task wake-up, no future and no coroutine to resume. `then` runs in the
+        writer's task (or the caller's): it must not raise, block or await.
+        """
+        if self.durable_lsn < lsn and self.failed is None:
+            if self._may_sync_here():
+                self._sync_here()
+            else:
+                self._wake.set()
+        if self.durable_lsn >= lsn:
+            then(None)
+        elif self.failed is not None:
+            then(self.failed)
+        else:
+            heapq.heappush(self._durable_waiters, (lsn, next(self._waiter_order), then))
 
     async def rotate(self) -> None:
         """Start a new segment once everything appended so far is written."""
@@ -710,13 +736,14 @@ class Journal:
         self._progress.set()
         self._progress = asyncio.Event()
         waiters = self._durable_waiters
-        if self.failed is not None:
+        failed = self.failed
+        if failed is not None:
             for _, _, woken in waiters:
-                _wake(woken)
+                _tell(woken, failed)
             waiters.clear()
         durable = self.durable_lsn
         while waiters and waiters[0][0] <= durable:
-            _wake(heapq.heappop(waiters)[2])
+            _tell(heapq.heappop(waiters)[2], None)
 
     def _fail(self, error: OSError) -> None:
         msg = f"journal write failed: {os.strerror(error.errno) if error.errno else error}"
@@ -845,6 +872,19 @@ class DiskThread:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():  # a cancelled waiter's is
         waiter.set_result(None)
+
+
+def _tell(waiter: asyncio.Future[None] | Then, error: JournalError | None) -> None:
+    """Wake a waiter of `durable` (it reads the outcome itself), or call one of
+    `when_durable` with it. A callback that raises is a bug, logged: it must not stop the
+    writer, nor the other waiters being told."""
+    if isinstance(waiter, asyncio.Future):
+        _wake(waiter)
+        return
+    try:
+        waiter(error)
+    except Exception:
+        log.exception("internal error in a callback of a durable record")
 
 
 def _report(

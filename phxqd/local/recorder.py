@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Callable
 
 import anyio
 
@@ -64,6 +65,40 @@ class Recorder:
         """
         if not events:
             return
+        lsn = self._begin(events)
+        try:
+            await self.journal.durable(lsn)
+        except JournalError as e:
+            raise self._undo(events, keep, e) from e
+        self._finished_durably(events)
+
+    def commit_then(
+        self,
+        events: list[AnyEvent],
+        then: Callable[[Refused | None], None],
+        keep: set[int] | None = None,
+    ) -> None:
+        """`commit` for a caller that does not wait (see Journal.when_durable): raises
+        Refused at once when the journal cannot take the events; otherwise `then(None)`
+        once they are durable, or `then(refusal)` (what `commit` would raise) if they
+        never will be. `then` must not raise."""
+        if not events:
+            then(None)
+            return
+        lsn = self._begin(events)
+
+        def durable(error: JournalError | None) -> None:
+            if error is None:
+                self._finished_durably(events)
+                then(None)
+            else:
+                then(self._undo(events, keep, error))
+
+        self.journal.when_durable(lsn, durable)
+
+    def _begin(self, events: list[AnyEvent]) -> int:
+        """Journal and apply a request's events (Refused if the journal cannot take them);
+        the LSN to wait for."""
         try:
             # the writer is woken by `durable` below, unless this task writes the record
             # itself (one client alone: see Journal._sync_here)
@@ -80,25 +115,26 @@ class Recorder:
         except BaseException:
             self.journal.wake()
             raise
-        try:
-            await self.journal.durable(lsn)
-        except JournalError as e:
-            self.state.take_back(
-                job.id
-                for ev in events
-                for job in submitted_jobs(ev)
-                if job.id in self.state.jobs and (keep is None or job.id not in keep)
-            )
-            if all(submitted_jobs(ev) for ev in events):
-                raise Refused("refused", f"{e}; not saved") from e
-            # A cancel, retry or pause is in effect already (a process may have been
-            # signalled): it cannot be taken back, so say so rather than "not saved". The
-            # snapshot that reopens the journal saves it with the rest of the state.
-            raise Refused(
-                "refused",
-                f"{e}; done but not yet on disk: saved when phxqd can write again",
-            ) from e
-        self._finished_durably(events)
+        return lsn
+
+    def _undo(self, events: list[AnyEvent], keep: set[int] | None, e: JournalError) -> Refused:
+        """The journal could not make a request's events durable: take its submitted jobs
+        back, and say so."""
+        self.state.take_back(
+            job.id
+            for ev in events
+            for job in submitted_jobs(ev)
+            if job.id in self.state.jobs and (keep is None or job.id not in keep)
+        )
+        if all(submitted_jobs(ev) for ev in events):
+            return Refused("refused", f"{e}; not saved")
+        # A cancel, retry or pause is in effect already (a process may have been
+        # signalled): it cannot be taken back, so say so rather than "not saved". The
+        # snapshot that reopens the journal saves it with the rest of the state.
+        return Refused(
+            "refused",
+            f"{e}; done but not yet on disk: saved when phxqd can write again",
+        )
 
     async def record(self, events: list[AnyEvent]) -> None:
         """Apply and persist what already happened; return once durable, and tell the
