@@ -213,6 +213,8 @@ class Recorder:
                 job = self.state.jobs.get(event.id)
                 if job is not None and job.started_at is not None:
                     self.stats.ended(event.at, max(event.at - job.started_at, 0.0))
+        if not self._waiters:
+            return
         jobs = self.state.jobs
         for job_id in [i for i in self._waiters if i not in jobs or jobs[i].finished]:
             self._waiters.pop(job_id).set()
