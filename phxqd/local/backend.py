@@ -148,11 +148,7 @@ class LocalBackend:
     ) -> None:
         """`submit` without an awaiting task (backend.SubmitsThen)."""
         events, results = self._state.submit(specs, now, self._queue_defaults())
-        self._recorder.commit_then(
-            events,
-            lambda refused: then(results if refused is None else refused),
-            keep=self._claimed,
-        )
+        self._recorder.commit_then(events, then, results, keep=self._claimed)
 
     async def cancel(self, ids: list[int], now: float) -> list[int]:
         held = [i for i in ids if i in self._claimed]

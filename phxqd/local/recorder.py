@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 
@@ -28,6 +29,8 @@ from phxqd.model import Job
 from phxqd.notice import Notice
 from phxqd.protocol import Refused
 from phxqd.stats import Stats
+
+T = TypeVar("T")
 
 
 class Recorder:
@@ -75,22 +78,23 @@ class Recorder:
     def commit_then(
         self,
         events: list[AnyEvent],
-        then: Callable[[Refused | None], None],
+        then: Callable[[T | Refused], None],
+        answer: T,
         keep: set[int] | None = None,
     ) -> None:
         """`commit` for a caller that does not wait (see Journal.when_durable): raises
-        Refused at once when the journal cannot take the events; otherwise `then(None)`
+        Refused at once when the journal cannot take the events; otherwise `then(answer)`
         once they are durable, or `then(refusal)` (what `commit` would raise) if they
         never will be. `then` must not raise."""
         if not events:
-            then(None)
+            then(answer)
             return
         lsn = self._begin(events)
 
         def durable(error: JournalError | None) -> None:
             if error is None:
                 self._finished_durably(events)
-                then(None)
+                then(answer)
             else:
                 then(self._undo(events, keep, error))
 
@@ -103,8 +107,10 @@ class Recorder:
             # the writer is woken by `durable` below, unless this task writes the record
             # itself (one client alone: see Journal._sync_here)
             lsn, kept = self.journal.append_kept(events, wake=False)
-            if any(submitted_jobs(e) for e in events):
-                self.last_submit_lsn = lsn
+            for e in events:  # (a loop, not any() of a generator: once per request)
+                if submitted_jobs(e):
+                    self.last_submit_lsn = lsn
+                    break
         except JournalError as e:
             raise Refused(
                 "refused",
@@ -170,14 +176,13 @@ class Recorder:
     def _apply(self, events: list[AnyEvent], kept: list[AnyEvent | Block] | None = None) -> None:
         """`kept`: the events as the journal stored them (Journal.append_kept), which the
         state applies; the feed and the counters are told of `events`."""
+        state, stats, feed = self.state, self.stats, self.feed
         for event, as_kept in zip(events, events if kept is None else kept, strict=True):
-            cascaded = self.state.apply(as_kept)
-            self.stats.count(event, self.state.jobs)
-            if self.feed.active:
-                self.feed.publish(describe(event, self.state.jobs))
-                self.feed.publish(
-                    [job_event("cancelled", j, j.finished_at or 0.0) for j in cascaded]
-                )
+            cascaded = state.apply(as_kept)
+            stats.count(event, state.jobs)
+            if feed.active:
+                feed.publish(describe(event, state.jobs))
+                feed.publish([job_event("cancelled", j, j.finished_at or 0.0) for j in cascaded])
         # While everything is paused no job can start, so a change (a submit, say) is no
         # reason to look: a paused daemon taking submits from many clients otherwise ran
         # a whole dispatch round per request. The resume is itself a change.
