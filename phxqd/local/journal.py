@@ -434,6 +434,8 @@ class Journal:
         #: caller (`_may_sync_here`); the seconds of the last write+fdatasync decide whether
         #: a batch is synced in the loop (see INLINE_SYNC_MAX)
         self._lone = False
+        #: records in the last batch the writer took
+        self._last_batch = 0
         self._last_sync_seconds = float("inf")
         #: the writer waits for records to write (see `_sync_here`)
         self._idle = False
@@ -627,8 +629,23 @@ class Journal:
                 return
 
     async def _write_batch(self) -> None:
+        if (
+            1 < len(self._pending) < self._last_batch
+            and self.policy == "always"
+            and self._last_sync_seconds < INLINE_SYNC_MAX
+            and not self._rotate
+            and not self._closing
+        ):
+            # Fewer records than the last batch had: the other clients' next requests
+            # are likely in their sockets already (their replies went out a moment ago).
+            # One more turn of the loop reads them into this batch instead of leaving
+            # them to one more fdatasync (16 one-job clients: ~11 -> ~14 records per
+            # fdatasync, 54.8 -> 50.2 µs of daemon CPU per submit, bench_ab). Not for a
+            # lone record (one client waits for nobody), nor a segment being left.
+            await asyncio.sleep(0)
         if self._pending:
             batch, self._pending = self._pending, []
+            self._last_batch = len(batch)
             last = self.last_lsn
             data = b"".join(batch)
             fd, offset = self._fd, self._segment_size
