@@ -232,7 +232,7 @@ async def exchange(core: Core, backend: LocalBackend, sent: bytes, chunk: int | 
     """One client connection: send `sent`, hang up the sending side, read to the end."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     client = await UNIXSocketStream.from_socket(ours)
-    connection = await server.Connection.start(theirs, core.handle)
+    connection = await server.Connection.start(theirs, core.handle, 0, core.handle_then)
     received = bytearray()
     async with client, anyio.create_task_group() as tg:
         tg.start_soon(_serve, connection)

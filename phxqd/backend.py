@@ -22,7 +22,7 @@ Rules every backend keeps (tests/test_backend.py checks them on the local one):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import msgspec
@@ -101,6 +101,22 @@ class Health(msgspec.Struct):
 
 #: Stop reason of jobs stopped because the daemon is stopping: requeued, attempt not spent.
 SHUTDOWN = "daemon shutting down"
+
+
+@runtime_checkable
+class SubmitsThen(Protocol):
+    """A backend that can also take a submit without an awaiting task (the local one):
+    `then(results)` once it is durable, `then(refusal)` if it never will be; `Refused` at
+    once when it is refused before anything changed. The server then answers a one-job
+    client straight from its socket's callback, without waking a task twice per request
+    (server.Connection._quick). `then` must not raise."""
+
+    def submit_then(
+        self,
+        specs: list[JobSpec],
+        now: float,
+        then: Callable[[list[SubmitResult] | Exception], None],
+    ) -> None: ...
 
 
 class Backend(Protocol):

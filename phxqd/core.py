@@ -47,3 +47,4 @@ class Core:
             self.scheduler,
         )
         self.handle = self.handlers.handle
+        self.handle_then = self.handlers.handle_then

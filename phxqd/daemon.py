@@ -456,7 +456,7 @@ async def _serve(
 ) -> None:
     with scope:
         async with listener:
-            await server.serve(listener, core.handle, access, timeouts)
+            await server.serve(listener, core.handle, access, timeouts, core.handle_then)
 
 
 async def _declare_schedules(core: Core) -> None:

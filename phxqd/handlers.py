@@ -11,15 +11,29 @@ from typing import Any
 import anyio
 
 from phxqd import metrics, protocol
-from phxqd.backend import Backend
+from phxqd.backend import Backend, SubmitsThen
 from phxqd.dispatcher import Dispatcher
 from phxqd.joblogs import JobLogs
-from phxqd.model import STATUSES, Job, Progress, SubmitResult, validate_spec
+from phxqd.model import STATUSES, Job, JobSpec, Progress, SubmitResult, validate_spec
 from phxqd.protocol import PROTOCOL_VERSION, Refused
 from phxqd.rates import MAX_BURST, MAX_PER_SECOND
 from phxqd.schedules_runner import Scheduler
 from phxqd.streams import Streams
 from phxqd.views import Views
+
+
+def check_specs(specs: list[JobSpec]) -> None:
+    """Refused unless a submit's specs may be queued (its size, each spec's fields)."""
+    if len(specs) > protocol.MAX_BATCH:
+        raise Refused(
+            "usage",
+            f"at most {protocol.MAX_BATCH} jobs per request "
+            f"(got {len(specs)}); the client sends larger batches in parts",
+        )
+    for i, spec in enumerate(specs):
+        if why := validate_spec(spec):
+            where = f"job {i + 1}: " if len(specs) > 1 else ""
+            raise Refused("usage", where + why)
 
 
 class Handlers:
@@ -43,6 +57,8 @@ class Handlers:
         self._render_metrics = render_metrics
         #: the schedules' runner (schedule requests go through it: it must hear of changes)
         self.scheduler = scheduler or Scheduler(backend)
+        #: the backend's submit without an awaiting task, if it has one (`handle_then`)
+        self._submit_then = backend.submit_then if isinstance(backend, SubmitsThen) else None
 
     async def handle(self, req: protocol.Request) -> Any:
         """Answer one request; Refused becomes a typed error reply."""
@@ -50,16 +66,7 @@ class Handlers:
         backend = self.backend
         match req:
             case protocol.Submit(specs):
-                if len(specs) > protocol.MAX_BATCH:
-                    raise Refused(
-                        "usage",
-                        f"at most {protocol.MAX_BATCH} jobs per request "
-                        f"(got {len(specs)}); the client sends larger batches in parts",
-                    )
-                for i, spec in enumerate(specs):
-                    if why := validate_spec(spec):
-                        where = f"job {i + 1}: " if len(specs) > 1 else ""
-                        raise Refused("usage", where + why)
+                check_specs(specs)
                 return await backend.submit(specs, now)
             case protocol.Status():
                 return await self.views.status()
@@ -150,6 +157,18 @@ class Handlers:
                     )
                 return protocol.HelloReply(PROTOCOL_VERSION)
         raise Refused("usage", f"unsupported request {type(req).__name__}")
+
+    def handle_then(self, req: protocol.Request, then: Callable[[Any], None]) -> bool:
+        """Answer `req` without a task when it can be (a submit, to a backend that takes
+        one so: backend.SubmitsThen): True, and `then` is called once with the result or
+        the Refused error; False, and `handle` must answer it. Refused is raised at once
+        for a request refused before anything changed."""
+        submit_then = self._submit_then
+        if submit_then is None or type(req) is not protocol.Submit:
+            return False
+        check_specs(req.jobs)
+        submit_then(req.jobs, time.time(), then)
+        return True
 
     async def cancel(self, ids: list[int], now: float) -> list[Job]:
         """Cancel waiting jobs at once and stop running ones; answer once all are over."""

@@ -232,19 +232,21 @@ def validate_spec(spec: JobSpec) -> str | None:
     """Return why a spec cannot be queued, or None: phxqd.contract.spec_problem, which
     phxqctl's command line runs on its arguments before sending them, so both say the
     same."""
+    # Positional, in spec_problem's order: matching 12 keyword arguments by name cost a
+    # third of the call (0.4 of 1.3 µs, once per job submitted)
     return spec_problem(
         spec.argv,
         spec.call.func if spec.call is not None else None,
-        queue=spec.queue,
-        priority=spec.priority,
-        key=spec.key,
-        max_retries=spec.max_retries,
-        backoff=spec.backoff,
-        after=spec.after,
-        timeout=spec.timeout,
-        delay=spec.delay,
-        run_at=spec.run_at,
-        label=spec.label,
-        cwd=spec.cwd,
-        env=spec.env,
+        spec.queue,
+        spec.priority,
+        spec.key,
+        spec.max_retries,
+        spec.backoff,
+        spec.after,
+        spec.timeout,
+        spec.delay,
+        spec.run_at,
+        spec.label,
+        spec.cwd,
+        spec.env,
     )

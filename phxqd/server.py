@@ -35,6 +35,11 @@ log = logging.getLogger("phxqd.server")
 #: A handler answers with a value (one `Ok` reply), or with an async generator of frames
 #: (a stream: `JobEvent`/`Chunk` frames, then the final `Ok`, if any).
 Handler = Callable[[protocol.Request], Awaitable[Any]]
+#: Answers a request without a task when it can (handlers.Handlers.handle_then): True, and
+#: the callable it was given is called once with the result (or the Refused error, or
+#: another exception: an internal error); False, and the `Handler` answers it. It raises
+#: Refused for a request refused at once.
+HandlerThen = Callable[[protocol.Request, Callable[[Any], None]], bool]
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ async def serve(
     handle: Handler,
     access: Access | None = None,
     timeouts: Timeouts | None = None,
+    handle_then: HandlerThen | None = None,
 ) -> None:
     """Accept clients on `listener` (which stays the caller's) and answer them.
 
@@ -174,7 +180,7 @@ async def serve(
         # A client that goes away mid-request needs no answer.
         with contextlib.suppress(ConnectionError):
             pid, uid, gid = peer(sock)
-            connection = await Connection.start(sock, handle, pid)
+            connection = await Connection.start(sock, handle, pid, handle_then)
             if not access.allows(uid, gid):
                 log.warning("refused a connection from uid %d (pid %d): not allowed", uid, pid)
                 connection.refuse(
@@ -258,6 +264,14 @@ class Wire(asyncio.Protocol):
         self.lost = False
         self.reading_paused = False
         self.writing_paused = False
+        #: called when bytes come while the connection's task waits for its next request
+        #: (`awaiting_request`): True if it took care of them (Connection._quick), False to
+        #: wake the task
+        self.quick: Callable[[], bool] | None = None
+        self.awaiting_request = False
+        #: a request taken by `quick` is being answered: the task is not woken (whatever
+        #: comes meanwhile waits in `buffer`) until its reply is out, which goes first
+        self.held = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readable: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
@@ -274,18 +288,28 @@ class Wire(asyncio.Protocol):
             assert self.transport is not None
             self.transport.pause_reading()
             self.reading_paused = True
-        _wake(self._readable)
+        if self.held:
+            return
+        if self.awaiting_request and self.quick is not None and self.quick():
+            return
+        self.wake_reader()
 
     def eof_received(self) -> bool:
         self.eof = True
-        _wake(self._readable)
+        if not self.held:
+            self.wake_reader()
         return True  # half-closed: the replies to what it sent still go out
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = self.lost = True
         self.writing_paused = False
-        _wake(self._readable)
+        self.wake_reader()
         _wake(self._writable)
+
+    def wake_reader(self) -> None:
+        """Wake the task waiting in `readable`, if any (it looks at the buffer again)."""
+        self.awaiting_request = False
+        _wake(self._readable)
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -335,27 +359,45 @@ MAX_UNYIELDED = 32
 
 
 class Connection:
-    def __init__(self, wire: Wire, handle: Handler, pid: int = 0) -> None:
+    """One client: a task reading its requests in turn and answering each, except those
+    `handle_then` takes, answered straight from the socket's callback (`_quick`)."""
+
+    def __init__(
+        self, wire: Wire, handle: Handler, pid: int = 0, handle_then: HandlerThen | None = None
+    ) -> None:
         assert wire.transport is not None
         self.wire = wire
         self.transport = wire.transport
         self.pid = pid  # the client's, for log lines
         self.handle = handle
+        self.handle_then = handle_then
         self.scope = anyio.CancelScope()
         #: what the connection waits for (its client, or phxqd), and since when
         self.phase = READING
         self.since = time.monotonic()
+        #: the client said a good hello: requests may be answered
+        self.greeted = False
+        #: a request `_quick` decoded and left to the task
+        self._taken: protocol.Request | None = None
         self._unyielded = 0
+        if handle_then is not None:
+            wire.quick = self._quick
 
     @classmethod
-    async def start(cls, sock: socket.socket, handle: Handler, pid: int = 0) -> Connection:
+    async def start(
+        cls,
+        sock: socket.socket,
+        handle: Handler,
+        pid: int = 0,
+        handle_then: HandlerThen | None = None,
+    ) -> Connection:
         """A connection on an accepted socket (which it then owns)."""
         try:
             _, wire = await asyncio.get_running_loop().connect_accepted_socket(Wire, sock)
         except BaseException:
             sock.close()
             raise
-        return cls(wire, handle, pid)
+        return cls(wire, handle, pid, handle_then)
 
     def refuse(self, err: protocol.Err) -> None:
         """Say why, and hang up."""
@@ -377,21 +419,23 @@ class Connection:
             self._close()
 
     async def _serve(self) -> None:
-        greeted = False
         while True:
             self.phase, self.since = READING, time.monotonic()
-            payload = await self._read_frame()
-            if payload is None:
+            got = await self._read_frame()
+            if got is None:
                 return
             self.phase = HANDLING  # a long request (wait) is not idleness
-            try:
-                req = protocol.request_decoder.decode(payload)
-            # msgspec raises UnicodeDecodeError, not DecodeError, for a string that is
-            # not UTF-8 (found by fuzz/fuzz_requests.py: it ended the daemon)
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
-                await self._send(protocol.Err("usage", f"malformed request: {e}"))
-                continue
-            if not greeted and not isinstance(req, protocol.Hello):
+            if isinstance(got, protocol.Request):  # decoded by `_quick`
+                req = got
+            else:
+                try:
+                    req = protocol.request_decoder.decode(got)
+                # msgspec raises UnicodeDecodeError, not DecodeError, for a string that is
+                # not UTF-8 (found by fuzz/fuzz_requests.py: it ended the daemon)
+                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
+                    await self._send(protocol.Err("usage", f"malformed request: {e}"))
+                    continue
+            if not self.greeted and not isinstance(req, protocol.Hello):
                 await self._send(protocol.Err("upgrade", "the first request must be hello"))
                 return
             reply = await self._answer(req)
@@ -400,9 +444,73 @@ class Connection:
                     return
                 continue
             await self._send(reply)
-            if not greeted and isinstance(reply, protocol.Err):
+            if not self.greeted and isinstance(reply, protocol.Err):
                 return  # a client that failed the hello speaks another protocol
-            greeted = True
+            self.greeted = True
+
+    def _quick(self) -> bool:
+        """Bytes came while the task waits for the next request: answer it here if it is
+        one `handle_then` takes (a submit to the local backend), without waking the task.
+        True when the task may sleep on (the request is under way, or its frame is not
+        whole yet); False to wake it (for any other request, or a frame it must refuse).
+
+        Why: a task woken twice per request (its bytes came; its record is durable), each
+        time resuming its whole chain of coroutines, was most of the Python a one-job
+        submit cost beyond what the work needs. The reply is still written only once the
+        fdatasync covering its record has returned (`_answered`, called by the journal),
+        and it goes out before anything else is read: the task stays asleep meanwhile.
+        """
+        wire = self.wire
+        buf = wire.buffer
+        size = protocol.HEADER.size
+        if not self.greeted or wire.eof or wire.writing_paused:
+            return False
+        if len(buf) < size:
+            return True
+        (length,) = protocol.HEADER.unpack_from(buf)
+        if length > protocol.MAX_FRAME:
+            return False
+        end = size + length
+        if len(buf) < end:
+            wire.more()  # a frame over RECEIVE_SIZE: read on (as `_read_frame` does)
+            return True
+        try:
+            req = protocol.request_decoder.decode(bytes(buf[size:end]))
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            return False  # the task decodes it again, and says what is wrong
+        del buf[:end]
+        if len(buf) <= RECEIVE_SIZE:
+            wire.more()
+        self.phase, wire.held = HANDLING, True
+        try:
+            taken = self.handle_then is not None and self.handle_then(req, self._answered)
+        except Exception as e:  # Refused, or a bug: answered as `_answer` would
+            self._answered(e)
+            return True
+        if not taken:
+            wire.held, self._taken = False, req
+            return False
+        return True
+
+    def _answered(self, result: Any) -> None:
+        """The answer to the request `_quick` took: send it, and wake the task if there is
+        more for it to do (more bytes, the end of them, a reply the socket did not take
+        whole)."""
+        wire = self.wire
+        wire.held = False
+        self.phase, self.since = READING, time.monotonic()
+        if isinstance(result, Refused):
+            reply: msgspec.Struct = protocol.Err(result.code, result.message)
+        elif isinstance(result, Exception):
+            log.error("internal error answering a submit", exc_info=result)
+            reply = protocol.Err("internal", "internal error in phxqd (see its log)")
+        else:
+            reply = protocol.Ok(result)
+        if wire.lost or self.transport.is_closing():
+            return  # the task has ended, or is ending (it was woken by the loss)
+        self.transport.write(protocol.frame(reply))
+        if wire.buffer or wire.eof or wire.writing_paused:
+            wire.wake_reader()
 
     async def _stream(self, frames: AsyncGenerator[msgspec.Struct]) -> bool:
         """Send a stream's frames as they come; False when the client hung up meanwhile.
@@ -432,16 +540,23 @@ class Connection:
             tg.cancel_scope.cancel()
         return not hung_up
 
-    async def _read_frame(self) -> bytes | None:
-        """The next payload, or None when the client is gone or broke the framing.
+    async def _read_frame(self) -> bytes | protocol.Request | None:
+        """The next payload (or the request `_quick` decoded and left to the task), or None
+        when the client is gone or broke the framing.
 
         Taken from the bytes the wire already holds when it can, without a trip through
-        the event loop (but not more than MAX_UNYIELDED times in a row).
+        the event loop (but not more than MAX_UNYIELDED times in a row). A reply `_quick`
+        sent that the socket did not take whole is waited for first.
         """
         wire = self.wire
         buf = wire.buffer
         size = protocol.HEADER.size
         while True:
+            if wire.writing_paused:
+                await self._drained()
+            if self._taken is not None:
+                req, self._taken = self._taken, None
+                return req
             if len(buf) >= size:
                 (length,) = protocol.HEADER.unpack_from(buf)
                 if length > protocol.MAX_FRAME:
@@ -463,7 +578,11 @@ class Connection:
                 return None
             wire.more()
             self._unyielded = 0
-            await wire.readable(len(buf))
+            wire.awaiting_request = True
+            try:
+                await wire.readable(len(buf))
+            finally:
+                wire.awaiting_request = False
 
     async def _answer(
         self, req: protocol.Request
@@ -494,8 +613,12 @@ class Connection:
         if wire.lost:
             raise ConnectionResetError("the client is gone")
         self.transport.write(protocol.frame(frame))
-        if not wire.writing_paused:
-            return
+        if wire.writing_paused:
+            await self._drained()
+
+    async def _drained(self) -> None:
+        """Wait until the client took all of the replies written (see `_send`)."""
+        wire = self.wire
         before = self.phase
         self.phase, self.since = SENDING, time.monotonic()
         await wire.drained()

@@ -107,6 +107,11 @@ class Stats:
     def count(self, event: AnyEvent, table: Mapping[int, Job]) -> None:
         """Called with each event after it was applied (live only: replays are not
         counted again)."""
+        if type(event) is SubmittedBatch:  # nearly every event of a busy daemon's requests
+            counts = self.jobs
+            for job in event.jobs:
+                counts["submitted", job.queue] += 1
+            return
         match event:
             case Submitted(job):
                 self.jobs["submitted", job.queue] += 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 
 from phxqd import protocol
+from phxqd.model import JobSpec
 from tests.conftest import Daemon, read_payload, until
 
 HELLO = protocol.frame(protocol.Hello(protocol.PROTOCOL_VERSION))
@@ -142,3 +143,45 @@ def test_idle_and_non_reading_clients_are_disconnected(tmp_path: Path) -> None:
     (n,) = struct.unpack(">I", watcher.recv(4, socket.MSG_WAITALL))
     event = protocol.stream_decoder.decode(watcher.recv(n, socket.MSG_WAITALL))
     assert isinstance(event, protocol.JobEvent) and event.event == "submitted"
+
+
+def submit(*argv: str) -> bytes:
+    return protocol.frame(protocol.Submit([JobSpec(argv=list(argv), cwd="/")]))
+
+
+def test_submits_answered_from_the_socket_and_other_requests_keep_their_order(
+    daemon: Daemon,
+) -> None:
+    """A submit that comes while the connection waits for a request is answered from the
+    socket's callback (server.Connection._quick), the rest by the connection's task: each
+    reply still comes in its request's order, a refused submit leaves the connection
+    usable, and a client that sends a submit and shuts its side still gets the answer."""
+    daemon.ok("pause")
+    s = connect(daemon)
+    s.sendall(HELLO)
+    assert isinstance(read_reply(s), protocol.Ok)
+    ids = []
+    for n in range(3):  # one at a time: each taken while the task sleeps
+        s.sendall(submit("true", str(n)))
+        reply = read_reply(s)
+        assert isinstance(reply, protocol.Ok), reply
+        ids.append(reply.result[0]["job"]["id"])
+    assert ids == [1, 2, 3]
+    s.sendall(submit())  # no command: refused before anything changed
+    refused = read_reply(s)
+    assert isinstance(refused, protocol.Err) and refused.code == "usage", refused
+    # The first taken at once, the rest behind it, answered by the task in their order.
+    s.sendall(submit("true") + STATUS + submit() + protocol.frame(protocol.Show(4)) + submit("x"))
+    first, status, bad, shown, last = (read_reply(s) for _ in range(5))
+    assert isinstance(first, protocol.Ok) and first.result[0]["job"]["id"] == 4
+    assert isinstance(status, protocol.Ok) and status.result["counts"]["pending"] == 4
+    assert isinstance(bad, protocol.Err) and bad.code == "usage"
+    assert isinstance(shown, protocol.Ok) and shown.result["argv"] == ["true"]
+    assert isinstance(last, protocol.Ok) and last.result[0]["job"]["id"] == 5
+    s.sendall(submit("true", "last"))
+    s.shutdown(socket.SHUT_WR)
+    reply = read_reply(s)
+    assert isinstance(reply, protocol.Ok) and reply.result[0]["job"]["id"] == 6
+    assert s.recv(1) == b"", "phxqd hangs up once the client's requests are answered"
+    s.close()
+    assert daemon.json("status")["counts"]["pending"] == 6

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -19,6 +20,7 @@ import pytest
 from phxqd.events import AnyEvent, Paused, Submitted, SubmittedBatch
 from phxqd.local import snapshot
 from phxqd.local.journal import (
+    INLINE_SYNC_MAX,
     PREALLOC_CHUNK,
     RECORD_HEADER,
     SECTOR,
@@ -472,12 +474,17 @@ def test_disk_use_stays_within_three_times_the_live_state(tmp_path: Path) -> Non
         assert c.status()["counts"]["pending"] == 300
 
 
-@pytest.mark.parametrize("path", ["thread", "caller"])
-def test_a_failed_fdatasync_fails_its_waiters_whoever_made_it(tmp_path: Path, path: str) -> None:
-    # Records are synced by the journal's thread (a batch of several), or by the request
-    # itself (a lone record while the writer idles, Journal._sync_here): a failure must end
-    # in the same place either way. The segment's fd is swapped for a pipe: write() works,
-    # the real fdatasync() fails (EINVAL). (/dev/null: pwrite() works, fdatasync() fails)
+@pytest.mark.parametrize("waiter", ["durable", "when_durable"])
+@pytest.mark.parametrize("path", ["thread", "loop", "caller"])
+def test_a_failed_fdatasync_fails_its_waiters_whoever_made_it(
+    tmp_path: Path, path: str, waiter: str
+) -> None:
+    # Records are synced by the journal's thread (a batch on a disk seen slow), by the
+    # writer in the loop (a batch on a disk seen fast), or by the request itself (a lone
+    # record while the writer idles, Journal._sync_here): a failure must end in the same
+    # place either way, for a task awaiting `durable` and for a `when_durable` callback.
+    # The segment's fd is swapped for /dev/null: pwrite() works, the real fdatasync()
+    # fails (EINVAL).
     async def main() -> None:
         journal = Journal(tmp_path, 1, "always")
         async with anyio.create_task_group() as tg:
@@ -488,25 +495,80 @@ def test_a_failed_fdatasync_fails_its_waiters_whoever_made_it(tmp_path: Path, pa
                 await anyio.sleep(0)  # the writer back to waiting for work
             if path == "caller":
                 assert journal._idle and journal._lone, "the next lone record is not its own"
+            elif path == "thread":
+                journal._last_sync_seconds = INLINE_SYNC_MAX  # as if the disk were slow
             w = os.open(os.devnull, os.O_WRONLY)
             try:
                 os.dup2(w, journal._fd)
                 events: list[AnyEvent] = [job_event(4)]
-                if path == "thread":
-                    journal.append([job_event(5)])  # two records: one batch, for the thread
+                if path != "caller":
+                    journal.append([job_event(5)])  # two records: one batch, for the writer
                 lsn = journal.append(events)
-                with pytest.raises(JournalError, match="Invalid argument"):
-                    await journal.durable(lsn)
+                if waiter == "durable":
+                    with pytest.raises(JournalError, match="Invalid argument"):
+                        await journal.durable(lsn)
+                else:
+                    told: list[JournalError | None] = []
+                    journal.when_durable(lsn, told.append)
+                    await until_async(lambda: bool(told))
+                    assert len(told) == 1 and isinstance(told[0], JournalError)
+                    assert "Invalid argument" in str(told[0])
                 assert journal.failed is not None
                 with pytest.raises(JournalError):
                     journal.append([job_event(7)])
                 assert journal.durable_lsn == 3
+                told_late: list[JournalError | None] = []
+                journal.when_durable(lsn, told_late.append)  # told at once
+                assert told_late == [journal.failed]
             finally:
                 os.close(w)
             tg.cancel_scope.cancel()
 
     anyio.run(main)
     assert sorted(recover(tmp_path, cut_torn_tail=False).state.jobs) == [1, 2, 3]
+
+
+async def until_async(done: Callable[[], bool], seconds: float = 30.0) -> None:
+    with anyio.fail_after(seconds):
+        while not done():
+            await anyio.sleep(0.001)
+
+
+def test_when_durable_tells_each_callback_once_its_record_is_synced(tmp_path: Path) -> None:
+    # Callbacks of records synced in one batch, in the loop or by the thread, and of one
+    # synced already; a callback that raises is logged and stops neither the writer nor
+    # the other callbacks.
+    async def main() -> None:
+        journal = Journal(tmp_path, 1, "always")
+        told: list[tuple[int, int, JournalError | None]] = []
+
+        def then(lsn: int) -> Callable[[JournalError | None], None]:
+            def tell(error: JournalError | None) -> None:
+                told.append((lsn, journal.durable_lsn, error))
+                if lsn == 2:
+                    raise RuntimeError("a bug in a callback")
+
+            return tell
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            for slow in (False, True):
+                told.clear()
+                first = journal.last_lsn + 1
+                if slow:
+                    journal._last_sync_seconds = INLINE_SYNC_MAX
+                for i in range(first, first + 4):
+                    journal.when_durable(journal.append([job_event(i)], wake=False), then(i))
+                await until_async(lambda: len(told) == 4)
+                assert [lsn for lsn, _, _ in told] == list(range(first, first + 4))
+                assert all(durable >= lsn and error is None for lsn, durable, error in told)
+            before = len(told)
+            journal.when_durable(1, then(1))
+            assert len(told) == before + 1  # durable already: told at once
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert sorted(recover(tmp_path, cut_torn_tail=False).state.jobs) == list(range(1, 9))
 
 
 def test_a_bulk_batch_replays_undecoded_and_as_its_jobs(tmp_path: Path) -> None:

@@ -95,24 +95,32 @@ def test_huge_length_prefix_and_truncated_frames(daemon: Daemon) -> None:
 
 
 def test_invalid_requests_are_refused_not_queued(daemon: Daemon) -> None:
+    # with the words that name what is wrong: model.validate_spec passes the spec's fields
+    # to contract.spec_problem by position, and a field in the wrong place would say so
     specs = [
-        {"argv": []},
-        {"argv": ["x"], "max_retries": -2},
-        {"argv": ["a\0b"]},
-        {"argv": ["x"], "cwd": "/tmp\0/etc"},
-        {"argv": ["x"], "env": {"A": "1\0B=2"}},
-        {"argv": ["x"], "env": {"A=B": "1"}},
-        {"argv": ["x"], "env": {"": "1"}},
+        ({"argv": []}, "needs a command"),
+        ({"argv": ["x"], "max_retries": -2}, "--retries"),
+        ({"argv": ["a\0b"]}, "command argument"),
+        ({"argv": ["x"], "cwd": "/tmp\0/etc"}, "--cwd"),
+        ({"argv": ["x"], "env": {"A": "1\0B=2"}}, "--env"),
+        ({"argv": ["x"], "env": {"A=B": "1"}}, "--env"),
+        ({"argv": ["x"], "env": {"": "1"}}, "--env"),
         # PostgreSQL's text holds no NUL: refused on every backend alike
-        {"argv": ["x"], "queue": "a\0b"},
-        {"argv": ["x"], "key": "k\0"},
-        {"argv": ["x"], "label": "\0"},
-        {"call": {"func": "os:get\0pid"}},
+        ({"argv": ["x"], "queue": "a\0b"}, "queue names"),
+        ({"argv": ["x"], "key": "k\0"}, "--key"),
+        ({"argv": ["x"], "label": "\0"}, "--label"),
+        ({"call": {"func": "os:get\0pid"}}, "--call"),
+        ({"argv": ["x"], "backoff": [5, 1, 0]}, "backoff"),
+        ({"argv": ["x"], "after": [0]}, "--after"),
+        ({"argv": ["x"], "timeout": -1}, "--timeout"),
+        ({"argv": ["x"], "delay": -1}, "--delay"),
+        ({"argv": ["x"], "run_at": -1}, "--at"),
     ]
-    for spec in specs:
+    for spec, named in specs:
         req = msgspec.msgpack.encode({"op": "submit", "jobs": [spec]})
         got = replies(raw(daemon, HELLO + struct.pack(">I", len(req)) + req))
         assert isinstance(got[1], protocol.Err) and got[1].code == "usage", spec
+        assert named in got[1].message, (spec, got[1].message)
     assert daemon.json("status")["total"] == 0
 
 

@@ -140,6 +140,16 @@ class LocalBackend:
         await self._recorder.commit(events, keep=self._claimed)
         return results
 
+    def submit_then(
+        self,
+        specs: list[JobSpec],
+        now: float,
+        then: Callable[[list[SubmitResult] | Exception], None],
+    ) -> None:
+        """`submit` without an awaiting task (backend.SubmitsThen)."""
+        events, results = self._state.submit(specs, now, self._queue_defaults())
+        self._recorder.commit_then(events, then, results, keep=self._claimed)
+
     async def cancel(self, ids: list[int], now: float) -> list[int]:
         held = [i for i in ids if i in self._claimed]
         events, running = self._state.cancel([i for i in ids if i not in self._claimed], now)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 
@@ -27,6 +29,8 @@ from phxqd.model import Job
 from phxqd.notice import Notice
 from phxqd.protocol import Refused
 from phxqd.stats import Stats
+
+T = TypeVar("T")
 
 
 class Recorder:
@@ -64,12 +68,49 @@ class Recorder:
         """
         if not events:
             return
+        lsn = self._begin(events)
+        try:
+            await self.journal.durable(lsn)
+        except JournalError as e:
+            raise self._undo(events, keep, e) from e
+        self._finished_durably(events)
+
+    def commit_then(
+        self,
+        events: list[AnyEvent],
+        then: Callable[[T | Refused], None],
+        answer: T,
+        keep: set[int] | None = None,
+    ) -> None:
+        """`commit` for a caller that does not wait (see Journal.when_durable): raises
+        Refused at once when the journal cannot take the events; otherwise `then(answer)`
+        once they are durable, or `then(refusal)` (what `commit` would raise) if they
+        never will be. `then` must not raise."""
+        if not events:
+            then(answer)
+            return
+        lsn = self._begin(events)
+
+        def durable(error: JournalError | None) -> None:
+            if error is None:
+                self._finished_durably(events)
+                then(answer)
+            else:
+                then(self._undo(events, keep, error))
+
+        self.journal.when_durable(lsn, durable)
+
+    def _begin(self, events: list[AnyEvent]) -> int:
+        """Journal and apply a request's events (Refused if the journal cannot take them);
+        the LSN to wait for."""
         try:
             # the writer is woken by `durable` below, unless this task writes the record
             # itself (one client alone: see Journal._sync_here)
             lsn, kept = self.journal.append_kept(events, wake=False)
-            if any(submitted_jobs(e) for e in events):
-                self.last_submit_lsn = lsn
+            for e in events:  # (a loop, not any() of a generator: once per request)
+                if submitted_jobs(e):
+                    self.last_submit_lsn = lsn
+                    break
         except JournalError as e:
             raise Refused(
                 "refused",
@@ -80,25 +121,26 @@ class Recorder:
         except BaseException:
             self.journal.wake()
             raise
-        try:
-            await self.journal.durable(lsn)
-        except JournalError as e:
-            self.state.take_back(
-                job.id
-                for ev in events
-                for job in submitted_jobs(ev)
-                if job.id in self.state.jobs and (keep is None or job.id not in keep)
-            )
-            if all(submitted_jobs(ev) for ev in events):
-                raise Refused("refused", f"{e}; not saved") from e
-            # A cancel, retry or pause is in effect already (a process may have been
-            # signalled): it cannot be taken back, so say so rather than "not saved". The
-            # snapshot that reopens the journal saves it with the rest of the state.
-            raise Refused(
-                "refused",
-                f"{e}; done but not yet on disk: saved when phxqd can write again",
-            ) from e
-        self._finished_durably(events)
+        return lsn
+
+    def _undo(self, events: list[AnyEvent], keep: set[int] | None, e: JournalError) -> Refused:
+        """The journal could not make a request's events durable: take its submitted jobs
+        back, and say so."""
+        self.state.take_back(
+            job.id
+            for ev in events
+            for job in submitted_jobs(ev)
+            if job.id in self.state.jobs and (keep is None or job.id not in keep)
+        )
+        if all(submitted_jobs(ev) for ev in events):
+            return Refused("refused", f"{e}; not saved")
+        # A cancel, retry or pause is in effect already (a process may have been
+        # signalled): it cannot be taken back, so say so rather than "not saved". The
+        # snapshot that reopens the journal saves it with the rest of the state.
+        return Refused(
+            "refused",
+            f"{e}; done but not yet on disk: saved when phxqd can write again",
+        )
 
     async def record(self, events: list[AnyEvent]) -> None:
         """Apply and persist what already happened; return once durable, and tell the
@@ -134,14 +176,13 @@ class Recorder:
     def _apply(self, events: list[AnyEvent], kept: list[AnyEvent | Block] | None = None) -> None:
         """`kept`: the events as the journal stored them (Journal.append_kept), which the
         state applies; the feed and the counters are told of `events`."""
+        state, stats, feed = self.state, self.stats, self.feed
         for event, as_kept in zip(events, events if kept is None else kept, strict=True):
-            cascaded = self.state.apply(as_kept)
-            self.stats.count(event, self.state.jobs)
-            if self.feed.active:
-                self.feed.publish(describe(event, self.state.jobs))
-                self.feed.publish(
-                    [job_event("cancelled", j, j.finished_at or 0.0) for j in cascaded]
-                )
+            cascaded = state.apply(as_kept)
+            stats.count(event, state.jobs)
+            if feed.active:
+                feed.publish(describe(event, state.jobs))
+                feed.publish([job_event("cancelled", j, j.finished_at or 0.0) for j in cascaded])
         # While everything is paused no job can start, so a change (a submit, say) is no
         # reason to look: a paused daemon taking submits from many clients otherwise ran
         # a whole dispatch round per request. The resume is itself a change.
@@ -177,6 +218,8 @@ class Recorder:
                 job = self.state.jobs.get(event.id)
                 if job is not None and job.started_at is not None:
                     self.stats.ended(event.at, max(event.at - job.started_at, 0.0))
+        if not self._waiters:
+            return
         jobs = self.state.jobs
         for job_id in [i for i in self._waiters if i not in jobs or jobs[i].finished]:
             self._waiters.pop(job_id).set()

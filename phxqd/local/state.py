@@ -743,6 +743,9 @@ class State:
         """
         cascaded: list[Job] = []
         self._cascaded = cascaded
+        if type(event) is SubmittedBatch:  # a submit: first, before the match's class tests
+            self._add(event.jobs)
+            return cascaded
         match event:
             case Submitted(job):
                 self._add((job,))
