@@ -642,3 +642,38 @@ def test_a_bulk_batch_is_kept_as_the_block_of_its_own_record() -> None:
         live.claim_next(100.0) for _ in range(41)
     ]
     assert kept_state.jobs == live.jobs
+
+
+def test_a_lazy_record_is_written_at_once_and_synced_with_the_next_that_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's start (append(lazy=True)) costs no fdatasync of its own: it is in the
+    segment at once (a kill -9 keeps the page cache), and durable once the next record
+    that is not lazy is synced, or LAZY_SYNC after the last fdatasync if none comes."""
+    from phxqd.local import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "LAZY_SYNC", 3600.0)
+
+    async def main() -> None:
+        journal = Journal(tmp_path, 1, "always")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            await journal.durable(journal.append([job_event(1)]))
+            syncs = journal.fsyncs
+            lazy = journal.append([job_event(2)], lazy=True)
+            await until_async(lambda: journal._written_lsn >= lazy)
+            [(_, segment)] = list_segments(tmp_path)
+            assert len(record_offsets(segment)) == 2, "written at once"
+            assert journal.fsyncs == syncs and journal.durable_lsn == lazy - 1
+            eager = journal.append([job_event(3)])
+            await journal.durable(eager)
+            assert journal.fsyncs == syncs + 1 and journal.durable_lsn == eager
+
+            monkeypatch.setattr(journal_module, "LAZY_SYNC", 0.05)
+            alone = journal.append([job_event(4)], lazy=True)
+            await journal.durable(alone)  # nothing else comes: the interval's fdatasync
+            assert journal.fsyncs == syncs + 2
+            await journal.close()
+
+    anyio.run(main)
+    assert sorted(recover(tmp_path, cut_torn_tail=False).state.jobs) == [1, 2, 3, 4]

@@ -339,8 +339,8 @@ class LocalBackend:
             self._release(job)
         if ended:
             self._recorder.note_ends(events)
-        elif events:  # nobody waits for a start to be durable
-            self._recorder.note(events)
+        elif events:  # nobody waits for a start to be durable: synced with the next end
+            self._recorder.note(events, lazy=True)
 
     def progress(
         self, job_id: int, attempt: int, make: Callable[[Progress | None], Progress]

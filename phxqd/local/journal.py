@@ -92,6 +92,11 @@ FsyncPolicy = Literal["always", "batch", "off"]
 INLINE_SYNC_MAX = 0.005
 #: and only a record this small (a batch of thousands of jobs is one record of megabytes)
 INLINE_BYTES = 64 * 1024
+#: With fsync = "always", a lazy record (a job's start: nobody waits for it) is written at
+#: once but fdatasync'd by the next batch that is, or this many seconds after the last
+#: fdatasync if none comes: a stream of command jobs needs one fdatasync per job (its
+#: end's, which covers the next start) instead of two.
+LAZY_SYNC = 0.02
 
 
 class _StoredBatch(Event, tag="subs"):
@@ -427,6 +432,8 @@ class Journal:
         self._fd = -1
         self._segment_size = 0
         self._unsynced = False
+        #: a record pending that is not lazy (see `append`): the next batch is fdatasync'd
+        self._eager = False
         self._last_sync = time.monotonic()
         self.fsyncs = 0
         self.written_bytes = 0
@@ -453,21 +460,27 @@ class Journal:
 
     # ----------------------------------------------------------- caller's side
 
-    def append(self, events: list[AnyEvent], wake: bool = True) -> int:
+    def append(self, events: list[AnyEvent], wake: bool = True, lazy: bool = False) -> int:
         """Queue records for the writer; returns the LSN of the last one.
 
         `wake=False` leaves the writer asleep: for a caller that awaits `durable` at once
         (which wakes it, unless the caller writes the record itself), or calls `wake`.
+        `lazy`: records nobody waits for (see LAZY_SYNC): written at once, so a kill -9
+        keeps them, and fdatasync'd with the next batch that is, or LAZY_SYNC after the
+        last fdatasync. A power cut meanwhile can lose them; phxqd's state then goes back
+        to before them, as after any crash.
         """
-        return self.append_kept(events, wake)[0]
+        return self.append_kept(events, wake, lazy)[0]
 
     def append_kept(
-        self, events: list[AnyEvent], wake: bool = True
+        self, events: list[AnyEvent], wake: bool = True, lazy: bool = False
     ) -> tuple[int, list[AnyEvent | Block]]:
         """`append`, and the events as the State should apply them (see encode_kept):
         a bulk batch as the Block of the record just queued."""
         if self.failed is not None:
             raise self.failed
+        if not lazy:
+            self._eager = True
         kept: list[AnyEvent | Block] = []
         for event in events:
             record, as_kept = encode_kept(event)
@@ -584,15 +597,15 @@ class Journal:
         self.failure = anyio.Event()
         self.last_lsn = self.durable_lsn = self._written_lsn = next_lsn - 1
         self._pending = []
-        self._unsynced = self._rotate = False
+        self._unsynced = self._rotate = self._eager = False
         self.bytes_since_snapshot = 0
         self._restarted.set()
 
     async def _write_loop(self) -> None:
         while True:
             if not self._pending and not self._rotate and not self._closing:
-                if self.policy == "batch" and self._unsynced:
-                    delay = self.batch_interval - (time.monotonic() - self._last_sync)
+                if self.policy != "off" and self._unsynced:
+                    delay = self._sync_interval() - (time.monotonic() - self._last_sync)
                     with anyio.move_on_after(max(delay, 0)):
                         await self._wake.wait()
                 else:
@@ -649,7 +662,8 @@ class Journal:
             last = self.last_lsn
             data = b"".join(batch)
             fd, offset = self._fd, self._segment_size
-            sync = self.policy == "always"
+            sync = self.policy == "always" and self._eager
+            self._eager = False
             inline = (
                 sync and self._last_sync_seconds < INLINE_SYNC_MAX and len(data) <= INLINE_BYTES
             )
@@ -686,9 +700,11 @@ class Journal:
         if synced is not None:
             self.fsyncs += 1
             self._last_sync = time.monotonic()
+            self._unsynced = False  # the fdatasync covered lazy records written before
         else:
             self._unsynced = True
-        self.durable_lsn = last
+        if synced is not None or self.policy != "always":  # else lazy: see `_sync`
+            self.durable_lsn = last
         self._signal()
 
     def _may_sync_here(self) -> bool:
@@ -714,6 +730,7 @@ class Journal:
         writer waits for work (it wakes to find none, and rotates if the segment is full).
         A failure is the writer's to handle: it raises it on waking, as if its own."""
         data, self._pending = self._pending[0], []
+        self._eager = False
         last = self.last_lsn
         # Not lone until the loop has gone round and nobody else's record came in:
         # requests gathered while this fdatasync held the loop are read together after it
@@ -740,14 +757,21 @@ class Journal:
             self._lone = True
 
     async def _sync(self, force: bool) -> None:
-        """In `batch` mode, fdatasync once the interval has passed (or when forced)."""
+        """fdatasync what was written without (in `batch` mode; lazy records in `always`)
+        once the interval has passed since the last one, or when forced."""
         if not self._unsynced or (self.policy == "off" and not force):
             return
-        if force or time.monotonic() - self._last_sync >= self.batch_interval:
+        if force or time.monotonic() - self._last_sync >= self._sync_interval():
             await self._disk.call(os.fdatasync, self._fd)
             self.fsyncs += 1
             self._unsynced = False
             self._last_sync = time.monotonic()
+            if self.durable_lsn < self._written_lsn:  # lazy records, now durable
+                self.durable_lsn = self._written_lsn
+                self._signal()
+
+    def _sync_interval(self) -> float:
+        return LAZY_SYNC if self.policy == "always" else self.batch_interval
 
     def _signal(self) -> None:
         self._progress.set()

@@ -151,17 +151,18 @@ class Recorder:
                 await self.journal.durable(lsn)
         self._finished_durably(events)
 
-    def note(self, events: list[AnyEvent]) -> int | None:
+    def note(self, events: list[AnyEvent], lazy: bool = False) -> int | None:
         """Apply a fact and queue it for the journal, without waiting; its LSN, or None if
         the journal cannot take it now.
 
         Unlike a request, a fact cannot be refused: if the journal cannot take it, it stays
         in memory and the snapshot that reopens the journal makes it durable. Nobody needs
         to wait for a job's start to be on disk (the journal keeps its order before the
-        job's end).
+        job's end): `lazy` ones are fdatasync'd with the next record that is (see
+        Journal.append).
         """
         try:
-            lsn: int | None = self.journal.append(events)
+            lsn: int | None = self.journal.append(events, lazy=lazy)
         except JournalError:
             lsn = None
             self.snapshots.unjournaled(len(events))
