@@ -134,6 +134,19 @@ def test_spawns_run_in_the_loop_until_they_hold_it_too_long(tmp_path: Path) -> N
         # the first spawn of a program goes to a thread, however quick the loop's were
         firsts = [await quick.call(make, p) for p in ("a", "b", "a", "b")]
         assert [i == here for i, _ in firsts] == [False, False, True, True]
+        # and so do the next ones of a program whose first spawn has not come back yet
+
+        def hung() -> tuple[int, int]:
+            assert released.wait(30)
+            return make()
+
+        released = threading.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(quick.call, hung, "c")
+            await anyio.sleep(0)
+            second = await quick.call(make, "c")
+            released.set()
+        assert second[0] != here
         quick.close()
         slow.close()
 

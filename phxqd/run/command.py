@@ -80,12 +80,12 @@ async def run_command(
 
     The process is made by `spawners` (in the loop, or a thread). `started` is called
     once it exists (or failed to), so the journal records the pid before the job can
-    finish. If the
-    caller itself is cancelled (daemon shutdown), the process tree is killed before the
-    cancellation propagates. Output goes to the job's log, or a scratch file that becomes
-    it (see `output`). With `log_max_bytes` (as it is when the job starts), the log is
-    trimmed to about that size every second while the job runs and once more at its end.
-    `kill_grace` is read when the job is stopped: a reload meanwhile counts.
+    finish. If the caller itself is cancelled (daemon shutdown), the process tree is
+    killed before the cancellation propagates. Output goes to the job's log, or a scratch
+    file that becomes it (see `output`). With `log_max_bytes` (as it is when the job
+    starts), the log is trimmed to about that size every second while the job runs and
+    once more at its end. `kill_grace` is read when the job is stopped: a reload
+    meanwhile counts.
     """
     socket, log_cap = settings.socket, settings.log_max_bytes
     env = job_env(job, socket)
@@ -134,9 +134,8 @@ async def run_command(
 
 def _spawn(job: Job, log_fd: int, own: dict[str, str]) -> tuple[Child, float | None]:
     """Spawn the job's program, found in PATH by phxqd (looked up again if it moved); the
-    child and its start time (see `create_time`: from the clock read around the spawn if
-    no tick passed meanwhile, else from /proc, which is a read the thread waits on, not
-    the event loop)."""
+    child and its start time (from the clock read around the spawn, see
+    `spawned_between`; from /proc when the spawn took two clock ticks or more)."""
     program = find_program(job.argv[0], program_path(own), job.cwd)
     before = boot_ticks()
     try:

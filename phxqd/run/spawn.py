@@ -1,16 +1,16 @@
 """Make a command job's process with glibc's posix_spawn, called through ctypes.
 
 A job's process is made in the event loop while that is quick (see `Spawners`), so this
-is on the path of every command job. `subprocess.Popen` spends about as much CPU in Python
-(its argument handling, the environment encoded variable by variable, an error pipe) as
-the spawn itself; `os.posix_spawn` in Python 3.11 has no chdir action and no close-from action, so
-it cannot honour a job's `cwd` or close phxqd's descriptors. glibc's posix_spawn has both
-(posix_spawn_file_actions_addchdir_np, 2.29; _addclosefrom_np, 2.34), and clones with
-CLONE_VFORK like Popen does. A ctypes call also lets other threads (the journal's
-fdatasync) run meanwhile. The child gets what Popen gave it: its own session, stdin
-/dev/null, the log as stdout and stderr, no other descriptor, SIGPIPE and SIGXFSZ back at
-their defaults, the job's cwd and environment. Without those glibc functions, `AVAILABLE`
-is False and phxqd uses Popen.
+is on the path of every command job. `subprocess.Popen` spends about as much CPU in
+Python (its argument handling, the environment encoded variable by variable, an error
+pipe) as the spawn itself; `os.posix_spawn` in Python 3.11 has no chdir action and no
+close-from action, so it cannot honour a job's `cwd` or close phxqd's descriptors.
+glibc's posix_spawn has both (posix_spawn_file_actions_addchdir_np, 2.29;
+_addclosefrom_np, 2.34), and clones with CLONE_VFORK like Popen does. A ctypes call also
+lets other threads (the journal's fdatasync) run meanwhile. The child gets what Popen
+gave it: its own session, stdin /dev/null, the log as stdout and stderr, no other
+descriptor, SIGPIPE and SIGXFSZ back at their defaults, the job's cwd and environment.
+Without those glibc functions, `AVAILABLE` is False and phxqd uses Popen.
 """
 
 from __future__ import annotations
@@ -179,10 +179,12 @@ class Spawners:
     rest of its work for the job (bench/bench_pool.py, docs/benchmarks.md). So a spawn
     runs in the loop (0.2-0.5 ms here, quiet), and when spawns there hold the loop longer
     than `inline_max` on average, the spawns of the next THREADED_FOR seconds go to
-    threads; then the loop tries again, its average started again from 0. The first spawn
-    of each program (from each directory) goes to a thread too: an exec, or the look along
-    PATH, on a filesystem that hangs (an NFS server gone) holds its caller as long, and a
-    daemon that answers nobody meanwhile is worse than a slow spawn. In threads: one is
+    threads; then the loop tries again, its average started again from 0. A program (from
+    a directory) goes to threads too until one spawn of it has come back from its thread:
+    an exec, or the look along PATH, on a filesystem that hangs (an NFS server gone) holds
+    its caller as long, and a daemon that answers nobody meanwhile is worse than a slow
+    spawn. (A program that started well and whose filesystem hangs later would still hold
+    the loop: a risk taken for ~400 µs of CPU a job.) In threads: one is
     started when a spawn finds none free (so as many as spawns at once, at most
     `workers`), and kept; the hand-off is one queue put and one `call_soon_threadsafe`.
     """
@@ -213,10 +215,11 @@ class Spawners:
         such rule). Never abandoned: a cancelled caller still gets the child it asked for
         (to kill it), so the wait for a thread is shielded."""
         if program is not None and program not in self._known:
+            result = await self._in_thread(fn)  # a spawn that hangs never makes it known
             if len(self._known) >= KNOWN_MAX:
                 self._known.clear()
             self._known.add(program)
-            return await self._in_thread(fn)
+            return result
         if self._inline_max is not None:
             start = time.monotonic()
             if start >= self._threaded_until:
