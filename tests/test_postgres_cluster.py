@@ -11,8 +11,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
+import psycopg
 import pytest
 
 from phxqctl import Client
@@ -343,3 +345,41 @@ def test_a_start_rate_holds_across_the_cluster(pg_uri: str, tmp_path: Path) -> N
     assert starts[-1] - starts[0] >= (40 - 2) / 8 - 0.5, "the rate held them back"
     by_node = collections.Counter(line.split()[2] for line in ran.read_text().splitlines())
     assert len(by_node) >= 2, f"the nodes shared the queue: {by_node}"
+
+
+def test_a_node_frozen_inside_its_heartbeat_is_still_declared_lost(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    """A node stopped (SIGSTOP) while its heartbeat's transaction holds the lock on its
+    own row must not keep the others from declaring it lost: PostgreSQL ends that
+    transaction after half the lease (idle_in_transaction_session_timeout), and the
+    reaper's UPDATE of the row goes through. Frozen there on purpose: the test holds the
+    node's row itself so that the node's heartbeat waits on it, stops the node, then lets
+    the heartbeat through, which then holds the row for a node that cannot commit."""
+    # the other node is the one that reaps
+    victim, _other = (node(tmp_path / f"node{i}", pg_uri, 1, LEASE).start() for i in range(2))
+    assert victim.proc is not None
+    pid = victim.proc.pid
+
+    def one(conn: psycopg.Connection[Any], sql: str, *args: object) -> Any:
+        row = conn.execute(sql, args).fetchone()
+        assert row is not None
+        return row[0]
+
+    with psycopg.connect(pg_uri, autocommit=True) as conn, psycopg.connect(pg_uri) as holder:
+        me = one(conn, "SELECT id FROM phxq_nodes WHERE pid = %s AND gone IS NULL", pid)
+        holder.execute("SELECT 1 FROM phxq_nodes WHERE id = %s FOR UPDATE", (me,))
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE 'UPDATE phxq_nodes SET heartbeat_at%%'"
+        )
+        until(lambda: one(conn, waiting) > 0, 30, "the node's heartbeat to wait on its row")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            holder.commit()  # the stopped node's heartbeat now holds its row
+            lost = "SELECT gone FROM phxq_nodes WHERE id = %s"
+            until(lambda: one(conn, lost, me) == "lost", 30, "the frozen node declared lost")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    until(lambda: "declared lost" in victim.logtext(), 30, "the node to find it was lost")
+    victim.ok("status")  # and it serves again, as a new node

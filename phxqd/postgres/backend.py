@@ -78,6 +78,8 @@ LINGER_ENDS = 16
 #: the most jobs claimed ahead per worker (AHEAD bounds it first for all but the
 #: quickest jobs)
 MAX_AHEAD = 128
+#: seconds: the least a transaction of a node may wait on the node (see `_configure`)
+IDLE_IN_TRANSACTION_MIN = 1.0
 #: the advisory lock of the reaper (one node at a time reaps)
 REAPER_LOCK = 0x70687872
 #: bytes of an attempt's log kept with its outcome (for `logs` on other hosts)
@@ -373,14 +375,23 @@ class PostgresBackend:
         self._to_publish: deque[tuple[str, list[int], float]] = deque()
         self._publish_ready = anyio.Event()
 
-    @staticmethod
-    async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Every connection commits durably whatever the server's default: an
-        acknowledged change must survive a crash of PostgreSQL's host."""
+        acknowledged change must survive a crash of PostgreSQL's host.
+
+        And PostgreSQL ends a transaction of this node's that waits on the node longer than
+        half its lease (`idle_in_transaction_session_timeout`): a node frozen inside one
+        (SIGSTOP, a paused VM, a swap storm) kept the locks it took, its heartbeat's lock on
+        its own row among them, and the reaper's UPDATE of that row then waited as long as
+        the node was frozen: its jobs were never retried elsewhere (a test_postgres_cluster
+        run failed so once, its node stopped while it held the row). Ended by the server,
+        the frozen node finds its connection gone when it wakes, and rejoins as a new node."""
         cur = await conn.execute("SHOW synchronous_commit")
         row = await cur.fetchone()
         if row is not None and row[0] in ("off", "local"):
             await conn.execute("SET synchronous_commit = on")
+        idle_ms = int(max(self.lease / 2, IDLE_IN_TRANSACTION_MIN) * 1000)
+        await conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
 
     # ------------------------------------------------------------------ life
     async def open(self) -> None:
