@@ -604,16 +604,18 @@ class Journal:
     async def _write_loop(self) -> None:
         while True:
             if not self._pending and not self._rotate and not self._closing:
-                if self.policy != "off" and self._unsynced:
-                    delay = self._sync_interval() - (time.monotonic() - self._last_sync)
-                    with anyio.move_on_after(max(delay, 0)):
+                # idle with lazy records unsynced too: a lone client may still sync its
+                # record itself (`_sync_here`), which covers them
+                self._idle = True
+                try:
+                    if self.policy != "off" and self._unsynced:
+                        delay = self._sync_interval() - (time.monotonic() - self._last_sync)
+                        with anyio.move_on_after(max(delay, 0)):
+                            await self._wake.wait()
+                    else:
                         await self._wake.wait()
-                else:
-                    self._idle = True
-                    try:
-                        await self._wake.wait()
-                    finally:
-                        self._idle = False
+                finally:
+                    self._idle = False
             self._wake = asyncio.Event()
             if self._deferred is not None:  # a write or fdatasync failed in `_sync_here`
                 error, self._deferred = self._deferred, None
