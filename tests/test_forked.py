@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -12,15 +13,20 @@ import threading
 import time
 from pathlib import Path
 
+import anyio
 import psutil
 import pytest
 
 from phxqctl import Client
 from phxqctl.errors import PhxqError
 from phxqd.local import forked, snapshot
+from phxqd.local.journal import Journal
+from phxqd.local.snapshots import Snapshots
 from phxqd.local.state import Snapshot
 from phxqd.model import JobSpec
-from tests.conftest import Daemon, until
+from phxqd.notice import Notice
+from phxqd.stats import Stats
+from tests.conftest import Daemon, settings_in, until
 from tests.test_snapshot import claims, filled
 
 
@@ -32,7 +38,8 @@ def test_the_child_writes_the_state_of_the_fork_and_the_parent_publishes_it(
     assert child is not None
     for event in state.cancel([1, 3, 4], 2000.0)[0]:  # after the fork: not in the file
         state.apply(event)
-    forked.wait(child)
+    child.wait()
+    assert child.reaped
     assert not (tmp_path / snapshot.FILENAME).exists(), "only the parent puts it in place"
     size = snapshot.publish(tmp_path)
     assert size == (tmp_path / snapshot.FILENAME).stat().st_size
@@ -53,7 +60,8 @@ def test_a_failed_child_is_an_error_and_leaves_the_old_snapshot(tmp_path: Path) 
     child = forked.start(tmp_path, broken)
     assert child is not None
     with pytest.raises(OSError, match="ended with status 1"):
-        forked.wait(child)
+        child.wait()
+    assert child.reaped  # a failed child is reaped all the same: never to be killed
     loaded = snapshot.load(tmp_path)
     assert loaded is not None and loaded.lsn == 1
 
@@ -67,7 +75,7 @@ PARENT = textwrap.dedent(
     def forever():
         time.sleep(3600)
 
-    print(forked.start(Path(sys.argv[1]), forever), flush=True)
+    print(forked.start(Path(sys.argv[1]), forever).pid, flush=True)
     time.sleep(3600)
     """
 )
@@ -118,11 +126,50 @@ def test_a_child_no_longer_wanted_is_killed_and_reaped(tmp_path: Path) -> None:
 
     child = forked.start(tmp_path, forever)
     assert child is not None
-    forked.kill(child)
+    child.kill()
+    assert child.reaped
     with pytest.raises(ChildProcessError):
-        os.waitpid(child, os.WNOHANG)  # already reaped: no zombie left
+        os.waitpid(child.pid, os.WNOHANG)  # already reaped: no zombie left
     with pytest.raises(ProcessLookupError):
-        os.kill(child, 0)
+        os.kill(child.pid, 0)
+
+
+class _CancelledOnceRotated(Journal):
+    """A journal whose rotation, once done, has the snapshot cancelled at its very next
+    checkpoint: the start of the thread call that would wait for the child, before the
+    wait ever runs. (A stop's cancel landed there once, in a suite run: the child was left
+    writing the temporary file beside the stop's own snapshot, and damaged it.)"""
+
+    scope: anyio.CancelScope
+
+    async def rotate(self) -> None:
+        await super().rotate()
+        asyncio.get_running_loop().call_soon(self.scope.cancel)
+
+
+def test_a_snapshot_cancelled_before_it_waits_for_its_child_kills_and_reaps_it(
+    tmp_path: Path,
+) -> None:
+    settings = settings_in(tmp_path)
+    settings.journal_dir.mkdir(parents=True, exist_ok=True)
+    state = filled(50)
+    journal = _CancelledOnceRotated(settings.journal_dir, 1, "always")
+    snapshots = Snapshots(state, journal, settings, Stats(), Notice())
+    before = {p.pid for p in psutil.Process().children()}
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            with anyio.CancelScope() as scope:
+                journal.scope = scope
+                await snapshots.snapshot()
+            assert scope.cancelled_caught, "the snapshot ran to its end: not cancelled"
+            await journal.close()
+
+    anyio.run(main)
+    left = [p for p in psutil.Process().children() if p.pid not in before]
+    assert left == [], f"the cancelled snapshot's child was left behind: {left}"
+    assert not (settings.journal_dir / snapshot.FILENAME).exists()
 
 
 def test_a_daemon_stopped_while_its_snapshot_child_runs_loses_nothing(tmp_path: Path) -> None:

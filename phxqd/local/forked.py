@@ -50,9 +50,36 @@ CHILD_NICENESS = 10
 OOM_SCORE_ADJ = 1000
 
 
-def start(directory: Path, take: Callable[[], Snapshot]) -> int | None:
-    """Fork a child that writes `take()` as the temporary snapshot in `directory`; its
-    pid, or None when the system cannot fork now."""
+class Child:
+    """A snapshot child, and whether it was reaped: once it was, its pid may be another
+    process's, so it must never be killed after that."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.reaped = False
+
+    def wait(self) -> None:
+        """Wait for the child (blocking: run it in a thread); OSError if it failed."""
+        _, status = os.waitpid(self.pid, 0)
+        self.reaped = True
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise OSError(f"the snapshot process ended with status {code} (phxqd's log says why)")
+
+    def kill(self) -> None:
+        """End a child that is no longer wanted, and reap it (a moment: SIGKILL is at once)."""
+        if self.reaped:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.reaped = True
+
+
+def start(directory: Path, take: Callable[[], Snapshot]) -> Child | None:
+    """Fork a child that writes `take()` as the temporary snapshot in `directory`, or None
+    when the system cannot fork now."""
     parent = os.getpid()
     prctl = _prctl()  # looked up before the fork: the child calls no dynamic loader
     try:
@@ -63,23 +90,7 @@ def start(directory: Path, take: Callable[[], Snapshot]) -> int | None:
         return None
     if pid == 0:
         _child(parent, prctl, directory, take)
-    return pid
-
-
-def wait(pid: int) -> None:
-    """Wait for the child (blocking: run it in a thread); OSError if it failed."""
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise OSError(f"the snapshot process ended with status {code} (phxqd's log says why)")
-
-
-def kill(pid: int) -> None:
-    """End a child that is no longer wanted, and reap it (a moment: SIGKILL is at once)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+    return Child(pid)
 
 
 def _child(

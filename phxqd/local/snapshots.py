@@ -137,16 +137,17 @@ class Snapshots:
             await self.journal.rotate()
             if child is None:
                 await anyio.to_thread.run_sync(snapshot.write_temporary, directory, data)
-            else:  # once waited for (even on failure) it is reaped: never to be killed
-                reaped, child = child, None
-                await anyio.to_thread.run_sync(forked.wait, reaped)
+            else:
+                await anyio.to_thread.run_sync(child.wait)
         finally:
-            # Cancelled (a stop) or failed before the child was waited for: it must not
-            # go on writing the temporary file while the next snapshot writes it too.
-            # (Shielded, in a thread: a child in the middle of an fsync dies only after it.)
-            if child is not None:
+            # Cancelled (a stop) or failed before the child was reaped: it must not go on
+            # writing the temporary file while the next snapshot writes it too. Only the
+            # thread that reaped it can say it was: a cancel can also come at the start of
+            # `run_sync`, before the wait ever ran (a child left writing once damaged the
+            # stop's snapshot). Shielded, in a thread: a child in an fsync dies only after it.
+            if child is not None and not child.reaped:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(forked.kill, child)
+                    await anyio.to_thread.run_sync(child.kill)
         size = await anyio.to_thread.run_sync(snapshot.publish, directory)
         self.journal.bytes_since_snapshot = max(0, self.journal.bytes_since_snapshot - covered)
         self._last_size = size
