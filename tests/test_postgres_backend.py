@@ -424,3 +424,57 @@ def test_a_submit_after_its_pooled_connections_were_cut_goes_through(
                 assert (await b.get(r.job.id)).status == "pending"
 
     anyio.run(main)
+
+
+def test_a_cancel_that_fails_gives_back_the_jobs_this_node_holds_unhanded(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    """`cancel` takes the jobs this node claimed ahead (and has not handed out) away from
+    claim() before its transaction, which cancels them as waiting jobs. A cancel refused
+    as a whole (another id unknown or finished: all-or-nothing, states.md), or cancelled
+    before it committed, did nothing: those jobs must not stay claimed by this node,
+    never handed out and never given back (found by an audit: each held a slot of a
+    limited queue cluster-wide for as long as the node lived). They go back to the queue
+    and run."""
+
+    async def given_back(b: PostgresBackend, job_id: int) -> None:
+        await b.settle()
+        async with await psycopg.AsyncConnection.connect(pg_uri, autocommit=True) as c:
+            cur = await c.execute("SELECT status, node FROM phxq_jobs WHERE id = %s", (job_id,))
+            row = await cur.fetchone()
+        assert row == ("pending", None), f"job {job_id} neither cancelled nor given back: {row}"
+
+    async def main() -> None:
+        async with running(pg_uri, settings_in(tmp_path)) as b:
+            [finished] = [r.job for r in await b.submit([spec()], time.time())]
+            got = await claim(b, finished.id)
+            b.report([Begun(got, time.time(), None, None)], [Ending(got, True, exit_code=0)])
+            await b.wait([finished.id], HANG)
+            [job] = [r.job for r in await b.submit([spec()], time.time())]
+
+            refusals = [([job.id, finished.id], "refused"), ([job.id, 10**9], "not_found")]
+            for ids, code in refusals:
+                await claim_ahead(b, job.id)
+                with pytest.raises(Refused) as refused:
+                    await b.cancel(ids, time.time())
+                assert refused.value.code == code
+                await given_back(b, job.id)
+
+            await claim_ahead(b, job.id)
+            with anyio.CancelScope() as scope:
+                scope.cancel()  # the request cancelled (its client gone, a stop) at once
+                await b.cancel([job.id], time.time())
+            await given_back(b, job.id)
+
+            got = await claim(b, job.id)
+            b.report([Begun(got, time.time(), None, None)], [Ending(got, True, exit_code=0)])
+            [done] = await b.wait([job.id], HANG)
+            assert (done.status, done.attempts) == ("completed", 1)
+
+    async def claim_ahead(b: PostgresBackend, job_id: int) -> None:
+        with anyio.fail_after(HANG):
+            while job_id not in {h.job.id for h in b._batch}:
+                await b.claimable()
+        assert not b._handed and not b._returned
+
+    anyio.run(main)

@@ -431,11 +431,9 @@ class PostgresBackend:
     async def close(self) -> None:
         """Give back what is claimed and not started, write every fact, leave the cluster."""
         self._closing = True
-        for h in [*self._batch, *self._returned]:
-            self._facts.ends.append(End(h.job.id, h.node, h.claim, h.job.queue, None, time.time()))
+        self._give_back([*self._batch, *self._returned])
         self._batch.clear()
         self._returned.clear()
-        self._facts_ready.set()
         with anyio.move_on_after(max(self.lease, 5.0)):
             await self.settle()
         with contextlib.suppress(psycopg.Error):
@@ -444,6 +442,17 @@ class PostgresBackend:
                     "UPDATE phxq_nodes SET gone = 'stopped' WHERE id = %s", (self.node,)
                 )
         await self._pool.close()
+
+    def _give_back(self, held: Sequence[Held]) -> None:
+        """Release claims this node will not hand out (unstarted: the jobs keep their
+        place in line), through the writer. Fenced by (node, claim): nothing happens to a
+        job whose claim was freed or taken over meanwhile."""
+        if held:
+            now = time.time()
+            self._facts.ends.extend(
+                End(h.job.id, h.node, h.claim, h.job.queue, None, now) for h in held
+            )
+            self._facts_ready.set()
 
     async def settle(self) -> None:
         """Return once every fact reported so far is written (or given up on)."""
@@ -765,11 +774,23 @@ class PostgresBackend:
                     await self._notify(conn, notices.encode("K", its, node))
             return running
 
-        mine = {h.job.id for h in [*self._batch, *self._returned]} & set(ids)
-        if mine:  # claimed here, not handed out: given back first, then cancelled above
-            self._batch = deque(h for h in self._batch if h.job.id not in mine)
-            self._returned = deque(h for h in self._returned if h.job.id not in mine)
-        running: list[int] = await self._request(tx)
+        # Claimed here and not handed out: kept from claim() while the transaction runs
+        # (handed out meanwhile, one would start after its cancel committed); the
+        # transaction cancels them as waiting jobs.
+        wanted = set(ids)
+        mine = [h for h in [*self._batch, *self._returned] if h.job.id in wanted]
+        if mine:
+            self._batch = deque(h for h in self._batch if h.job.id not in wanted)
+            self._returned = deque(h for h in self._returned if h.job.id not in wanted)
+        try:
+            running: list[int] = await self._request(tx)
+        except BaseException:
+            # Refused as a whole (an id unknown or finished), PostgreSQL out of reach, or
+            # the request cancelled: they were not cancelled, and held here unseen they
+            # would never run anywhere while this node lives. Given back; fenced by their
+            # claim, which a cancel that committed after all (a commit cut off) has freed.
+            self._give_back(mine)
+            raise
         return running
 
     async def retry(self, ids: list[int], now: float) -> list[Job]:
