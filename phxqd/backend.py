@@ -155,10 +155,12 @@ class Backend(Protocol):
     async def retry_failed(self, queue: str | None, now: float) -> int: ...
 
     async def clear(self, status: str | None, queue: str | None) -> list[int]:
-        """Forget finished jobs; the ids forgotten (their logs are the caller's)."""
+        """Forget finished jobs; the ids forgotten. Their logs here are removed with them,
+        even when the request is cancelled once they are forgotten (nothing else would)."""
 
     async def forget_finished_before(self, cutoff: float) -> list[int]:
-        """Retention: forget jobs that finished before `cutoff`; the ids forgotten."""
+        """Retention: forget jobs that finished before `cutoff` (their logs too, as
+        `clear`); the ids forgotten."""
 
     async def set_limit(self, queue: str, concurrency: int | None) -> None: ...
 

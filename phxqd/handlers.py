@@ -8,8 +8,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio
-
 from phxqd import metrics, protocol
 from phxqd.backend import Backend, SubmitsThen
 from phxqd.dispatcher import Dispatcher
@@ -98,9 +96,7 @@ class Handlers:
             case protocol.RetryFailed(queue):
                 return protocol.RetriedCount(await backend.retry_failed(queue, now))
             case protocol.Clear(status, queue):
-                ids = await backend.clear(status, queue)
-                await anyio.to_thread.run_sync(self.logs.remove, ids)
-                return protocol.ClearedCount(len(ids))
+                return protocol.ClearedCount(len(await backend.clear(status, queue)))
             case protocol.SetQueue(queue, concurrency):
                 if concurrency is not None and concurrency < 1:
                     raise Refused("usage", "--concurrency must be 1 or more")

@@ -1,7 +1,7 @@
 """Job logs on disk: where a job's log is, reading a part of it, removing it.
 
 Jobs write their logs themselves (see run/command.py and run/lanes.py); phxqd only reads
-them for `logs`, and removes them with the jobs they belong to.
+them for `logs`, and the backends remove them with the jobs they forget (`forget`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,24 @@ import anyio
 from phxqd import protocol
 from phxqd.model import Job
 from phxqd.settings import Settings
+
+
+def log_path(logs_dir: Path, job_id: int) -> Path:
+    return logs_dir / f"{job_id}.log"
+
+
+async def forget(logs_dir: Path, ids: list[int]) -> None:
+    """Remove the logs of jobs just forgotten (cleared, past retention), in a thread (a
+    clear may forget many) and shielded: once the jobs are forgotten nothing else would
+    ever remove their logs, so a cancel (a stop, a client gone) must not land between."""
+
+    def remove() -> None:
+        for job_id in ids:
+            log_path(logs_dir, job_id).unlink(missing_ok=True)
+
+    if ids:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(remove)
 
 
 class JobLogs:
@@ -30,7 +48,7 @@ class JobLogs:
         self._elsewhere = elsewhere
 
     def path(self, job_id: int) -> Path:
-        return self.settings.logs_dir / f"{job_id}.log"
+        return log_path(self.settings.logs_dir, job_id)
 
     async def read(self, job_id: int, offset: int, limit: int) -> protocol.LogPart:
         """Up to `limit` bytes of the log from `offset` (a frame's worth at most), where
@@ -62,7 +80,3 @@ class JobLogs:
                 data = whole[max(offset, 0) : max(offset, 0) + max(0, limit)]
                 end = max(offset, 0) + len(data)
         return protocol.LogPart(data, end, finished)
-
-    def remove(self, ids: list[int]) -> None:
-        for job_id in ids:
-            self.path(job_id).unlink(missing_ok=True)

@@ -11,11 +11,13 @@ one on a database of tests/pgfixture.py), so the two cannot drift apart.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -405,3 +407,52 @@ def test_cancel_stops_a_running_command_and_a_stop_requeues_another(tmp_path: Pa
         assert (job.status, job.attempts) == ("pending", 0), "requeued, its attempt not spent"
 
     anyio.run(main)
+
+
+class _CancelsOnAppend(Journal):
+    """A journal that, once armed, cancels `scope` as soon as the next request's record is
+    appended: where a stop's cancel (serving.cancel() in daemon.run) lands on a request
+    whose change is applied and on its way to the disk."""
+
+    scope: anyio.CancelScope | None = None
+
+    def append_kept(self, *args: Any, **kwargs: Any) -> Any:
+        if self.scope is not None:
+            asyncio.get_running_loop().call_soon(self.scope.cancel)
+            self.scope = None
+        return super().append_kept(*args, **kwargs)
+
+
+def test_a_clear_cancelled_once_applied_still_removes_the_logs(tmp_path: Path) -> None:
+    """A `clear` whose jobs are forgotten (the record appended, applied) and whose request
+    is then cancelled (a stop) removes their logs all the same: the journal forgets the
+    jobs for good, and nothing would remove those files later (an audit found them
+    left behind)."""
+    settings = settings_in(tmp_path)
+    state = State()
+
+    async def main() -> None:
+        journal = _CancelsOnAppend(settings.journal_dir, 1, "always")
+        core = Core(LocalBackend(state, journal, settings, random.Random(3)), settings)
+        with anyio.fail_after(HANG):
+            async with anyio.create_task_group() as tg:
+                await tg.start(core.backend.run)
+                tg.start_soon(core.dispatcher.dispatch)
+                [job_id] = await submit(core, spec("echo", "output of the job"))
+                [done] = await core.backend.wait([job_id], HANG)
+                assert done.status == "completed"
+                log = core.logs.path(job_id)
+                assert log.read_text() == "output of the job\n"
+                with anyio.CancelScope() as scope:
+                    journal.scope = scope
+                    await core.handle(protocol.Clear(None, None))
+                assert scope.cancel_called and journal.scope is None, "not cancelled"
+                assert job_id not in state.jobs, "the clear forgot nothing"
+                assert not log.exists(), "the cleared job's log was left behind"
+                await core.dispatcher.shutdown()
+                await core.backend.close()
+                tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    replayed = recover(settings.journal_dir, cut_torn_tail=False, now=time.time()).state
+    assert not replayed.jobs, "the clear is durable: the jobs are gone for good"

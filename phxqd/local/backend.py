@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.abc
 
-from phxqd import memory
+from phxqd import joblogs, memory
 from phxqd.backend import SHUTDOWN, Begun, Ending, Health, Summary
 from phxqd.events import (
     AnyEvent,
@@ -167,17 +167,30 @@ class LocalBackend:
 
     async def clear(self, status: str | None, queue: str | None) -> list[int]:
         events = self._state.clear(status, queue)
-        await self._recorder.commit(events)
         ids = [i for e in events if isinstance(e, Cleared) for i in e.ids]
-        await self._forgotten(len(ids))
+        await self._forget(events, ids)
         return ids
 
     async def forget_finished_before(self, cutoff: float) -> list[int]:
         ids = self._state.finished_before(cutoff)
         if ids:
-            await self._recorder.commit([Cleared(ids)])
-            await self._forgotten(len(ids))
+            await self._forget([Cleared(ids)], ids)
         return ids
+
+    async def _forget(self, events: list[AnyEvent], ids: list[int]) -> None:
+        """Commit the forgetting of `ids`, and remove the logs of those it forgot.
+
+        Their logs go once they are forgotten in memory, even if the commit then does not
+        return: cancelled while it waits for the disk (a stop: the record is written by
+        the stop's snapshot), or refused after it was applied (a failed fsync: saved when
+        the journal reopens). Nothing else would ever remove those logs. A commit the
+        journal refused outright forgot nothing: the logs stay."""
+        try:
+            await self._recorder.commit(events)
+        finally:
+            jobs = self._state.jobs
+            await joblogs.forget(self.settings.logs_dir, [i for i in ids if i not in jobs])
+        await self._forgotten(len(ids))
 
     async def _forgotten(self, count: int) -> None:
         """Many jobs were forgotten: give the memory they held back to the system (see

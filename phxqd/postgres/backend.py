@@ -43,6 +43,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from phxqd import joblogs
 from phxqd.backend import SHUTDOWN, Begun, Ending, Health, Summary
 from phxqd.feed import Feed, job_event
 from phxqd.model import FINISHED, STATUSES, Job, JobSpec, Progress, SubmitResult, new_job
@@ -917,7 +918,7 @@ class PostgresBackend:
             await self._notify(conn, notices.encode("k", ids))
             return ids
 
-        return list(await self._request(tx))
+        return await self._forget(tx)
 
     async def forget_finished_before(self, cutoff: float) -> list[int]:
         async def tx(conn: psycopg.AsyncConnection[Any]) -> list[int]:
@@ -930,7 +931,15 @@ class PostgresBackend:
             await self._notify(conn, notices.encode("k", ids))
             return ids
 
-        return list(await self._request(tx))
+        return await self._forget(tx)
+
+    async def _forget(self, tx: Callable[[psycopg.AsyncConnection[Any]], Any]) -> list[int]:
+        """Run a transaction that deletes jobs; the ids it deleted, their logs here
+        removed. (A commit that does not return, cut off or cancelled, is heard by the
+        listener as every node hears it: `_remove_logs`.)"""
+        ids = list(await self._request(tx))
+        await joblogs.forget(self.settings.logs_dir, ids)
+        return ids
 
     async def _queue_change(self, sql: str, args: Sequence[Any]) -> None:
         async def tx(conn: psycopg.AsyncConnection[Any]) -> None:
