@@ -33,6 +33,7 @@ from phxqd.local.state import State
 from phxqd.model import Job, JobSpec, Progress, QueueConfig
 from phxqd.postgres.backend import PostgresBackend
 from phxqd.protocol import Refused
+from phxqd.run import output
 from phxqd.settings import Settings
 from tests.conftest import settings_in
 from tests.pgfixture import running_backend
@@ -456,3 +457,52 @@ def test_a_clear_cancelled_once_applied_still_removes_the_logs(tmp_path: Path) -
     anyio.run(main)
     replayed = recover(settings.journal_dir, cut_torn_tail=False, now=time.time()).state
     assert not replayed.jobs, "the clear is durable: the jobs are gone for good"
+
+
+def test_a_command_cancelled_as_its_log_is_trimmed_at_its_end_keeps_its_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that exited is reaped, then its log trimmed (a thread call) before its outcome
+    is returned: a cancel of the dispatcher's runners landing at the start of that thread
+    call (a stop requested as the job's exit woke its task) lost the outcome, and a job
+    that exited 0 was requeued to run again (an audit found it). The cancel is asked right
+    there: by the size check that decides the final trim (the job's process reaped)."""
+    settings = settings_in(tmp_path, log_max_bytes=1000)
+    real_over_cap = output.over_cap
+    state = State()
+    scopes: list[anyio.CancelScope] = []
+
+    def over_cap(path: Path, cap: int) -> bool:
+        job = state.jobs[int(path.stem)]
+        if job.pid is not None and not Path(f"/proc/{job.pid}").exists():  # reaped
+            scopes[0].cancel()
+        return real_over_cap(path, cap)
+
+    monkeypatch.setattr(output, "over_cap", over_cap)
+
+    async def main() -> None:
+        scope = anyio.CancelScope()
+        scopes.append(scope)
+        journal = Journal(settings.journal_dir, 1, "always")
+        core = Core(LocalBackend(state, journal, settings, random.Random(3)), settings)
+        with anyio.fail_after(HANG):
+            async with anyio.create_task_group() as tg:
+                await tg.start(core.backend.run)
+                stopped = anyio.Event()
+
+                async def dispatch() -> None:
+                    with scope:
+                        await core.dispatcher.dispatch()
+                    stopped.set()
+
+                tg.start_soon(dispatch)
+                [job_id] = await submit(core, spec("sh", "-c", "head -c 100000 /dev/zero"))
+                await stopped.wait()
+                assert scope.cancel_called, "no final trim: the test cancelled nothing"
+                job = await core.backend.get(job_id)
+                assert (job.status, job.exit_code) == ("completed", 0), "its outcome was lost"
+                assert core.logs.path(job_id).stat().st_size < 100000, "the log was not trimmed"
+                await core.backend.close()
+                tg.cancel_scope.cancel()
+
+    anyio.run(main)

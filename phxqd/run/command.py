@@ -123,7 +123,11 @@ async def run_command(
         os.close(pidfd)
         logged = out.end()
     if log_cap is not None and logged:
-        await trim_log_soon(log_path, log_cap)
+        # Shielded: the process is reaped, so a cancel landing here (a stop) would lose
+        # its outcome, and a job that exited 0 would run again. The thread call's own
+        # start is a checkpoint, and the trim is short.
+        with anyio.CancelScope(shield=True):
+            await trim_log_soon(log_path, log_cap)
 
     if stop.reason is not None:
         return Outcome(code, f"{stop.reason} ({describe(code)})", cancelled=True)
