@@ -161,19 +161,24 @@ class Hooks:
                 return
             output = b""
             async with process:
-                with anyio.move_on_after(timeout) as scope:
-                    assert process.stdin is not None and process.stdout is not None
-                    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        await process.stdin.send(payload)
-                    await process.stdin.aclose()
-                    async for data in process.stdout:  # drained, or a chatty hook would block
-                        output = (output + data)[-OUTPUT_TAIL:]
-                    await process.wait()
-                if scope.cancelled_caught:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-                    with anyio.CancelScope(shield=True):
+                try:
+                    with anyio.move_on_after(timeout) as scope:
+                        assert process.stdin is not None and process.stdout is not None
+                        with contextlib.suppress(
+                            anyio.BrokenResourceError, anyio.ClosedResourceError
+                        ):
+                            await process.stdin.send(payload)
+                        await process.stdin.aclose()
+                        async for data in process.stdout:  # drained, or a chatty hook blocks
+                            output = (output + data)[-OUTPUT_TAIL:]
                         await process.wait()
+                except BaseException:
+                    # Cancelled (phxqd stops): asyncio would kill the leader alone, and
+                    # what the hook spawned in its session would outlive phxqd.
+                    await _kill_group(process)
+                    raise
+                if scope.cancelled_caught:
+                    await _kill_group(process)
                     log.warning("%s timed out after %gs; killed", what, timeout)
                     self.outcomes[key, "timeout"] += 1
                     return
@@ -188,3 +193,12 @@ class Hooks:
                 self.outcomes[key, "ok"] += 1
         finally:
             slots.release()
+
+
+async def _kill_group(process: anyio.abc.Process) -> None:
+    """SIGKILL the hook's whole process group (its own session), then reap its leader.
+    Sent before the leader is reaped: until then its pid cannot name another group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with anyio.CancelScope(shield=True):
+        await process.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -14,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from tests.conftest import Daemon, until
+from tests.conftest import Daemon, gone, until
 from tests.test_metrics import samples
 
 CTL = f"{shlex.quote(sys.executable)} -m phxqctl"
@@ -199,3 +200,27 @@ def test_hooks_can_be_set_by_a_reload(tmp_path: Path) -> None:
     after = d.submit("true")
     until(lambda: (out / f"complete-{after}.env").exists(), what="the hook after reload")
     assert not (out / f"complete-{before}.env").exists()
+
+
+def test_a_stop_kills_what_a_running_hook_spawned(tmp_path: Path) -> None:
+    """A hook runs in a session of its own; one still running when phxqd stops is
+    cancelled, and its whole group must go, not only its leader (all asyncio's transport
+    kills): the `sleep` it left in the background outlived phxqd (an audit found it)."""
+    pid_file = tmp_path / "grandchild.pid"
+    d = Daemon(tmp_path / "d")
+    d.config.write_text(
+        f'on_complete = "sleep 1000 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file};'
+        ' wait"\n'
+    )
+    d.start()
+    d.ok("wait", str(d.submit("true")))
+    until(pid_file.exists, what="the hook's background child")
+    grandchild = psutil.Process(int(pid_file.read_text()))
+    try:
+        assert "sleep" in grandchild.name()
+        assert d.stop(signal.SIGTERM) == 0
+        # (SIGKILL is sent before phxqd exits; its end is the kernel's, a moment later)
+        until(lambda: gone(grandchild), timeout=10, what="the hook's child to die with phxqd")
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            grandchild.kill()
