@@ -9,7 +9,8 @@ glibc's posix_spawn has both (posix_spawn_file_actions_addchdir_np, 2.29;
 _addclosefrom_np, 2.34), and clones with CLONE_VFORK like Popen does. A ctypes call also
 lets other threads (the journal's fdatasync) run meanwhile. The child gets what Popen
 gave it: its own session, stdin /dev/null, the log as stdout and stderr, no other
-descriptor, SIGPIPE and SIGXFSZ back at their defaults, the job's cwd and environment.
+descriptor, the job's cwd and environment; and every signal at its default (Popen reset
+only SIGPIPE and SIGXFSZ, and left ignored what phxqd had inherited ignored).
 Without those glibc functions, `AVAILABLE` is False and phxqd uses Popen.
 """
 
@@ -22,7 +23,6 @@ import functools
 import math
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -67,10 +67,13 @@ def _attributes() -> ctypes.Array[ctypes.c_char]:
     """The spawn attributes, the same for every job: made once."""
     attr = ctypes.create_string_buffer(_ATTR_BYTES)
     _check(_lib.posix_spawnattr_init(attr))
+    # Every signal at its default, SIGPIPE and SIGXFSZ (ignored by Python) among them, and
+    # any phxqd inherited ignored (`nohup`, a shell's `&`): a job behaves the same however
+    # phxqd was started. Naming them all also halves the child's system calls before its
+    # exec, which the event loop waits for: glibc reads the disposition of each signal
+    # not named before it sets it (two rt_sigaction calls for each of 64 signals).
     defaults = ctypes.create_string_buffer(_SIGSET_BYTES)
-    _lib.sigemptyset(defaults)
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # ignored by Python, expected by programs
-        _lib.sigaddset(defaults, int(sig))
+    _lib.sigfillset(defaults)
     _check(_lib.posix_spawnattr_setsigdefault(attr, defaults))
     _check(_lib.posix_spawnattr_setflags(attr, ctypes.c_short(_SETSID | _SETSIGDEF)))
     return attr
