@@ -139,7 +139,7 @@ def test_spawns_run_in_the_loop_until_they_hold_it_too_long(tmp_path: Path) -> N
     log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o600)
 
     def make() -> tuple[int, int]:
-        child = spawn.Spawned(spawn.spawn("/bin/true", ("true",), None, log, []))
+        child = spawn.Spawned(spawn.spawn("/bin/true", ("true",), None, log, attempt.exec_env({})))
         return threading.get_ident(), child.wait()
 
     async def main() -> None:
@@ -180,7 +180,7 @@ def test_exec_env_is_the_daemons_with_the_jobs_own_over_it() -> None:
     of names a job sets) is what Popen got (attempt.command_env): every variable of the
     daemon's, the job's own in place of the daemon's of the same name, each name once."""
     for own in ({"PATH": "/nowhere", "NEW": "1"}, {"NEW": "2"}, {"PATH": "/nowhere", "NEW": "3"}):
-        entries = attempt.exec_env(own)
+        entries = attempt.exec_env(own).entries()
         names = [e.split(b"=", 1)[0] for e in entries]
         assert len(names) == len(set(names))
         got = dict(os.fsdecode(e).split("=", 1) for e in entries)
@@ -189,3 +189,6 @@ def test_exec_env_is_the_daemons_with_the_jobs_own_over_it() -> None:
         if "PATH" in own:
             assert got["PATH"] == own["PATH"]
         assert set(got) >= set(os.environ) - {"PYTEST_CURRENT_TEST"}
+        # and the array exec gets (the daemon's part copied from a kept array) says so
+        array, _ = spawn._environ(attempt.exec_env(own))
+        assert list(array) == [*entries, None]
