@@ -9,7 +9,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from phxqd.model import Job
 
@@ -68,12 +68,24 @@ def command_env(own: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def exec_env(own: dict[str, str]) -> list[bytes]:
-    """`command_env` as exec takes it (`NAME=value` bytes), from the job's own variables
+class ExecEnv(NamedTuple):
+    """`command_env` as exec takes it (`NAME=value` bytes), in two parts: the daemon's
+    variables the job does not set (the same tuple for every job setting the same names,
+    so a spawn can keep what it made of it: see spawn._environ) and the job's own."""
+
+    inherited: tuple[bytes, ...]
+    own: tuple[bytes, ...]
+
+    def entries(self) -> list[bytes]:
+        return [*self.inherited, *self.own]
+
+
+def exec_env(own: dict[str, str]) -> ExecEnv:
+    """The environment of a command (`command_env`) for exec, from the job's own variables
     (`job_env`): the daemon's are encoded once per set of names a job sets over them,
     since encoding all of them for each spawn cost the event loop 35 µs a job. ValueError
     for a NUL byte, at which exec would cut the variable short."""
-    return [*_inherited(frozenset(own)), *map(_variable, own.keys(), own.values())]
+    return ExecEnv(_inherited(frozenset(own)), tuple(map(_variable, own.keys(), own.values())))
 
 
 def program_path(own: dict[str, str]) -> str:

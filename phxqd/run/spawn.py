@@ -9,7 +9,8 @@ glibc's posix_spawn has both (posix_spawn_file_actions_addchdir_np, 2.29;
 _addclosefrom_np, 2.34), and clones with CLONE_VFORK like Popen does. A ctypes call also
 lets other threads (the journal's fdatasync) run meanwhile. The child gets what Popen
 gave it: its own session, stdin /dev/null, the log as stdout and stderr, no other
-descriptor, SIGPIPE and SIGXFSZ back at their defaults, the job's cwd and environment.
+descriptor, the job's cwd and environment; and every signal at its default (Popen reset
+only SIGPIPE and SIGXFSZ, and left ignored what phxqd had inherited ignored).
 Without those glibc functions, `AVAILABLE` is False and phxqd uses Popen.
 """
 
@@ -22,13 +23,14 @@ import functools
 import math
 import os
 import queue
-import signal
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
 import anyio
+
+from phxqd.run.attempt import ExecEnv
 
 T = TypeVar("T")
 
@@ -67,10 +69,13 @@ def _attributes() -> ctypes.Array[ctypes.c_char]:
     """The spawn attributes, the same for every job: made once."""
     attr = ctypes.create_string_buffer(_ATTR_BYTES)
     _check(_lib.posix_spawnattr_init(attr))
+    # Every signal at its default, SIGPIPE and SIGXFSZ (ignored by Python) among them, and
+    # any phxqd inherited ignored (`nohup`, a shell's `&`): a job behaves the same however
+    # phxqd was started. Naming them all also halves the child's system calls before its
+    # exec, which the event loop waits for: glibc reads the disposition of each signal
+    # not named before it sets it (two rt_sigaction calls for each of 64 signals).
     defaults = ctypes.create_string_buffer(_SIGSET_BYTES)
-    _lib.sigemptyset(defaults)
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # ignored by Python, expected by programs
-        _lib.sigaddset(defaults, int(sig))
+    _lib.sigfillset(defaults)
     _check(_lib.posix_spawnattr_setsigdefault(attr, defaults))
     _check(_lib.posix_spawnattr_setflags(attr, ctypes.c_short(_SETSID | _SETSIGDEF)))
     return attr
@@ -113,17 +118,51 @@ def _actions(log_fd: int, cwd: str | None) -> _Actions:
     return _Actions(log_fd, cwd)
 
 
-def _strings(items: list[bytes]) -> ctypes.Array[ctypes.c_char_p]:
+def _strings(items: Sequence[bytes]) -> ctypes.Array[ctypes.c_char_p]:
+    """A NULL-terminated array of C strings; it holds references to `items`."""
     return (ctypes.c_char_p * (len(items) + 1))(*items, None)
 
 
-def spawn(path: str, argv: tuple[str, ...], cwd: str | None, log_fd: int, env: list[bytes]) -> int:
+@functools.lru_cache(maxsize=64)
+def _argv(argv: tuple[str, ...]) -> ctypes.Array[ctypes.c_char_p]:
+    """A command's argv for exec: the same for every job of that command, so kept."""
+    return _strings([_c_string(a) for a in argv])
+
+
+#: the pointers of an array's items, copied from one array to another (see `_environ`)
+_POINTER = ctypes.sizeof(ctypes.c_char_p)
+
+
+@functools.lru_cache(maxsize=64)
+def _inherited(inherited: tuple[bytes, ...]) -> ctypes.Array[ctypes.c_char_p]:
+    return _strings(inherited)
+
+
+def _environ(env: ExecEnv) -> tuple[ctypes.Array[ctypes.c_char_p], object]:
+    """The environment array for exec, and what must stay alive while it is used.
+
+    The daemon's variables (a few dozen) are the same for every job setting the same
+    names: their array is made once (`_inherited`) and its pointers copied, instead of
+    every variable converted again for every spawn, in the event loop. The copied
+    pointers point into the bytes that array holds: the caller keeps it (the second
+    value) until the spawn has returned."""
+    base = _inherited(env.inherited)
+    n = len(env.inherited)
+    array = (ctypes.c_char_p * (n + len(env.own) + 1))()
+    ctypes.memmove(array, base, n * _POINTER)
+    for i, entry in enumerate(env.own, n):
+        array[i] = entry  # the array holds a reference to it
+    return array, base
+
+
+def spawn(path: str, argv: tuple[str, ...], cwd: str | None, log_fd: int, env: ExecEnv) -> int:
     """Start `path` with `argv` in a new session, `log_fd` as stdout and stderr, the
-    environment `env` (`NAME=value` each, see `attempt.exec_env`); its pid.
+    environment `env` (see `attempt.exec_env`); its pid.
 
     Raises OSError (with the errno of the chdir or the exec) when it cannot start.
     """
     actions = _actions(log_fd, cwd)
+    environ, keep = _environ(env)
     pid = ctypes.c_int()
     _check(
         _lib.posix_spawn(
@@ -131,10 +170,11 @@ def spawn(path: str, argv: tuple[str, ...], cwd: str | None, log_fd: int, env: l
             _c_string(path),
             actions.c,
             _attributes(),
-            _strings([_c_string(a) for a in argv]),
-            _strings(env),
+            _argv(argv),
+            environ,
         )
     )
+    del keep  # (alive until here: `environ` points into it)
     return pid.value
 
 
