@@ -19,6 +19,7 @@ import pytest
 
 from phxqctl import Client
 from phxqd.model import Call, JobSpec
+from phxqd.postgres import schema
 from tests.conftest import Daemon, until
 from tests.pgfixture import Cluster
 from tests.test_postgres import node
@@ -383,3 +384,46 @@ def test_a_node_frozen_inside_its_heartbeat_is_still_declared_lost(
             os.kill(pid, signal.SIGCONT)
     until(lambda: "declared lost" in victim.logtext(), 30, "the node to find it was lost")
     victim.ok("status")  # and it serves again, as a new node
+
+
+def test_a_node_frozen_holding_the_migration_lock_keeps_no_other_from_starting(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    """A node stopped (SIGSTOP) at its start-up while it holds the schema migration's
+    lock (a session lock, between transactions) must not keep the others from starting:
+    PostgreSQL ends its session once idle for half the lease (idle_session_timeout).
+    Frozen there on purpose: the test holds the lock itself so that the node waits on it,
+    stops the node, then lets the lock go to the stopped node's session."""
+
+    def one(conn: psycopg.Connection[Any], sql: str, *args: object) -> Any:
+        row = conn.execute(sql, args).fetchone()
+        assert row is not None
+        return row[0]
+
+    with (
+        psycopg.connect(pg_uri, autocommit=True) as conn,
+        psycopg.connect(pg_uri, autocommit=True) as holder,
+    ):
+        holder.execute("SELECT pg_advisory_lock(%s)", (schema.MIGRATION_LOCK,))
+        frozen = node(tmp_path / "frozen", pg_uri, 1, LEASE).start(expect_ready=False)
+        assert frozen.proc is not None
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE 'SELECT pg_advisory_lock%%'"
+        )
+        until(lambda: one(conn, waiting) > 0, 30, "the node to wait for the migration lock")
+        os.kill(frozen.proc.pid, signal.SIGSTOP)
+        try:
+            holder.execute("SELECT pg_advisory_unlock(%s)", (schema.MIGRATION_LOCK,))
+            held = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND objid = %s"
+            )
+            until(lambda: one(conn, held, schema.MIGRATION_LOCK) > 0, 30, "the lock, frozen")
+            other = node(tmp_path / "other", pg_uri, 1, LEASE).start()  # waits for ready
+            other.ok("status")
+        finally:
+            os.kill(frozen.proc.pid, signal.SIGCONT)
+    # woken, the frozen node finds its connection gone: it does not start (nor hang)
+    assert frozen.proc.wait(60) != 0
+    assert "cannot use the PostgreSQL store" in frozen.logtext()

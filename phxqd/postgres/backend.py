@@ -81,6 +81,8 @@ LINGER_ENDS = 16
 MAX_AHEAD = 128
 #: seconds: the least a transaction of a node may wait on the node (see `_configure`)
 IDLE_IN_TRANSACTION_MIN = 1.0
+#: the server version from which `idle_session_timeout` exists (see `open`)
+IDLE_SESSION_TIMEOUT_SINCE = 140000
 #: the advisory lock of the reaper (one node at a time reaps)
 REAPER_LOCK = 0x70687872
 #: bytes of an attempt's log kept with its outcome (for `logs` on other hosts)
@@ -391,13 +393,26 @@ class PostgresBackend:
         row = await cur.fetchone()
         if row is not None and row[0] in ("off", "local"):
             await conn.execute("SET synchronous_commit = on")
-        idle_ms = int(max(self.lease / 2, IDLE_IN_TRANSACTION_MIN) * 1000)
-        await conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+        await conn.execute(f"SET idle_in_transaction_session_timeout = {self._idle_ms()}")
+
+    def _idle_ms(self) -> int:
+        """How long PostgreSQL lets a session of this node's wait on it holding locks."""
+        return int(max(self.lease / 2, IDLE_IN_TRANSACTION_MIN) * 1000)
 
     # ------------------------------------------------------------------ life
     async def open(self) -> None:
-        """Migrate the schema and register this node (before `run`)."""
+        """Migrate the schema and register this node (before `run`).
+
+        The migration holds a session-level lock between its statements, where
+        `idle_in_transaction_session_timeout` does not reach: a node frozen there (its
+        start-up) kept every other node from starting until it woke. So that connection
+        is also ended by PostgreSQL once idle for half the lease (`idle_session_timeout`,
+        PostgreSQL 14 and later); the woken node then finds it gone and fails to start,
+        as it would had PostgreSQL restarted (its service manager starts it again)."""
         async with await psycopg.AsyncConnection.connect(self.uri, autocommit=True) as conn:
+            await self._configure(conn)
+            if conn.info.server_version >= IDLE_SESSION_TIMEOUT_SINCE:
+                await conn.execute(f"SET idle_session_timeout = {self._idle_ms()}")
             await schema.migrate(conn)
             await self._register(conn)
         await self._pool.open(wait=True, timeout=30.0)
