@@ -468,7 +468,7 @@ async def _serve(
                 timeouts,
                 core.handle_then,
                 stop,
-                core.settings.kill_grace,
+                lambda: core.settings.kill_grace,
             )
     finally:
         done.set()

@@ -165,10 +165,11 @@ async def serve(
     timeouts: Timeouts | None = None,
     handle_then: HandlerThen | None = None,
     stop: anyio.Event | None = None,
-    grace: float = 0.0,
+    grace: Callable[[], float] = lambda: 0.0,
 ) -> None:
     """Accept clients on `listener` (which stays the caller's) and answer them; once
-    `stop` is set, stop gracefully (see `_drain`) and return.
+    `stop` is set, stop gracefully (see `_drain`, given `grace()` seconds: read then, as a
+    reload may have changed it) and return.
 
     Accepted straight from its socket: each connection is then driven by the event loop's
     own transport (see `Wire`), which an anyio stream cannot be handed to.
@@ -225,7 +226,7 @@ async def serve(
                     continue
                 connections.start_soon(on_connect, sock)
         stopping = True
-        await _drain(live, grace)
+        await _drain(live, grace())
         connections.cancel_scope.cancel()
 
 

@@ -168,7 +168,7 @@ def serving(path: Path, held: Held, stop: anyio.Event, grace: float) -> Any:
     async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with await server.listen(path) as listener:
             task_status.started()
-            await server.serve(listener, held.handle, stop=stop, grace=grace)
+            await server.serve(listener, held.handle, stop=stop, grace=lambda: grace)
 
     return run
 
