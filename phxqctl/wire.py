@@ -30,6 +30,16 @@ if TYPE_CHECKING:
 LARGE_REPLY = 256 * 1024
 #: the longest path a Unix socket can have (sun_path is 108 bytes, with its NUL)
 MAX_SOCKET_PATH = 107
+#: phxqd hung up while a request was being sent: no whole frame, nothing phxqd could do
+CLOSED_UNSENT = (
+    "phxqd closed the connection (did it stop?) before the request was sent; nothing was done"
+)
+#: phxqd hung up after a request was sent, before its reply (a stop cut it, or a crash):
+#: a change may have been made, and sending it again could make it twice (a duplicate job)
+CLOSED_UNANSWERED = (
+    "phxqd closed the connection before answering (did it stop?); "
+    "the request may or may not have been carried out"
+)
 
 
 def frame(payload: bytes) -> bytes:
@@ -142,7 +152,7 @@ class Connection:
             self._sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
             self.close()
-            raise DaemonUnreachable("phxqd closed the connection (did it stop?)") from None
+            raise DaemonUnreachable(CLOSED_UNSENT) from None
 
     def recv(self) -> bytes:
         """The payload of the next frame."""
@@ -165,7 +175,7 @@ class Connection:
                 chunk = b""
             if not chunk:
                 self.close()
-                raise DaemonUnreachable("phxqd closed the connection (did it stop?)")
+                raise DaemonUnreachable(CLOSED_UNANSWERED)
             buf += chunk
         return bytes(buf)
 

@@ -49,8 +49,8 @@ YOUNG_GC_THRESHOLD = 10_000
 VERSION = "0.1.0"
 #: seconds between STATUS= updates to systemd (sent only when the line changed)
 STATUS_PERIOD = 1.0
-#: what a clean stop needs beyond `shutdown_grace` and `kill_grace`: the snapshot, the
-#: journal closed
+#: what a clean stop needs beyond `shutdown_grace` and `kill_grace` twice (the jobs', then
+#: the requests' in flight): the snapshot, the journal closed
 STOP_MARGIN = 30.0
 
 
@@ -307,10 +307,9 @@ async def run(
             else:
                 listener = await server.listen(settings.socket)
                 server.open_to(settings.socket, access)
-            serving = anyio.CancelScope()
-            dispatching = anyio.Event()
+            stop_serving, served, dispatching = anyio.Event(), anyio.Event(), anyio.Event()
             timeouts = server.Timeouts(settings.client_idle_timeout, settings.client_send_timeout)
-            tg.start_soon(_serve, listener, core, access, timeouts, serving)
+            tg.start_soon(_serve, listener, core, access, timeouts, stop_serving, served)
             tg.start_soon(_dispatch, core, dispatching)
             hooks = Hooks(backend.feed, backend.find, backend.stats.hooks)
             hooks.configure(settings.hooks)
@@ -349,13 +348,16 @@ async def run(
                 stopping = f"stopping: requeueing {running} running jobs"
             log.info("%s", stopping)
             notifier.stopping(
-                stopping, needs=settings.shutdown_grace + settings.kill_grace + STOP_MARGIN
+                stopping, needs=settings.shutdown_grace + 2 * settings.kill_grace + STOP_MARGIN
             )
             scheduling.cancel()  # no firing once stopping: the next start catches up
             await core.dispatcher.shutdown()
             tg.start_soon(_exit_on_second_signal, signals)
             await dispatching.wait()
-            serving.cancel()
+            if activated is None:  # from now on a client is told phxqd is not running
+                settings.socket.unlink(missing_ok=True)
+            stop_serving.set()
+            await served.wait()
             if web is not None:
                 web.stop()
             notifier.status("stopping: writing a snapshot")
@@ -365,8 +367,6 @@ async def run(
                 log.error("no snapshot at shutdown (%s); the journal keeps what was saved", e)
             if status_file is not None:  # the last word: every job requeued or ended
                 await statusfile.write_now(status_file, views.status_export)
-            if activated is None:  # an activated socket belongs to systemd's socket unit
-                settings.socket.unlink(missing_ok=True)
             tg.cancel_scope.cancel()
     notifier.close()
     log.info("stopped")
@@ -452,11 +452,26 @@ async def _serve(
     core: Core,
     access: server.Access,
     timeouts: server.Timeouts,
-    scope: anyio.CancelScope,
+    stop: anyio.Event,
+    done: anyio.Event,
 ) -> None:
-    with scope:
+    """Serve until `stop`; then the requests being handled get `kill_grace` seconds to be
+    answered, as running jobs get it to end (server.serve), before the connections close.
+    `done` once the listener is closed: an activated socket's backlog waits for the next
+    phxqd."""
+    try:
         async with listener:
-            await server.serve(listener, core.handle, access, timeouts, core.handle_then)
+            await server.serve(
+                listener,
+                core.handle,
+                access,
+                timeouts,
+                core.handle_then,
+                stop,
+                lambda: core.settings.kill_grace,
+            )
+    finally:
+        done.set()
 
 
 async def _declare_schedules(core: Core) -> None:

@@ -2,7 +2,8 @@
 
 It knows the framing and the protocol's rules (Hello first, the size limit, idle clients)
 and nothing of jobs: each decoded request goes to the `handle` callable it was given. A
-malformed frame costs its sender an error reply or the connection, never the daemon.
+malformed frame costs its sender an error reply or the connection, never the daemon. A
+stop lets the requests being handled be answered before it hangs up (`_drain`).
 """
 
 from __future__ import annotations
@@ -163,8 +164,12 @@ async def serve(
     access: Access | None = None,
     timeouts: Timeouts | None = None,
     handle_then: HandlerThen | None = None,
+    stop: anyio.Event | None = None,
+    grace: Callable[[], float] = lambda: 0.0,
 ) -> None:
-    """Accept clients on `listener` (which stays the caller's) and answer them.
+    """Accept clients on `listener` (which stays the caller's) and answer them; once
+    `stop` is set, stop gracefully (see `_drain`, given `grace()` seconds: read then, as a
+    reload may have changed it) and return.
 
     Accepted straight from its socket: each connection is then driven by the event loop's
     own transport (see `Wire`), which an anyio stream cannot be handed to.
@@ -172,6 +177,7 @@ async def serve(
     access = access or Access()
     timeouts = timeouts or Timeouts()
     live: set[Connection] = set()
+    stopping = False
     loop = asyncio.get_running_loop()
     raw: socket.socket = listener.extra(anyio.abc.SocketAttribute.raw_socket)
     raw.setblocking(False)
@@ -181,6 +187,7 @@ async def serve(
         with contextlib.suppress(ConnectionError):
             pid, uid, gid = peer(sock)
             connection = await Connection.start(sock, handle, pid, handle_then)
+            connection.stopping = stopping  # accepted before the stop, started after it
             if not access.allows(uid, gid):
                 log.warning("refused a connection from uid %d (pid %d): not allowed", uid, pid)
                 connection.refuse(
@@ -197,20 +204,60 @@ async def serve(
             finally:
                 live.discard(connection)
 
+    async def accept_until_stopped(accepting: anyio.CancelScope) -> None:
+        if stop is not None:
+            await stop.wait()
+            accepting.cancel()
+
     async with anyio.create_task_group() as connections:
         connections.start_soon(_watchdog, live, timeouts)
-        while True:
-            try:
-                sock, _ = await loop.sock_accept(raw)
-            except OSError as e:
-                # Out of descriptors or memory: the clients in the listen backlog wait a
-                # little; everyone connected is still served.
-                if e.errno not in OUT_OF_RESOURCES:
-                    raise
-                log.warning("cannot accept a connection now (%s); retrying shortly", e)
-                await anyio.sleep(ACCEPT_RETRY)
-                continue
-            connections.start_soon(on_connect, sock)
+        with anyio.CancelScope() as accepting:
+            connections.start_soon(accept_until_stopped, accepting)
+            while True:
+                try:
+                    sock, _ = await loop.sock_accept(raw)
+                except OSError as e:
+                    # Out of descriptors or memory: the clients in the listen backlog wait
+                    # a little; everyone connected is still served.
+                    if e.errno not in OUT_OF_RESOURCES:
+                        raise
+                    log.warning("cannot accept a connection now (%s); retrying shortly", e)
+                    await anyio.sleep(ACCEPT_RETRY)
+                    continue
+                connections.start_soon(on_connect, sock)
+        stopping = True
+        await _drain(live, grace())
+        connections.cancel_scope.cancel()
+
+
+#: the reply to a request received once phxqd has begun to stop
+STOPPING = protocol.Err(
+    "refused",
+    "phxqd is stopping: the request was not carried out (nothing was done); "
+    "send it again once phxqd runs again",
+)
+#: seconds between looks at the connections while a stop waits for their requests
+DRAIN_INTERVAL = 0.01
+
+
+async def _drain(live: set[Connection], grace: float) -> None:
+    """The stop's middle step, between the last connection accepted and the closing of
+    every connection: the requests being handled are answered, for up to `grace` seconds.
+
+    Why: a change (a submit...) whose record was written when its connection was closed is
+    made anyway (the journal is closed, durably, after this), and its client, told
+    nothing, would send it again. Meanwhile a request that comes is refused, saying
+    nothing was done (`Connection.stopping`). The requests that wait for something to
+    happen and change nothing (`WAITS`: wait, watch, logs) are not waited for. A client
+    that takes no reply does not hold the stop: its reply was written, the request is
+    over. A look every DRAIN_INTERVAL rather than a wake-up from every request: the stop
+    pays for it, not every request served.
+    """
+    for c in live:
+        c.stopping = True
+    with anyio.move_on_after(grace):
+        while any(c.busy for c in live):
+            await anyio.sleep(DRAIN_INTERVAL)
 
 
 async def _watchdog(live: set[Connection], timeouts: Timeouts) -> None:
@@ -236,7 +283,12 @@ async def _watchdog(live: set[Connection], timeouts: Timeouts) -> None:
                 c.scope.cancel()
 
 
-READING, HANDLING, SENDING = "reading", "handling", "sending"
+#: What a connection waits for: its client's next request (READING), phxqd's answer to a
+#: request (HANDLING, or WAITING for a request that waits for something to happen and
+#: changes nothing: a stop does not wait for those), or its client taking a reply.
+READING, HANDLING, WAITING, SENDING = "reading", "handling", "waiting", "sending"
+#: the requests answered in the WAITING phase
+WAITS = frozenset({protocol.Wait, protocol.Watch, protocol.Logs})
 
 
 class Wire(asyncio.Protocol):
@@ -377,6 +429,9 @@ class Connection:
         self.since = time.monotonic()
         #: the client said a good hello: requests may be answered
         self.greeted = False
+        #: phxqd is stopping: a request that comes is refused (`STOPPING`), and the
+        #: connection hung up
+        self.stopping = False
         #: a request `_quick` decoded and left to the task
         self._taken: protocol.Request | None = None
         self._unyielded = 0
@@ -398,6 +453,15 @@ class Connection:
             sock.close()
             raise
         return cls(wire, handle, pid, handle_then)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a stop waits for this connection: it is handling a request that may
+        change something, or holds one received and not yet taken (to be refused)."""
+        if self.phase is HANDLING or self._taken is not None:
+            return True
+        buf, size = self.wire.buffer, protocol.HEADER.size
+        return len(buf) >= size and len(buf) >= size + protocol.HEADER.unpack_from(buf)[0]
 
     def refuse(self, err: protocol.Err) -> None:
         """Say why, and hang up."""
@@ -424,6 +488,9 @@ class Connection:
             got = await self._read_frame()
             if got is None:
                 return
+            if self.stopping:
+                await self._send(STOPPING)
+                return
             self.phase = HANDLING  # a long request (wait) is not idleness
             if isinstance(got, protocol.Request):  # decoded by `_quick`
                 req = got
@@ -435,6 +502,8 @@ class Connection:
                 except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
                     await self._send(protocol.Err("usage", f"malformed request: {e}"))
                     continue
+            if type(req) in WAITS:
+                self.phase = WAITING
             if not self.greeted and not isinstance(req, protocol.Hello):
                 await self._send(protocol.Err("upgrade", "the first request must be hello"))
                 return
@@ -463,7 +532,7 @@ class Connection:
         wire = self.wire
         buf = wire.buffer
         size = protocol.HEADER.size
-        if not self.greeted or wire.eof or wire.writing_paused:
+        if not self.greeted or wire.eof or wire.writing_paused or self.stopping:
             return False
         if len(buf) < size:
             return True

@@ -193,7 +193,8 @@ def test_notify_ready_after_the_socket_accepts_status_then_stopping(
     assert n.fields(stopping) == {
         "STOPPING": "1",
         "STATUS": "stopping: requeueing 1 running jobs",
-        "EXTEND_TIMEOUT_USEC": str((5 + 30) * 1_000_000),  # kill_grace + the margin
+        # kill_grace for the jobs, kill_grace for the requests in flight, the margin
+        "EXTEND_TIMEOUT_USEC": str((5 + 5 + 30) * 1_000_000),
     }
     assert sum(1 for i in range(n.count()) if ready(n.fields(i))) == 1
     assert "STOPPING" not in str([n.fields(i) for i in range(first_ready)])
