@@ -6,6 +6,13 @@ soonest (or until told that a schedule changed), and then asks phxqd.schedules w
 that records the fire time and submits the job, refused if the time was recorded already.
 So the decisions are the pure module's and the backend's, and this task only keeps time.
 
+The store may fail it for a while (PostgreSQL out of reach, a journal that cannot write):
+a read or a firing the backend refuses so (`Refused` with code `refused`) ends no more
+than the round. The runner says so once, keeps what it still has to do (the names to
+read again, the firings to try again) and tries again after a pause that doubles up to
+RETRY_MAX; the fire times that pass meanwhile are then caught up by each schedule's
+policy, as after a downtime. Any other exception is a bug and ends it (and phxqd).
+
 A test-only fault point (`PHXQ_TEST_FAULT`, read once at start): `schedule-before-fire`
 kills the daemon with SIGKILL right before a firing is handed to the backend,
 `schedule-after-fire` right after it is durable. Nothing else reads it.
@@ -34,8 +41,10 @@ from phxqd.schedules_model import Fired, Schedule, ScheduleSpec
 
 log = logging.getLogger("phxqd.schedules")
 
-#: after a firing the backend refused (journal failure), seconds until it is tried again
-RETRY_AFTER = 1.0
+#: after the store failed a read or a firing, seconds until it is tried again, doubled
+#: after each round that failed, up to RETRY_MAX (as the PostgreSQL LISTEN is reopened)
+RETRY_FIRST = 0.1
+RETRY_MAX = 2.0
 FAULT_ENV = "PHXQ_TEST_FAULT"
 FIRING_AT_ONCE = 256
 #: the longest the runner sleeps without looking at the wall clock again
@@ -60,6 +69,13 @@ class Scheduler:
         self._fault = os.environ.get(FAULT_ENV, "")
         #: firings in flight at once (their records share journal writes)
         self._limiter = anyio.CapacityLimiter(FIRING_AT_ONCE)
+        #: the store's error while it fails reads or firings (None: it works): said once
+        self._failing: str | None = None
+        #: the store failed something in this round (the pause then doubles)
+        self._failed_now = False
+        self._pause = RETRY_FIRST
+        #: schedules whose firing the store failed, to be tried again (in `_next`)
+        self._deferred: set[str] = set()
 
     def changed(self, name: str | None = None) -> None:
         """A schedule was added, replaced, removed, paused or resumed (None: any)."""
@@ -73,43 +89,86 @@ class Scheduler:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             while True:
-                await self._refresh()
-                now = self.clock()
-                heap = self._heap
-                names = []
-                while heap and heap[0][0] <= now:
-                    at, name = heapq.heappop(heap)
-                    if self._next.get(name) == at:  # else stale
-                        del self._next[name]
-                        names.append(name)
-                if names:
-                    # together: their journal records share the writes and fsyncs (group
-                    # commit) instead of one fsync after another
-                    async with anyio.create_task_group() as firing:
-                        for name in names:
-                            firing.start_soon(self._fire_limited, name, now)
-                    if self._dirty is not None:  # (None: all are computed again anyway)
-                        self._dirty.update(names)
-                await self._refresh()
+                self._failed_now = False
+                try:
+                    await self._round()
+                except Refused as e:
+                    if e.code != "refused":  # not the store's trouble: a bug, not hidden
+                        raise
+                    self._store_failed(e)
+                if self._failed_now:
+                    pause, self._pause = self._pause, min(self._pause * 2, RETRY_MAX)
+                    if self._dirty is None or self._dirty:  # a read failed: read again then
+                        await self._wake.wait(pause)
+                        continue
+                elif self._failing is not None and not self._deferred:
+                    log.warning("schedules can be read and fired again")
+                    self._failing, self._pause = None, RETRY_FIRST
                 soonest = self._heap[0][0] if self._heap else math.inf
                 # at most MAX_SLEEP: the sleep is monotonic, fire times are wall-clock
                 # (a suspended machine or a clock set forward is noticed soon after)
                 await self._wake.wait(min(max(soonest - self.clock(), 0.0), MAX_SLEEP))
 
+    async def _round(self) -> None:
+        """Fire what is due, and compute the next fire times of what fired or changed."""
+        await self._refresh()
+        now = self.clock()
+        heap = self._heap
+        names = []
+        while heap and heap[0][0] <= now:
+            at, name = heapq.heappop(heap)
+            if self._next.get(name) == at:  # else stale
+                del self._next[name]
+                names.append(name)
+        if names:
+            # together: their journal records share the writes and fsyncs (group
+            # commit) instead of one fsync after another
+            async with anyio.create_task_group() as firing:
+                for name in names:
+                    firing.start_soon(self._fire_limited, name, now)
+            # (None: all are computed again anyway); a deferred firing keeps its retry
+            if self._dirty is not None:
+                self._dirty.update(n for n in names if n not in self._deferred)
+        await self._refresh()
+
+    def _store_failed(self, e: Refused) -> None:
+        """The store failed a read or a firing: said once until it works again."""
+        if self._failing is None:
+            log.warning(
+                "schedules cannot be read or fired: %s; trying again until they can"
+                " (fire times passed meanwhile are then caught up by each --catch-up)",
+                e.message,
+            )
+        self._failing = e.message
+        self._failed_now = True
+
     async def _refresh(self) -> None:
-        """Compute again the next fire time of the schedules that changed (or of all)."""
+        """Compute again the next fire time of the schedules that changed (or of all).
+
+        Read first, then changed: a store that cannot be read leaves the times as they
+        were, and what was to be read again is kept for the next try (cleared first, it
+        was lost: those schedules never fired again)."""
         dirty = self._dirty
         if dirty is not None and not dirty:
             return
-        self._dirty = set()
+        self._dirty = set()  # what changes while reading is read next time
+        try:
+            if dirty is None:
+                found = await self.backend.schedules()
+            else:
+                found = [s for name in dirty if (s := await self.backend.get_schedule(name))]
+        except BaseException:
+            if dirty is None or self._dirty is None:
+                self._dirty = None
+            else:
+                self._dirty |= dirty
+            raise
         if dirty is None:
             self._next.clear()
             self._heap.clear()
-            found = await self.backend.schedules()
         else:
             for name in dirty:
                 self._next.pop(name, None)
-            found = [s for name in dirty if (s := await self.backend.get_schedule(name))]
         for s in found:
             name = s.spec.name
             if s.paused or name in self._blocked:
@@ -121,21 +180,24 @@ class Scheduler:
         if len(self._heap) > 2 * len(self._next) + 64:  # mostly stale: rebuild
             self._heap = [(at, name) for name, at in self._next.items()]
             heapq.heapify(self._heap)
+        # those now paused, removed or waiting for their previous run wait for no retry
+        self._deferred.intersection_update(self._next)
 
     async def _fire_limited(self, name: str, now: float) -> None:
         async with self._limiter:
             await self._fire_due(name, now)
 
     async def _fire_due(self, name: str, now: float) -> None:
-        s = await self.backend.get_schedule(name)
-        if s is None or s.paused:
-            return
-        plan = due(s, now, late_ok=name in self._unblocked)
-        self._unblocked.discard(name)
-        if plan.latest is None:
-            return
-        self._fault_point("schedule-before-fire")
+        self._deferred.discard(name)
         try:
+            s = await self.backend.get_schedule(name)
+            if s is None or s.paused:
+                return
+            plan = due(s, now, late_ok=name in self._unblocked)
+            if plan.latest is None:
+                self._unblocked.discard(name)
+                return
+            self._fault_point("schedule-before-fire")
             if plan.times:
                 fired = await self.backend.fire(name, plan.times, now, plan.missed)
             else:
@@ -146,11 +208,16 @@ class Scheduler:
             if e.code == "refused" and "already" in e.message:
                 # another node fired it first (a shared store): nothing amiss
                 log.debug("schedule %s: not fired: %s", name, e.message)
-                return
-            log.warning("schedule %s: not fired: %s", name, e.message)
-            if e.code == "refused":
+                self._unblocked.discard(name)
+            elif e.code == "refused":  # the store's trouble: tried again after a pause
+                log.debug("schedule %s: not fired yet: %s", name, e.message)
+                self._store_failed(e)
                 self._retry_later(name)
+            else:
+                log.warning("schedule %s: not fired: %s", name, e.message)
+                self._unblocked.discard(name)
             return
+        self._unblocked.discard(name)
         self._fault_point("schedule-after-fire")
         self._log(name, plan.times, plan.missed, fired)
         if fired.blocked_by is not None and self._tg is not None:
@@ -173,7 +240,10 @@ class Scheduler:
             log.info("schedule %s: fires once job %d has ended", name, fired.blocked_by)
 
     def _retry_later(self, name: str) -> None:
-        at = self.clock() + RETRY_AFTER
+        """Fire `name` again after the pause (not at its next fire time computed again:
+        that is the one just refused, due at once, and it was tried again in a loop)."""
+        at = self.clock() + self._pause
+        self._deferred.add(name)
         self._next[name] = at
         heapq.heappush(self._heap, (at, name))
 

@@ -506,3 +506,73 @@ def test_a_command_cancelled_as_its_log_is_trimmed_at_its_end_keeps_its_outcome(
                 tg.cancel_scope.cancel()
 
     anyio.run(main)
+
+
+class ReadsRefused:
+    """The local backend, its schedule reads refused while `refusing` is set, as the
+    PostgreSQL backend's are when no pooled connection comes (`refused` counts them)."""
+
+    def __init__(self, backend: LocalBackend) -> None:
+        self._backend = backend
+        self.refusing = False
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def _refuse(self) -> None:
+        if self.refusing:
+            self.refused += 1
+            raise Refused("refused", "PostgreSQL cannot be reached (a test)")
+
+    async def schedules(self) -> list[Any]:
+        self._refuse()
+        return await self._backend.schedules()
+
+    async def get_schedule(self, name: str) -> Any:
+        self._refuse()
+        return await self._backend.get_schedule(name)
+
+
+def test_a_schedule_told_while_reads_are_refused_is_read_again_and_fires(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A schedule added elsewhere and told to the Scheduler (as another node's NOTIFY is)
+    while the store refuses reads: it is read once reads work again, and fires. (Cleared
+    before the read, the names to read again were lost, and such a schedule never fired
+    on this node.) A store that refuses reads yet still tells of changes cannot be had on
+    demand (a stopped PostgreSQL drops the LISTEN connection too, and the gap makes every
+    node read everything again), so the real local backend's reads are refused here."""
+    from phxqd.schedules_model import ScheduleSpec
+    from phxqd.schedules_runner import Scheduler
+    from tests.test_postgres import SCHEDULES_BACK, SCHEDULES_CUT_OFF
+
+    def every_second(name: str) -> ScheduleSpec:
+        return ScheduleSpec(name, spec("true"), every=1.0, catch_up="all", overlap="allow")
+
+    async def fired(b: LocalBackend, name: str) -> int:
+        while not (s := await b.get_schedule(name)) or not s.fired:
+            await anyio.sleep(0.02)
+        return s.fired
+
+    async def main() -> None:
+        async with running(settings_in(tmp_path)) as rig:
+            store = ReadsRefused(rig.backend)
+            scheduler = Scheduler(store)  # type: ignore[arg-type]
+            await rig.backend.set_schedule(every_second("tick"), time.time(), "runtime")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(scheduler.run)
+                await fired(rig.backend, "tick")  # it runs, and has read what there was
+                store.refusing = True
+                await rig.backend.set_schedule(every_second("late"), time.time(), "runtime")
+                scheduler.changed("late")
+                while store.refused < 3:  # refused, then refused when tried again
+                    await anyio.sleep(0.01)
+                store.refusing = False
+                await fired(rig.backend, "late")
+                tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    said = [r.getMessage() for r in caplog.records if r.name == "phxqd.schedules"]
+    assert sum(SCHEDULES_CUT_OFF in m for m in said) == 1, said
+    assert sum(SCHEDULES_BACK in m for m in said) == 1, said

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,50 @@ def test_a_cancel_whose_fsync_fails_says_it_took_effect_and_is_saved_later(
     d.kill9()
     d.start()
     assert [d.json("show", str(i))["status"] for i in (first, second)] == ["cancelled", "pending"]
+
+
+def test_a_schedule_due_while_fsync_fails_is_tried_again_and_fires_each_time_once(
+    tmp_path: Path, fsync_shim: Path
+) -> None:
+    """An `--every 1s` schedule while every fsync fails: its firing is refused (the job
+    taken back), and phxqd says once that schedules cannot fire, answers, and tries again
+    after a growing pause (it tried the refused time again at once, in a loop, with a
+    warning each time); once writes resume it fires each fire time once (catch-up `all`:
+    those of the failure too, none lost, none doubled)."""
+    from tests.test_postgres import SCHEDULES_BACK, SCHEDULES_CUT_OFF, until_or_ended
+    from tests.test_schedules_daemon import fired, once_each
+
+    flag = tmp_path / "fail-now"
+    d = Daemon(tmp_path)
+    d.env.update(LD_PRELOAD=str(fsync_shim), FAULT_FLAG=str(flag))
+    d.config.write_text("write_retry_interval = 0.05\n")
+    d.start()
+    d.ok(
+        "schedule", "add", "tick", "--every", "1s", "--catch-up", "all", "--overlap", "allow",
+        "--", "true",
+    )  # fmt: skip
+    until(lambda: len(fired(d, "tick")) >= 2, 20, "two fire times")
+    flag.touch()
+    failing = time.time()
+    noticed = until_or_ended(lambda: SCHEDULES_CUT_OFF in d.logtext(), d, 20)
+    log = d.logtext()
+    assert noticed, f"{log.count('not fired')} lines 'not fired', the last ones:\n" + log[-1500:]
+
+    def retry_at() -> float:
+        """When the scheduler tries `tick` next (0: not now, while it is being fired)."""
+        fires = d.json("status")["next_fires"]
+        return next((n["at"] for n in fires if n["schedule"] == "tick"), 0.0)
+
+    # still trying two fire times later (the status shows when it tries next)
+    until(lambda: retry_at() > failing + 2, 20, "a retry two fire times into the failure")
+    assert d.json("status")["writable"] is False
+    flag.unlink()
+    until(lambda: d.json("status")["writable"], what="writes to resume")
+    resumed = time.time()
+    until(lambda: max(fired(d, "tick")) > resumed + 1, 20, "fire times after writes resumed")
+    times = once_each(fired(d, "tick"))
+    assert times == [times[0] + k for k in range(len(times))], "every fire time, once"
+    assert [t for t in times if failing < t < resumed], "the failure's times caught up"
+    log = d.logtext()
+    assert log.count(SCHEDULES_CUT_OFF) == 1 and log.count(SCHEDULES_BACK) == 1, log
+    assert "not fired" not in log, log

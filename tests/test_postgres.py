@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -248,4 +249,54 @@ def test_an_error_text_with_nul_is_stored_escaped(
         assert failed.status == "failed" and failed.error == "ValueError: a\\x00b"
         assert done.status == "completed"
         assert c.get(bad).error == failed.error
+    assert d.stop() == 0
+
+
+#: what phxqd logs, once, when its schedules cannot be read or fired, and when they can again
+SCHEDULES_CUT_OFF = "schedules cannot be read or fired"
+SCHEDULES_BACK = "schedules can be read and fired again"
+
+
+def until_or_ended(predicate: Callable[[], bool], d: Daemon, timeout: float) -> bool:
+    """Until `predicate` holds (True) or phxqd has ended or `timeout` passed (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if (d.proc is not None and d.proc.poll() is not None) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_postgres_outage_holds_the_schedules_and_ends_nothing(
+    pg_uri: str, pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    """PostgreSQL stopped under a node whose `--every 1s` schedule keeps coming due: the
+    node stays up, says once that its schedules cannot fire, answers on its socket (a
+    one-line refusal), and once PostgreSQL is back fires again, each fire time once (catch-up
+    `all`: the times of the outage too, none lost, none doubled)."""
+    from tests.test_schedules_daemon import fired, once_each
+
+    d = node(tmp_path, pg_uri).start()
+    assert d.proc is not None
+    d.ok(
+        "schedule", "add", "tick", "--every", "1s", "--catch-up", "all", "--overlap", "allow",
+        "--", "true",
+    )  # fmt: skip
+    until(lambda: len(fired(d, "tick")) >= 2, 30, "two fire times")
+    try:
+        pg_cluster.stop("fast")
+        noticed = until_or_ended(lambda: SCHEDULES_CUT_OFF in d.logtext(), d, 60)
+        assert noticed and d.proc.poll() is None, "phxqd:\n" + d.logtext()
+        r = d.ctl("status")
+        assert r.returncode == 5 and r.stderr.count("\n") == 1, r
+        assert "PostgreSQL cannot be reached" in r.stderr, r.stderr
+    finally:
+        pg_cluster.start()
+    back = time.time()
+    until(lambda: SCHEDULES_BACK in d.logtext(), 60, "the schedules to fire again")
+    until(lambda: max(fired(d, "tick")) > back + 1, 30, "fire times after the outage")
+    times = once_each(fired(d, "tick"))
+    assert times == [times[0] + k for k in range(len(times))], "every fire time, once"
+    log = d.logtext()
+    assert log.count(SCHEDULES_CUT_OFF) == 1 and log.count(SCHEDULES_BACK) == 1, log
     assert d.stop() == 0

@@ -528,6 +528,12 @@ class PostgresBackend:
                     return result
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 await anyio.sleep(0.005 * (attempt + 1) * self._rng.random())
+            except PoolTimeout as e:
+                # before OperationalError, which it is: no connection for the pool's
+                # whole timeout is PostgreSQL out of reach, not a broken connection to
+                # try again (ten more timeouts kept a request waiting 100 s)
+                self._error = str(e).strip()
+                raise Refused("refused", f"PostgreSQL cannot be reached ({e})") from e
             except psycopg.OperationalError as e:
                 self._error = str(e).strip()
                 if not committing and broken < 10:
@@ -538,8 +544,6 @@ class PostgresBackend:
                     "refused",
                     f"PostgreSQL cannot be reached ({self._error})" + (maybe if committing else ""),
                 ) from e
-            except PoolTimeout as e:
-                raise Refused("refused", f"PostgreSQL cannot be reached ({e})") from e
         raise Refused("refused", "PostgreSQL kept reporting deadlocks; try again")
 
     async def _notify(self, conn: psycopg.AsyncConnection[Any], payloads: list[str]) -> None:
@@ -2035,12 +2039,13 @@ class PostgresBackend:
             try:
                 async with self._pool.connection() as conn:
                     return await func(conn)
+            except PoolTimeout as e:  # (an OperationalError: see _request)
+                self._error = str(e).strip()
+                raise Refused("refused", f"PostgreSQL cannot be reached ({e})") from e
             except psycopg.OperationalError as e:
                 self._error = str(e).strip()
                 if broken == 9:
                     raise Refused("refused", f"PostgreSQL cannot be reached ({self._error})") from e
-            except PoolTimeout as e:
-                raise Refused("refused", f"PostgreSQL cannot be reached ({e})") from e
         raise AssertionError("unreachable")
 
     async def find(self, job_id: int) -> Job | None:
