@@ -101,9 +101,26 @@ class Connection:
                 f"(Linux's limit for a Unix socket), got {self.path!r:.200}"
             )
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        # Connected blocking: while phxqd's listen backlog is full (a burst of clients, a
+        # daemon busy a moment) a Unix connect waits for room, where one with a timeout
+        # (a non-blocking socket underneath) fails at once with EAGAIN. The timeout bounds
+        # that wait as SO_SNDTIMEO, which the kernel applies to a Unix connect.
+        if self.timeout is not None:  # (the CLI has none: struct is imported only here)
+            import struct
+
+            seconds = max(self.timeout, 0.001)  # 0 would mean no limit
+            whole = int(seconds)
+            timeval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, timeval)
         try:
             sock.connect(self.path)
+            sock.settimeout(self.timeout)
+        except BlockingIOError:  # the backlog stayed full for the whole timeout
+            sock.close()
+            raise DaemonUnreachable(
+                f"phxqd at {self.path} did not take the connection within {self.timeout:g}s "
+                "(too many clients connecting at once, or phxqd is stuck)"
+            ) from None
         except (FileNotFoundError, ConnectionRefusedError) as e:
             sock.close()
             why = "no socket there" if isinstance(e, FileNotFoundError) else "nothing listening"

@@ -360,3 +360,52 @@ def test_no_msgspec_no_daemon_code_on_the_fast_commands(daemon: Any) -> None:
             }
             # the package (its __init__ is empty) and the shared constants, nothing else
             assert heavy == {"phxqd", "phxqd.contract"}, (command, sorted(heavy))
+
+
+def test_a_connect_with_a_timeout_waits_for_room_in_a_full_backlog(tmp_path: Path) -> None:
+    """A burst of clients can fill phxqd's listen backlog for a moment: a client with a
+    timeout waits for room (up to its timeout), as one without waits, instead of failing
+    at once with EAGAIN (what a Unix connect on a non-blocking socket does)."""
+    from phxqctl.errors import DaemonUnreachable
+    from phxqctl.wire import Connection
+
+    path = str(tmp_path / "sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(0)
+    queued = []
+    try:
+        while True:  # fill the backlog: nobody accepts
+            waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            waiting.setblocking(False)
+            queued.append(waiting)
+            waiting.connect(path)
+    except BlockingIOError:
+        queued.pop().close()
+    try:
+        with pytest.raises(DaemonUnreachable, match=r"did not take the connection within 0\.2s"):
+            Connection(path, timeout=0.2).connect()
+
+        patient = Connection(path, timeout=60)
+        outcome: list[BaseException | None] = []
+        started = threading.Event()
+
+        def connect() -> None:
+            started.set()
+            try:
+                patient.connect()
+                outcome.append(None)
+            except BaseException as e:  # reported to the test below
+                outcome.append(e)
+
+        thread = threading.Thread(target=connect)
+        thread.start()
+        started.wait()
+        server.accept()[0].close()  # room for one more
+        thread.join(60)
+        assert outcome == [None], outcome
+        patient.close()
+    finally:
+        for s in queued:
+            s.close()
+        server.close()
