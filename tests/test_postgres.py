@@ -267,6 +267,10 @@ def until_or_ended(predicate: Callable[[], bool], d: Daemon, timeout: float) -> 
     return True
 
 
+#: the pool's wait for a connection (PostgresBackend), which a cut-off node no longer waits
+POOL_TIMEOUT = 10.0
+
+
 def test_a_postgres_outage_holds_the_schedules_and_ends_nothing(
     pg_uri: str, pg_cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -290,6 +294,14 @@ def test_a_postgres_outage_holds_the_schedules_and_ends_nothing(
         r = d.ctl("status")
         assert r.returncode == 5 and r.stderr.count("\n") == 1, r
         assert "PostgreSQL cannot be reached" in r.stderr, r.stderr
+        # Once the node knows it is cut off, a request no longer waits the pool's whole
+        # 10 s for a connection to be refused: CUT_OFF_WAIT.
+        until_or_ended(lambda: "no answer from PostgreSQL" in d.logtext(), d, 60)
+        asked = time.monotonic()
+        r = d.ctl("status")
+        took = time.monotonic() - asked
+        assert r.returncode == 5 and "PostgreSQL cannot be reached" in r.stderr, r
+        assert took < POOL_TIMEOUT / 2, f"refused after {took:.1f}s"
     finally:
         pg_cluster.start()
     back = time.time()

@@ -81,6 +81,9 @@ LINGER_ENDS = 16
 MAX_AHEAD = 128
 #: seconds: the least a transaction of a node may wait on the node (see `_configure`)
 IDLE_IN_TRANSACTION_MIN = 1.0
+#: seconds a request waits for a connection while this node is cut off from PostgreSQL
+#: (see `_connection_wait`)
+CUT_OFF_WAIT = 1.0
 #: the server version from which `idle_session_timeout` exists (see `open`)
 IDLE_SESSION_TIMEOUT_SINCE = 140000
 #: the advisory lock of the reaper (one node at a time reaps)
@@ -505,7 +508,7 @@ class PostgresBackend:
         for attempt in range(20):
             committing = False
             try:
-                async with self._pool.connection() as conn:
+                async with self._pool.connection(self._connection_wait()) as conn:
                     if single:
                         if _dropped(conn):
                             await conn.close()
@@ -545,6 +548,14 @@ class PostgresBackend:
                     f"PostgreSQL cannot be reached ({self._error})" + (maybe if committing else ""),
                 ) from e
         raise Refused("refused", "PostgreSQL kept reporting deadlocks; try again")
+
+    def _connection_wait(self) -> float | None:
+        """How long a request waits for a connection: the pool's 10 s, or CUT_OFF_WAIT
+        while the heartbeat has had no answer for half the lease (`_cut_off`). Every
+        request during an outage otherwise waited the whole 10 s to be refused
+        (`phxqctl status` among them); the heartbeat keeps trying meanwhile, and a
+        request still gets a connection the pool has, or makes one within that second."""
+        return CUT_OFF_WAIT if self._cut_off else None
 
     async def _notify(self, conn: psycopg.AsyncConnection[Any], payloads: list[str]) -> None:
         if payloads:
@@ -2037,7 +2048,7 @@ class PostgresBackend:
         """A query, asked again on another connection if the one it got had broken."""
         for broken in range(10):
             try:
-                async with self._pool.connection() as conn:
+                async with self._pool.connection(self._connection_wait()) as conn:
                     return await func(conn)
             except PoolTimeout as e:  # (an OperationalError: see _request)
                 self._error = str(e).strip()
