@@ -312,3 +312,46 @@ def test_a_postgres_outage_holds_the_schedules_and_ends_nothing(
     log = d.logtext()
     assert log.count(SCHEDULES_CUT_OFF) == 1 and log.count(SCHEDULES_BACK) == 1, log
     assert d.stop() == 0
+
+
+def test_a_database_set_read_only_refuses_changes_in_one_line_and_ends_nothing(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    """An operator sets the database read-only (maintenance, a standby promoted the wrong
+    way round): a change is refused in one line, exit status 5, nothing done; the
+    scheduler waits it out (it ended phxqd: the error was no `Refused`); once writable
+    again, everything works."""
+    import psycopg
+    from psycopg import sql
+
+    d = node(tmp_path, pg_uri).start()
+    assert d.proc is not None
+    d.ok(
+        "schedule", "add", "tick", "--every", "1s", "--catch-up", "all", "--overlap", "allow",
+        "--", "true",
+    )  # fmt: skip
+    database = sql.Identifier(psycopg.conninfo.conninfo_to_dict(pg_uri)["dbname"])
+    others = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    with psycopg.connect(pg_uri, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(database)
+        )
+        admin.execute(others)  # the node's connections come back read-only
+        try:
+            r = d.ctl("submit", "--", "true")
+            assert r.returncode == 5 and r.stderr.count("\n") == 1, r
+            assert "read-only transaction" in r.stderr and "nothing was done" in r.stderr, r
+            noticed = until_or_ended(lambda: SCHEDULES_CUT_OFF in d.logtext(), d, 60)
+            assert noticed and d.proc.poll() is None, "phxqd:\n" + d.logtext()
+        finally:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(database)
+            )
+            admin.execute(others)
+    until(lambda: SCHEDULES_BACK in d.logtext(), 60, "the schedules to fire again")
+    job = d.submit("true")
+    assert "completed" in d.ok("wait", str(job))
+    assert "Traceback" not in d.logtext(), d.logtext()

@@ -81,6 +81,10 @@ LINGER_ENDS = 16
 MAX_AHEAD = 128
 #: seconds: the least a transaction of a node may wait on the node (see `_configure`)
 IDLE_IN_TRANSACTION_MIN = 1.0
+#: what PostgreSQL answers when an operator has made it refuse phxq's work for now (a
+#: database set read-only, as a standby is or for maintenance; privileges revoked): a
+#: request is refused, and nothing of it is done (see `_refusing`)
+REFUSING = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege)
 #: seconds a request waits for a connection while this node is cut off from PostgreSQL
 #: (see `_connection_wait`)
 CUT_OFF_WAIT = 1.0
@@ -537,6 +541,8 @@ class PostgresBackend:
                 # try again (ten more timeouts kept a request waiting 100 s)
                 self._error = str(e).strip()
                 raise Refused("refused", f"PostgreSQL cannot be reached ({e})") from e
+            except REFUSING as e:
+                raise self._refusing(e) from e
             except psycopg.OperationalError as e:
                 self._error = str(e).strip()
                 if not committing and broken < 10:
@@ -548,6 +554,13 @@ class PostgresBackend:
                     f"PostgreSQL cannot be reached ({self._error})" + (maybe if committing else ""),
                 ) from e
         raise Refused("refused", "PostgreSQL kept reporting deadlocks; try again")
+
+    def _refusing(self, e: psycopg.Error) -> Refused:
+        """What PostgreSQL refused the way an operator makes it (see REFUSING), as a
+        refusal: a one-line error for the client, not an internal error with a traceback,
+        and for the scheduler a store that fails for a while, not a bug that ends phxqd."""
+        self._error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return Refused("refused", f"PostgreSQL refused it ({self._error}); nothing was done")
 
     def _connection_wait(self) -> float | None:
         """How long a request waits for a connection: the pool's 10 s, or CUT_OFF_WAIT
@@ -2053,6 +2066,8 @@ class PostgresBackend:
             except PoolTimeout as e:  # (an OperationalError: see _request)
                 self._error = str(e).strip()
                 raise Refused("refused", f"PostgreSQL cannot be reached ({e})") from e
+            except REFUSING as e:
+                raise self._refusing(e) from e
             except psycopg.OperationalError as e:
                 self._error = str(e).strip()
                 if broken == 9:
