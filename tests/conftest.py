@@ -71,6 +71,19 @@ def clean_environment(home: Path, source: Mapping[str, str] | None = None) -> di
     return env
 
 
+def phxqctl_at(socket_path: Path, cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """phxqctl run against `socket_path` (a test standing in for phxqd there), from `cwd`,
+    in a clean environment whose HOME is `cwd`/home."""
+    return subprocess.run(
+        [sys.executable, "-m", "phxqctl", *argv],
+        cwd=cwd,
+        env={**clean_environment(cwd / "home"), "PHXQ_SOCKET": str(socket_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 _callers_environment: dict[str, str] = {}
 
 

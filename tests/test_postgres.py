@@ -267,6 +267,16 @@ def until_or_ended(predicate: Callable[[], bool], d: Daemon, timeout: float) -> 
     return True
 
 
+def ticking(tmp: Path, pg_uri: str) -> Daemon:
+    """A node with a schedule due every second, catching up every fire time it missed."""
+    d = node(tmp, pg_uri).start()
+    d.ok(
+        "schedule", "add", "tick", "--every", "1s", "--catch-up", "all", "--overlap", "allow",
+        "--", "true",
+    )  # fmt: skip
+    return d
+
+
 #: the pool's wait for a connection (PostgresBackend), which a cut-off node no longer waits
 POOL_TIMEOUT = 10.0
 
@@ -280,12 +290,8 @@ def test_a_postgres_outage_holds_the_schedules_and_ends_nothing(
     `all`: the times of the outage too, none lost, none doubled)."""
     from tests.test_schedules_daemon import fired, once_each
 
-    d = node(tmp_path, pg_uri).start()
+    d = ticking(tmp_path, pg_uri)
     assert d.proc is not None
-    d.ok(
-        "schedule", "add", "tick", "--every", "1s", "--catch-up", "all", "--overlap", "allow",
-        "--", "true",
-    )  # fmt: skip
     until(lambda: len(fired(d, "tick")) >= 2, 30, "two fire times")
     try:
         pg_cluster.stop("fast")
@@ -324,12 +330,8 @@ def test_a_database_set_read_only_refuses_changes_in_one_line_and_ends_nothing(
     import psycopg
     from psycopg import sql
 
-    d = node(tmp_path, pg_uri).start()
+    d = ticking(tmp_path, pg_uri)
     assert d.proc is not None
-    d.ok(
-        "schedule", "add", "tick", "--every", "1s", "--catch-up", "all", "--overlap", "allow",
-        "--", "true",
-    )  # fmt: skip
     database = sql.Identifier(psycopg.conninfo.conninfo_to_dict(pg_uri)["dbname"])
     others = (
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ from phxqctl import Client
 from phxqctl.errors import DaemonUnreachable, PhxqError, RemoteError
 from phxqd import protocol, server
 from phxqd.model import JobSpec
-from tests.conftest import Daemon, clean_environment, read_payload
+from tests.conftest import Daemon, phxqctl_at, read_payload
 
 #: client threads submitting at once, each on its own connection
 CLIENTS = 4
@@ -242,14 +240,7 @@ def test_phxqctl_says_a_request_unanswered_may_have_been_done(tmp_path: Path) ->
 
     thread = threading.Thread(target=answer_hello_only, daemon=True)
     thread.start()
-    r = subprocess.run(
-        [sys.executable, "-m", "phxqctl", "submit", "--", "true"],
-        cwd=tmp_path,
-        env={**clean_environment(tmp_path / "home"), "PHXQ_SOCKET": str(path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = phxqctl_at(path, tmp_path, "submit", "--", "true")
     thread.join(60)
     listener.close()
     assert (r.returncode, r.stdout) == (3, "")

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from phxqctl import locate, mpack
 from phxqd import contract, model, paths, protocol
-from tests.conftest import clean_environment, read_payload
+from tests.conftest import phxqctl_at, read_payload
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 SCALARS = (
@@ -240,14 +240,7 @@ def test_the_cli_submit_request_decodes_as_the_daemon_does(tmp_path: Path) -> No
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     argv = ["submit", "--queue", "q", "--retries", "2", "--env", "A=1", "--", "echo", "hi"]
-    r = subprocess.run(
-        [sys.executable, "-m", "phxqctl", *argv],
-        cwd=tmp_path,
-        env={**clean_environment(tmp_path / "home"), "PHXQ_SOCKET": str(sock_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = phxqctl_at(sock_path, tmp_path, *argv)
     thread.join(60)
     server.close()
     assert (r.returncode, r.stdout, r.stderr) == (0, "7\n", "")
@@ -333,7 +326,6 @@ def test_no_msgspec_no_daemon_code_on_the_fast_commands(daemon: Any) -> None:
     phxqd's code other than its standard-library constants, phxqd.contract (checked with
     -X importtime, through `-m phxqctl` and the console script, which imports
     phxqctl.cli directly)."""
-    import subprocess
 
     script = Path(sys.executable).parent / "phxqctl"
     entries = [[sys.executable, "-X", "importtime", "-m", "phxqctl"]]
