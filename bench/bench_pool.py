@@ -15,8 +15,9 @@ workers, the `true` processes) during the run, read from /proc, and the raw spaw
 
 `--compare` measures, round after round so that the machine's noise falls on all alike:
 for commands, the runner floor (`floor`: `os.posix_spawn` of `/usr/bin/true` two at a time
-and `os.wait`, no store, no event loop: what any runner on this machine pays at least),
-task-spooler (bench/peers/tsp.py, 900 jobs at most), the phxqd of `--base` (a source tree,
+and `os.wait`, no store, no event loop: what any runner on this machine pays at least; and
+`durable`: the same with each end fdatasync'd, jobs in their own session with their output
+on a file, what any runner that records every end durably pays at least), task-spooler (bench/peers/tsp.py, 900 jobs at most), the phxqd of `--base` (a source tree,
 e.g. `git worktree add /tmp/phxq-base COMMIT`) and this one; for callables the two
 phxqds. It prints each run, the load average, then medians and ratios of this phxqd to
 each other row (above 1: this one is faster). `--hog N` runs N processes spinning on the
@@ -120,6 +121,40 @@ def runner_floor(n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def durable_floor(n: int, directory: Path) -> float:
+    """`runner_floor` plus what makes a runner durable, and nothing else: each job's end is
+    a 100-byte record written into a preallocated file and fdatasync'd (phxqd's journal
+    does the same), after the next job is spawned so the disk wait overlaps its run; each
+    job in its own session with its output on a file, as phxqd's are. Jobs/s: the floor
+    under any runner that records every end durably (no queue, no state, no event loop)."""
+    env = dict(os.environ)
+    directory.mkdir(parents=True, exist_ok=True)
+    journal = os.open(directory / "journal", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    out = os.open(directory / "out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.posix_fallocate(journal, 0, 128 * n + 4096)
+        os.fsync(journal)
+        actions = [(os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, out, 2)]
+        record = b"x" * 100
+        t0 = time.perf_counter()
+        started = offset = 0
+        for _ in range(min(2, n)):
+            os.posix_spawn("/usr/bin/true", ["true"], env, file_actions=actions, setsid=True)
+            started += 1
+        for _ in range(n):
+            os.wait()
+            if started < n:
+                os.posix_spawn("/usr/bin/true", ["true"], env, file_actions=actions, setsid=True)
+                started += 1
+            os.pwrite(journal, record, offset)
+            offset += len(record)
+            os.fdatasync(journal)
+        return n / (time.perf_counter() - t0)
+    finally:
+        os.close(journal)
+        os.close(out)
+
+
 def _phxq_rate(
     where: Path, kind: str, n: int, tree: Path | None, cpu: list[tuple[float, float]]
 ) -> float:
@@ -143,6 +178,8 @@ def compare(kinds: list[str], n: int, repeat: int, base: Path | None) -> dict[st
                 contenders: list[tuple[str, Callable[[], float]]] = []
                 if kind == "commands":
                     contenders.append(("floor", lambda: runner_floor(n)))
+                    durable = Path(tmp) / f"durable{r}"
+                    contenders.append(("durable", partial(durable_floor, n, durable)))
                     if tsp.missing() is None:
                         contenders.append(("tsp", partial(tsp.throughput, ctx, "true", n)))
                 for name, tree in (("base", base), ("this", None)):

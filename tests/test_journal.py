@@ -647,9 +647,10 @@ def test_a_bulk_batch_is_kept_as_the_block_of_its_own_record() -> None:
 def test_a_lazy_record_is_written_at_once_and_synced_with_the_next_that_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A job's start (append(lazy=True)) costs no fdatasync of its own: it is in the
-    segment at once (a kill -9 keeps the page cache), and durable once the next record
-    that is not lazy is synced, or LAZY_SYNC after the last fdatasync if none comes."""
+    """A job's start or end (append(lazy=True)) costs no fdatasync of its own: it is in
+    the segment at once (a kill -9 keeps the page cache), and durable once the next record
+    that is not lazy is synced, at once when someone waits for it (`durable`), or
+    LAZY_SYNC after the last fdatasync if neither comes."""
     from phxqd.local import journal as journal_module
 
     monkeypatch.setattr(journal_module, "LAZY_SYNC", 3600.0)
@@ -669,11 +670,20 @@ def test_a_lazy_record_is_written_at_once_and_synced_with_the_next_that_is(
             await journal.durable(eager)
             assert journal.fsyncs == syncs + 1 and journal.durable_lsn == eager
 
-            monkeypatch.setattr(journal_module, "LAZY_SYNC", 0.05)
-            alone = journal.append([job_event(4)], lazy=True)
-            await journal.durable(alone)  # nothing else comes: the interval's fdatasync
+            # written, then waited for (a `wait` about to report a job's end): synced at
+            # once, not an hour later
+            waited = journal.append([job_event(4)], lazy=True)
+            await until_async(lambda: journal._written_lsn >= waited)
+            with anyio.fail_after(30):
+                await journal.durable(waited)
             assert journal.fsyncs == syncs + 2
+
+            monkeypatch.setattr(journal_module, "LAZY_SYNC", 0.05)
+            alone = journal.append([job_event(5)], lazy=True)
+            # nobody waits, nothing else comes: the interval's fdatasync
+            await until_async(lambda: journal.durable_lsn >= alone)
+            assert journal.fsyncs == syncs + 3
             await journal.close()
 
     anyio.run(main)
-    assert sorted(recover(tmp_path, cut_torn_tail=False).state.jobs) == [1, 2, 3, 4]
+    assert sorted(recover(tmp_path, cut_torn_tail=False).state.jobs) == [1, 2, 3, 4, 5]

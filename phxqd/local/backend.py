@@ -99,7 +99,6 @@ class LocalBackend:
     ) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._journal.run)
-            tg.start_soon(self._recorder.settler)
             tg.start_soon(self._in_scope, self._snapshots.run, self._upkeep)
             tg.start_soon(self._checkpointer)
             task_status.started()
@@ -122,13 +121,12 @@ class LocalBackend:
         return len(events)
 
     async def close(self) -> None:
-        """Tell the waiters of the last ends, snapshot, and close the journal.
+        """Snapshot, and close the journal.
 
         A background snapshot is stopped first (its child killed, see Snapshots), and so
         is healing: the stop's own snapshot says the last word.
         """
         self._upkeep.cancel()
-        await self._recorder.settle_all()
         try:
             await self._snapshots.snapshot()
         finally:

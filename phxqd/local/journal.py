@@ -92,10 +92,10 @@ FsyncPolicy = Literal["always", "batch", "off"]
 INLINE_SYNC_MAX = 0.005
 #: and only a record this small (a batch of thousands of jobs is one record of megabytes)
 INLINE_BYTES = 64 * 1024
-#: With fsync = "always", a lazy record (a job's start: nobody waits for it) is written at
-#: once but fdatasync'd by the next batch that is, or this many seconds after the last
-#: fdatasync if none comes: a stream of command jobs needs one fdatasync per job (its
-#: end's, which covers the next start) instead of two.
+#: With fsync = "always", a lazy record (a job's start or end: nobody has been told of it)
+#: is written at once but fdatasync'd by the next batch that is, when someone waits for it
+#: (`durable`), or this many seconds after the last fdatasync if neither comes: a stream
+#: of jobs costs one fdatasync per LAZY_SYNC instead of two per job.
 LAZY_SYNC = 0.02
 
 
@@ -509,6 +509,7 @@ class Journal:
             if self._may_sync_here():
                 self._sync_here()
             else:
+                self._eager = True  # a lazy record waited for is synced at once
                 self._wake.set()
         while self.durable_lsn < lsn:
             if self.failed is not None:
@@ -536,6 +537,7 @@ class Journal:
             if self._may_sync_here():
                 self._sync_here()
             else:
+                self._eager = True
                 self._wake.set()
         if self.durable_lsn >= lsn:
             then(None)
@@ -763,8 +765,14 @@ class Journal:
         once the interval has passed since the last one, or when forced."""
         if not self._unsynced or (self.policy == "off" and not force):
             return
-        if force or time.monotonic() - self._last_sync >= self._sync_interval():
-            await self._disk.call(os.fdatasync, self._fd)
+        waited_for = self._eager and self.policy == "always"  # see `durable`
+        if force or waited_for or time.monotonic() - self._last_sync >= self._sync_interval():
+            if not self._pending:  # (records pending keep theirs for their own batch)
+                self._eager = False
+            if waited_for and self._last_sync_seconds < INLINE_SYNC_MAX:
+                os.fdatasync(self._fd)  # someone waits: as a batch's would be (INLINE_SYNC_MAX)
+            else:
+                await self._disk.call(os.fdatasync, self._fd)
             self.fsyncs += 1
             self._unsynced = False
             self._last_sync = time.monotonic()

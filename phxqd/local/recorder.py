@@ -4,16 +4,17 @@ until durable, wake.
 A request's events go through `commit`: the journal encodes them, the state applies them,
 and the caller waits until the fsync policy says they are safe before it answers anyone.
 What already happened (a job started or ended, a progress checkpoint) goes through `note`,
-and cannot be refused; whoever waits for a job's end is told once that end is durable (the
-settler). Applying is the only place that counts events, tells the feed, gives the
-dispatcher's notice and asks for a snapshot when the journal has grown: nothing else calls
-`State.apply` on a live daemon.
+and cannot be refused. Nobody has been told of a job's end when it is noted, so it is
+journaled lazily (written at once, fdatasync'd with the next record that is, or within
+Journal.LAZY_SYNC): a stream of jobs costs a fdatasync per LAZY_SYNC, not one per job, and
+a `wait` makes the ends it reports durable before it answers. Applying is the only place
+that counts events, tells the feed, gives the dispatcher's notice and asks for a snapshot
+when the journal has grown: nothing else calls `State.apply` on a live daemon.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -50,13 +51,10 @@ class Recorder:
         self.feed = feed
         #: given after every change that may let a job start (see `_apply`)
         self._changed = changed
-        #: events of the jobs someone waits for, set once the job's end is durable
+        #: events of the jobs someone waits for, set once the job has ended
         self._waiters: dict[int, anyio.Event] = {}
         #: the LSN of the last request that submitted jobs (what claims wait for)
         self.last_submit_lsn = 0
-        #: noted job ends whose waiters are told once durable (see `settler`)
-        self._unsettled: deque[tuple[int | None, list[AnyEvent]]] = deque()
-        self._settle_wake = anyio.Event()
 
     async def commit(self, events: list[AnyEvent], keep: set[int] | None = None) -> None:
         """Apply and persist a request's events; return once durable.
@@ -73,7 +71,7 @@ class Recorder:
             await self.journal.durable(lsn)
         except JournalError as e:
             raise self._undo(events, keep, e) from e
-        self._finished_durably(events)
+        self._finished(events)
 
     def commit_then(
         self,
@@ -93,7 +91,7 @@ class Recorder:
 
         def durable(error: JournalError | None) -> None:
             if error is None:
-                self._finished_durably(events)
+                self._finished(events)
                 then(answer)
             else:
                 then(self._undo(events, keep, error))
@@ -149,7 +147,7 @@ class Recorder:
         if lsn is not None:
             with contextlib.suppress(JournalError):
                 await self.journal.durable(lsn)
-        self._finished_durably(events)
+        self._finished(events)
 
     def note(self, events: list[AnyEvent], lazy: bool = False) -> int | None:
         """Apply a fact and queue it for the journal, without waiting; its LSN, or None if
@@ -170,9 +168,10 @@ class Recorder:
         return lsn
 
     def note_ends(self, events: list[AnyEvent]) -> None:
-        """`note` job ends, whose waiters the settler tells once they are durable."""
-        self._unsettled.append((self.note(events), events))
-        self._settle_wake.set()
+        """`note` job ends, lazily, and wake their waiters: `wait` makes them durable
+        before it answers; `ended`'s callers need them only in memory."""
+        self.note(events, lazy=True)
+        self._finished(events)
 
     def _apply(self, events: list[AnyEvent], kept: list[AnyEvent | Block] | None = None) -> None:
         """`kept`: the events as the journal stored them (Journal.append_kept), which the
@@ -191,25 +190,7 @@ class Recorder:
             self._changed.set()
         self.snapshots.grown()
 
-    async def settler(self) -> None:
-        """Tell waiters of jobs ended by noted events once those are durable: one task for
-        all of them, woken once per batch (not one task per job per fsync)."""
-        while True:
-            while not self._unsettled:
-                await self._settle_wake.wait()
-                self._settle_wake = anyio.Event()
-            await self.settle_all()
-
-    async def settle_all(self) -> None:
-        batch = list(self._unsettled)
-        self._unsettled.clear()
-        top = max((lsn for lsn, _ in batch if lsn is not None), default=None)
-        if top is not None:
-            with contextlib.suppress(JournalError):
-                await self.journal.durable(top)
-        self._finished_durably([e for _, events in batch for e in events])
-
-    def _finished_durably(self, events: list[AnyEvent]) -> None:
+    def _finished(self, events: list[AnyEvent]) -> None:
         """Wake the waiters of every job that is now finished: those the events name, and
         those cancelled with them because they were to run after them."""
         for event in events:
@@ -226,9 +207,11 @@ class Recorder:
             self._waiters.pop(job_id).set()
 
     def ended(self, job_id: int) -> anyio.Event:
-        """Set once the job has finished (or is gone): for a job still going, once its end
-        is durable; for one that has finished already, at once. (`wait` is the one that
-        promises durability; this is for `logs --follow`, which re-reads the log anyway.)"""
+        """Set once the job has finished (or is gone): at once for one that has. Its end
+        may not be durable yet (`wait` is the one that promises durability; this is for
+        `logs --follow`, which re-reads the log anyway, and schedules that wait for their
+        last job: the record of what they do next is journaled after that end, so it is
+        never durable without it)."""
         job = self.state.jobs.get(job_id)
         if job is None or (job.finished and job_id not in self._waiters):
             done = anyio.Event()
@@ -241,7 +224,9 @@ class Recorder:
         return list(self._waiters)
 
     async def wait(self, ids: list[int], timeout: float | None) -> list[Job]:
-        """The jobs `ids` once each has finished durably, or as they are at the timeout."""
+        """The jobs `ids` once each has finished, or as they are at the timeout; what is
+        returned is durable (ends are journaled lazily: see `note_ends`), so a power cut
+        after the answer cannot take back an end it reported."""
         for job_id in ids:
             self.state.get(job_id)
         with anyio.move_on_after(timeout if timeout is not None else float("inf")):
@@ -250,4 +235,7 @@ class Recorder:
                 while job is not None and not job.finished:
                     await self._waiters.setdefault(job_id, anyio.Event()).wait()
                     job = self.state.jobs.get(job_id)
+        if self.journal.durable_lsn < self.journal.last_lsn:
+            with contextlib.suppress(JournalError):  # the state says what happened
+                await self.journal.durable(self.journal.last_lsn)
         return [self.state.jobs[i] for i in ids if i in self.state.jobs]
