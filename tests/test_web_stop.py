@@ -143,6 +143,7 @@ def test_a_stop_under_http_submits_answers_each_or_refuses_it(tmp_path: Path, lo
         t.join(60)
         assert not t.is_alive()
     assert stream_ended.is_set()
+    assert "Traceback" not in daemon.logtext()
     # a stream is not waited for, and the submits need a fraction of the grace
     assert took < GRACE, f"the stop took {took:.1f}s: it waited for the event stream"
 
@@ -176,6 +177,7 @@ class Held:
     def __init__(self) -> None:
         self.handling = anyio.Event()
         self.release = anyio.Event()
+        self.ended = anyio.Event()
         self.app = Starlette(
             routes=[
                 Route("/held", self.held, methods=["POST"]),
@@ -186,7 +188,10 @@ class Held:
 
     async def held(self, request: Request) -> Response:
         self.handling.set()
-        await self.release.wait()
+        try:
+            await self.release.wait()
+        finally:
+            self.ended.set()
         return JSONResponse({"made": True})
 
     async def quick(self, request: Request) -> Response:
@@ -282,5 +287,6 @@ def test_a_request_that_never_ends_holds_the_http_stop_only_for_the_grace() -> N
                 tg.start_soon(submit)
                 await held.handling.wait()
                 await web.stop(0.2)  # held.release is never set
+                await held.ended.wait()  # cancelled, not left running
 
     anyio.run(main)

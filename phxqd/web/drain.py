@@ -46,6 +46,8 @@ class Drain:
         self.app = app
         self.live: set[InFlight] = set()
         self.stopping = False
+        #: the grace ran out: the requests left were cancelled, their connections cut
+        self.cut = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -75,7 +77,7 @@ class Drain:
                 await self.app(scope, receive, tracked)
         finally:
             self.live.discard(request)
-        if request.scope.cancelled_caught:
+        if request.scope.cancelled_caught and not self.cut:
             if not request.started:
                 await refuse(scope, receive, send)
             elif not request.complete:  # a stream ended by the stop: end its body cleanly
@@ -99,6 +101,13 @@ class Drain:
                 await anyio.sleep(DRAIN_INTERVAL)
             return True
         return False
+
+    def cut_off(self) -> None:
+        """The grace ran out, and the connections were cut: the requests still in flight
+        are cancelled, as the socket's are, rather than left to run on unanswered."""
+        self.cut = True
+        for request in self.live:
+            request.scope.cancel()
 
 
 async def refuse(scope: Any, receive: Any, send: Any) -> None:

@@ -77,7 +77,7 @@ class WebServer:
         refused and event streams end (drain.py); then every connection closed, and
         return once uvicorn has ended. Cut short only once the grace has run out: then
         the connections of requests still unanswered are cut, their clients told
-        nothing (as on the Unix socket), and the requests not waited for."""
+        nothing, and the requests cancelled (as on the Unix socket)."""
         server = self._server
         for listener in getattr(server, "servers", []):  # none before uvicorn started
             listener.close()
@@ -85,6 +85,7 @@ class WebServer:
         if force:
             for connection in list(server.server_state.connections):
                 connection.transport.abort()
+            self._drain.cut_off()
         server.should_exit = True
         server.force_exit = force
         server.exiting.set()
