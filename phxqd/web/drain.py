@@ -8,7 +8,7 @@ so a request sent on one meets a closed connection instead of being told nothing
 done; it waits for every response, event streams included, which may never end; and its
 time limit is fixed when the server is built, while `kill_grace` is read at the stop (a
 reload may have changed it). So the requests are drained here first, and uvicorn's
-shutdown is left only idle connections to close.
+shutdown, run after, finds only idle connections to close.
 """
 
 from __future__ import annotations
