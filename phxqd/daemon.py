@@ -357,9 +357,9 @@ async def run(
             if activated is None:  # from now on a client is told phxqd is not running
                 settings.socket.unlink(missing_ok=True)
             stop_serving.set()
+            if web is not None:  # it stops as the socket does, alongside
+                await web.stop(settings.kill_grace)
             await served.wait()
-            if web is not None:
-                web.stop()
             notifier.status("stopping: writing a snapshot")
             try:
                 await backend.close()

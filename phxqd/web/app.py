@@ -18,6 +18,7 @@ from phxqd.protocol import Refused
 from phxqd.web import listen
 from phxqd.web.api import Api, ApiError, error_response, json_response
 from phxqd.web.dashboard import Dashboard
+from phxqd.web.drain import Drain
 from phxqd.web.rates import PERIOD, Rates
 from phxqd.web.security import SAFE_METHODS, Guard, SecurityHeaders, Who
 from phxqd.web.server import WebServer
@@ -54,7 +55,8 @@ class Web:
                 Exception: self._internal,
             },
         )
-        self.asgi = SecurityHeaders(self.app)
+        self.drain = Drain(self.app)
+        self.asgi = SecurityHeaders(self.drain)
 
     def allow(self, request: Request, need: Need) -> Who:
         """Who is asking, if they may do `need`; else ApiError (401 or 403)."""
@@ -118,8 +120,9 @@ class Serving:
             await self.server.run()
             tg.cancel_scope.cancel()
 
-    def stop(self) -> None:
-        self.server.stop()
+    async def stop(self, grace: float) -> None:
+        """As the Unix socket stops, alongside it (daemon.py): see WebServer.stop."""
+        await self.server.stop(grace)
 
 
 def open_server(core: Core) -> Serving:
@@ -138,4 +141,4 @@ def open_server(core: Core) -> Serving:
         if address.loopback
         else "a token is needed: phxqd http-token",
     )
-    return Serving(web, WebServer(web.asgi, sock))
+    return Serving(web, WebServer(web.asgi, sock, web.drain))

@@ -193,7 +193,8 @@ def document(submit: bool) -> dict[str, Any]:
                 },
                 "default": {
                     "description": "an error: code usage (400), unauthorized (401), "
-                    "forbidden (403), not_found (404), refused (409), internal (500)",
+                    "forbidden (403), not_found (404), refused (409; 503 while phxqd is "
+                    "stopping: nothing was done), internal (500)",
                     "content": {"application/json": {"schema": by_type[ErrorReply]}},
                 },
             },
