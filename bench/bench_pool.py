@@ -17,10 +17,11 @@ workers, the `true` processes) during the run, read from /proc, and the raw spaw
 for commands, the runner floor (`floor`: `os.posix_spawn` of `/usr/bin/true` two at a time
 and `os.wait`, no store, no event loop: what any runner on this machine pays at least; and
 `durable`: the same with each end fdatasync'd, jobs in their own session with their output
-on a file, what any runner that records every end durably pays at least), task-spooler (bench/peers/tsp.py, 900 jobs at most), the phxqd of `--base` (a source tree,
-e.g. `git worktree add /tmp/phxq-base COMMIT`) and this one; for callables the two
-phxqds. It prints each run, the load average, then medians and ratios of this phxqd to
-each other row (above 1: this one is faster). `--hog N` runs N processes spinning on the
+on a file, what any runner that records every end durably pays at least), task-spooler
+(bench/peers/tsp.py, 900 jobs at most), the phxqd of `--base` (a source tree, e.g. `git
+worktree add /tmp/phxq-base COMMIT`) and this one; for callables the two phxqds. It
+prints each run, the load average, then medians and ratios of this phxqd to each other row
+(above 1: this one is faster). `--hog N` runs N processes spinning on the
 CPU meanwhile: a loaded machine, the same for every contender.
 """
 
