@@ -386,6 +386,49 @@ def test_a_node_frozen_inside_its_heartbeat_is_still_declared_lost(
     victim.ok("status")  # and it serves again, as a new node
 
 
+def test_a_node_frozen_while_it_sends_a_claim_is_still_declared_lost(
+    pg_uri: str, tmp_path: Path
+) -> None:
+    """A node stopped (SIGSTOP) in the middle of a transaction it sends as a pipeline (its
+    writer's: the claim among the rest) must not keep the others from declaring it lost.
+    Such a session stays "active" on the server, waiting for the rest of the pipeline,
+    where idle_in_transaction_session_timeout does not reach: it kept the node's row
+    locked (FOR SHARE) for as long as the node was frozen, and the reaper's UPDATE waited
+    on it, failing its own node's heartbeats meanwhile. The reaper now ends the sessions
+    of a node past its lease. Frozen there on purpose: the test holds the node's row so
+    that its claim waits on it, stops the node, then lets the claim through."""
+    victim = node(tmp_path / "victim", pg_uri, 1, LEASE).start()
+    assert victim.proc is not None
+    pid = victim.proc.pid
+
+    def one(conn: psycopg.Connection[Any], sql: str, *args: object) -> Any:
+        row = conn.execute(sql, args).fetchone()
+        assert row is not None
+        return row[0]
+
+    with psycopg.connect(pg_uri, autocommit=True) as conn, psycopg.connect(pg_uri) as holder:
+        me = one(conn, "SELECT id FROM phxq_nodes WHERE pid = %s AND gone IS NULL", pid)
+        holder.execute("SELECT 1 FROM phxq_nodes WHERE id = %s FOR UPDATE", (me,))
+        with client(victim) as c:  # (a submit locks no node's row)
+            c.submit_batch([JobSpec(argv=["true"])])
+        claiming = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE 'WITH me AS (SELECT id FROM phxq_nodes%%'"
+        )
+        until(lambda: one(conn, claiming) > 0, 30, "the node's claim to wait on its row")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            holder.commit()  # the claim takes the row, and the rest of it never comes
+            reaper = node(tmp_path / "reaper", pg_uri, 1, LEASE).start()
+            lost = "SELECT gone FROM phxq_nodes WHERE id = %s"
+            until(lambda: one(conn, lost, me) == "lost", 30, "the frozen node declared lost")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    until(lambda: "declared lost" in victim.logtext(), 30, "the node to find it was lost")
+    victim.ok("status")  # and it serves again, as a new node
+    assert "no answer from PostgreSQL" not in reaper.logtext(), "the reaper was never held up"
+
+
 def test_a_node_frozen_holding_the_migration_lock_keeps_no_other_from_starting(
     pg_uri: str, tmp_path: Path
 ) -> None:

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import random
+import secrets
 import select
 import socket
 import time
@@ -88,6 +89,9 @@ REFUSING = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPr
 #: seconds a request waits for a connection while this node is cut off from PostgreSQL
 #: (see `_connection_wait`)
 CUT_OFF_WAIT = 1.0
+#: the share of the lease the reaper waits for a lock before it tries again at the next
+#: beat (see `_reap`): under the heartbeat's own limit (a third of the lease)
+REAP_LOCK_WAIT = 1 / 6
 #: the server version from which `idle_session_timeout` exists (see `open`)
 IDLE_SESSION_TIMEOUT_SINCE = 140000
 #: the advisory lock of the reaper (one node at a time reaps)
@@ -310,6 +314,9 @@ class PostgresBackend:
         self.lease = lease
         self.wake = Notice()
         self._rng = rng or random.Random()
+        #: the application_name of this process's sessions, kept in its nodes' rows: the
+        #: reaper ends the sessions of a node past its lease by it (see `_reap`)
+        self.session = f"phxqd {os.getpid()} {secrets.token_hex(8)}"
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = (
             AsyncConnectionPool(
                 uri,
@@ -317,7 +324,7 @@ class PostgresBackend:
                 max_size=8,
                 open=False,
                 timeout=10.0,
-                kwargs={"autocommit": True},
+                kwargs={"autocommit": True, "application_name": self.session},
                 configure=self._configure,
             )
         )
@@ -376,6 +383,8 @@ class PostgresBackend:
         self._contact = time.monotonic()
         self._cut_off = False
         self._error: str | None = None
+        #: the last reaping waited out its lock wait (said once, until one goes through)
+        self._reap_blocked = False
         self._durability = "synchronous_commit=on"
         self._transactions = 0
         self._listening = False
@@ -416,7 +425,9 @@ class PostgresBackend:
         is also ended by PostgreSQL once idle for half the lease (`idle_session_timeout`,
         PostgreSQL 14 and later); the woken node then finds it gone and fails to start,
         as it would had PostgreSQL restarted (its service manager starts it again)."""
-        async with await psycopg.AsyncConnection.connect(self.uri, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(
+            self.uri, autocommit=True, application_name=self.session
+        ) as conn:
             await self._configure(conn)
             if conn.info.server_version >= IDLE_SESSION_TIMEOUT_SINCE:
                 await conn.execute(f"SET idle_session_timeout = {self._idle_ms()}")
@@ -1768,7 +1779,9 @@ class PostgresBackend:
         delay = 0.1
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.uri, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self.uri, autocommit=True, application_name=self.session
+                ) as conn:
                     await conn.execute(f"LISTEN {notices.CHANNEL}")
                     self._listening = True
                     delay = 0.1
@@ -1966,9 +1979,16 @@ class PostgresBackend:
         """Join the cluster as a new node (at start, and again after losing the lease:
         the claims of the old node id are void, so its facts stay fenced off)."""
         cur = await conn.execute(
-            "INSERT INTO phxq_nodes (host, pid, state_dir, started_at, lease)"
-            " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-            (self.host, os.getpid(), str(self.settings.state_dir), time.time(), self.lease),
+            "INSERT INTO phxq_nodes (host, pid, state_dir, started_at, lease, session)"
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+            (
+                self.host,
+                os.getpid(),
+                str(self.settings.state_dir),
+                time.time(),
+                self.lease,
+                self.session,
+            ),
         )
         row = await cur.fetchone()
         assert row is not None
@@ -1976,6 +1996,49 @@ class PostgresBackend:
         self._lives.add(self.node)
 
     async def _reap(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Declare the nodes past their lease lost and fail or release their claims; in a
+        savepoint that waits on no lock longer than REAP_LOCK_WAIT of the lease, so that
+        a lock it cannot have delays the reaping to the next beat, never the heartbeat.
+
+        A frozen node (SIGSTOP, a paused VM) may hold locks on its own row and on jobs it
+        was claiming: PostgreSQL ends its transaction once idle for half the lease
+        (`_configure`), but not one the node was sending as a pipeline (the session stays
+        "active", waiting for the rest), and the reaper's UPDATE then waited for as long
+        as the node was frozen, failing the reaper's own heartbeat meanwhile (its node
+        took itself for cut off). So the sessions of nodes past their lease are ended
+        first (`pg_terminate_backend`, found by the application_name their row keeps):
+        their transactions roll back, their locks go. A woken node finds its connections
+        closed and rejoins as a new node, as after any lost lease."""
+        try:
+            async with conn.transaction():  # a savepoint
+                await conn.execute(
+                    f"SET LOCAL lock_timeout = {int(self.lease * REAP_LOCK_WAIT * 1000)}"
+                )
+                await self._end_sessions_of_lost(conn)
+                await self._reap_lost(conn)
+        except psycopg.errors.LockNotAvailable:
+            if not self._reap_blocked:
+                log.warning("reaping waits: a lock it needs is held (tried again each beat)")
+            self._reap_blocked = True
+            return
+        self._reap_blocked = False
+
+    async def _end_sessions_of_lost(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            async with conn.transaction():  # a savepoint: a refusal ends only this
+                await conn.execute(
+                    "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a"
+                    " JOIN phxq_nodes n ON a.application_name = n.session"
+                    " WHERE n.gone IS NULL AND n.session IS NOT NULL"
+                    " AND n.heartbeat_at < now() - make_interval(secs => n.lease)"
+                    " AND a.pid <> pg_backend_pid()"
+                )
+        except psycopg.errors.InsufficientPrivilege as e:
+            # (another role's sessions: left to idle_in_transaction_session_timeout)
+            if not self._reap_blocked:
+                log.warning("cannot end the sessions of a node past its lease: %s", e)
+
+    async def _reap_lost(self, conn: psycopg.AsyncConnection[Any]) -> None:
         cur = await conn.execute(
             "UPDATE phxq_nodes SET gone = 'lost' WHERE gone IS NULL"
             " AND heartbeat_at < now() - make_interval(secs => lease) RETURNING id, host"

@@ -133,6 +133,12 @@ MIGRATIONS: list[str] = [
         missed integer NOT NULL DEFAULT 0
     );
     """,
+    # 3: each node's sessions, named (the application_name of its connections): the
+    # reaper ends those of a node past its lease, whose locks would otherwise be held
+    # for as long as it is frozen
+    """
+    ALTER TABLE phxq_nodes ADD COLUMN session text;
+    """,
 ]
 
 #: the version a database is at once every migration here has run
