@@ -385,6 +385,8 @@ class PostgresBackend:
         self._error: str | None = None
         #: the last reaping waited out its lock wait (said once, until one goes through)
         self._reap_blocked = False
+        #: ending a lost node's sessions was refused (said once)
+        self._sessions_refused = False
         self._durability = "synchronous_commit=on"
         self._transactions = 0
         self._listening = False
@@ -2035,8 +2037,9 @@ class PostgresBackend:
                 )
         except psycopg.errors.InsufficientPrivilege as e:
             # (another role's sessions: left to idle_in_transaction_session_timeout)
-            if not self._reap_blocked:
+            if not self._sessions_refused:
                 log.warning("cannot end the sessions of a node past its lease: %s", e)
+            self._sessions_refused = True
 
     async def _reap_lost(self, conn: psycopg.AsyncConnection[Any]) -> None:
         cur = await conn.execute(
