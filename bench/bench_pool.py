@@ -57,6 +57,8 @@ class Run:
     with_submit_per_s: float
     daemon_cpu_us: float
     children_cpu_us: float
+    #: the journal's fdatasyncs per job during the run (phxqctl status: journal.fsyncs)
+    fsyncs_per_job: float
 
 
 def _cpu(proc: psutil.Process) -> tuple[float, float]:
@@ -87,6 +89,7 @@ def run(root: Path, specs: list[JobSpec], tree: Path | None = None) -> Run:
             c.pause()
             t_submit = time.perf_counter()
             ids = [r.job.id for r in c.submit_batch(specs)]
+            syncs0 = c.status()["journal"]["fsyncs"]
             own0, kids0 = _cpu(proc)
             t0 = time.perf_counter()
             c.resume()
@@ -94,6 +97,7 @@ def run(root: Path, specs: list[JobSpec], tree: Path | None = None) -> Run:
             jobs = c.wait(ids)
             t1 = time.perf_counter()
             own1, kids1 = _cpu(proc)
+            syncs1 = c.status()["journal"]["fsyncs"]
             assert all(j.status == "completed" for j in jobs), "every job must complete"
         n = len(specs)
         return Run(
@@ -101,6 +105,7 @@ def run(root: Path, specs: list[JobSpec], tree: Path | None = None) -> Run:
             n / (t1 - t_submit),
             (own1 - own0) / n * 1e6,
             (kids1 - kids0) / n * 1e6,
+            (syncs1 - syncs0) / n,
         )
     finally:
         d.kill()
@@ -157,10 +162,10 @@ def durable_floor(n: int, directory: Path) -> float:
 
 
 def _phxq_rate(
-    where: Path, kind: str, n: int, tree: Path | None, cpu: list[tuple[float, float]]
+    where: Path, kind: str, n: int, tree: Path | None, cpu: list[tuple[float, float, float]]
 ) -> float:
     r = run(where, [KINDS[kind]()] * n, tree)
-    cpu.append((r.daemon_cpu_us, r.children_cpu_us))
+    cpu.append((r.daemon_cpu_us, r.children_cpu_us, r.fsyncs_per_job))
     return r.per_s
 
 
@@ -174,7 +179,7 @@ def compare(kinds: list[str], n: int, repeat: int, base: Path | None) -> dict[st
         k = 0
         for kind in kinds:
             rows: dict[str, list[float]] = {}
-            cpu: dict[str, list[tuple[float, float]]] = {"base": [], "this": []}
+            cpu: dict[str, list[tuple[float, float, float]]] = {"base": [], "this": []}
             for r in range(repeat):
                 contenders: list[tuple[str, Callable[[], float]]] = []
                 if kind == "commands":
@@ -198,6 +203,7 @@ def compare(kinds: list[str], n: int, repeat: int, base: Path | None) -> dict[st
                     if name in cpu:
                         own = f"  CPU µs/job: daemon {cpu[name][-1][0]:,.0f}"
                         own += f", children {cpu[name][-1][1]:,.0f}"
+                        own += f"; fdatasyncs/job {cpu[name][-1][2]:.3f}"
                     print(f"{kind} round {r + 1} {name:5} {rate:8,.0f} /s  load {load:.2f}{own}",
                           flush=True)  # fmt: skip
             medians = {name: statistics.median(v) for name, v in rows.items()}
@@ -213,6 +219,7 @@ def compare(kinds: list[str], n: int, repeat: int, base: Path | None) -> dict[st
                     row = results[kind][name]
                     row["daemon_cpu_us_per_job"] = round(statistics.median(u[0] for u in us))
                     row["children_cpu_us_per_job"] = round(statistics.median(u[1] for u in us))
+                    row["fsyncs_per_job"] = round(statistics.median(u[2] for u in us), 3)
     results["load_after"] = os.getloadavg()
     return results
 
@@ -243,6 +250,7 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         "with_submit_per_s_median": round(statistics.median(r.with_submit_per_s for r in runs)),
         "daemon_cpu_us_per_job": round(statistics.median(r.daemon_cpu_us for r in runs), 1),
         "children_cpu_us_per_job": round(statistics.median(r.children_cpu_us for r in runs), 1),
+        "fsyncs_per_job": round(statistics.median(r.fsyncs_per_job for r in runs), 3),
     }
 
 
