@@ -48,6 +48,22 @@ def marks(path: Path) -> collections.Counter[int]:
     return collections.Counter(int(line.split()[0]) for line in path.read_text().splitlines())
 
 
+def one(conn: psycopg.Connection[Any], sql: str, *args: object) -> Any:
+    """The first column of the one row `sql` returns."""
+    row = conn.execute(sql, args).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def waiting(conn: psycopg.Connection[Any], statement: str) -> bool:
+    """Whether a session waits on a lock in a statement that begins so."""
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND starts_with(query, %s)"
+    )
+    return bool(one(conn, sql, statement))
+
+
 def db(uri: str) -> str:
     return uri.split("/")[3].split("?")[0]
 
@@ -362,19 +378,11 @@ def test_a_node_frozen_inside_its_heartbeat_is_still_declared_lost(
     assert victim.proc is not None
     pid = victim.proc.pid
 
-    def one(conn: psycopg.Connection[Any], sql: str, *args: object) -> Any:
-        row = conn.execute(sql, args).fetchone()
-        assert row is not None
-        return row[0]
-
     with psycopg.connect(pg_uri, autocommit=True) as conn, psycopg.connect(pg_uri) as holder:
         me = one(conn, "SELECT id FROM phxq_nodes WHERE pid = %s AND gone IS NULL", pid)
         holder.execute("SELECT 1 FROM phxq_nodes WHERE id = %s FOR UPDATE", (me,))
-        waiting = (
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query LIKE 'UPDATE phxq_nodes SET heartbeat_at%%'"
-        )
-        until(lambda: one(conn, waiting) > 0, 30, "the node's heartbeat to wait on its row")
+        heartbeat = "UPDATE phxq_nodes SET heartbeat_at"
+        until(lambda: waiting(conn, heartbeat), 30, "the node's heartbeat to wait on its row")
         os.kill(pid, signal.SIGSTOP)
         try:
             holder.commit()  # the stopped node's heartbeat now holds its row
@@ -401,21 +409,13 @@ def test_a_node_frozen_while_it_sends_a_claim_is_still_declared_lost(
     assert victim.proc is not None
     pid = victim.proc.pid
 
-    def one(conn: psycopg.Connection[Any], sql: str, *args: object) -> Any:
-        row = conn.execute(sql, args).fetchone()
-        assert row is not None
-        return row[0]
-
     with psycopg.connect(pg_uri, autocommit=True) as conn, psycopg.connect(pg_uri) as holder:
         me = one(conn, "SELECT id FROM phxq_nodes WHERE pid = %s AND gone IS NULL", pid)
         holder.execute("SELECT 1 FROM phxq_nodes WHERE id = %s FOR UPDATE", (me,))
         with client(victim) as c:  # (a submit locks no node's row)
             c.submit_batch([JobSpec(argv=["true"])])
-        claiming = (
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query LIKE 'WITH me AS (SELECT id FROM phxq_nodes%%'"
-        )
-        until(lambda: one(conn, claiming) > 0, 30, "the node's claim to wait on its row")
+        claim = "WITH me AS (SELECT id FROM phxq_nodes"
+        until(lambda: waiting(conn, claim), 30, "the node's claim to wait on its row")
         os.kill(pid, signal.SIGSTOP)
         try:
             holder.commit()  # the claim takes the row, and the rest of it never comes
@@ -437,11 +437,6 @@ def test_a_node_frozen_holding_the_migration_lock_keeps_no_other_from_starting(
     PostgreSQL ends its session once idle for half the lease (idle_session_timeout).
     Frozen there on purpose: the test holds the lock itself so that the node waits on it,
     stops the node, then lets the lock go to the stopped node's session."""
-
-    def one(conn: psycopg.Connection[Any], sql: str, *args: object) -> Any:
-        row = conn.execute(sql, args).fetchone()
-        assert row is not None
-        return row[0]
 
     with (
         psycopg.connect(pg_uri, autocommit=True) as conn,

@@ -38,7 +38,8 @@ class Outcomes:
 
     replied: set[str] = field(default_factory=set)
     refused: dict[str, str] = field(default_factory=dict)  # told nothing was done
-    maybe: dict[str, str] = field(default_factory=dict)  # told it may have been done
+    #: told it may have been done (phxqctl), or saw its connection close with no reply
+    warned: dict[str, str] = field(default_factory=dict)
     unclear: dict[str, str] = field(default_factory=dict)  # anything else
     lock: threading.Lock = field(default_factory=threading.Lock)
     enough: threading.Event = field(default_factory=threading.Event)
@@ -61,7 +62,7 @@ def submit_until_stopped(socket: Path, name: str, out: Outcomes) -> None:
                 with out.lock:
                     said = str(e)
                     if MAYBE in said:
-                        out.maybe[tag] = said
+                        out.warned[tag] = said
                     elif said.startswith("phxqd is not running") or "nothing was done" in said:
                         out.refused[tag] = said
                     else:
@@ -101,16 +102,25 @@ def test_a_stop_under_submits_answers_each_or_says_it_may_have_been_done(
     daemon.start()
     with Client(daemon.socket, timeout=60) as client:
         made = {job.argv[1] for job in client.list(limit=1_000_000)}
+    check_restart(out, made)
+
+
+def check_restart(out: Outcomes, made: set[str]) -> str:
+    """What a graceful stop promises, checked on the jobs `made` (found after the
+    restart): every job acknowledged is there, none refused is, each one made was
+    acknowledged or its client warned (a retry would duplicate it), and no client was
+    told something unclear. The report, for the caller's own checks."""
     report = (
         f"{len(out.replied)} replied, {len(made)} jobs after the restart; refused "
-        f"{out.refused}; maybe {out.maybe}; unclear {out.unclear}"
+        f"{out.refused}; warned {out.warned}; unclear {out.unclear}"
     )
     assert out.replied <= made, "a job acknowledged before the stop is gone: " + report
     assert not made & out.refused.keys(), "a job refused at the stop was made: " + report
-    assert not made - out.replied - out.maybe.keys(), (
+    assert not made - out.replied - out.warned.keys(), (
         "jobs made whose client got no reply and no warning (a retry duplicates them): " + report
     )
     assert not out.unclear, "a client was told something unclear: " + report
+    return report
 
 
 # ------------------------------------------------- the server's stop, step by step
