@@ -347,9 +347,14 @@ def test_a_submit_the_disk_refuses_is_taken_back_and_writes_resume(small_fs: Pat
 
 
 @contextlib.asynccontextmanager
-async def dispatching(settings: Settings) -> AsyncIterator[Core]:
-    """A Core whose dispatcher runs real commands; stopped gracefully at the end."""
-    state, journal = State(), Journal(settings.journal_dir, 1, "always")
+async def dispatching(
+    settings: Settings, state: State | None = None, scope: anyio.CancelScope | None = None
+) -> AsyncIterator[Core]:
+    """A Core (over `state`) whose dispatcher runs real commands, in `scope` if given;
+    stopped gracefully at the end, unless `scope` was cancelled meanwhile."""
+    state = State() if state is None else state
+    scope = anyio.CancelScope() if scope is None else scope
+    journal = Journal(settings.journal_dir, 1, "always")
     core = Core(LocalBackend(state, journal, settings, random.Random(3)), settings)
     with anyio.fail_after(HANG):
         async with anyio.create_task_group() as tg:
@@ -357,12 +362,14 @@ async def dispatching(settings: Settings) -> AsyncIterator[Core]:
             done = anyio.Event()
 
             async def dispatch() -> None:
-                await core.dispatcher.dispatch()
+                with scope:
+                    await core.dispatcher.dispatch()
                 done.set()
 
             tg.start_soon(dispatch)
             yield core
-            await core.dispatcher.shutdown()
+            if not scope.cancel_called:
+                await core.dispatcher.shutdown()
             await done.wait()
             await core.backend.close()
             tg.cancel_scope.cancel()
@@ -483,27 +490,15 @@ def test_a_command_cancelled_as_its_log_is_trimmed_at_its_end_keeps_its_outcome(
     async def main() -> None:
         scope = anyio.CancelScope()
         scopes.append(scope)
-        journal = Journal(settings.journal_dir, 1, "always")
-        core = Core(LocalBackend(state, journal, settings, random.Random(3)), settings)
-        with anyio.fail_after(HANG):
-            async with anyio.create_task_group() as tg:
-                await tg.start(core.backend.run)
-                stopped = anyio.Event()
-
-                async def dispatch() -> None:
-                    with scope:
-                        await core.dispatcher.dispatch()
-                    stopped.set()
-
-                tg.start_soon(dispatch)
-                [job_id] = await submit(core, spec("sh", "-c", "head -c 100000 /dev/zero"))
-                await stopped.wait()
-                assert scope.cancel_called, "no final trim: the test cancelled nothing"
-                job = await core.backend.get(job_id)
-                assert (job.status, job.exit_code) == ("completed", 0), "its outcome was lost"
-                assert core.logs.path(job_id).stat().st_size < 100000, "the log was not trimmed"
-                await core.backend.close()
-                tg.cancel_scope.cancel()
+        async with dispatching(settings, state, scope) as core:
+            [job_id] = await submit(core, spec("sh", "-c", "head -c 100000 /dev/zero"))
+            # until the job has ended, or the dispatcher stopped without ending it
+            while not (scope.cancelled_caught or (await core.backend.get(job_id)).finished):
+                await anyio.sleep(0.01)
+            assert scope.cancel_called, "no final trim: the test cancelled nothing"
+            job = await core.backend.get(job_id)
+            assert (job.status, job.exit_code) == ("completed", 0), "its outcome was lost"
+            assert core.logs.path(job_id).stat().st_size < 100000, "the log was not trimmed"
 
     anyio.run(main)
 

@@ -4,6 +4,7 @@ sharing one PostgreSQL database: what holds across nodes, and what each failure 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -62,6 +63,28 @@ def waiting(conn: psycopg.Connection[Any], statement: str) -> bool:
         " AND starts_with(query, %s)"
     )
     return bool(one(conn, sql, statement))
+
+
+@contextlib.contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """The process stopped (SIGSTOP) for the block, and continued after it whatever
+    happens in it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def declared_lost(conn: psycopg.Connection[Any], node_id: int) -> None:
+    lost = "SELECT gone FROM phxq_nodes WHERE id = %s"
+    until(lambda: one(conn, lost, node_id) == "lost", 30, "the frozen node declared lost")
+
+
+def rejoined(victim: Daemon) -> None:
+    """The woken node found it was declared lost, and serves again as a new node."""
+    until(lambda: "declared lost" in victim.logtext(), 30, "the node to find it was lost")
+    victim.ok("status")
 
 
 def db(uri: str) -> str:
@@ -383,15 +406,10 @@ def test_a_node_frozen_inside_its_heartbeat_is_still_declared_lost(
         holder.execute("SELECT 1 FROM phxq_nodes WHERE id = %s FOR UPDATE", (me,))
         heartbeat = "UPDATE phxq_nodes SET heartbeat_at"
         until(lambda: waiting(conn, heartbeat), 30, "the node's heartbeat to wait on its row")
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen(pid):
             holder.commit()  # the stopped node's heartbeat now holds its row
-            lost = "SELECT gone FROM phxq_nodes WHERE id = %s"
-            until(lambda: one(conn, lost, me) == "lost", 30, "the frozen node declared lost")
-        finally:
-            os.kill(pid, signal.SIGCONT)
-    until(lambda: "declared lost" in victim.logtext(), 30, "the node to find it was lost")
-    victim.ok("status")  # and it serves again, as a new node
+            declared_lost(conn, me)
+    rejoined(victim)
 
 
 def test_a_node_frozen_while_it_sends_a_claim_is_still_declared_lost(
@@ -416,16 +434,11 @@ def test_a_node_frozen_while_it_sends_a_claim_is_still_declared_lost(
             c.submit_batch([JobSpec(argv=["true"])])
         claim = "WITH me AS (SELECT id FROM phxq_nodes"
         until(lambda: waiting(conn, claim), 30, "the node's claim to wait on its row")
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen(pid):
             holder.commit()  # the claim takes the row, and the rest of it never comes
             reaper = node(tmp_path / "reaper", pg_uri, 1, LEASE).start()
-            lost = "SELECT gone FROM phxq_nodes WHERE id = %s"
-            until(lambda: one(conn, lost, me) == "lost", 30, "the frozen node declared lost")
-        finally:
-            os.kill(pid, signal.SIGCONT)
-    until(lambda: "declared lost" in victim.logtext(), 30, "the node to find it was lost")
-    victim.ok("status")  # and it serves again, as a new node
+            declared_lost(conn, me)
+    rejoined(victim)
     assert "no answer from PostgreSQL" not in reaper.logtext(), "the reaper was never held up"
 
 
@@ -443,15 +456,11 @@ def test_a_node_frozen_holding_the_migration_lock_keeps_no_other_from_starting(
         psycopg.connect(pg_uri, autocommit=True) as holder,
     ):
         holder.execute("SELECT pg_advisory_lock(%s)", (schema.MIGRATION_LOCK,))
-        frozen = node(tmp_path / "frozen", pg_uri, 1, LEASE).start(expect_ready=False)
-        assert frozen.proc is not None
-        waiting = (
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query LIKE 'SELECT pg_advisory_lock%%'"
-        )
-        until(lambda: one(conn, waiting) > 0, 30, "the node to wait for the migration lock")
-        os.kill(frozen.proc.pid, signal.SIGSTOP)
-        try:
+        stopped = node(tmp_path / "frozen", pg_uri, 1, LEASE).start(expect_ready=False)
+        assert stopped.proc is not None
+        lock = "SELECT pg_advisory_lock"
+        until(lambda: waiting(conn, lock), 30, "the node to wait for the migration lock")
+        with frozen(stopped.proc.pid):
             holder.execute("SELECT pg_advisory_unlock(%s)", (schema.MIGRATION_LOCK,))
             held = (
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -460,8 +469,6 @@ def test_a_node_frozen_holding_the_migration_lock_keeps_no_other_from_starting(
             until(lambda: one(conn, held, schema.MIGRATION_LOCK) > 0, 30, "the lock, frozen")
             other = node(tmp_path / "other", pg_uri, 1, LEASE).start()  # waits for ready
             other.ok("status")
-        finally:
-            os.kill(frozen.proc.pid, signal.SIGCONT)
     # woken, the frozen node finds its connection gone: it does not start (nor hang)
-    assert frozen.proc.wait(60) != 0
-    assert "cannot use the PostgreSQL store" in frozen.logtext()
+    assert stopped.proc.wait(60) != 0
+    assert "cannot use the PostgreSQL store" in stopped.logtext()
