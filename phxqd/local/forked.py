@@ -106,12 +106,13 @@ def _child(
             os._exit(1)
         with contextlib.suppress(OSError):  # a sandbox may forbid it: snapshot anyway
             _first_to_go_when_memory_runs_out()
+        os.nice(CHILD_NICENESS)
         # Client connections, the listening socket, the journal, the state directory's
         # lock: none of them the child's to hold, and a client must see its connection
-        # end when the parent closes it.
+        # end when the parent closes it. (Last of the set-up: once they are closed, the
+        # child's niceness and OOM score are set, which tests/test_forked.py relies on.)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         gc.disable()  # a collection would touch (and copy) every object for nothing
-        os.nice(CHILD_NICENESS)
         snapshot.write_streamed(directory, take())
         code = 0
     except BaseException as e:
